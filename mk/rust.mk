@@ -1,0 +1,17 @@
+# Rust workspace: format, lint, tests.
+CARGO ?= cargo
+# The benchmark crate pulls in aws-sdk-rds (minutes to compile): kept out of lint and test.
+RUST_EXCLUDE := --workspace --exclude token-bench
+
+.PHONY: lint-rust test-rust bench
+lint-rust:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(RUST_EXCLUDE) --all-targets -- -D warnings
+
+test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, doc tests)
+	@command -v cargo-nextest >/dev/null || { echo "cargo-nextest missing: install it with 'cargo install cargo-nextest --locked'"; exit 1; }
+	$(CARGO) nextest run $(RUST_EXCLUDE) --no-fail-fast
+	$(CARGO) test $(RUST_EXCLUDE) --doc
+
+bench: ## Token benchmark: this crate against aws-sdk-rds (criterion)
+	$(CARGO) bench --bench token

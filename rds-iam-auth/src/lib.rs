@@ -1,0 +1,72 @@
+//! IAM-authenticated TLS connections to PostgreSQL behind Amazon RDS Proxy, across AWS
+//! accounts, with no stored password.
+//!
+//! A service in an *application account* assumes a role in the *database account* (with an
+//! external ID), signs a short-lived IAM auth token with those credentials, and opens a TLS
+//! connection to the proxy endpoint, sending the token as the password. This crate does
+//! each step the way the AWS SDKs and RDS Proxy expect, and names the step that broke when
+//! something does.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`token`] | SigV4 token signing, byte-identical to `aws rds generate-db-auth-token` |
+//! | [`credentials`] | default chain + cross-account `AssumeRole`, cached and refreshed early, single-flight |
+//! | [`tls`] | rustls with webpki roots (+ an optional CA bundle), verified against the endpoint name |
+//! | [`Config`] / [`Connector`] | connect: a fresh token for every physical connection |
+//! | [`Connector::check`] | the staged check: every stage's outcome and time ([`CheckReport`]) |
+//! | [`Error`] | one error type: the [`Stage`] that failed, its cause, and a hint |
+//!
+//! # Example
+//!
+//! ```no_run
+//! use rds_iam_auth::Config;
+//!
+//! # async fn run() -> Result<(), rds_iam_auth::Error> {
+//! // Build once (credentials are cached in the connector), connect as often as needed.
+//! let connector = Config::new()
+//!     .hostname("app-ro.endpoint.proxy-abc123.us-east-1.rds.amazonaws.com")
+//!     .user("app_reader")
+//!     .database("example_db")
+//!     .assume_role("arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role")
+//!     .external_id("5e0d8c1a-example")
+//!     .connector()
+//!     .await?;
+//!
+//! let client = connector.connect().await?;
+//! for row in client
+//!     .query("SELECT table_name FROM information_schema.tables LIMIT 5", &[])
+//!     .await
+//!     .map_err(rds_iam_auth::Error::from_query)?
+//! {
+//!     println!("{}", row.get::<_, String>(0));
+//! }
+//!
+//! // When something is wrong, the staged check says where:
+//! let report = connector.check().await;
+//! println!("{report}");
+//! # Ok(()) }
+//! ```
+//!
+//! Errors print as `stage: cause | hint: what to check`, for example
+//! `login: app_reader@app-ro...: FATAL 28P01: The IAM authentication failed for the role
+//! app_reader. ... | hint: check rds-db:connect on arn:aws:rds-db:...`.
+//!
+//! Tokens, secret keys and session tokens never appear in `Debug`, `Display` or logs.
+#![warn(missing_docs)]
+
+mod connect;
+pub mod credentials;
+mod error;
+mod report;
+pub mod tls;
+pub mod token;
+
+pub use connect::{Config, Connector, DEFAULT_CONNECT_TIMEOUT};
+pub use credentials::{AssumeRole, CredentialCache};
+pub use error::{BoxError, ConfigError, Error, Stage};
+pub use report::{format_duration, CheckReport, Outcome, StageReport};
+pub use tls::CaBundle;
+pub use token::{AuthToken, TokenParams};
+
+/// Re-exported so users name the same versions this crate uses.
+pub use tokio_postgres;

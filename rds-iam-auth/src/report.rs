@@ -1,0 +1,179 @@
+//! What a staged check saw: one line per stage, with its outcome and duration.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, Stage};
+
+/// How a stage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The stage ran and succeeded.
+    Ok,
+    /// The stage was answered from a cache (credentials kept across calls).
+    Cached,
+    /// The stage did not apply (no role to assume, an IP address needs no DNS).
+    Skipped,
+    /// The stage failed; the check stopped here.
+    Failed,
+}
+
+impl Outcome {
+    /// Lowercase name as printed.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Cached => "cached",
+            Outcome::Skipped => "skipped",
+            Outcome::Failed => "FAILED",
+        }
+    }
+}
+
+/// One stage of a [`CheckReport`].
+#[derive(Debug, Clone)]
+pub struct StageReport {
+    /// Which stage.
+    pub stage: Stage,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// How long it took.
+    pub duration: Duration,
+    /// What it did or found (never a secret), or the error.
+    pub detail: String,
+}
+
+/// The result of [`Connector::check`](crate::Connector::check): every stage that ran, in
+/// order, and the error that stopped the path if one did.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// The stages that ran.
+    pub stages: Vec<StageReport>,
+    /// The failure, if any.
+    pub error: Option<Error>,
+    /// Wall time of the whole check.
+    pub total: Duration,
+}
+
+impl CheckReport {
+    /// Whether every stage succeeded.
+    pub fn is_success(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+impl fmt::Display for CheckReport {
+    /// One line per stage (`stage  outcome  time  detail`), then the verdict.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in &self.stages {
+            writeln!(
+                f,
+                "{:<12} {:<8} {:>9}  {}",
+                s.stage.name(),
+                s.outcome.name(),
+                format_duration(s.duration),
+                s.detail
+            )?;
+        }
+        match &self.error {
+            None => write!(
+                f,
+                "verdict: connection works ({} in all)",
+                format_duration(self.total)
+            ),
+            Some(err) => {
+                write!(
+                    f,
+                    "verdict: FAILED at stage {}: {}",
+                    err.stage(),
+                    err.cause()
+                )?;
+                if let Some(hint) = err.hint() {
+                    write!(f, "\nhint: {hint}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `12.3 ms` / `1.52 s`.
+pub fn format_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+/// Collects stage outcomes and emits one tracing event per stage.
+///
+/// `connect` uses a quiet recorder (events at DEBUG, nothing kept); `check` keeps the
+/// stages and logs at INFO.
+pub(crate) struct Recorder {
+    keep: bool,
+    pub(crate) stages: Vec<StageReport>,
+}
+
+impl Recorder {
+    pub(crate) fn quiet() -> Self {
+        Self {
+            keep: false,
+            stages: Vec::new(),
+        }
+    }
+
+    pub(crate) fn keeping() -> Self {
+        Self {
+            keep: true,
+            stages: Vec::new(),
+        }
+    }
+
+    pub(crate) fn record(
+        &mut self,
+        stage: Stage,
+        outcome: Outcome,
+        duration: Duration,
+        detail: &str,
+    ) {
+        let ms = duration.as_secs_f64() * 1000.0;
+        if self.keep {
+            tracing::info!(
+                stage = stage.name(),
+                outcome = outcome.name(),
+                duration_ms = ms,
+                detail,
+                "stage"
+            );
+            self.stages.push(StageReport {
+                stage,
+                outcome,
+                duration,
+                detail: detail.to_owned(),
+            });
+        } else {
+            tracing::debug!(
+                stage = stage.name(),
+                outcome = outcome.name(),
+                duration_ms = ms,
+                detail,
+                "stage"
+            );
+        }
+    }
+
+    pub(crate) fn fail(&mut self, stage: Stage, duration: Duration, err: &Error) {
+        let detail = err.cause();
+        let ms = duration.as_secs_f64() * 1000.0;
+        tracing::warn!(stage = stage.name(), outcome = "failed", duration_ms = ms, error = %detail, hint = err.hint(), "stage");
+        if self.keep {
+            self.stages.push(StageReport {
+                stage,
+                outcome: Outcome::Failed,
+                duration,
+                detail,
+            });
+        }
+    }
+}
