@@ -1,0 +1,27 @@
+/** Builds the app: both stacks from one validated config, with cdk-nag AwsSolutions on both. */
+import { App, Validations } from 'aws-cdk-lib';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { ApplicationStack } from './application-stack';
+import { loadConfig } from './config';
+import { DatabaseStack } from './database-stack';
+
+export interface ConnectionTestApp {
+  readonly app: App;
+  readonly application: ApplicationStack;
+  readonly database: DatabaseStack;
+}
+
+export function buildApp(app: App): ConnectionTestApp {
+  const config = loadConfig(app.node);
+  const application = new ApplicationStack(app, 'ApplicationStack', {
+    config,
+    description: 'connectiontest: application account (VPC shared with RAM, STS endpoint, connectiontest-lambda)',
+  });
+  const database = new DatabaseStack(app, 'DatabaseStack', {
+    config,
+    description: 'connectiontest: database account (Aurora PostgreSQL, RDS Proxy with IAM auth, cross-account role)',
+  });
+  // cdk-nag v3 is a policy-validation plugin: any unacknowledged finding fails synth.
+  Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { verbose: true }));
+  return { app, application, database };
+}

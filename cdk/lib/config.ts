@@ -1,0 +1,237 @@
+/**
+ * Context values of the app (cdk.json "context", or `-c key=value` on the command line),
+ * read and validated in one place. Every problem is reported as a ContextError that names
+ * the key and the shape it expects, so `cdk synth` fails with one readable line instead of
+ * a CloudFormation error twenty minutes into a deployment.
+ */
+import { Node } from 'constructs';
+
+/** A context value is missing or malformed. `key` is the context key at fault. */
+export class ContextError extends Error {
+  constructor(
+    public readonly key: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ContextError';
+  }
+}
+
+export type TargetRole = 'READ_ONLY' | 'READ_WRITE';
+export type LambdaCodeSource = 'auto' | 'zip' | 'stand-in';
+
+/** Everything both stacks need, already validated. */
+export interface AppConfig {
+  /** Region of both stacks (the proxy endpoints live in the application VPC, so one region). */
+  readonly region: string;
+  readonly applicationAccountId: string;
+  readonly databaseAccountId: string;
+  readonly applicationVpcCidr: string;
+  readonly databaseVpcCidr: string;
+  /** VPC and subnets of the application account, as ApplicationStack outputs them. */
+  readonly applicationVpcId: string;
+  readonly applicationVpcSubnets: string[];
+  /** Proxy endpoint host name the Lambda connects to; empty before DatabaseStack exists. */
+  readonly applicationRdsProxyEndpoint: string;
+  readonly lambdaRoleName: string;
+  readonly databaseConnectRoleName: string;
+  readonly databaseUsername: string;
+  readonly databaseName: string;
+  readonly targetRoles: TargetRole[];
+  readonly externalId: string;
+  readonly databaseInstanceType: string;
+  readonly lambdaCodeSource: LambdaCodeSource;
+  /** Path of the built function, relative to the repository root (or absolute). */
+  readonly lambdaZipPath: string;
+  /** Optional Lambda settings (DESIGN.md 7); empty string means "not set". */
+  readonly dbCaBundle: string;
+  readonly dbConnectHost: string;
+}
+
+/** The keys, for documentation and for the tests. */
+export const CONTEXT_KEYS = [
+  'region',
+  'application_account_id',
+  'database_account_id',
+  'application_vpc_cidr',
+  'database_vpc_cidr',
+  'application_vpc_id',
+  'application_vpc_subnets',
+  'application_rds_proxy_endpoint',
+  'connectiontest_lambda_role_name',
+  'database_account_rdsdb_connect_role_name',
+  'database_username',
+  'database_name',
+  'target_roles',
+  'external_id',
+  'database_instance_type',
+  'lambda_code_source',
+  'lambda_zip_path',
+  'db_ca_bundle',
+  'db_connect_host',
+] as const;
+
+type Key = (typeof CONTEXT_KEYS)[number];
+
+const WHERE = 'set it in cdk.json under "context" or pass -c KEY=VALUE';
+
+function missing(key: Key, shape: string): ContextError {
+  return new ContextError(key, `context "${key}" is missing: expected ${shape} (${WHERE.replace('KEY', key)})`);
+}
+
+function invalid(key: Key, shape: string, value: unknown): ContextError {
+  return new ContextError(key, `context "${key}" is invalid: expected ${shape}, got ${JSON.stringify(value)}`);
+}
+
+/** Reads a required string value; numbers are refused where they would lose meaning. */
+function str(node: Node, key: Key, shape: string, opts: { optional?: boolean; fallback?: string } = {}): string {
+  const raw: unknown = node.tryGetContext(key);
+  if (raw === undefined || raw === null) {
+    if (opts.fallback !== undefined) return opts.fallback;
+    if (opts.optional) return '';
+    throw missing(key, shape);
+  }
+  if (typeof raw !== 'string') throw invalid(key, `${shape}, written as a JSON string`, raw);
+  const value = raw.trim();
+  if (value === '' && !opts.optional && opts.fallback === undefined) throw missing(key, shape);
+  return value;
+}
+
+function matching(node: Node, key: Key, shape: string, re: RegExp, opts: { optional?: boolean; fallback?: string } = {}): string {
+  const value = str(node, key, shape, opts);
+  if (value === '' && (opts.optional || opts.fallback !== undefined)) return opts.fallback ?? '';
+  if (!re.test(value)) throw invalid(key, shape, value);
+  return value;
+}
+
+const ACCOUNT_SHAPE = 'a 12-digit AWS account id such as "111111111111" (a quoted string: leading zeros matter)';
+const ACCOUNT_RE = /^\d{12}$/;
+const REGION_SHAPE = 'an AWS region name such as "us-east-1"';
+const REGION_RE = /^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$/;
+const CIDR_SHAPE = 'an IPv4 CIDR block with a prefix from /16 to /24 and no host bits set, such as "10.0.16.0/24"';
+const VPC_SHAPE = 'a VPC id such as "vpc-0123456789abcdef0" (ApplicationStack output ApplicationVpcId)';
+const VPC_RE = /^vpc-([0-9a-f]{8}|[0-9a-f]{17})$/;
+const SUBNETS_SHAPE =
+  'at least two subnet ids separated by commas, no spaces or trailing comma, such as "subnet-0123456789abcdef0,subnet-0fedcba9876543210" (ApplicationStack output ApplicationSubnetIds)';
+const SUBNET_RE = /^subnet-([0-9a-f]{8}|[0-9a-f]{17})$/;
+const HOST_SHAPE = 'a DNS host name such as "connectiontest-read-only.endpoint.proxy-abc.us-east-1.rds.amazonaws.com", or "" before DatabaseStack is deployed';
+const HOST_RE = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+const ROLE_SHAPE = 'an IAM role name: 1 to 64 characters from A-Z a-z 0-9 + = , . @ _ -';
+const ROLE_RE = /^[\w+=,.@-]{1,64}$/;
+const PG_IDENT_SHAPE = 'a PostgreSQL identifier: a letter, then up to 62 letters, digits or underscores';
+const PG_IDENT_RE = /^[A-Za-z][A-Za-z0-9_]{0,62}$/;
+const EXTERNAL_ID_SHAPE = 'an STS external id: 2 to 1224 characters from A-Z a-z 0-9 + = , . @ : / _ -';
+const EXTERNAL_ID_RE = /^[\w+=,.@:/-]{2,1224}$/;
+const ROLES_SHAPE = 'a comma-separated list (or JSON array) of proxy endpoint target roles, each READ_ONLY or READ_WRITE, such as "READ_ONLY"';
+const INSTANCE_SHAPE = 'an RDS instance class without the "db." prefix, such as "t4g.medium" or "r7g.large"';
+const INSTANCE_RE = /^[a-z][a-z0-9-]*\.[a-z0-9]+$/;
+const CODE_SOURCE_SHAPE = '"auto" (the built zip if present, else a stand-in), "zip" (the built zip, required) or "stand-in"';
+
+/** Parses "a.b.c.d/n" and checks octets, prefix range and alignment. */
+export function isCidr(value: string, minPrefix = 16, maxPrefix = 24): boolean {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(value);
+  if (!m) return false;
+  const octets = m.slice(1, 5).map(Number);
+  const prefix = Number(m[5]);
+  if (octets.some((o) => o > 255) || prefix < minPrefix || prefix > maxPrefix) return false;
+  const addr = ((octets[0] << 24) >>> 0) + (octets[1] << 16) + (octets[2] << 8) + octets[3];
+  const hostBits = 32 - prefix;
+  return addr % 2 ** hostBits === 0;
+}
+
+function cidr(node: Node, key: Key): string {
+  const value = str(node, key, CIDR_SHAPE);
+  if (!isCidr(value)) throw invalid(key, CIDR_SHAPE, value);
+  return value;
+}
+
+/** A list given as "a,b" (the only form `-c` can carry) or as a JSON array in cdk.json. */
+function list(node: Node, key: Key, shape: string): string[] {
+  const raw: unknown = node.tryGetContext(key);
+  if (raw === undefined || raw === null || raw === '') throw missing(key, shape);
+  let items: unknown[];
+  if (Array.isArray(raw)) items = raw;
+  else if (typeof raw === 'string') items = raw.split(',');
+  else throw invalid(key, shape, raw);
+  if (items.some((i) => typeof i !== 'string' || i.trim() === '' || i !== i.trim())) throw invalid(key, shape, raw);
+  return items as string[];
+}
+
+export function loadConfig(node: Node): AppConfig {
+  const region = matching(node, 'region', REGION_SHAPE, REGION_RE);
+  const applicationAccountId = matching(node, 'application_account_id', ACCOUNT_SHAPE, ACCOUNT_RE);
+  const databaseAccountId = matching(node, 'database_account_id', ACCOUNT_SHAPE, ACCOUNT_RE);
+  if (applicationAccountId === databaseAccountId) {
+    throw new ContextError(
+      'database_account_id',
+      `context "database_account_id" is invalid: expected an account other than application_account_id (${applicationAccountId}); the subnets are shared with AWS RAM, which needs two accounts`,
+    );
+  }
+
+  const subnets = list(node, 'application_vpc_subnets', SUBNETS_SHAPE);
+  const rawSubnets: unknown = node.tryGetContext('application_vpc_subnets');
+  if (subnets.length < 2 || subnets.some((s) => !SUBNET_RE.test(s)) || new Set(subnets).size !== subnets.length) {
+    throw invalid('application_vpc_subnets', SUBNETS_SHAPE, rawSubnets);
+  }
+
+  const roles = list(node, 'target_roles', ROLES_SHAPE);
+  if (roles.some((r) => r !== 'READ_ONLY' && r !== 'READ_WRITE') || new Set(roles).size !== roles.length) {
+    throw invalid('target_roles', ROLES_SHAPE, node.tryGetContext('target_roles'));
+  }
+
+  const databaseUsername = matching(node, 'database_username', PG_IDENT_SHAPE, PG_IDENT_RE);
+  if (['rdsadmin', 'rdsproxyadmin', 'rds_superuser'].includes(databaseUsername.toLowerCase())) {
+    throw invalid('database_username', `${PG_IDENT_SHAPE}, not a name reserved by RDS`, databaseUsername);
+  }
+
+  const lambdaCodeSource = str(node, 'lambda_code_source', CODE_SOURCE_SHAPE, { fallback: 'auto' }) || 'auto';
+  if (!['auto', 'zip', 'stand-in'].includes(lambdaCodeSource)) {
+    throw invalid('lambda_code_source', CODE_SOURCE_SHAPE, lambdaCodeSource);
+  }
+
+  return {
+    region,
+    applicationAccountId,
+    databaseAccountId,
+    applicationVpcCidr: cidr(node, 'application_vpc_cidr'),
+    databaseVpcCidr: cidr(node, 'database_vpc_cidr'),
+    applicationVpcId: matching(node, 'application_vpc_id', VPC_SHAPE, VPC_RE),
+    applicationVpcSubnets: subnets,
+    applicationRdsProxyEndpoint: matching(node, 'application_rds_proxy_endpoint', HOST_SHAPE, HOST_RE, { optional: true }),
+    lambdaRoleName: matching(node, 'connectiontest_lambda_role_name', ROLE_SHAPE, ROLE_RE),
+    databaseConnectRoleName: matching(node, 'database_account_rdsdb_connect_role_name', ROLE_SHAPE, ROLE_RE),
+    databaseUsername,
+    databaseName: matching(node, 'database_name', PG_IDENT_SHAPE, PG_IDENT_RE),
+    targetRoles: roles as TargetRole[],
+    externalId: matching(node, 'external_id', EXTERNAL_ID_SHAPE, EXTERNAL_ID_RE),
+    databaseInstanceType: matching(node, 'database_instance_type', INSTANCE_SHAPE, INSTANCE_RE, { fallback: 't4g.medium' }),
+    lambdaCodeSource: lambdaCodeSource as LambdaCodeSource,
+    lambdaZipPath: str(node, 'lambda_zip_path', 'a path to bootstrap.zip', { fallback: 'target/lambda/connection-test/bootstrap.zip' }),
+    dbCaBundle: str(node, 'db_ca_bundle', 'a path to a PEM file inside the function package', { optional: true }),
+    dbConnectHost: matching(node, 'db_connect_host', 'a host name or IPv4 address to dial instead of the endpoint', HOST_RE, { optional: true }),
+  };
+}
+
+/** ARN of the role in the database account that the Lambda assumes. */
+export function databaseConnectRoleArn(cfg: AppConfig, partition: string): string {
+  return `arn:${partition}:iam::${cfg.databaseAccountId}:role/${cfg.databaseConnectRoleName}`;
+}
+
+/** ARN of the Lambda's role in the application account, the only principal the DB role trusts. */
+export function lambdaRoleArn(cfg: AppConfig, partition: string): string {
+  return `arn:${partition}:iam::${cfg.applicationAccountId}:role/${cfg.lambdaRoleName}`;
+}
+
+/** "READ_ONLY" -> "read-only", for resource names. */
+export function roleSlug(role: TargetRole): string {
+  return role.toLowerCase().replace('_', '-');
+}
+
+/** "READ_ONLY" -> "ReadOnly", for output and construct ids. */
+export function rolePascal(role: TargetRole): string {
+  return role
+    .toLowerCase()
+    .split('_')
+    .map((w) => w[0].toUpperCase() + w.slice(1))
+    .join('');
+}
