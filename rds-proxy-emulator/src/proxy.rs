@@ -1,0 +1,695 @@
+//! The RDS Proxy stand-in: the PostgreSQL wire protocol with TLS required and IAM
+//! authentication, in front of a real PostgreSQL.
+//!
+//! One connection goes through these steps (DESIGN.md 5 has the messages):
+//!
+//! 1. Plaintext: `SSLRequest` gets `S` and the TLS handshake (certificate for the endpoint
+//!    host names); `GSSENCRequest` gets `N`; a `CancelRequest` is forwarded to PostgreSQL;
+//!    any startup packet in the clear gets FATAL `This RDS Proxy requires TLS connections.`
+//! 2. Inside TLS, the startup packet is checked: protocol 3.0 only, no replication, only
+//!    the startup parameters RDS Proxy accepts, a user name; then the client limit.
+//! 3. `AuthenticationCleartextPassword`; the password is the IAM token, checked by
+//!    [`crate::token::verify_token`] against the credentials STS issued, then the role's
+//!    `rds-db:connect` permission on `arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-ID/USER`.
+//!    Every refusal is logged (`tracing`, target `rds_proxy_emulator::proxy`) with its
+//!    precise reason; the client sees only the RDS Proxy text.
+//! 4. A backend session is opened as the db user with the proxy's secret (SCRAM-SHA-256),
+//!    read-only for `READ_ONLY` endpoints (`default_transaction_read_only=on`), and the
+//!    traffic is relayed both ways until either side closes or the client is idle too long.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::config::{StackConfig, TargetRole};
+use crate::iam::Iam;
+use crate::token::{verify_token, Expected};
+
+/// SQLSTATE of IAM authentication failures.
+pub const SQLSTATE_IAM: &str = "28P01";
+/// SQLSTATE of the TLS-required refusal and of a missing user.
+pub const SQLSTATE_AUTH_SPEC: &str = "28000";
+/// SQLSTATE of unsupported protocol features.
+pub const SQLSTATE_FEATURE: &str = "0A000";
+/// SQLSTATE of the client-limit refusal.
+pub const SQLSTATE_TOO_MANY: &str = "53300";
+/// SQLSTATE when PostgreSQL cannot be reached.
+pub const SQLSTATE_BACKEND_DOWN: &str = "08006";
+
+/// `This RDS Proxy requires TLS connections.`
+pub const MSG_TLS_REQUIRED: &str = "This RDS Proxy requires TLS connections.";
+/// Protocol other than 3.0.
+pub const MSG_PROTOCOL: &str =
+    "Feature not supported: RDS Proxy supports only version 3.0 of the PostgreSQL messaging protocol.";
+/// Replication mode.
+pub const MSG_REPLICATION: &str =
+    "Feature not supported: RDS Proxy currently doesn't support streaming replication mode.";
+/// No user in the startup packet.
+pub const MSG_NO_USER: &str =
+    "A user name is missing from the connection startup packet. Provide a user name for this connection.";
+/// The message sent when PostgreSQL cannot be reached (not an AWS text: RDS Proxy would
+/// time out waiting for a database connection).
+pub const MSG_BACKEND_DOWN: &str =
+    "RDS Proxy could not open a connection to the database: the database is not reachable.";
+
+/// `The IAM authentication failed for the role USER. ...`
+pub fn msg_iam_failed(user: &str) -> String {
+    format!("The IAM authentication failed for the role {user}. Check the IAM token for this role and try again.")
+}
+/// `This RDS proxy has no credentials for the role USER. ...`
+pub fn msg_no_credentials(user: &str) -> String {
+    format!("This RDS proxy has no credentials for the role {user}. Check the credentials for this role and try again.")
+}
+/// `Feature not supported: RDS Proxy currently doesn't support the option OPTION.`
+pub fn msg_option(option: &str) -> String {
+    format!("Feature not supported: RDS Proxy currently doesn't support the option {option}.")
+}
+/// `The maximum number of client connections to the proxy exceeded N.`
+pub fn msg_too_many(n: usize) -> String {
+    format!("The maximum number of client connections to the proxy exceeded {n}.")
+}
+
+/// Startup parameters RDS Proxy accepts.
+pub const ACCEPTED_PARAMETERS: &[&str] = &[
+    "user",
+    "database",
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "extra_float_digits",
+    "search_path",
+];
+
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+const PROTOCOL_3: u32 = 196_608;
+const MAX_STARTUP: usize = 10_000;
+const MAX_PASSWORD: usize = 16_384;
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a proxy endpoint serves, as the proxy sees it.
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    /// Endpoint name.
+    pub name: String,
+    /// Host name signed into tokens.
+    pub hostname: String,
+    /// Advertised port signed into tokens.
+    pub port: u16,
+    /// Target role.
+    pub target_role: TargetRole,
+}
+
+/// State shared by all endpoints of one proxy.
+pub struct ProxyShared {
+    iam: Arc<Iam>,
+    config: Arc<StackConfig>,
+    backend: SocketAddr,
+    tls: TlsAcceptor,
+    clients: AtomicUsize,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for ProxyShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyShared")
+            .field("backend", &self.backend)
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyShared {
+    /// Shared state for a proxy relaying to `backend`.
+    pub fn new(
+        iam: Arc<Iam>,
+        backend: SocketAddr,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Arc<ProxyShared> {
+        let config = Arc::new(iam.config().clone());
+        Arc::new(ProxyShared {
+            iam,
+            config,
+            backend,
+            tls: TlsAcceptor::from(tls),
+            clients: AtomicUsize::new(0),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    /// Number of client connections open now.
+    pub fn client_connections(&self) -> usize {
+        self.clients.load(Ordering::SeqCst)
+    }
+
+    /// Closes every client connection and stops the listeners.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// Binds an endpoint's listener and serves it in the background.
+pub async fn serve_endpoint(
+    shared: Arc<ProxyShared>,
+    spec: EndpointSpec,
+    listen: SocketAddr,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), crate::Error> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        crate::Error::io(
+            format!("binding proxy endpoint {} on {listen}", spec.name),
+            e,
+        )
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| crate::Error::io("proxy listener address", e))?;
+    let spec = Arc::new(spec);
+    let mut stop = shared.shutdown.subscribe();
+    let task = tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let Ok((stream, peer)) = accepted else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = Arc::clone(&shared);
+            let spec = Arc::clone(&spec);
+            let span = tracing::info_span!("proxy", %peer);
+            tokio::spawn(handle_client(shared, spec, stream).instrument(span));
+        }
+    });
+    Ok((addr, task))
+}
+
+struct ClientSlot<'a>(&'a AtomicUsize);
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A startup-phase packet.
+#[derive(Debug)]
+enum Startup {
+    Ssl,
+    GssEnc,
+    Cancel(Vec<u8>),
+    V3(Vec<(String, String)>),
+    Other(u32),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> Result<Startup, ConnError> {
+    let len = s.read_u32().await? as usize;
+    if !(8..=MAX_STARTUP).contains(&len) {
+        return Err(ConnError::Protocol(format!("startup packet length {len}")));
+    }
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).await?;
+    let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    Ok(match code {
+        SSL_REQUEST => Startup::Ssl,
+        GSSENC_REQUEST => Startup::GssEnc,
+        CANCEL_REQUEST => {
+            let mut packet = (len as u32).to_be_bytes().to_vec();
+            packet.extend_from_slice(&body);
+            Startup::Cancel(packet)
+        }
+        PROTOCOL_3 => {
+            let mut params = Vec::new();
+            let mut fields = body[4..].split(|b| *b == 0);
+            loop {
+                let Some(k) = fields.next() else {
+                    return Err(ConnError::Protocol("unterminated startup packet".into()));
+                };
+                if k.is_empty() {
+                    break;
+                }
+                let Some(v) = fields.next() else {
+                    return Err(ConnError::Protocol(
+                        "startup parameter without value".into(),
+                    ));
+                };
+                let k = String::from_utf8_lossy(k).into_owned();
+                let v = String::from_utf8_lossy(v).into_owned();
+                params.push((k, v));
+            }
+            Startup::V3(params)
+        }
+        other => Startup::Other(other),
+    })
+}
+
+/// An `ErrorResponse` with severity FATAL.
+pub fn fatal_message(sqlstate: &str, message: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (tag, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', sqlstate),
+        (b'M', message),
+    ] {
+        body.push(tag);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = vec![b'E'];
+    msg.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    msg.extend_from_slice(&body);
+    msg
+}
+
+async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, sqlstate: &str, message: &str) {
+    let _ = s.write_all(&fatal_message(sqlstate, message)).await;
+    let _ = s.flush().await;
+    let _ = s.shutdown().await;
+}
+
+async fn forward_cancel(backend: SocketAddr, packet: &[u8]) {
+    if let Ok(Ok(mut s)) =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(backend)).await
+    {
+        let _ = s.write_all(packet).await;
+        let _ = s.shutdown().await;
+    }
+}
+
+async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tcp: TcpStream) {
+    let count = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
+    let _slot = ClientSlot(&shared.clients);
+    let mut stop = shared.shutdown.subscribe();
+    let handshake = async {
+        loop {
+            match read_startup(&mut tcp).await? {
+                Startup::Ssl => {
+                    tcp.write_all(b"S").await?;
+                    break;
+                }
+                Startup::GssEnc => tcp.write_all(b"N").await?,
+                Startup::Cancel(packet) => {
+                    forward_cancel(shared.backend, &packet).await;
+                    return Ok(None);
+                }
+                Startup::V3(_) | Startup::Other(_) => {
+                    tracing::warn!(endpoint = %spec.name, "refused: startup packet without TLS");
+                    send_fatal(&mut tcp, SQLSTATE_AUTH_SPEC, MSG_TLS_REQUIRED).await;
+                    return Ok(None);
+                }
+            }
+        }
+        let mut tls = shared.tls.accept(tcp).await?;
+        let params = match read_startup(&mut tls).await? {
+            Startup::V3(params) => params,
+            Startup::Cancel(packet) => {
+                forward_cancel(shared.backend, &packet).await;
+                return Ok(None);
+            }
+            Startup::Other(version) => {
+                tracing::warn!(endpoint = %spec.name, "refused: protocol {}.{}", version >> 16, version & 0xffff);
+                send_fatal(&mut tls, SQLSTATE_FEATURE, MSG_PROTOCOL).await;
+                return Ok(None);
+            }
+            Startup::Ssl | Startup::GssEnc => {
+                return Err(ConnError::Protocol("encryption request inside TLS".into()));
+            }
+        };
+        match login(&shared, &spec, &mut tls, params, count).await? {
+            Some(session) => Ok(Some((tls, session))),
+            None => Ok(None),
+        }
+    };
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(LOGIN_TIMEOUT, handshake) => r,
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let (tls, (backend, db_user)) = match outcome {
+        Ok(Ok(Some(ok))) => ok,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %spec.name, "connection closed during login: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(endpoint = %spec.name, "login timed out");
+            return;
+        }
+    };
+    tracing::info!(endpoint = %spec.name, user = %db_user, "session started");
+    let idle = Duration::from_secs(shared.config.proxy.idle_client_timeout_seconds.max(1));
+    relay(tls, backend, idle, stop, &spec.name).await;
+    tracing::info!(endpoint = %spec.name, user = %db_user, "session ended");
+}
+
+/// Validates the startup packet, authenticates the token, opens the backend session.
+async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &ProxyShared,
+    spec: &EndpointSpec,
+    tls: &mut S,
+    params: Vec<(String, String)>,
+    count: usize,
+) -> Result<Option<(TcpStream, String)>, ConnError> {
+    let max = shared.config.proxy.max_client_connections;
+    if params.iter().any(|(k, _)| k == "replication") {
+        tracing::warn!(endpoint = %spec.name, "refused: replication requested");
+        send_fatal(tls, SQLSTATE_FEATURE, MSG_REPLICATION).await;
+        return Ok(None);
+    }
+    if let Some((k, _)) = params
+        .iter()
+        .find(|(k, _)| !ACCEPTED_PARAMETERS.contains(&k.as_str()))
+    {
+        tracing::warn!(endpoint = %spec.name, "refused: unsupported startup option {k}");
+        send_fatal(tls, SQLSTATE_FEATURE, &msg_option(k)).await;
+        return Ok(None);
+    }
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(user) = get("user").filter(|u| !u.is_empty()).map(str::to_string) else {
+        tracing::warn!(endpoint = %spec.name, "refused: no user in the startup packet");
+        send_fatal(tls, SQLSTATE_AUTH_SPEC, MSG_NO_USER).await;
+        return Ok(None);
+    };
+    if count > max {
+        tracing::warn!(endpoint = %spec.name, "refused: {count} client connections, limit {max}");
+        send_fatal(tls, SQLSTATE_TOO_MANY, &msg_too_many(max)).await;
+        return Ok(None);
+    }
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_string();
+
+    // AuthenticationCleartextPassword.
+    tls.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?;
+    tls.flush().await?;
+    let tag = tls.read_u8().await?;
+    let len = tls.read_u32().await? as usize;
+    if tag != b'p' || !(5..=MAX_PASSWORD).contains(&len) {
+        return Err(ConnError::Protocol(format!(
+            "expected a password message, got {:?} ({len} bytes)",
+            char::from(tag)
+        )));
+    }
+    let mut password = vec![0u8; len - 4];
+    tls.read_exact(&mut password).await?;
+    if password.last() == Some(&0) {
+        password.pop();
+    }
+    let token = String::from_utf8_lossy(&password).into_owned();
+
+    let Some(db_user) = shared.config.proxy.db_users.iter().find(|u| u.name == user) else {
+        tracing::warn!(endpoint = %spec.name, %user, "refused: no secret (credentials) for this db user");
+        send_fatal(tls, SQLSTATE_IAM, &msg_no_credentials(&user)).await;
+        return Ok(None);
+    };
+    let expected = Expected {
+        hostname: &spec.hostname,
+        port: spec.port,
+        region: &shared.config.region,
+        db_user: &user,
+        now: time::OffsetDateTime::now_utc(),
+        max_clock_skew: time::Duration::seconds(i64::from(
+            shared.config.proxy.max_clock_skew_seconds,
+        )),
+    };
+    let mut caller = None;
+    let verified = verify_token(&token, &expected, |akid| {
+        shared.iam.lookup(akid).map(|(known, c)| {
+            caller = Some(c);
+            known
+        })
+    });
+    let refusal = match (&verified, &caller) {
+        (Err(reason), _) => Some(reason.to_string()),
+        (Ok(_), Some(c)) => {
+            let resource = shared.config.dbuser_arn(&user);
+            if shared.iam.may_connect(c, &resource) {
+                None
+            } else {
+                Some(format!(
+                    "{} is not allowed rds-db:connect on {resource}",
+                    c.arn
+                ))
+            }
+        }
+        (Ok(_), None) => Some("no caller for the access key".to_string()),
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(endpoint = %spec.name, %user, "refused: IAM authentication failed: {reason}");
+        send_fatal(tls, SQLSTATE_IAM, &msg_iam_failed(&user)).await;
+        return Ok(None);
+    }
+    if let Some(c) = &caller {
+        tracing::info!(endpoint = %spec.name, %user, principal = %c.arn, "IAM authentication succeeded");
+    }
+
+    let mut forwarded: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database"))
+        .cloned()
+        .collect();
+    if spec.target_role == TargetRole::ReadOnly {
+        forwarded.push((
+            "options".into(),
+            "-c default_transaction_read_only=on".into(),
+        ));
+    }
+    let timeout = Duration::from_secs(shared.config.proxy.backend_connect_timeout_seconds.max(1));
+    match tokio::time::timeout(
+        timeout,
+        backend_login(
+            shared.backend,
+            &user,
+            &database,
+            &db_user.backend_password,
+            &forwarded,
+        ),
+    )
+    .await
+    {
+        Ok(Ok(BackendLogin::Ready(stream))) => {
+            // AuthenticationOk; the backend's ParameterStatus, BackendKeyData and
+            // ReadyForQuery follow through the relay.
+            tls.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await?;
+            tls.flush().await?;
+            Ok(Some((stream, user)))
+        }
+        Ok(Ok(BackendLogin::Refused(error_message))) => {
+            // PostgreSQL's own refusal (e.g. unknown database): pass it on.
+            tracing::warn!(endpoint = %spec.name, %user, "backend refused the session");
+            let _ = tls.write_all(&error_message).await;
+            let _ = tls.flush().await;
+            let _ = tls.shutdown().await;
+            Ok(None)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(endpoint = %spec.name, backend = %shared.backend, "backend unreachable: {e}");
+            send_fatal(tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
+            Ok(None)
+        }
+        Err(_) => {
+            tracing::error!(endpoint = %spec.name, backend = %shared.backend, "backend login timed out");
+            send_fatal(tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
+            Ok(None)
+        }
+    }
+}
+
+enum BackendLogin {
+    Ready(TcpStream),
+    Refused(Vec<u8>),
+}
+
+async fn read_message<S: AsyncRead + Unpin>(s: &mut S) -> Result<(u8, Vec<u8>), ConnError> {
+    let tag = s.read_u8().await?;
+    let len = s.read_u32().await? as usize;
+    if !(4..=1 << 20).contains(&len) {
+        return Err(ConnError::Protocol(format!("backend message length {len}")));
+    }
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).await?;
+    Ok((tag, body))
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+async fn backend_login(
+    addr: SocketAddr,
+    user: &str,
+    database: &str,
+    password: &str,
+    params: &[(String, String)],
+) -> Result<BackendLogin, ConnError> {
+    let mut s = TcpStream::connect(addr).await?;
+    let _ = s.set_nodelay(true);
+    let mut body = PROTOCOL_3.to_be_bytes().to_vec();
+    for (k, v) in [("user", user), ("database", database)]
+        .into_iter()
+        .chain(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&body);
+    s.write_all(&startup).await?;
+
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let (tag, body) = read_message(&mut s).await?;
+        match tag {
+            b'E' => return Ok(BackendLogin::Refused(message(b'E', &body))),
+            b'R' if body.len() >= 4 => {
+                let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                let data = &body[4..];
+                match code {
+                    0 => return Ok(BackendLogin::Ready(s)),
+                    3 => {
+                        let mut p = password.as_bytes().to_vec();
+                        p.push(0);
+                        s.write_all(&message(b'p', &p)).await?;
+                    }
+                    5 if data.len() >= 4 => {
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            user.as_bytes(),
+                            password.as_bytes(),
+                            [data[0], data[1], data[2], data[3]],
+                        );
+                        let mut p = hash.into_bytes();
+                        p.push(0);
+                        s.write_all(&message(b'p', &p)).await?;
+                    }
+                    10 => {
+                        let mechanisms: Vec<&[u8]> = data.split(|b| *b == 0).collect();
+                        if !mechanisms.iter().any(|m| *m == b"SCRAM-SHA-256") {
+                            return Err(ConnError::Protocol(
+                                "backend offers no SCRAM-SHA-256".into(),
+                            ));
+                        }
+                        let sc =
+                            ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                        let first = sc.message().to_vec();
+                        let mut p = b"SCRAM-SHA-256\0".to_vec();
+                        p.extend_from_slice(&(first.len() as u32).to_be_bytes());
+                        p.extend_from_slice(&first);
+                        s.write_all(&message(b'p', &p)).await?;
+                        scram = Some(sc);
+                    }
+                    11 => {
+                        let sc = scram.as_mut().ok_or_else(|| {
+                            ConnError::Protocol("SASLContinue before SASL".into())
+                        })?;
+                        sc.update(data)?;
+                        let m = sc.message().to_vec();
+                        s.write_all(&message(b'p', &m)).await?;
+                    }
+                    12 => {
+                        let sc = scram
+                            .as_mut()
+                            .ok_or_else(|| ConnError::Protocol("SASLFinal before SASL".into()))?;
+                        sc.finish(data)?;
+                    }
+                    other => {
+                        return Err(ConnError::Protocol(format!(
+                            "unsupported backend auth request {other}"
+                        )))
+                    }
+                }
+            }
+            b'N' => {} // NoticeResponse during startup: ignore.
+            other => {
+                return Err(ConnError::Protocol(format!(
+                    "unexpected backend message {:?} during login",
+                    char::from(other)
+                )))
+            }
+        }
+    }
+}
+
+async fn relay<C: AsyncRead + AsyncWrite + Unpin>(
+    client: C,
+    backend: TcpStream,
+    idle: Duration,
+    mut stop: watch::Receiver<bool>,
+    endpoint: &str,
+) {
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut br, mut bw) = backend.into_split();
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let c2b = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = cr.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            touch();
+            bw.write_all(&buf[..n]).await?;
+        }
+    };
+    let b2c = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = br.read(&mut buf).await?;
+            if n == 0 {
+                cw.shutdown().await?;
+                return Ok::<_, std::io::Error>(());
+            }
+            touch();
+            cw.write_all(&buf[..n]).await?;
+            cw.flush().await?;
+        }
+    };
+    let idle_watch = async {
+        loop {
+            let since = Duration::from_millis(last.load(Ordering::Relaxed));
+            let quiet = start.elapsed().saturating_sub(since);
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    };
+    tokio::select! {
+        r = c2b => if let Err(e) = r { tracing::debug!(%endpoint, "client side closed: {e}") },
+        r = b2c => if let Err(e) = r { tracing::debug!(%endpoint, "backend side closed: {e}") },
+        _ = idle_watch => tracing::info!(%endpoint, "closing idle client connection after {} s", idle.as_secs()),
+        _ = stop.wait_for(|s| *s) => {},
+    }
+}

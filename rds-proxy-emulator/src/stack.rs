@@ -1,0 +1,405 @@
+//! [`LocalStack`]: PostgreSQL + STS stand-in + RDS Proxy stand-in, started together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use crate::config::{StackConfig, TargetRole};
+use crate::iam::{Iam, TemporaryCredentials};
+use crate::pg::{PgOptions, PgServer};
+use crate::proxy::{serve_endpoint, EndpointSpec, ProxyShared};
+use crate::sts::{Sts, StsServer};
+use crate::tls::ProxyTls;
+use crate::token::{sign_token, SigningCredentials, TokenRequest};
+use crate::Error;
+
+/// A running proxy endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Endpoint name (`application-db-endpoint-read-only`).
+    pub name: String,
+    /// Its DNS name: on the certificate, and the host to sign tokens for.
+    pub hostname: String,
+    /// The advertised port (5432): the port to sign tokens for.
+    pub port: u16,
+    /// Where it really listens: the address to dial (`DB_CONNECT_HOST`).
+    pub listen: SocketAddr,
+    /// `READ_WRITE` or `READ_ONLY`.
+    pub target_role: TargetRole,
+}
+
+/// Options of [`LocalStack::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Where to write `ca.pem` (and, for the CLI, `stack.env`). `None`: a temp dir removed
+    /// with the stack.
+    pub state_dir: Option<PathBuf>,
+    /// Where PostgreSQL's temp dir goes (default: the system temp dir).
+    pub pg_base_dir: Option<PathBuf>,
+    /// A directory to cache `initdb` output in across runs (see [`crate::pg`]); `None`
+    /// also consults `RDS_PROXY_EMULATOR_PG_CACHE`.
+    pub pg_template_cache: Option<PathBuf>,
+}
+
+/// PostgreSQL, the STS stand-in and the RDS Proxy stand-in, on free loopback ports.
+///
+/// Dropping it (or [`LocalStack::shutdown`]) stops the listeners, closes client sessions,
+/// stops PostgreSQL and removes every file it created.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), rds_proxy_emulator::Error> {
+/// use rds_proxy_emulator::{LocalStack, StackConfig};
+///
+/// let stack = LocalStack::start(StackConfig::demo()).await?;
+/// let ro = stack.endpoint("READ_ONLY").expect("the demo has a READ_ONLY endpoint");
+/// assert_eq!(ro.port, 5432); // sign for hostname:5432, dial ro.listen
+/// let (access_key_id, secret) = stack.app_credentials();
+/// // ... AssumeRole(stack.role_arn(), ExternalId = stack.external_id()) at
+/// // stack.sts_endpoint_url(), sign a token, connect with TLS (CA: stack.ca_path()).
+/// # let _ = (access_key_id, secret);
+/// stack.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct LocalStack {
+    config: Arc<StackConfig>,
+    iam: Arc<Iam>,
+    pg: PgServer,
+    sts: StsServer,
+    proxy: Arc<ProxyShared>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+    endpoints: Vec<Endpoint>,
+    ca_pem: String,
+    ca_path: PathBuf,
+    _temp_state: Option<tempfile::TempDir>,
+}
+
+impl LocalStack {
+    /// Starts the stack described by `config` (state in a temp dir).
+    pub async fn start(config: StackConfig) -> Result<LocalStack, Error> {
+        LocalStack::start_with(config, StartOptions::default()).await
+    }
+
+    /// Starts the stack with explicit [`StartOptions`].
+    pub async fn start_with(
+        config: StackConfig,
+        options: StartOptions,
+    ) -> Result<LocalStack, Error> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let (temp_state, state_dir) = match &options.state_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("rds-proxy-emulator-state-")
+                    .tempdir()
+                    .map_err(|e| Error::io("creating a temp dir", e))?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+
+        let hostnames: Vec<String> = config
+            .proxy
+            .endpoints
+            .iter()
+            .map(|e| e.hostname.to_ascii_lowercase())
+            .collect();
+        let tls = ProxyTls::generate(&hostnames)?;
+        let ca_path = state_dir.join("ca.pem");
+        std::fs::write(&ca_path, &tls.ca_pem)
+            .map_err(|e| Error::io(format!("writing {}", ca_path.display()), e))?;
+
+        let pg = PgServer::start(PgOptions {
+            users: config
+                .proxy
+                .db_users
+                .iter()
+                .map(|u| (u.name.clone(), u.backend_password.clone()))
+                .collect(),
+            database: config.database.name.clone(),
+            seed_sql: config.database.seed_sql.clone(),
+            base_dir: options.pg_base_dir.clone(),
+            template_cache: options
+                .pg_template_cache
+                .clone()
+                .or_else(|| std::env::var_os("RDS_PROXY_EMULATOR_PG_CACHE").map(PathBuf::from)),
+            bin_dir: None,
+        })
+        .await?;
+
+        let iam = Arc::new(Iam::new(Arc::clone(&config)));
+        let sts = StsServer::start(Sts::new(Arc::clone(&iam)), config.sts.listen).await?;
+        let proxy = ProxyShared::new(Arc::clone(&iam), pg.addr(), Arc::clone(&tls.server_config));
+        let mut endpoints = Vec::new();
+        let mut listeners = Vec::new();
+        for e in &config.proxy.endpoints {
+            let spec = EndpointSpec {
+                name: e.name.clone(),
+                hostname: e.hostname.clone(),
+                port: e.port,
+                target_role: e.target_role,
+            };
+            let (addr, task) = serve_endpoint(Arc::clone(&proxy), spec, e.listen).await?;
+            listeners.push(task);
+            endpoints.push(Endpoint {
+                name: e.name.clone(),
+                hostname: e.hostname.clone(),
+                port: e.port,
+                listen: addr,
+                target_role: e.target_role,
+            });
+        }
+        tracing::info!(
+            sts = %sts.addr(),
+            postgres = %pg.addr(),
+            endpoints = ?endpoints.iter().map(|e| (e.name.as_str(), e.listen)).collect::<Vec<_>>(),
+            "local stack ready"
+        );
+        Ok(LocalStack {
+            config,
+            iam,
+            pg,
+            sts,
+            proxy,
+            listeners,
+            endpoints,
+            ca_pem: tls.ca_pem,
+            ca_path,
+            _temp_state: temp_state,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`: the STS endpoint URL (`AWS_ENDPOINT_URL_STS`).
+    pub fn sts_endpoint_url(&self) -> String {
+        format!("http://{}", self.sts.addr())
+    }
+
+    /// All endpoints, in configuration order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// An endpoint by name, host name, or target role (`"READ_ONLY"`, `"READ_WRITE"`:
+    /// the first such endpoint).
+    pub fn endpoint(&self, key: &str) -> Option<&Endpoint> {
+        let eps = &self.endpoints;
+        eps.iter()
+            .find(|e| e.name == key)
+            .or_else(|| eps.iter().find(|e| e.hostname.eq_ignore_ascii_case(key)))
+            .or_else(|| eps.iter().find(|e| e.target_role.as_str() == key))
+    }
+
+    /// The application's endpoint (`client.endpoint`; READ_ONLY in the demo).
+    pub fn app_endpoint(&self) -> &Endpoint {
+        // `validate` guarantees the client endpoint exists.
+        self.endpoint(&self.config.client.endpoint)
+            .unwrap_or(&self.endpoints[0])
+    }
+
+    /// The CA certificate (PEM) the proxy's certificate chains to.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Path of the CA PEM file (`DB_CA_BUNDLE`).
+    pub fn ca_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    /// Access key id and secret of the application principal (`client.principal`).
+    pub fn app_credentials(&self) -> (String, String) {
+        self.principal_credentials(&self.config.client.principal)
+            .unwrap_or_default()
+    }
+
+    /// Access key id and secret of any configured principal.
+    pub fn principal_credentials(&self, arn: &str) -> Option<(String, String)> {
+        self.config
+            .principals
+            .iter()
+            .find(|p| p.arn == arn)
+            .map(|p| (p.access_key_id.clone(), p.secret_access_key.clone()))
+    }
+
+    /// The role the application assumes.
+    pub fn role_arn(&self) -> &str {
+        &self.config.client.role
+    }
+
+    /// Its external id (empty if the role has none).
+    pub fn external_id(&self) -> &str {
+        self.iam
+            .role(&self.config.client.role)
+            .and_then(|r| r.external_id.as_deref())
+            .unwrap_or("")
+    }
+
+    /// The database user the application connects as.
+    pub fn db_user(&self) -> &str {
+        &self.config.client.db_user
+    }
+
+    /// The database name (`example_db`).
+    pub fn db_name(&self) -> &str {
+        &self.config.database.name
+    }
+
+    /// The region.
+    pub fn region(&self) -> &str {
+        &self.config.region
+    }
+
+    /// The configuration the stack runs.
+    pub fn config(&self) -> &StackConfig {
+        &self.config
+    }
+
+    /// The identity store (principals and issued sessions).
+    pub fn iam(&self) -> &Iam {
+        &self.iam
+    }
+
+    /// PostgreSQL's own address (bypassing the proxy; password: the db user's backend secret).
+    pub fn backend_addr(&self) -> SocketAddr {
+        self.pg.addr()
+    }
+
+    /// The PostgreSQL server.
+    pub fn postgres(&self) -> &PgServer {
+        &self.pg
+    }
+
+    /// Number of client connections the proxy holds now.
+    pub fn proxy_client_connections(&self) -> usize {
+        self.proxy.client_connections()
+    }
+
+    /// Issues session credentials for `role_arn` directly (no STS call, no trust check),
+    /// expiring at `expiration` — which may be in the past, to test expired credentials.
+    pub fn issue_credentials(
+        &self,
+        role_arn: &str,
+        session_name: &str,
+        expiration: OffsetDateTime,
+    ) -> Result<TemporaryCredentials, Error> {
+        self.iam
+            .issue(role_arn, session_name, expiration)
+            .ok_or_else(|| Error::Sts(format!("no role {role_arn}")))
+    }
+
+    /// Signs a token with the emulator's own signer (for tests and demos).
+    pub fn sign_token(
+        &self,
+        endpoint: &Endpoint,
+        db_user: &str,
+        creds: &TemporaryCredentials,
+        at: OffsetDateTime,
+    ) -> String {
+        sign_token(
+            &TokenRequest {
+                host: &endpoint.hostname,
+                port: endpoint.port,
+                region: &self.config.region,
+                db_user,
+                expires_in: 900,
+            },
+            &SigningCredentials {
+                access_key_id: &creds.access_key_id,
+                secret_access_key: &creds.secret_access_key,
+                session_token: Some(&creds.session_token),
+            },
+            at,
+        )
+    }
+
+    /// The `stack.env` pairs: the Lambda's variables (DESIGN.md 7) for the application
+    /// endpoint, plus `AWS_REGION`, the application principal's keys and
+    /// `AWS_ENDPOINT_URL_STS`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let ep = self.app_endpoint();
+        let (akid, secret) = self.app_credentials();
+        let mut env = vec![
+            ("DATABASE_ACCOUNT_IAM_ROLE", self.role_arn().to_string()),
+            ("RDS_PROXY_APPLICATION_ENDPOINT", ep.hostname.clone()),
+            ("DB_USERNAME", self.db_user().to_string()),
+            ("DBNAME", self.db_name().to_string()),
+            ("DB_PORT", ep.port.to_string()),
+            ("EXTERNAL_ID", self.external_id().to_string()),
+            ("DB_CA_BUNDLE", self.ca_path.display().to_string()),
+            ("DB_CONNECT_HOST", ep.listen.to_string()),
+            ("AWS_REGION", self.region().to_string()),
+            ("AWS_ACCESS_KEY_ID", akid),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+            ("AWS_ENDPOINT_URL_STS", self.sts_endpoint_url()),
+        ];
+        if let Some(rw) = self
+            .endpoints
+            .iter()
+            .find(|e| e.target_role == TargetRole::ReadWrite)
+        {
+            env.push(("RDS_PROXY_READ_WRITE_ENDPOINT", rw.hostname.clone()));
+            env.push(("DB_CONNECT_HOST_READ_WRITE", rw.listen.to_string()));
+        }
+        env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// [`LocalStack::env`] as a shell file: `export KEY=value` lines, single-quoted where
+    /// needed, for `source .local/stack.env`.
+    pub fn env_file(&self) -> String {
+        let mut out = String::from("# Written by rds-proxy-emulator: `source` this file.\n");
+        for (k, v) in self.env() {
+            out.push_str(&format!("export {k}={}\n", shell_quote(&v)));
+        }
+        out
+    }
+
+    /// Stops PostgreSQL (to test "backend down"); the proxy keeps running.
+    pub async fn stop_backend(&self) {
+        self.pg.stop();
+    }
+
+    /// Stops everything and removes the files the stack created.
+    pub async fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        self.proxy.shutdown();
+        for l in &self.listeners {
+            l.abort();
+        }
+        self.sts.stop();
+        self.pg.remove();
+        if self._temp_state.is_none() {
+            let _ = std::fs::remove_file(&self.ca_path);
+        }
+    }
+}
+
+/// Quotes a value for a POSIX shell if it needs it.
+///
+/// ```
+/// use rds_proxy_emulator::shell_quote as q;
+/// assert_eq!(q("us-east-1"), "us-east-1");
+/// assert_eq!(q("a b'c"), "'a b'\\''c'");
+/// ```
+pub fn shell_quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@,+=%".contains(&b))
+    {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', "'\\''"))
+    }
+}

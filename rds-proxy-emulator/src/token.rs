@@ -1,0 +1,440 @@
+//! RDS IAM auth tokens: an independent verifier (what the proxy stand-in runs) and a small
+//! signer for the emulator's own tests and demos.
+//!
+//! Both follow DESIGN.md 3 and are checked against its golden vectors. The verifier
+//! recomputes the SigV4 query-presign signature from the token's own parameters (in any
+//! order), so it accepts exactly the tokens AWS would accept for the same credentials.
+//!
+//! ```
+//! use rds_proxy_emulator::token::{sign_token, verify_token, KnownCredential, SigningCredentials, TokenRequest, Expected};
+//! use time::macros::datetime;
+//!
+//! let now = datetime!(2016-11-07 17:39:33 UTC);
+//! let creds = SigningCredentials { access_key_id: "akid", secret_access_key: "skid", session_token: None };
+//! let req = TokenRequest { host: "prod-instance.us-east-1.rds.amazonaws.com", port: 3306, region: "us-east-1", db_user: "someusername", expires_in: 900 };
+//! let token = sign_token(&req, &creds, now);
+//! assert!(token.ends_with("X-Amz-Signature=d1138cdbc0ca63eec012ec0fc6c2267e03642168f5884a7795320d4c18374c61"));
+//!
+//! let expected = Expected { hostname: req.host, port: 3306, region: "us-east-1", db_user: "someusername", now, max_clock_skew: time::Duration::minutes(5) };
+//! let lookup = |akid: &str| (akid == "akid").then(|| KnownCredential { secret_access_key: "skid".into(), session_token: None, expires_at: None });
+//! assert!(verify_token(&token, &expected, lookup).is_ok());
+//! ```
+
+use time::{Duration, OffsetDateTime};
+
+use crate::sigv4::{self, CredentialScope, ALGORITHM, EMPTY_SHA256};
+
+/// The service name RDS IAM tokens are signed for.
+pub const SERVICE: &str = "rds-db";
+/// Largest `X-Amz-Expires` RDS accepts.
+pub const MAX_EXPIRES: u32 = 900;
+
+/// Credentials to sign with.
+#[derive(Clone, Copy)]
+pub struct SigningCredentials<'a> {
+    /// Access key id.
+    pub access_key_id: &'a str,
+    /// Secret access key.
+    pub secret_access_key: &'a str,
+    /// Session token of temporary credentials.
+    pub session_token: Option<&'a str>,
+}
+
+impl std::fmt::Debug for SigningCredentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &self.session_token.map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// What a token is for.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenRequest<'a> {
+    /// Host name as the caller writes it (signed lowercased).
+    pub host: &'a str,
+    /// Port signed into the token (5432 for a PostgreSQL proxy).
+    pub port: u16,
+    /// Region of the credential scope.
+    pub region: &'a str,
+    /// Database user.
+    pub db_user: &'a str,
+    /// `X-Amz-Expires` (RDS accepts at most 900).
+    pub expires_in: u32,
+}
+
+/// The value of the signed `host` header: lowercased host, `:port` unless 443 (botocore).
+fn host_header(host: &str, port: u16) -> String {
+    if port == 443 {
+        host.to_ascii_lowercase()
+    } else {
+        format!("{}:{port}", host.to_ascii_lowercase())
+    }
+}
+
+fn canonical_request(canonical_query: &str, host_header: &str) -> String {
+    format!("GET\n/\n{canonical_query}\nhost:{host_header}\n\nhost\n{EMPTY_SHA256}")
+}
+
+/// Signs a token, byte for byte as `aws rds generate-db-auth-token` prints it.
+pub fn sign_token(
+    req: &TokenRequest<'_>,
+    creds: &SigningCredentials<'_>,
+    now: OffsetDateTime,
+) -> String {
+    let amz_date = sigv4::format_amz_date(now);
+    let date = &amz_date[..8];
+    let scope = format!("{date}/{}/{SERVICE}/aws4_request", req.region);
+    let mut params: Vec<(String, String)> = vec![
+        ("Action".into(), "connect".into()),
+        ("DBUser".into(), req.db_user.into()),
+        ("X-Amz-Algorithm".into(), ALGORITHM.into()),
+        (
+            "X-Amz-Credential".into(),
+            format!("{}/{scope}", creds.access_key_id),
+        ),
+        ("X-Amz-Date".into(), amz_date.clone()),
+        ("X-Amz-Expires".into(), req.expires_in.to_string()),
+        ("X-Amz-SignedHeaders".into(), "host".into()),
+    ];
+    if let Some(t) = creds.session_token {
+        params.push(("X-Amz-Security-Token".into(), t.into()));
+    }
+    let creq = canonical_request(
+        &sigv4::canonical_query(&params),
+        &host_header(req.host, req.port),
+    );
+    let key = sigv4::signing_key(creds.secret_access_key, date, req.region, SERVICE);
+    let sig = sigv4::signature(&key, &sigv4::string_to_sign(&amz_date, &scope, &creq));
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", sigv4::uri_encode(k), sigv4::uri_encode(v)))
+        .collect();
+    format!(
+        "{}:{}/?{}&X-Amz-Signature={sig}",
+        req.host,
+        req.port,
+        query.join("&")
+    )
+}
+
+/// A credential the verifier knows (from the STS stand-in's records).
+#[derive(Clone)]
+pub struct KnownCredential {
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// The session token that must accompany it (temporary credentials), or `None`
+    /// for long-term keys (then the token must carry none).
+    pub session_token: Option<String>,
+    /// When the credentials stop being valid.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl std::fmt::Debug for KnownCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnownCredential")
+            .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// What the proxy expects of a token presented to one endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// Endpoint host name (compared case-insensitively).
+    pub hostname: &'a str,
+    /// Advertised port.
+    pub port: u16,
+    /// The proxy's region.
+    pub region: &'a str,
+    /// The user of the startup packet.
+    pub db_user: &'a str,
+    /// Verification time.
+    pub now: OffsetDateTime,
+    /// Allowance for a client clock ahead of ours.
+    pub max_clock_skew: Duration,
+}
+
+/// A token that passed verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// The access key id that signed it.
+    pub access_key_id: String,
+    /// `X-Amz-Date`.
+    pub signed_at: OffsetDateTime,
+    /// `X-Amz-Date + X-Amz-Expires`.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Why a token was refused: the precise internal reason (logged by the proxy, never shown
+/// to the client, which only sees the RDS Proxy message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    /// Not `HOST:PORT/?QUERY`, a bad escape, a duplicated or missing parameter.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// `X-Amz-Algorithm` is not `AWS4-HMAC-SHA256`.
+    #[error("unsupported X-Amz-Algorithm {0:?}")]
+    Algorithm(String),
+    /// `X-Amz-SignedHeaders` is not `host`.
+    #[error("X-Amz-SignedHeaders is {0:?}, expected \"host\"")]
+    SignedHeaders(String),
+    /// The credential scope names another service.
+    #[error("credential scope service is {0:?}, expected \"rds-db\"")]
+    Service(String),
+    /// The credential scope names another region.
+    #[error("token signed for region {got:?}, this proxy is in {expected:?}")]
+    Region {
+        /// Region in the token.
+        got: String,
+        /// The proxy's region.
+        expected: String,
+    },
+    /// `X-Amz-Date` and the scope date differ, or `X-Amz-Date` is malformed.
+    #[error("X-Amz-Date {0:?} is malformed or does not match the credential scope date")]
+    Date(String),
+    /// `X-Amz-Expires` is not an integer in 1..=900.
+    #[error("X-Amz-Expires {0:?} is not an integer between 1 and 900")]
+    Expires(String),
+    /// `X-Amz-Date` is further in the future than the clock-skew allowance.
+    #[error("token signed at {signed_at} is in the future (now {now})")]
+    NotYetValid {
+        /// `X-Amz-Date`.
+        signed_at: OffsetDateTime,
+        /// Verification time.
+        now: OffsetDateTime,
+    },
+    /// The token's lifetime has passed.
+    #[error("token expired at {expired_at} (now {now})")]
+    Expired {
+        /// `X-Amz-Date + X-Amz-Expires`.
+        expired_at: OffsetDateTime,
+        /// Verification time.
+        now: OffsetDateTime,
+    },
+    /// No such access key.
+    #[error("unknown access key id {0}")]
+    UnknownAccessKey(String),
+    /// Temporary credentials without their session token, or with another one.
+    #[error("session token missing or not the one issued with access key {0}")]
+    SessionToken(String),
+    /// The signing credentials had expired when the token was presented.
+    #[error("credentials {access_key_id} expired at {expired_at}")]
+    CredentialsExpired {
+        /// Access key id.
+        access_key_id: String,
+        /// Their expiration.
+        expired_at: OffsetDateTime,
+    },
+    /// The signature does not match (tampered token or wrong secret).
+    #[error("signature does not match (tampered token or wrong secret key)")]
+    Signature,
+    /// The token was signed for another host or port.
+    #[error("token signed for host {got:?}, this endpoint is {expected:?}")]
+    Host {
+        /// `host:port` in the token (lowercased).
+        got: String,
+        /// This endpoint's `host:port`.
+        expected: String,
+    },
+    /// `Action` is not `connect`.
+    #[error("Action is {0:?}, expected \"connect\"")]
+    Action(String),
+    /// `DBUser` differs from the startup packet's user.
+    #[error("token is for DBUser {got:?}, the connection is for user {expected:?}")]
+    DbUser {
+        /// `DBUser` in the token.
+        got: String,
+        /// Startup user.
+        expected: String,
+    },
+}
+
+fn malformed(m: impl Into<String>) -> TokenRejection {
+    TokenRejection::Malformed(m.into())
+}
+
+/// Verifies a token for `expected`, looking up the signing credentials by access key id.
+///
+/// Checks, in order: shape; algorithm; signed headers; credential scope (service
+/// `rds-db`, region); date; `X-Amz-Expires <= 900`; the time window (with the clock-skew
+/// allowance for tokens from the future); the credentials (known, session token, not
+/// expired); the signature; then host, `Action` and `DBUser`.
+pub fn verify_token<F>(
+    token: &str,
+    expected: &Expected<'_>,
+    lookup: F,
+) -> Result<VerifiedToken, TokenRejection>
+where
+    F: FnOnce(&str) -> Option<KnownCredential>,
+{
+    let (authority, query) = token
+        .split_once("/?")
+        .ok_or_else(|| malformed("not HOST:PORT/?QUERY"))?;
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| malformed("no port after the host"))?;
+    if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+        return Err(malformed("bad host"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p: &u16| *p != 0 && port.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| malformed("bad port"))?;
+
+    let mut params: Vec<(String, String)> = Vec::new();
+    let mut signature: Option<String> = None;
+    for part in query.split('&') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let k = sigv4::percent_decode(k, true).ok_or_else(|| malformed("bad escape"))?;
+        let v = sigv4::percent_decode(v, true).ok_or_else(|| malformed("bad escape"))?;
+        if k.is_empty() {
+            return Err(malformed("empty parameter name"));
+        }
+        if k == "X-Amz-Signature" {
+            if signature.replace(v).is_some() {
+                return Err(malformed("X-Amz-Signature twice"));
+            }
+            continue;
+        }
+        if params.iter().any(|(n, _)| *n == k) {
+            return Err(malformed(format!("parameter {k} twice")));
+        }
+        params.push((k, v));
+    }
+    let get = |name: &str| -> Result<&str, TokenRejection> {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| malformed(format!("missing {name}")))
+    };
+    let signature = signature.ok_or_else(|| malformed("missing X-Amz-Signature"))?;
+    if signature.len() != 64
+        || !signature
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(malformed("X-Amz-Signature is not 64 lowercase hex digits"));
+    }
+    let algorithm = get("X-Amz-Algorithm")?;
+    if algorithm != ALGORITHM {
+        return Err(TokenRejection::Algorithm(algorithm.into()));
+    }
+    let signed_headers = get("X-Amz-SignedHeaders")?;
+    if signed_headers != "host" {
+        return Err(TokenRejection::SignedHeaders(signed_headers.into()));
+    }
+    let scope = CredentialScope::parse(get("X-Amz-Credential")?).ok_or_else(|| {
+        malformed("X-Amz-Credential is not AKID/DATE/REGION/SERVICE/aws4_request")
+    })?;
+    if scope.service != SERVICE {
+        return Err(TokenRejection::Service(scope.service));
+    }
+    if scope.region != expected.region {
+        return Err(TokenRejection::Region {
+            got: scope.region,
+            expected: expected.region.into(),
+        });
+    }
+    let amz_date = get("X-Amz-Date")?;
+    let signed_at = sigv4::parse_amz_date(amz_date)
+        .filter(|_| amz_date.get(..8) == Some(scope.date.as_str()))
+        .ok_or_else(|| TokenRejection::Date(amz_date.into()))?;
+    let expires_raw = get("X-Amz-Expires")?;
+    let expires: u32 = expires_raw
+        .parse()
+        .ok()
+        .filter(|e| {
+            (1..=MAX_EXPIRES).contains(e) && expires_raw.bytes().all(|b| b.is_ascii_digit())
+        })
+        .ok_or_else(|| TokenRejection::Expires(expires_raw.into()))?;
+    let expires_at = signed_at + Duration::seconds(i64::from(expires));
+    if signed_at > expected.now + expected.max_clock_skew {
+        return Err(TokenRejection::NotYetValid {
+            signed_at,
+            now: expected.now,
+        });
+    }
+    if expected.now >= expires_at {
+        return Err(TokenRejection::Expired {
+            expired_at: expires_at,
+            now: expected.now,
+        });
+    }
+
+    let known = lookup(&scope.access_key_id)
+        .ok_or_else(|| TokenRejection::UnknownAccessKey(scope.access_key_id.clone()))?;
+    let presented_session = params
+        .iter()
+        .find(|(k, _)| k == "X-Amz-Security-Token")
+        .map(|(_, v)| v.as_str());
+    let session_ok = match (&known.session_token, presented_session) {
+        (Some(issued), Some(given)) => sigv4::signatures_equal(issued, given),
+        (None, None) => true,
+        _ => false,
+    };
+    if !session_ok {
+        return Err(TokenRejection::SessionToken(scope.access_key_id));
+    }
+    if let Some(exp) = known.expires_at {
+        if expected.now >= exp {
+            return Err(TokenRejection::CredentialsExpired {
+                access_key_id: scope.access_key_id,
+                expired_at: exp,
+            });
+        }
+    }
+
+    let creq = canonical_request(&sigv4::canonical_query(&params), &host_header(host, port));
+    let key = sigv4::signing_key(
+        &known.secret_access_key,
+        &scope.date,
+        &scope.region,
+        SERVICE,
+    );
+    let computed = sigv4::signature(
+        &key,
+        &sigv4::string_to_sign(amz_date, &scope.scope(), &creq),
+    );
+    if !sigv4::signatures_equal(&computed, &signature) {
+        return Err(TokenRejection::Signature);
+    }
+
+    let got = format!("{}:{port}", host.to_ascii_lowercase());
+    let want = format!(
+        "{}:{}",
+        expected.hostname.to_ascii_lowercase(),
+        expected.port
+    );
+    if got != want {
+        return Err(TokenRejection::Host {
+            got,
+            expected: want,
+        });
+    }
+    let action = get("Action")?;
+    if action != "connect" {
+        return Err(TokenRejection::Action(action.into()));
+    }
+    let db_user = get("DBUser")?;
+    if db_user != expected.db_user {
+        return Err(TokenRejection::DbUser {
+            got: db_user.into(),
+            expected: expected.db_user.into(),
+        });
+    }
+    Ok(VerifiedToken {
+        access_key_id: scope.access_key_id,
+        signed_at,
+        expires_at,
+    })
+}
