@@ -660,8 +660,7 @@ fn login_error(user: &str, host: &str, e: tokio_postgres::Error) -> Error {
         None => (error_chain(&e), None, None),
     };
     Error::Login {
-        user: user.to_owned(),
-        host: host.to_owned(),
+        login: format!("{user}@{host}"),
         message,
         code,
         hint,

@@ -194,12 +194,10 @@ pub enum Error {
     },
 
     /// The server refused the startup or the token.
-    #[error("login: {user}@{host}: {message}{}", hint_suffix(*hint))]
+    #[error("login: {login}: {message}{}", hint_suffix(*hint))]
     Login {
-        /// The database user.
-        user: String,
-        /// The endpoint.
-        host: String,
+        /// Who logged in where: `user@host`.
+        login: String,
         /// The server's message (with SQLSTATE) or the protocol failure.
         message: String,
         /// SQLSTATE, when the server sent an error.

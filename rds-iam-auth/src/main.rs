@@ -1,1 +1,237 @@
-fn main() {}
+//! `rds-iam-auth`: IAM auth tokens and a staged connection check from the shell.
+//!
+//! `generate-db-auth-token` is a drop-in for `aws rds generate-db-auth-token` (same flags,
+//! same output), plus `--role-arn`/`--external-id` to sign with cross-account credentials.
+//! `check` runs the whole path to the database and prints one line per stage.
+//!
+//! Exit codes: 0 success, 1 runtime failure (no credentials, STS refused, connection
+//! failed), 2 bad input (flags, host name, port, region, CA file).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::builder::NonEmptyStringValueParser;
+use clap::{Args, Parser, Subcommand};
+use rds_iam_auth::{CaBundle, Config, Error, Stage};
+
+#[derive(Parser)]
+#[command(
+    name = "rds-iam-auth",
+    version,
+    about = "IAM auth tokens and connection checks for Amazon RDS Proxy (PostgreSQL)",
+    after_help = "Exit codes: 0 success, 1 runtime failure, 2 bad input.\nLogs: -v, or RUST_LOG=rds_iam_auth=debug."
+)]
+struct Cli {
+    /// Log each stage to stderr (repeat for more detail).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print an IAM auth token, like `aws rds generate-db-auth-token`.
+    GenerateDbAuthToken(TokenArgs),
+    /// Run the connection path stage by stage and report where it breaks.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// Endpoint host name (the proxy endpoint or DB instance name).
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    hostname: String,
+    /// Endpoint port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// Database user name.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    username: String,
+    #[command(flatten)]
+    aws: AwsArgs,
+}
+
+#[derive(Args)]
+struct AwsArgs {
+    /// Signing region (default: from the endpoint name, else AWS_REGION / the profile).
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    region: Option<String>,
+    /// Named profile of the AWS config files for the base credentials.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    profile: Option<String>,
+    /// Assume this role (in the database account) and sign with its credentials.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    role_arn: Option<String>,
+    /// External ID required by the role's trust policy.
+    #[arg(long, requires = "role_arn", value_parser = NonEmptyStringValueParser::new())]
+    external_id: Option<String>,
+    /// Role session name (shown in the database account's CloudTrail).
+    #[arg(long, requires = "role_arn", value_parser = NonEmptyStringValueParser::new())]
+    role_session_name: Option<String>,
+}
+
+/// The same settings for `check`, where each may also come from the Lambda's variables.
+#[derive(Args)]
+struct CheckAwsArgs {
+    /// Signing region (default: from the endpoint name, else AWS_REGION / the profile).
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    region: Option<String>,
+    /// Named profile of the AWS config files for the base credentials.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    profile: Option<String>,
+    /// Assume this role (in the database account) and sign with its credentials.
+    #[arg(long, env = "DATABASE_ACCOUNT_IAM_ROLE", value_parser = NonEmptyStringValueParser::new())]
+    role_arn: Option<String>,
+    /// External ID required by the role's trust policy.
+    #[arg(long, env = "EXTERNAL_ID", value_parser = NonEmptyStringValueParser::new())]
+    external_id: Option<String>,
+    /// Role session name (shown in the database account's CloudTrail).
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    role_session_name: Option<String>,
+}
+
+impl From<CheckAwsArgs> for AwsArgs {
+    fn from(a: CheckAwsArgs) -> Self {
+        AwsArgs {
+            region: a.region,
+            profile: a.profile,
+            role_arn: a.role_arn,
+            external_id: a.external_id,
+            role_session_name: a.role_session_name,
+        }
+    }
+}
+
+/// The connection check. Every flag can also come from the variables the Lambda uses, so
+/// `source .local/stack.env && rds-iam-auth check` checks the local stack.
+#[derive(Args)]
+struct CheckArgs {
+    /// Endpoint host name: what the token signs and the certificate must match.
+    #[arg(long, env = "RDS_PROXY_APPLICATION_ENDPOINT", value_parser = NonEmptyStringValueParser::new())]
+    hostname: String,
+    /// Endpoint port.
+    #[arg(long, env = "DB_PORT", default_value_t = 5432, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// Database user name.
+    #[arg(long, env = "DB_USERNAME", value_parser = NonEmptyStringValueParser::new())]
+    username: String,
+    /// Database name (default: the user name).
+    #[arg(long, env = "DBNAME", value_parser = NonEmptyStringValueParser::new())]
+    database: Option<String>,
+    /// Dial this address (host[:port]) instead, still verifying TLS against --hostname.
+    #[arg(long, env = "DB_CONNECT_HOST", value_parser = NonEmptyStringValueParser::new())]
+    connect_address: Option<String>,
+    /// Extra CA certificates (PEM), e.g. the RDS bundle for direct instance connections.
+    #[arg(long, env = "DB_CA_BUNDLE")]
+    ca_bundle: Option<PathBuf>,
+    /// Limit for each network stage, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    connect_timeout: u64,
+    #[command(flatten)]
+    aws: CheckAwsArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // usage errors: clap prints them and exits with 2
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rds-iam-auth: error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::GenerateDbAuthToken(args) => generate(args).await,
+            Command::Check(args) => check(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("rds-iam-auth: error: {err}");
+            ExitCode::from(if err.stage() == Stage::Config { 2 } else { 1 })
+        }
+    }
+}
+
+async fn generate(args: TokenArgs) -> Result<ExitCode, Error> {
+    let config = with_aws(
+        Config::new()
+            .hostname(args.hostname)
+            .port(args.port)
+            .user(args.username),
+        args.aws,
+    );
+    let token = config.connector().await?.token().await?;
+    println!("{}", token.as_str());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
+    let mut config = with_aws(
+        Config::new()
+            .hostname(args.hostname)
+            .port(args.port)
+            .user(args.username)
+            .connect_timeout(Duration::from_secs(args.connect_timeout))
+            .application_name("rds-iam-auth check"),
+        args.aws.into(),
+    );
+    if let Some(db) = args.database {
+        config = config.database(db);
+    }
+    if let Some(address) = args.connect_address {
+        config = config.connect_address(address);
+    }
+    if let Some(path) = args.ca_bundle {
+        config = config.ca_bundle(CaBundle::from_pem_file(path)?);
+    }
+    let report = config.connector().await?.check().await;
+    println!("{report}");
+    Ok(if report.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn with_aws(mut config: Config, aws: AwsArgs) -> Config {
+    if let Some(region) = aws.region {
+        config = config.region(region);
+    }
+    if let Some(profile) = aws.profile {
+        config = config.profile(profile);
+    }
+    if let Some(role) = aws.role_arn {
+        config = config.assume_role(role);
+    }
+    if let Some(id) = aws.external_id {
+        config = config.external_id(id);
+    }
+    if let Some(name) = aws.role_session_name {
+        config = config.role_session_name(name);
+    }
+    config
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "off",
+        1 => "rds_iam_auth=info",
+        _ => "rds_iam_auth=debug,aws_config=debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -121,20 +121,23 @@ pub fn client_config(extra: Option<&CaBundle>) -> Result<Arc<ClientConfig>, Conf
     Ok(Arc::new(config))
 }
 
+/// When the TLS handshake of a connection finished, once it has.
+pub(crate) type HandshakeClock = Arc<Mutex<Option<Instant>>>;
+
 /// A one-shot TLS connector for tokio-postgres' `connect_raw` that verifies against
 /// `server_name` and notes when the handshake finished (to time the TLS stage apart from
 /// the login that follows it).
 pub(crate) struct RustlsConnect {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
-    handshake_done: Arc<Mutex<Option<Instant>>>,
+    handshake_done: HandshakeClock,
 }
 
 impl RustlsConnect {
     pub(crate) fn new(
         config: Arc<ClientConfig>,
         hostname: &str,
-    ) -> Result<(Self, Arc<Mutex<Option<Instant>>>), ConfigError> {
+    ) -> Result<(Self, HandshakeClock), ConfigError> {
         let server_name =
             ServerName::try_from(hostname.to_owned()).map_err(|e| ConfigError::Invalid {
                 name: "hostname",

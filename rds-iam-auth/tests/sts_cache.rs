@@ -1,0 +1,383 @@
+//! The credential cache against a local STS stub that counts AssumeRole calls.
+//!
+//! The stub speaks just enough HTTP/1.1 and STS Query protocol for `aws-sdk-sts`; it answers
+//! with a configurable expiration, delay or refusal and records every request body.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::Credentials;
+use rds_iam_auth::{AssumeRole, Config, CredentialCache, Stage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const BASE_SECRET: &str = "base-secret-key-DO-NOT-PRINT";
+const ISSUED_SECRET: &str = "issued-secret-key-DO-NOT-PRINT";
+const ISSUED_TOKEN: &str = "issued-session-token-DO-NOT-PRINT";
+const ROLE: &str = "arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role";
+
+#[derive(Clone, Copy)]
+enum Answer {
+    /// Credentials valid for this long, after a delay.
+    Issue { lifetime_secs: i64, delay_ms: u64 },
+    /// HTTP 403 AccessDenied.
+    Deny,
+}
+
+struct Stub {
+    url: String,
+    calls: Arc<AtomicUsize>,
+    bodies: Arc<Mutex<Vec<String>>>,
+}
+
+async fn start_stub(answer: Answer) -> Stub {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (c, b) = (calls.clone(), bodies.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (c, b) = (c.clone(), b.clone());
+            tokio::spawn(async move {
+                // Keep-alive: serve requests on this socket until the client closes it.
+                let mut buf = Vec::new();
+                loop {
+                    let Some(body) = read_request(&mut sock, &mut buf).await else {
+                        return;
+                    };
+                    c.fetch_add(1, Ordering::SeqCst);
+                    b.lock().expect("lock").push(body);
+                    let (status, xml) = match answer {
+                        Answer::Issue {
+                            lifetime_secs,
+                            delay_ms,
+                        } => {
+                            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                            ("200 OK", issue_xml(lifetime_secs))
+                        }
+                        Answer::Deny => ("403 Forbidden", deny_xml()),
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{xml}",
+                        xml.len()
+                    );
+                    if sock.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Stub { url, calls, bodies }
+}
+
+/// Reads one request; returns its body.
+async fn read_request(sock: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let mut chunk = [0u8; 4096];
+                let n = sock.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+            buf.drain(..end + 4 + len);
+            return Some(body);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn issue_xml(lifetime_secs: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let expiry = aws_smithy_types::DateTime::from_secs(now + lifetime_secs)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .expect("format");
+    format!(
+        r#"<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleResult>
+    <Credentials>
+      <AccessKeyId>ASIAISSUEDKEY</AccessKeyId>
+      <SecretAccessKey>{ISSUED_SECRET}</SecretAccessKey>
+      <SessionToken>{ISSUED_TOKEN}</SessionToken>
+      <Expiration>{expiry}</Expiration>
+    </Credentials>
+    <AssumedRoleUser>
+      <Arn>arn:aws:sts::222222222222:assumed-role/proxy-cross-account-rds-connect-role/rds-iam-auth</Arn>
+      <AssumedRoleId>AROAEXAMPLE:rds-iam-auth</AssumedRoleId>
+    </AssumedRoleUser>
+  </AssumeRoleResult>
+  <ResponseMetadata><RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId></ResponseMetadata>
+</AssumeRoleResponse>"#
+    )
+}
+
+fn deny_xml() -> String {
+    format!(
+        r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Sender</Type><Code>AccessDenied</Code>
+  <Message>User: arn:aws:sts::111111111111:assumed-role/connectiontest-lambda-role/x is not authorized to perform: sts:AssumeRole on resource: {ROLE}</Message></Error>
+  <RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c7</RequestId>
+</ErrorResponse>"#
+    )
+}
+
+async fn sdk_config(url: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(url)
+        .credentials_provider(Credentials::from_keys("AKIDBASE", BASE_SECRET, None))
+        .load()
+        .await
+}
+
+fn cache(sdk: &SdkConfig, external_id: &str) -> CredentialCache {
+    let mut role = AssumeRole::new(ROLE);
+    role.external_id = Some(external_id.to_owned());
+    role.session_name = "connection-test".to_owned();
+    let base = sdk.credentials_provider().expect("provider");
+    CredentialCache::new(base, Some(role), sdk)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_callers_cause_one_sts_call() {
+    let stub = start_stub(Answer::Issue {
+        lifetime_secs: 3600,
+        delay_ms: 300,
+    })
+    .await;
+    let sdk = sdk_config(&stub.url).await;
+    let cache = Arc::new(cache(&sdk, "ext-123"));
+
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.credentials().await })
+        })
+        .collect();
+    for task in tasks {
+        let creds = task.await.expect("join").expect("credentials");
+        assert_eq!(creds.access_key_id(), "ASIAISSUEDKEY");
+        assert_eq!(creds.session_token(), Some(ISSUED_TOKEN));
+    }
+    assert_eq!(
+        stub.calls.load(Ordering::SeqCst),
+        1,
+        "32 callers, one STS call"
+    );
+
+    // Later callers are served from the cache too.
+    for _ in 0..10 {
+        cache.credentials().await.expect("cached");
+    }
+    assert_eq!(stub.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.refresh_count(), 1);
+
+    // The call carried the role, the external ID and the session name.
+    let body = stub.bodies.lock().expect("lock")[0].clone();
+    assert!(body.contains("Action=AssumeRole"), "{body}");
+    assert!(body.contains("ExternalId=ext-123"), "{body}");
+    assert!(body.contains("RoleSessionName=connection-test"), "{body}");
+    assert!(body.contains("DurationSeconds=3600"), "{body}");
+    assert!(
+        body.contains("RoleArn=arn%3Aaws%3Aiam%3A%3A222222222222%3Arole%2Fproxy-cross-account-rds-connect-role"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_are_refreshed_before_they_expire() {
+    // 8 s credentials: shorter than the refresh margin, so they are kept for half their
+    // life (4 s) and then replaced while still valid.
+    let stub = start_stub(Answer::Issue {
+        lifetime_secs: 8,
+        delay_ms: 0,
+    })
+    .await;
+    let sdk = sdk_config(&stub.url).await;
+    let cache = cache(&sdk, "ext-123");
+    cache.credentials().await.expect("first");
+    cache.credentials().await.expect("second");
+    assert_eq!(stub.calls.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let creds = cache.credentials().await.expect("refreshed");
+    assert_eq!(stub.calls.load(Ordering::SeqCst), 2);
+    let left = creds
+        .expiry()
+        .expect("expiry")
+        .duration_since(SystemTime::now())
+        .expect("not expired");
+    assert!(left > Duration::from_secs(6), "fresh credentials: {left:?}");
+}
+
+#[tokio::test]
+async fn expired_credentials_are_never_handed_out() {
+    let stub = start_stub(Answer::Issue {
+        lifetime_secs: -60,
+        delay_ms: 0,
+    })
+    .await;
+    let sdk = sdk_config(&stub.url).await;
+    let cache = cache(&sdk, "ext-123");
+    for _ in 0..2 {
+        let err = cache.credentials().await.expect_err("expired on arrival");
+        assert_eq!(err.stage(), Stage::AssumeRole);
+        assert!(err.to_string().contains("expire in 0 s"), "{err}");
+    }
+    // Nothing was cached: each call asked again.
+    assert_eq!(stub.calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn access_denied_names_the_stage_and_the_trust_policy() {
+    let stub = start_stub(Answer::Deny).await;
+    let sdk = sdk_config(&stub.url).await;
+    let err = cache(&sdk, "wrong")
+        .credentials()
+        .await
+        .expect_err("denied");
+    assert_eq!(err.stage(), Stage::AssumeRole);
+    assert_eq!(err.stage().failure_type(), "AssumeRoleFailed");
+    let text = err.to_string();
+    assert!(
+        text.starts_with(&format!("assume-role: {ROLE}: AccessDenied: User: arn:aws:sts::111111111111:assumed-role/connectiontest-lambda-role/x is not authorized to perform: sts:AssumeRole on resource: {ROLE}")),
+        "{text}"
+    );
+    assert!(text.contains("| hint: the role's trust policy must name the caller's role ARN, the external ID must match"), "{text}");
+}
+
+#[tokio::test]
+async fn unreachable_sts_says_so() {
+    // A port that was just free: nothing listens there.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let sdk = sdk_config(&format!("http://127.0.0.1:{port}")).await;
+    let err = cache(&sdk, "x").credentials().await.expect_err("refused");
+    assert_eq!(err.stage(), Stage::AssumeRole);
+    assert!(err.to_string().contains("STS unreachable"), "{err}");
+    assert!(err.to_string().contains("STS VPC endpoint"), "{err}");
+}
+
+#[tokio::test]
+async fn secrets_never_show_in_debug_display_or_errors() {
+    let stub = start_stub(Answer::Issue {
+        lifetime_secs: 3600,
+        delay_ms: 0,
+    })
+    .await;
+    let sdk = sdk_config(&stub.url).await;
+    let config = Config::new()
+        .hostname("app.endpoint.proxy-abc.us-east-1.rds.amazonaws.com")
+        .user("app_reader")
+        .assume_role(ROLE)
+        .external_id("shared-external-id-DO-NOT-PRINT")
+        .sdk_config(sdk)
+        // Nothing listens on port 9 of loopback: the check fails at TCP, after signing.
+        .connect_address("127.0.0.1:9");
+    let config_debug = format!("{config:?}");
+    let connector = config.connector().await.expect("connector");
+    let token = connector.token().await.expect("token");
+    assert!(token
+        .as_str()
+        .contains("X-Amz-Security-Token=issued-session-token-DO-NOT-PRINT"));
+    let report = connector.check().await;
+    assert_eq!(report.error.as_ref().map(|e| e.stage()), Some(Stage::Tcp));
+
+    let texts = [
+        config_debug,
+        format!("{connector:?}"),
+        format!("{token:?}"),
+        format!("{report}"),
+        format!("{report:?}"),
+        format!(
+            "{:?}",
+            connector.credentials().credentials().await.expect("cached")
+        ),
+    ];
+    for text in &texts {
+        for secret in [
+            BASE_SECRET,
+            ISSUED_SECRET,
+            ISSUED_TOKEN,
+            "shared-external-id-DO-NOT-PRINT",
+            token.as_str(),
+        ] {
+            assert!(!text.contains(secret), "{secret} leaked in: {text}");
+        }
+    }
+    // The report shows the stages that ran, in order.
+    let stages: Vec<_> = report.stages.iter().map(|s| s.stage).collect();
+    assert_eq!(
+        stages,
+        [
+            Stage::Credentials,
+            Stage::AssumeRole,
+            Stage::Token,
+            Stage::Dns,
+            Stage::Tcp
+        ]
+    );
+}
+
+#[tokio::test]
+async fn no_base_credentials_fail_at_the_credentials_stage() {
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .no_credentials()
+        .load()
+        .await;
+    let provider = SharedCredentialsProvider::new(EmptyProvider);
+    let err = CredentialCache::new(provider, None, &sdk)
+        .credentials()
+        .await
+        .expect_err("no credentials");
+    assert_eq!(err.stage(), Stage::Credentials);
+    assert!(
+        err.to_string().contains("hint: no AWS credentials found"),
+        "{err}"
+    );
+}
+
+#[derive(Debug)]
+struct EmptyProvider;
+
+impl aws_credential_types::provider::ProvideCredentials for EmptyProvider {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+            aws_credential_types::provider::error::CredentialsError::not_loaded(
+                "no credentials in this test",
+            ),
+        ))
+    }
+}
