@@ -1,0 +1,216 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use rds_proxy_emulator::{Endpoint, LocalStack, StackConfig, StartOptions, TemporaryCredentials};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+pub const CONNECT_ROLE: &str =
+    "arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role";
+pub const NO_CONNECT_ROLE: &str = "arn:aws:iam::222222222222:role/proxy-no-connect-role";
+pub const UNTRUSTED: &str = "arn:aws:iam::111111111111:role/some-other-lambda-role";
+
+/// Starts a stack, caching initdb's output under target/tmp.
+pub async fn start(config: StackConfig) -> LocalStack {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "rds_proxy_emulator=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let options = StartOptions {
+        pg_template_cache: Some(
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pg-template"),
+        ),
+        ..StartOptions::default()
+    };
+    LocalStack::start_with(config, options)
+        .await
+        .expect("stack starts")
+}
+
+pub async fn demo() -> LocalStack {
+    start(StackConfig::demo()).await
+}
+
+/// Fresh session credentials for a role, valid for an hour.
+pub fn session(stack: &LocalStack, role: &str) -> TemporaryCredentials {
+    stack
+        .issue_credentials(
+            role,
+            "test-session",
+            OffsetDateTime::now_utc() + time::Duration::hours(1),
+        )
+        .expect("role exists")
+}
+
+pub fn client_config(stack: &LocalStack) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(stack.ca_pem().as_bytes()) {
+        roots
+            .add(cert.expect("CA PEM parses"))
+            .expect("CA is valid");
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// tokio-postgres over verified TLS: SNI and verification against `tls_name`, dialing
+/// the endpoint's real listen address.
+pub async fn connect_as(
+    stack: &LocalStack,
+    endpoint: &Endpoint,
+    tls_name: &str,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(tls_name)
+        .hostaddr(endpoint.listen.ip())
+        .port(endpoint.listen.port())
+        .user(user)
+        .password(password)
+        .dbname(stack.db_name())
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(stack));
+    let (client, conn) = cfg.connect(tls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+pub async fn connect(
+    stack: &LocalStack,
+    endpoint: &Endpoint,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_as(stack, endpoint, &endpoint.hostname, user, password).await
+}
+
+/// `(SQLSTATE, message)` of a FATAL refusal.
+pub fn refusal(e: &tokio_postgres::Error) -> (String, String) {
+    match e.as_db_error() {
+        Some(d) => (d.code().code().to_string(), d.message().to_string()),
+        None => ("<none>".into(), e.to_string()),
+    }
+}
+
+pub fn iam_failed(user: &str) -> (String, String) {
+    (
+        "28P01".into(),
+        format!("The IAM authentication failed for the role {user}. Check the IAM token for this role and try again."),
+    )
+}
+
+/// A raw client: optional TLS, then arbitrary startup bytes; returns the first
+/// server message as `(tag, fields)` where fields are ErrorResponse fields.
+pub enum Raw {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Raw {
+    pub async fn open(stack: &LocalStack, endpoint: &Endpoint, tls: bool) -> Raw {
+        let mut tcp = TcpStream::connect(endpoint.listen).await.expect("dial");
+        if !tls {
+            return Raw::Plain(tcp);
+        }
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .expect("SSLRequest");
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await.expect("SSL answer");
+        assert_eq!(&answer, b"S");
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(stack)));
+        let name = ServerName::try_from(endpoint.hostname.clone()).expect("name");
+        let s = connector.connect(name, tcp).await.expect("TLS handshake");
+        Raw::Tls(Box::new(s))
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        match self {
+            Raw::Plain(s) => s.write_all(bytes).await.expect("write"),
+            Raw::Tls(s) => {
+                s.write_all(bytes).await.expect("write");
+                s.flush().await.expect("flush");
+            }
+        }
+    }
+
+    pub async fn read_message(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 5];
+        let r = match self {
+            Raw::Plain(s) => s.read_exact(&mut head).await,
+            Raw::Tls(s) => s.read_exact(&mut head).await,
+        };
+        r.ok()?;
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len.checked_sub(4)?];
+        let r = match self {
+            Raw::Plain(s) => s.read_exact(&mut body).await,
+            Raw::Tls(s) => s.read_exact(&mut body).await,
+        };
+        r.ok()?;
+        Some((head[0], body))
+    }
+}
+
+pub fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&body);
+    p
+}
+
+/// Parses an ErrorResponse: `(severity, sqlstate, message)`.
+pub fn error_fields(body: &[u8]) -> (String, String, String) {
+    let (mut sev, mut code, mut msg) = (String::new(), String::new(), String::new());
+    for field in body.split(|b| *b == 0) {
+        if let Some((&tag, value)) = field.split_first() {
+            let v = String::from_utf8_lossy(value).into_owned();
+            match tag {
+                b'V' => sev = v,
+                b'C' => code = v,
+                b'M' => msg = v,
+                _ => {}
+            }
+        }
+    }
+    (sev, code, msg)
+}
+
+/// Sends a startup packet (after TLS if `tls`) and returns the FATAL's (SQLSTATE, message).
+pub async fn raw_refusal(
+    stack: &LocalStack,
+    endpoint: &Endpoint,
+    tls: bool,
+    packet: &[u8],
+) -> (String, String) {
+    let mut raw = Raw::open(stack, endpoint, tls).await;
+    raw.write(packet).await;
+    let (tag, body) = raw.read_message().await.expect("a server message");
+    assert_eq!(tag, b'E', "expected an ErrorResponse");
+    let (sev, code, msg) = error_fields(&body);
+    assert_eq!(sev, "FATAL");
+    (code, msg)
+}
