@@ -198,7 +198,7 @@ fn verifier_refuses_every_one_byte_change() {
         let bytes = token.as_bytes();
         for i in 0..bytes.len() {
             let b = bytes[i];
-            let replacement = if b.to_ascii_lowercase() != b'q' {
+            let replacement = if !b.eq_ignore_ascii_case(&b'q') {
                 b'q'
             } else {
                 b'z'
