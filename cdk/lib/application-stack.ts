@@ -26,6 +26,8 @@ export class ApplicationStack extends OfflineStack {
   public readonly errorsAlarm: cloudwatch.Alarm;
   /** True when the function's code is the stand-in (no `make build` yet). */
   public readonly usesStandInAsset: boolean;
+  /** Absolute path of what was packaged as the function's code. */
+  public readonly lambdaAssetPath: string;
 
   constructor(scope: Construct, id: string, props: ConnectionTestStackProps) {
     super(scope, id, props.config.applicationAccountId, props);
@@ -113,7 +115,7 @@ export class ApplicationStack extends OfflineStack {
       },
     });
     Validations.of(this.role).acknowledge({
-      id: 'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
+      id: 'AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
       reason:
         'AWSLambdaVPCAccessExecutionRole is the AWS-maintained minimum for a function in a VPC: CloudWatch Logs ' +
         'writes plus the ec2 network-interface calls Lambda makes to attach the function to its subnets, which ' +
@@ -124,6 +126,7 @@ export class ApplicationStack extends OfflineStack {
     // --- The function ----------------------------------------------------------------------
     const code = chooseLambdaCode(this, cfg);
     this.usesStandInAsset = code.standIn;
+    this.lambdaAssetPath = code.assetPath;
     const functionLogs = new logs.LogGroup(this, 'FunctionLogs', {
       logGroupName: `/aws/lambda/${FUNCTION_NAME}`,
       retention: logs.RetentionDays.ONE_MONTH,

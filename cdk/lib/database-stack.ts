@@ -154,7 +154,7 @@ export class DatabaseStack extends OfflineStack {
       });
       // A READ_ONLY endpoint needs a reader registered behind the proxy: wait for the target
       // group, which itself waits for the writer and the reader instances.
-      endpoint.addDependency(proxyTargetGroup);
+      endpoint.node.addDependency(proxyTargetGroup);
       this.proxyEndpoints.push(endpoint);
       new CfnOutput(this, `ProxyEndpoint${rolePascal(role)}`, {
         value: endpoint.attrEndpoint,
@@ -172,13 +172,13 @@ export class DatabaseStack extends OfflineStack {
     // --- cdk-nag: findings that are deliberate ----------------------------------------------
     Validations.of(this.cluster).acknowledge(
       {
-        id: 'AwsSolutions-RDS10',
+        id: 'AwsSolutions::AwsSolutions-RDS10',
         reason:
           'This cluster exists to prove the cross-account connection path and is torn down with make destroy; ' +
           'deletion protection would make that fail. RemovalPolicy.SNAPSHOT still takes a final snapshot on delete.',
       },
       {
-        id: 'AwsSolutions-RDS11',
+        id: 'AwsSolutions::AwsSolutions-RDS11',
         reason:
           'Port 5432 is part of the contract (DB_PORT, and RDS Proxy PostgreSQL endpoints always listen on 5432). ' +
           'The cluster is in isolated subnets and its security group admits only the proxy and the rotation function, ' +

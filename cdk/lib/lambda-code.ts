@@ -18,6 +18,8 @@ import { AppConfig, ContextError } from './config';
 /** The repository root: cdk/lib/ -> ../.. (same for ts-node, jest and compiled output). */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const STAND_IN_DIR = path.resolve(__dirname, '..', 'test-assets', 'stand-in-lambda');
+/** Id of the synth warning printed when the stand-in is used. */
+export const STAND_IN_WARNING = 'connectiontest:stand-in-asset';
 
 export interface LambdaCodeChoice {
   readonly code: lambda.Code;
@@ -44,6 +46,6 @@ export function chooseLambdaCode(scope: Construct, cfg: AppConfig): LambdaCodeCh
   const message =
     `connectiontest-lambda uses the STAND-IN asset (${why}): the template is fine to inspect ` +
     `but the function would only report that it is a stand-in. Run 'make build' for the real one.`;
-  Annotations.of(scope).addWarningV2('connectiontest:stand-in-asset', message);
+  Annotations.of(scope).addWarningV2(STAND_IN_WARNING, message);
   return { code: lambda.Code.fromAsset(STAND_IN_DIR), assetPath: STAND_IN_DIR, standIn: true };
 }

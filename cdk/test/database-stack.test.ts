@@ -1,0 +1,217 @@
+import { Match } from 'aws-cdk-lib/assertions';
+import { evaluate, logicalId, synth, Synthesized } from './helpers';
+
+const LAMBDA_ROLE_ARN = 'arn:aws:iam::111111111111:role/connectiontest-lambda-role';
+const SUBNETS = ['subnet-0123456789abcdef0', 'subnet-0fedcba9876543210'];
+
+describe('DatabaseStack', () => {
+  let s: Synthesized;
+  beforeAll(() => {
+    s = synth();
+  });
+
+  test('is bound to the database account', () => {
+    expect(s.database.account).toBe('222222222222');
+    expect(s.database.region).toBe('us-east-1');
+  });
+
+  test('isolated VPC: no NAT, no internet gateway; Secrets Manager endpoint for rotation', () => {
+    const t = s.dbTemplate;
+    t.hasResourceProperties('AWS::EC2::VPC', { CidrBlock: '10.0.0.0/24' });
+    t.resourceCountIs('AWS::EC2::NatGateway', 0);
+    t.resourceCountIs('AWS::EC2::InternetGateway', 0);
+    t.resourceCountIs('AWS::EC2::Route', 0);
+    t.resourceCountIs('AWS::EC2::FlowLog', 1);
+    t.hasResourceProperties('AWS::EC2::VPCEndpoint', {
+      ServiceName: 'com.amazonaws.us-east-1.secretsmanager',
+      VpcEndpointType: 'Interface',
+      PrivateDnsEnabled: true,
+    });
+  });
+
+  test('Aurora PostgreSQL 17, IAM auth, encrypted, the configured user, a writer and a reader', () => {
+    const t = s.dbTemplate;
+    t.hasResourceProperties('AWS::RDS::DBCluster', {
+      Engine: 'aurora-postgresql',
+      EngineVersion: Match.stringLikeRegexp('^17\\.'),
+      EnableIAMDatabaseAuthentication: true,
+      StorageEncrypted: true,
+      MasterUsername: 'connectiontest',
+      DatabaseName: 'example_db',
+      Port: 5432,
+    });
+    t.resourceCountIs('AWS::RDS::DBInstance', 2);
+    const instances = Object.entries(t.findResources('AWS::RDS::DBInstance'));
+    for (const [, i] of instances) {
+      expect(i.Properties).toMatchObject({ Engine: 'aurora-postgresql', PubliclyAccessible: false, DBInstanceClass: 'db.t4g.medium' });
+    }
+    expect(instances.map(([, i]) => i.Metadata['aws:cdk:path']).sort()).toEqual([
+      'DatabaseStack/Cluster/Reader/Resource',
+      'DatabaseStack/Cluster/Writer/Resource',
+    ]);
+  });
+
+  test('secret rotation runs in the VPC and can reach the cluster (5432) and Secrets Manager (443)', () => {
+    const t = s.dbTemplate;
+    const rotationSg = logicalId(t, 'AWS::EC2::SecurityGroup', '/RotationSecurityGroup/Resource');
+    const clusterSg = logicalId(t, 'AWS::EC2::SecurityGroup', '/ClusterSecurityGroup/Resource');
+    const endpointSg = logicalId(t, 'AWS::EC2::SecurityGroup', '/SecretsManagerEndpointSecurityGroup/Resource');
+    t.hasResourceProperties('AWS::SecretsManager::RotationSchedule', { RotationRules: { ScheduleExpression: 'rate(30 days)' } });
+    const rotation = Object.values(t.findResources('AWS::Serverless::Application'))[0].Properties.Parameters;
+    expect(rotation.vpcSecurityGroupIds).toEqual({ 'Fn::GetAtt': [rotationSg, 'GroupId'] });
+    const subnets = Object.keys(t.findResources('AWS::EC2::Subnet'));
+    expect(evaluate(rotation.vpcSubnetIds, { [subnets[0]]: 'subnet-a', [subnets[1]]: 'subnet-b' })).toBe('subnet-a,subnet-b');
+    // Secrets Manager through the VPC endpoint, not the public endpoint (no route to it).
+    const smEndpoint = Object.keys(t.findResources('AWS::EC2::VPCEndpoint'))[0];
+    expect(evaluate(rotation.endpoint, { [smEndpoint]: 'vpce-0abc', 'AWS::URLSuffix': 'amazonaws.com' })).toBe(
+      'https://vpce-0abc.secretsmanager.us-east-1.amazonaws.com',
+    );
+    const egress = Object.values(t.findResources('AWS::EC2::SecurityGroupEgress'))
+      .map((r) => r.Properties)
+      .filter((p) => p.GroupId['Fn::GetAtt'][0] === rotationSg);
+    expect(egress).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ DestinationSecurityGroupId: { 'Fn::GetAtt': [clusterSg, 'GroupId'] }, FromPort: { 'Fn::GetAtt': [logicalId(t, 'AWS::RDS::DBCluster', '/Cluster/Resource'), 'Endpoint.Port'] } }),
+        expect.objectContaining({ DestinationSecurityGroupId: { 'Fn::GetAtt': [endpointSg, 'GroupId'] }, FromPort: 443, ToPort: 443 }),
+      ]),
+    );
+    expect(egress).toHaveLength(2);
+  });
+
+  test('cluster security group admits only the proxy and the rotation function', () => {
+    const t = s.dbTemplate;
+    const clusterSg = logicalId(t, 'AWS::EC2::SecurityGroup', '/ClusterSecurityGroup/Resource');
+    const sources = Object.values(t.findResources('AWS::EC2::SecurityGroupIngress'))
+      .map((r) => r.Properties)
+      .filter((p) => p.GroupId['Fn::GetAtt'][0] === clusterSg)
+      .map((p) => p.SourceSecurityGroupId['Fn::GetAtt'][0])
+      .sort();
+    expect(sources).toEqual(
+      [
+        logicalId(t, 'AWS::EC2::SecurityGroup', '/ProxySecurityGroup/Resource'),
+        logicalId(t, 'AWS::EC2::SecurityGroup', '/RotationSecurityGroup/Resource'),
+      ].sort(),
+    );
+    expect(t.findResources('AWS::EC2::SecurityGroup')[clusterSg].Properties.SecurityGroupIngress).toBeUndefined();
+  });
+
+  test('RDS Proxy: IAM auth REQUIRED, TLS required, secret of the cluster, isolated subnets', () => {
+    const t = s.dbTemplate;
+    t.hasResourceProperties('AWS::RDS::DBProxy', {
+      DBProxyName: 'connectiontest-proxy',
+      EngineFamily: 'POSTGRESQL',
+      RequireTLS: true,
+      Auth: [{ AuthScheme: 'SECRETS', IAMAuth: 'REQUIRED', SecretArn: Match.anyValue() }],
+    });
+    t.hasResourceProperties('AWS::RDS::DBProxyTargetGroup', {
+      DBClusterIdentifiers: [{ Ref: logicalId(t, 'AWS::RDS::DBCluster', '/Cluster/Resource') }],
+    });
+  });
+
+  test('proxy endpoint READ_ONLY by default, in the shared application subnets, after the reader exists', () => {
+    const t = s.dbTemplate;
+    t.resourceCountIs('AWS::RDS::DBProxyEndpoint', 1);
+    const endpointSg = logicalId(t, 'AWS::EC2::SecurityGroup', '/ProxyEndpointSecurityGroup/Resource');
+    t.hasResource('AWS::RDS::DBProxyEndpoint', {
+      Properties: {
+        DBProxyEndpointName: 'connectiontest-read-only',
+        TargetRole: 'READ_ONLY',
+        VpcSubnetIds: SUBNETS,
+        VpcSecurityGroupIds: [{ 'Fn::GetAtt': [endpointSg, 'GroupId'] }],
+      },
+      DependsOn: Match.arrayWith([logicalId(t, 'AWS::RDS::DBProxyTargetGroup', '/Proxy/ProxyTargetGroup')]),
+    });
+    // ... and the target group waits for both instances, so READ_ONLY has a reader.
+    const tg = Object.values(t.findResources('AWS::RDS::DBProxyTargetGroup'))[0];
+    expect(tg.DependsOn).toEqual(expect.arrayContaining(Object.keys(t.findResources('AWS::RDS::DBInstance'))));
+  });
+
+  test('proxy endpoint security group lives in the application VPC and admits 5432 from its CIDR only', () => {
+    s.dbTemplate.hasResourceProperties('AWS::EC2::SecurityGroup', {
+      VpcId: 'vpc-0123456789abcdef0',
+      SecurityGroupIngress: [{ CidrIp: '10.0.16.0/24', FromPort: 5432, ToPort: 5432, IpProtocol: 'tcp', Description: 'PostgreSQL from the application VPC' }],
+      SecurityGroupEgress: [{ CidrIp: '255.255.255.255/32', Description: 'Disallow all traffic', FromPort: 252, IpProtocol: 'icmp', ToPort: 86 }],
+    });
+  });
+
+  test('target roles are configurable: one endpoint and one output each, the first feeds the Lambda', () => {
+    const t = synth({ target_roles: 'READ_WRITE,READ_ONLY' }).dbTemplate;
+    t.resourceCountIs('AWS::RDS::DBProxyEndpoint', 2);
+    t.hasResourceProperties('AWS::RDS::DBProxyEndpoint', { TargetRole: 'READ_WRITE', DBProxyEndpointName: 'connectiontest-read-write' });
+    t.hasResourceProperties('AWS::RDS::DBProxyEndpoint', { TargetRole: 'READ_ONLY', DBProxyEndpointName: 'connectiontest-read-only' });
+    const outputs = t.findOutputs('*');
+    expect(outputs.ProxyEndpointReadWrite.Value).toEqual({ 'Fn::GetAtt': ['ReadWriteProxyEndpoint', 'Endpoint'] });
+    expect(outputs.ProxyEndpointReadOnly.Value).toEqual({ 'Fn::GetAtt': ['ReadOnlyProxyEndpoint', 'Endpoint'] });
+    expect(outputs.ApplicationProxyEndpoint.Value).toEqual({ 'Fn::GetAtt': ['ReadWriteProxyEndpoint', 'Endpoint'] });
+  });
+
+  test('role proxy-cross-account-rds-connect-role: trusted only by the Lambda role ARN with the external ID', () => {
+    s.dbTemplate.hasResourceProperties('AWS::IAM::Role', {
+      RoleName: 'proxy-cross-account-rds-connect-role',
+      MaxSessionDuration: 3600,
+      AssumeRolePolicyDocument: Match.exact({
+        Version: '2012-10-17',
+        Statement: [
+          {
+            Action: 'sts:AssumeRole',
+            Effect: 'Allow',
+            Principal: { AWS: LAMBDA_ROLE_ARN },
+            Condition: { StringEquals: { 'sts:ExternalId': 'connectiontest-change-me' } },
+          },
+        ],
+      }),
+    });
+  });
+
+  test('role allows exactly rds-db:connect on the proxy resource id and the configured db user', () => {
+    const t = s.dbTemplate;
+    const roleId = logicalId(t, 'AWS::IAM::Role', '/CrossAccountConnectRole/Resource');
+    const role = t.findResources('AWS::IAM::Role')[roleId].Properties;
+    expect(role.Policies).toHaveLength(1);
+    const statements = role.Policies[0].PolicyDocument.Statement;
+    expect(statements).toHaveLength(1);
+    expect(statements[0]).toMatchObject({ Sid: 'ConnectThroughProxy', Effect: 'Allow', Action: 'rds-db:connect' });
+    expect(statements[0].Condition).toBeUndefined();
+    // What the resource becomes with a real proxy ARN (field 6 is "prx-<id>").
+    const proxy = logicalId(t, 'AWS::RDS::DBProxy', '/Proxy/Resource');
+    const arn = 'arn:aws:rds:us-east-1:222222222222:db-proxy:prx-0123456789abcdef0';
+    expect(evaluate(statements[0].Resource, { [`${proxy}.DBProxyArn`]: arn })).toBe(
+      'arn:aws:rds-db:us-east-1:222222222222:dbuser:prx-0123456789abcdef0/connectiontest',
+    );
+    // No other policy is attached to the role.
+    const attached = Object.values(t.findResources('AWS::IAM::Policy')).filter((p) => JSON.stringify(p.Properties.Roles ?? []).includes(roleId));
+    expect(attached).toEqual([]);
+  });
+
+  test('the db user in rds-db:connect follows context, not a hard-coded postgres', () => {
+    const t = synth({ database_username: 'app_reader' }).dbTemplate;
+    const role = t.findResources('AWS::IAM::Role')[logicalId(t, 'AWS::IAM::Role', '/CrossAccountConnectRole/Resource')].Properties;
+    const proxy = logicalId(t, 'AWS::RDS::DBProxy', '/Proxy/Resource');
+    expect(
+      evaluate(role.Policies[0].PolicyDocument.Statement[0].Resource, {
+        [`${proxy}.DBProxyArn`]: 'arn:aws:rds:us-east-1:222222222222:db-proxy:prx-0abc',
+      }),
+    ).toBe('arn:aws:rds-db:us-east-1:222222222222:dbuser:prx-0abc/app_reader');
+    t.hasResourceProperties('AWS::RDS::DBCluster', { MasterUsername: 'app_reader' });
+  });
+
+  test('no IAM statement in the stack grants Resource "*"', () => {
+    const t = s.dbTemplate;
+    const statements = [
+      ...Object.values(t.findResources('AWS::IAM::Role')).flatMap((r) =>
+        (r.Properties.Policies ?? []).flatMap((p: { PolicyDocument: { Statement: unknown[] } }) => p.PolicyDocument.Statement),
+      ),
+      ...Object.values(t.findResources('AWS::IAM::Policy')).flatMap((p) => p.Properties.PolicyDocument.Statement),
+    ];
+    expect(statements.length).toBeGreaterThan(0);
+    for (const st of statements as { Resource: unknown }[]) {
+      expect([st.Resource].flat()).not.toContain('*');
+    }
+  });
+
+  test('outputs: every endpoint, the Lambda endpoint, the role ARN and the proxy resource id', () => {
+    const outputs = s.dbTemplate.findOutputs('*');
+    expect(Object.keys(outputs).sort()).toEqual(['ApplicationProxyEndpoint', 'CrossAccountRoleArn', 'ProxyEndpointReadOnly', 'ProxyResourceId']);
+    expect(outputs.ApplicationProxyEndpoint.Value).toEqual({ 'Fn::GetAtt': ['ReadOnlyProxyEndpoint', 'Endpoint'] });
+  });
+});

@@ -1,0 +1,284 @@
+/**
+ * make deploy / destroy / invoke orchestration, run for real against stub `aws`, `cdk` and
+ * `make` executables (test/stubs/stub.sh) that record every call and return canned outputs.
+ */
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { REPO_ROOT } from './helpers';
+
+const SCRIPTS = path.join(REPO_ROOT, 'scripts');
+const STUB = path.join(__dirname, 'stubs', 'stub.sh');
+
+const APP = '111111111111';
+const DB = '222222222222';
+const VPC = 'vpc-0aaaaaaaaaaaaaaaa';
+const SUBNETS = 'subnet-0aaaaaaaaaaaaaaaa,subnet-0bbbbbbbbbbbbbbbb';
+const HOST = 'connectiontest-read-only.endpoint.proxy-cdefghijklmn.eu-west-1.rds.amazonaws.com';
+
+const CANNED: [string, string][] = [
+  ['sts get-caller-identity --profile app-admin', APP],
+  ['sts get-caller-identity --profile db-admin', DB],
+  ["OutputKey=='ApplicationVpcId'", VPC],
+  ["OutputKey=='ApplicationSubnetIds'", SUBNETS],
+  ["OutputKey=='ApplicationProxyEndpoint'", HOST],
+];
+
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+  calls: string[];
+}
+
+interface Sandbox {
+  dir: string;
+  zip: string;
+  run(script: string, env?: Record<string, string | undefined>, canned?: [string, string][]): Run;
+}
+
+function sandbox(): Sandbox {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-test-'));
+  const bin = path.join(dir, 'bin');
+  fs.mkdirSync(bin);
+  for (const tool of ['aws', 'cdk', 'make']) {
+    fs.copyFileSync(STUB, path.join(bin, tool));
+    fs.chmodSync(path.join(bin, tool), 0o755);
+  }
+  const zip = path.join(dir, 'bootstrap.zip');
+  fs.writeFileSync(zip, 'zip');
+  return {
+    dir,
+    zip,
+    run(script, env = {}, canned = CANNED) {
+      const log = path.join(dir, `calls-${Math.random().toString(36).slice(2)}.log`);
+      const responses = path.join(dir, 'responses.tsv');
+      fs.writeFileSync(responses, canned.map(([p, o]) => `${p}\t${o}`).join('\n') + '\n');
+      const fullEnv: Record<string, string> = {
+        PATH: `${bin}:${process.env.PATH}`,
+        HOME: dir,
+        STUB_LOG: log,
+        STUB_RESPONSES: responses,
+        LAMBDA_ZIP: zip,
+      };
+      for (const [k, v] of Object.entries(env)) {
+        if (v === undefined) delete fullEnv[k];
+        else fullEnv[k] = v;
+      }
+      const r = spawnSync('bash', [path.join(SCRIPTS, script)], { cwd: dir, env: fullEnv, encoding: 'utf8' });
+      const calls = fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean) : [];
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr, calls };
+    },
+  };
+}
+
+const PROFILES = { APP_PROFILE: 'app-admin', DB_PROFILE: 'db-admin', REGION: 'eu-west-1' };
+
+function expectedDeployCalls(zip: string, region = 'eu-west-1', extraCtx = ''): string[] {
+  const ctx = `-c region=${region} -c application_account_id=${APP} -c database_account_id=${DB}${extraCtx} -c lambda_code_source=zip -c lambda_zip_path=${zip}`;
+  const out = (profile: string, stack: string, key: string) =>
+    `aws cloudformation describe-stacks --stack-name ${stack} --profile ${profile} --region ${region} --query Stacks[0].Outputs[?OutputKey=='${key}'].OutputValue | [0] --output text`;
+  const shared = `-c application_vpc_id=${VPC} -c application_vpc_subnets=${SUBNETS}`;
+  return [
+    'aws sts get-caller-identity --profile app-admin --query Account --output text',
+    'aws sts get-caller-identity --profile db-admin --query Account --output text',
+    `make -C ${REPO_ROOT} build`,
+    `cdk deploy ApplicationStack --profile app-admin --require-approval never ${ctx}`,
+    out('app-admin', 'ApplicationStack', 'ApplicationVpcId'),
+    out('app-admin', 'ApplicationStack', 'ApplicationSubnetIds'),
+    `cdk deploy DatabaseStack --profile db-admin --require-approval never ${ctx} ${shared}`,
+    out('db-admin', 'DatabaseStack', 'ApplicationProxyEndpoint'),
+    `cdk deploy ApplicationStack --profile app-admin --require-approval never ${ctx} ${shared} -c application_rds_proxy_endpoint=${HOST}`,
+  ];
+}
+
+/** The script's own last line on stderr (stubs may print their own lines before it). */
+const lastErrorLine = (r: Run) => r.stderr.trim().split('\n').pop();
+
+describe('scripts/deploy.sh (make deploy)', () => {
+  let box: Sandbox;
+  beforeAll(() => {
+    box = sandbox();
+  });
+
+  test('runs build and the three phases in order, threading outputs into the next phase', () => {
+    const r = box.run('deploy.sh', PROFILES);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.calls).toEqual(expectedDeployCalls(box.zip));
+    expect(r.stdout).toContain('deploy: phase 3/3: ApplicationStack again, with the proxy endpoint');
+    expect(r.stdout).toContain("make invoke APP_PROFILE=app-admin REGION=eu-west-1");
+  });
+
+  test('a failure in phase 2 stops the run: no endpoint lookup, no phase 3', () => {
+    const r = box.run('deploy.sh', { ...PROFILES, STUB_FAIL: 'cdk deploy DatabaseStack' });
+    expect(r.status).toBe(1);
+    expect(r.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 7));
+    expect(lastErrorLine(r)).toBe(
+      'deploy: error: phase 2/3 (deploy DatabaseStack) failed (exit 3); later steps were not run. Fix the cause above and re-run: completed steps are no-ops the second time.',
+    );
+  });
+
+  test('a failure in phase 1 stops before the database account is touched', () => {
+    const r = box.run('deploy.sh', { ...PROFILES, STUB_FAIL: 'cdk deploy ApplicationStack' });
+    expect(r.status).toBe(1);
+    expect(r.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 4));
+    expect(lastErrorLine(r)).toMatch(/^deploy: error: phase 1\/3 \(deploy ApplicationStack\) failed \(exit 3\)/);
+  });
+
+  test('a failed build stops before any deployment', () => {
+    const r = box.run('deploy.sh', { ...PROFILES, STUB_FAIL: 'make -C' });
+    expect(r.status).toBe(1);
+    expect(r.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 3));
+    expect(lastErrorLine(r)).toMatch(/^deploy: error: build \(make build\) failed \(exit 3\)/);
+  });
+
+  test('a build that leaves no zip is reported, nothing is deployed', () => {
+    const r = box.run('deploy.sh', { ...PROFILES, LAMBDA_ZIP: path.join(box.dir, 'missing.zip') });
+    expect(r.status).toBe(1);
+    expect(r.calls).toHaveLength(3);
+    expect(lastErrorLine(r)).toBe(
+      `deploy: error: build finished but ${path.join(box.dir, 'missing.zip')} does not exist: the build target must produce it (cargo lambda build --release --arm64 --output-format zip)`,
+    );
+  });
+
+  test('a missing stack output stops before phase 2', () => {
+    const canned = CANNED.map(([p, o]): [string, string] => (p.includes('ApplicationSubnetIds') ? [p, 'None'] : [p, o]));
+    const r = box.run('deploy.sh', PROFILES, canned);
+    expect(r.status).toBe(1);
+    expect(r.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 6));
+    expect(lastErrorLine(r)).toBe('deploy: error: ApplicationStack has no output ApplicationSubnetIds: was it deployed by this version of the app?');
+  });
+
+  test('a malformed subnet list (trailing comma) stops before phase 2', () => {
+    const canned = CANNED.map(([p, o]): [string, string] => (p.includes('ApplicationSubnetIds') ? [p, `${SUBNETS},`] : [p, o]));
+    const r = box.run('deploy.sh', PROFILES, canned);
+    expect(r.status).toBe(1);
+    expect(r.calls).toHaveLength(6);
+    expect(lastErrorLine(r)).toMatch(/ApplicationSubnetIds is '.*,', expected subnet ids separated by commas$/);
+  });
+
+  test('missing profiles: one clear line, no call made', () => {
+    for (const missing of ['APP_PROFILE', 'DB_PROFILE']) {
+      const r = box.run('deploy.sh', { ...PROFILES, [missing]: undefined });
+      expect(r.status).toBe(1);
+      expect(r.calls).toEqual([]);
+      expect(r.stderr).toBe(
+        `deploy: error: ${missing} is not set: usage: make deploy APP_PROFILE=<application-account profile> DB_PROFILE=<database-account profile> [REGION=us-east-1] [DRY_RUN=1]\n`,
+      );
+    }
+  });
+
+  test('both profiles in the same account are refused before anything is built', () => {
+    const r = box.run('deploy.sh', { ...PROFILES, DB_PROFILE: 'app-admin' });
+    expect(r.status).toBe(1);
+    expect(r.calls).toHaveLength(2);
+    expect(lastErrorLine(r)).toBe(
+      `deploy: error: APP_PROFILE and DB_PROFILE both resolve to account ${APP}: this app needs two accounts (the subnets are shared with AWS RAM)`,
+    );
+  });
+
+  test('a profile without credentials is named', () => {
+    const r = box.run('deploy.sh', { ...PROFILES, STUB_FAIL: 'get-caller-identity --profile db-admin' });
+    expect(r.status).toBe(1);
+    expect(lastErrorLine(r)).toMatch(/^deploy: error: profile 'db-admin' has no working credentials/);
+  });
+
+  test('DRY_RUN=1 prints every command in order and runs none', () => {
+    const r = box.run('deploy.sh', { ...PROFILES, DRY_RUN: '1' });
+    expect(r.status).toBe(0);
+    expect(r.calls).toEqual([]);
+    const printed = r.stdout.split('\n').filter((l) => l.startsWith('+ '));
+    expect(printed.map((l) => l.split(' ').slice(1, 4).join(' '))).toEqual([
+      'aws sts get-caller-identity',
+      'aws sts get-caller-identity',
+      `make -C ${REPO_ROOT}`,
+      'cdk deploy ApplicationStack',
+      'aws cloudformation describe-stacks',
+      'aws cloudformation describe-stacks',
+      'cdk deploy DatabaseStack',
+      'aws cloudformation describe-stacks',
+      'cdk deploy ApplicationStack',
+    ]);
+    expect(printed[6]).toContain("'application_vpc_subnets=<ApplicationStack output ApplicationSubnetIds>'");
+    expect(printed[8]).toContain("'application_rds_proxy_endpoint=<DatabaseStack output ApplicationProxyEndpoint>'");
+  });
+
+  test('REGION defaults to cdk.json; EXTERNAL_ID overrides cdk.json in every cdk call', () => {
+    const r = box.run('deploy.sh', { ...PROFILES, REGION: undefined, EXTERNAL_ID: 'ext-42' });
+    expect(r.status).toBe(0);
+    expect(r.calls).toEqual(expectedDeployCalls(box.zip, 'us-east-1', ' -c external_id=ext-42'));
+  });
+});
+
+describe('scripts/cdk-destroy.sh (make destroy)', () => {
+  let box: Sandbox;
+  beforeAll(() => {
+    box = sandbox();
+  });
+  const ctx = `-c region=eu-west-1 -c application_account_id=${APP} -c database_account_id=${DB} -c lambda_code_source=auto`;
+
+  test('DatabaseStack first (its endpoints sit in the shared subnets), then ApplicationStack', () => {
+    const r = box.run('cdk-destroy.sh', PROFILES);
+    expect(r.status).toBe(0);
+    expect(r.calls).toEqual([
+      'aws sts get-caller-identity --profile app-admin --query Account --output text',
+      'aws sts get-caller-identity --profile db-admin --query Account --output text',
+      `cdk destroy DatabaseStack --force --profile db-admin ${ctx}`,
+      `cdk destroy ApplicationStack --force --profile app-admin ${ctx}`,
+    ]);
+    expect(r.stdout).toContain('final snapshot is kept');
+  });
+
+  test('if DatabaseStack cannot be deleted, ApplicationStack is left alone', () => {
+    const r = box.run('cdk-destroy.sh', { ...PROFILES, STUB_FAIL: 'cdk destroy DatabaseStack' });
+    expect(r.status).toBe(1);
+    expect(r.calls).toHaveLength(3);
+    expect(lastErrorLine(r)).toMatch(/^destroy: error: 1\/2 \(destroy DatabaseStack\) failed \(exit 3\)/);
+  });
+
+  test('missing DB_PROFILE is one clear line', () => {
+    const r = box.run('cdk-destroy.sh', { ...PROFILES, DB_PROFILE: undefined });
+    expect(r.status).toBe(1);
+    expect(r.calls).toEqual([]);
+    expect(r.stderr).toMatch(/^destroy: error: DB_PROFILE is not set: usage: make destroy APP_PROFILE=/);
+  });
+});
+
+describe('scripts/cdk-invoke.sh (make invoke)', () => {
+  let box: Sandbox;
+  beforeAll(() => {
+    box = sandbox();
+  });
+  const OK = '{"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": "Database connection was successful!"}';
+
+  test('invokes connectiontest-lambda and prints the payload', () => {
+    const out = path.join(box.dir, 'response.json');
+    const r = box.run('cdk-invoke.sh', { APP_PROFILE: 'app-admin', REGION: 'eu-west-1', RESPONSE_FILE: out, STUB_INVOKE_PAYLOAD: OK }, [
+      ['lambda invoke', '{"StatusCode": 200, "ExecutedVersion": "$LATEST"}'],
+    ]);
+    expect(r.status).toBe(0);
+    expect(r.calls).toEqual([
+      `aws lambda invoke --function-name connectiontest-lambda --profile app-admin --region eu-west-1 --output json ${out}`,
+    ]);
+    expect(r.stdout).toContain(OK);
+    expect(r.stdout).toContain('invoke: ok');
+  });
+
+  test('a function error makes it exit 1 with a pointer to the stage', () => {
+    const r = box.run(
+      'cdk-invoke.sh',
+      {
+        APP_PROFILE: 'app-admin',
+        REGION: 'eu-west-1',
+        RESPONSE_FILE: path.join(box.dir, 'r.json'),
+        STUB_INVOKE_PAYLOAD: '{"errorType":"AssumeRole","errorMessage":"AccessDenied ..."}',
+      },
+      [['lambda invoke', '{"StatusCode": 200, "FunctionError": "Unhandled", "ExecutedVersion": "$LATEST"}']],
+    );
+    expect(r.status).toBe(1);
+    expect(r.stdout).toContain('"errorType":"AssumeRole"');
+    expect(lastErrorLine(r)).toMatch(/^invoke: error: connectiontest-lambda returned a function error: errorType names the failing stage/);
+  });
+});

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Stand-in for `aws`, `cdk` and `make` in the deploy-script tests (copied under those names
+# into a directory put first on PATH). Each call is appended to $STUB_LOG as one line:
+# the program name and its arguments separated by single spaces. Answers come from
+# $STUB_RESPONSES: lines "PATTERN<TAB>OUTPUT"; the first PATTERN that is a substring of the
+# call line wins and OUTPUT is printed. A call whose line contains $STUB_FAIL exits 3.
+# `aws lambda invoke ... FILE` also writes $STUB_INVOKE_PAYLOAD to FILE, as the real one does.
+name="$(basename "$0")"
+line="$name"
+for a in "$@"; do line+=" $a"; done
+printf '%s\n' "$line" >>"${STUB_LOG:?STUB_LOG not set}"
+
+if [[ -n "${STUB_FAIL:-}" && "$line" == *"$STUB_FAIL"* ]]; then
+  echo "$name (stub): simulated failure" >&2
+  exit 3
+fi
+if [[ "$name" == aws && "${1:-}" == lambda && "${2:-}" == invoke ]]; then
+  printf '%s' "${STUB_INVOKE_PAYLOAD:-}" >"${!#}"
+fi
+if [[ -n "${STUB_RESPONSES:-}" && -f "$STUB_RESPONSES" ]]; then
+  while IFS=$'\t' read -r pattern output; do
+    if [[ -n "$pattern" && "$line" == *"$pattern"* ]]; then
+      printf '%s\n' "$output"
+      exit 0
+    fi
+  done <"$STUB_RESPONSES"
+fi
+exit 0

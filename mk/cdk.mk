@@ -1,0 +1,61 @@
+# CDK app (cdk/ and cdk.json): type check, jest, synth, cfn-lint, and the two-account
+# deployment. Everything it needs is installed here on first use: cdk/node_modules (npm ci,
+# redone when package.json or package-lock.json change) and cfn-lint in .venv (from PyPI).
+CDK_DIR      := $(ROOT)/cdk
+CDK_BIN      := $(CDK_DIR)/node_modules/.bin
+CDK_STAMP    := $(CDK_DIR)/node_modules/.npm-ci.stamp
+CDK_OUT      := $(ROOT)/cdk.out
+VENV         := $(ROOT)/.venv
+CFN_LINT     := $(VENV)/bin/cfn-lint
+CFN_LINT_REQ := $(CDK_DIR)/requirements-cfn-lint.txt
+
+# make deploy / invoke / destroy inputs (see scripts/cdk-common.sh).
+APP_PROFILE ?=
+DB_PROFILE  ?=
+REGION      ?=
+DRY_RUN     ?=
+CDK_SCRIPT_ENV = PATH="$(CDK_BIN):$$PATH" MAKE="$(MAKE)" APP_PROFILE="$(APP_PROFILE)" \
+	DB_PROFILE="$(DB_PROFILE)" REGION="$(REGION)" DRY_RUN="$(DRY_RUN)"
+
+EXTRA_TESTS += test-cdk
+EXTRA_LINTS += lint-cdk
+
+.PHONY: cdk-deps lint-cdk test-cdk synth deploy invoke destroy
+
+$(CDK_STAMP): $(CDK_DIR)/package.json $(CDK_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm not found: install Node.js 20+ with npm (apt-get install nodejs npm, or nodejs.org)"; exit 1; }
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || \
+		{ echo "Node.js $$(node --version) is too old: aws-cdk-lib needs Node.js 20 or newer"; exit 1; }
+	cd $(CDK_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+cdk-deps: $(CDK_STAMP) ## Install the CDK app's npm dependencies (npm ci in cdk/)
+
+$(CFN_LINT): $(CFN_LINT_REQ)
+	@command -v python3 >/dev/null || { echo "python3 not found: install python3 and python3-venv to run cfn-lint"; exit 1; }
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV) || \
+		{ echo "could not create $(VENV): install python3-venv (apt-get install python3-venv)"; exit 1; }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $(CFN_LINT_REQ) || \
+		{ echo "could not install cfn-lint from PyPI into $(VENV): check network access to PyPI"; exit 1; }
+	@touch $@
+
+lint-cdk: $(CDK_STAMP) ## TypeScript type check of the CDK app and its tests (tsc --noEmit)
+	cd $(CDK_DIR) && $(CDK_BIN)/tsc --noEmit -p .
+
+test-cdk: lint-cdk $(CFN_LINT) ## CDK: jest (assertions, cdk-nag, context checks, deploy scripts), synth, cfn-lint
+	cd $(CDK_DIR) && $(CDK_BIN)/jest --runInBand
+	@$(MAKE) --no-print-directory synth
+	$(CFN_LINT) --non-zero-exit-code error $(CDK_OUT)/*.template.json
+	@echo "test-cdk: jest, synth (cdk-nag AwsSolutions clean) and cfn-lint (no errors) passed"
+
+synth: $(CDK_STAMP) ## Synthesize both stacks into cdk.out/ offline; fails on any cdk-nag finding
+	cd $(ROOT) && $(CDK_BIN)/cdk synth --quiet
+
+deploy: $(CDK_STAMP) ## Build, then deploy both stacks in 3 phases: APP_PROFILE=.. DB_PROFILE=.. [REGION=..] [DRY_RUN=1]
+	@$(CDK_SCRIPT_ENV) bash $(ROOT)/scripts/deploy.sh
+
+invoke: ## Invoke connectiontest-lambda and print its answer: APP_PROFILE=.. [REGION=..]
+	@$(CDK_SCRIPT_ENV) bash $(ROOT)/scripts/cdk-invoke.sh
+
+destroy: $(CDK_STAMP) ## Delete DatabaseStack, then ApplicationStack: APP_PROFILE=.. DB_PROFILE=.. [REGION=..] [DRY_RUN=1]
+	@$(CDK_SCRIPT_ENV) bash $(ROOT)/scripts/cdk-destroy.sh

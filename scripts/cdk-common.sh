@@ -1,0 +1,126 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # constants below are used by the scripts that source this file
+# Shared by scripts/deploy.sh, scripts/cdk-destroy.sh and scripts/cdk-invoke.sh (sourced).
+#
+# Inputs (environment; `make deploy APP_PROFILE=... DB_PROFILE=... REGION=...` passes them):
+#   APP_PROFILE  AWS CLI profile of the application account
+#   DB_PROFILE   AWS CLI profile of the database account
+#   REGION       region of both stacks (default: "region" in cdk.json)
+#   EXTERNAL_ID  optional: overrides "external_id" in cdk.json
+#   DRY_RUN=1    print every command instead of running it (no AWS call at all)
+#   MAKE         make to run `make build` with (default: make)
+#   LAMBDA_ZIP   the built function (default: target/lambda/connection-test/bootstrap.zip)
+# Tools come from PATH: `aws` (AWS CLI v2) and `cdk` (make puts cdk/node_modules/.bin first).
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+APP_STACK=ApplicationStack
+DB_STACK=DatabaseStack
+FUNCTION_NAME=connectiontest-lambda
+DRY_RUN="${DRY_RUN:-0}"
+LAMBDA_ZIP="${LAMBDA_ZIP:-$ROOT/target/lambda/connection-test/bootstrap.zip}"
+PROG="${PROG:-$(basename "$0" .sh)}"
+
+# One line on stderr, then stop.
+die() {
+  echo "$PROG: error: $*" >&2
+  exit 1
+}
+
+say() { echo "$PROG: $*"; }
+
+# Print a command the way a user could paste it back into a shell.
+show() {
+  local out="+" a q="'"
+  for a in "$@"; do
+    if [[ "$a" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+      out+=" $a"
+    elif [[ "$a" != *"$q"* ]]; then
+      out+=" $q$a$q"
+    elif [[ "$a" != *[\"\$\`\\]* ]]; then
+      out+=" \"$a\""
+    else
+      out+=" $q${a//$q/$q\\$q$q}$q"
+    fi
+  done
+  echo "$out"
+}
+
+# step LABEL CMD...: print CMD and run it (unless DRY_RUN=1); on failure stop with one line
+# naming the step, so nothing after a failed step ever runs.
+step() {
+  local label="$1"
+  shift
+  show "$@"
+  [[ "$DRY_RUN" == 1 ]] && return 0
+  local rc=0
+  "$@" || rc=$?
+  ((rc == 0)) || die "$label failed (exit $rc); later steps were not run. Fix the cause above and re-run: completed steps are no-ops the second time."
+}
+
+need_tool() {
+  [[ "$DRY_RUN" == 1 ]] && return 0
+  command -v "$1" >/dev/null 2>&1 || die "$2"
+}
+
+# need_profile VAR-NAME USAGE: stop with the usage line when a profile variable is empty.
+need_profile() {
+  [[ -n "${!1:-}" ]] || die "$1 is not set: usage: $2"
+}
+USAGE_BOTH_PROFILES="APP_PROFILE=<application-account profile> DB_PROFILE=<database-account profile> [REGION=us-east-1] [DRY_RUN=1]"
+
+# REGION from the environment, else "region" in cdk.json.
+resolve_region() {
+  if [[ -z "${REGION:-}" ]]; then
+    command -v node >/dev/null 2>&1 || die "node not found and REGION not set: pass REGION=... or install Node.js 20+"
+    REGION="$(node -e 'const c=require(process.argv[1]).context||{};process.stdout.write(String(c.region||""))' "$ROOT/cdk.json")" ||
+      die "could not read \"region\" from $ROOT/cdk.json: pass REGION=..."
+  fi
+  [[ "$REGION" =~ ^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]$ ]] || die "REGION '$REGION' is not an AWS region name such as us-east-1"
+}
+
+# account_of PROFILE VAR-NAME: the 12-digit account id behind a profile (placeholder in dry runs).
+account_of() {
+  local profile="$1" var="$2" id
+  show aws sts get-caller-identity --profile "$profile" --query Account --output text
+  if [[ "$DRY_RUN" == 1 ]]; then
+    printf -v "$var" '%s' "<account of $profile>"
+    return 0
+  fi
+  id="$(aws sts get-caller-identity --profile "$profile" --query Account --output text)" ||
+    die "profile '$profile' has no working credentials (aws sts get-caller-identity failed): check ~/.aws/config or run 'aws sso login --profile $profile'"
+  [[ "$id" =~ ^[0-9]{12}$ ]] || die "profile '$profile' returned account '$id', not a 12-digit account id"
+  printf -v "$var" '%s' "$id"
+}
+
+# Both accounts, checked to be two different ones (RAM cannot share to the owner itself).
+resolve_accounts() {
+  account_of "$APP_PROFILE" APP_ACCOUNT
+  account_of "$DB_PROFILE" DB_ACCOUNT
+  if [[ "$DRY_RUN" != 1 && "$APP_ACCOUNT" == "$DB_ACCOUNT" ]]; then
+    die "APP_PROFILE and DB_PROFILE both resolve to account $APP_ACCOUNT: this app needs two accounts (the subnets are shared with AWS RAM)"
+  fi
+}
+
+# Context every cdk call carries: region and accounts from the profiles, not from cdk.json.
+base_context() {
+  CTX=(-c "region=$REGION" -c "application_account_id=$APP_ACCOUNT" -c "database_account_id=$DB_ACCOUNT")
+  if [[ -n "${EXTERNAL_ID:-}" ]]; then CTX+=(-c "external_id=$EXTERNAL_ID"); fi
+}
+
+# stack_output PROFILE STACK KEY VAR-NAME: one CloudFormation output (placeholder in dry runs).
+stack_output() {
+  local profile="$1" stack="$2" key="$3" var="$4" value
+  local cmd=(aws cloudformation describe-stacks --stack-name "$stack" --profile "$profile" --region "$REGION"
+    --query "Stacks[0].Outputs[?OutputKey=='$key'].OutputValue | [0]" --output text)
+  show "${cmd[@]}"
+  if [[ "$DRY_RUN" == 1 ]]; then
+    printf -v "$var" '%s' "<$stack output $key>"
+    return 0
+  fi
+  value="$("${cmd[@]}")" || die "could not read output $key of $stack (aws cloudformation describe-stacks failed)"
+  value="${value%$'\n'}"
+  [[ -n "$value" && "$value" != None ]] || die "$stack has no output $key: was it deployed by this version of the app?"
+  printf -v "$var" '%s' "$value"
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# make deploy: the whole two-account deployment with no manual step.
+#
+#   build      make build -> target/lambda/connection-test/bootstrap.zip
+#   phase 1/3  deploy ApplicationStack (application account); read ApplicationVpcId and
+#              ApplicationSubnetIds
+#   phase 2/3  deploy DatabaseStack (database account) into those shared subnets; read
+#              ApplicationProxyEndpoint
+#   phase 3/3  redeploy ApplicationStack so the Lambda gets the proxy endpoint
+#
+# Every step prints its command first; DRY_RUN=1 prints them all without running anything.
+# The first failing step stops the run with one line naming it. Re-running is safe:
+# CloudFormation leaves unchanged stacks alone. Inputs: see scripts/cdk-common.sh.
+PROG=deploy
+# shellcheck source=scripts/cdk-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/cdk-common.sh"
+
+usage="make deploy $USAGE_BOTH_PROFILES"
+need_profile APP_PROFILE "$usage"
+need_profile DB_PROFILE "$usage"
+need_tool aws "aws (AWS CLI v2) not found on PATH: install it, see https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
+need_tool cdk "cdk not found on PATH: run 'npm ci --prefix cdk' (make test-cdk does it) and use 'make deploy'"
+resolve_region
+cd "$ROOT"
+
+say "region $REGION; application account via profile '$APP_PROFILE', database account via profile '$DB_PROFILE'"
+resolve_accounts
+base_context
+CTX+=(-c lambda_code_source=zip -c "lambda_zip_path=$LAMBDA_ZIP")
+DEPLOY=(--require-approval never)
+
+say "build: the connection-test function"
+step "build (make build)" "${MAKE:-make}" -C "$ROOT" build
+if [[ "$DRY_RUN" != 1 && ! -f "$LAMBDA_ZIP" ]]; then
+  die "build finished but $LAMBDA_ZIP does not exist: the build target must produce it (cargo lambda build --release --arm64 --output-format zip)"
+fi
+
+say "phase 1/3: $APP_STACK in the application account"
+step "phase 1/3 (deploy $APP_STACK)" cdk deploy "$APP_STACK" --profile "$APP_PROFILE" "${DEPLOY[@]}" "${CTX[@]}"
+stack_output "$APP_PROFILE" "$APP_STACK" ApplicationVpcId VPC_ID
+stack_output "$APP_PROFILE" "$APP_STACK" ApplicationSubnetIds SUBNET_IDS
+if [[ "$DRY_RUN" != 1 && ! "$SUBNET_IDS" =~ ^subnet-[0-9a-f]+(,subnet-[0-9a-f]+)+$ ]]; then
+  die "$APP_STACK output ApplicationSubnetIds is '$SUBNET_IDS', expected subnet ids separated by commas"
+fi
+CTX+=(-c "application_vpc_id=$VPC_ID" -c "application_vpc_subnets=$SUBNET_IDS")
+
+say "phase 2/3: $DB_STACK in the database account (Aurora and RDS Proxy: expect 20-30 minutes the first time)"
+step "phase 2/3 (deploy $DB_STACK)" cdk deploy "$DB_STACK" --profile "$DB_PROFILE" "${DEPLOY[@]}" "${CTX[@]}"
+stack_output "$DB_PROFILE" "$DB_STACK" ApplicationProxyEndpoint PROXY_ENDPOINT
+
+say "phase 3/3: $APP_STACK again, with the proxy endpoint"
+step "phase 3/3 (redeploy $APP_STACK)" cdk deploy "$APP_STACK" --profile "$APP_PROFILE" "${DEPLOY[@]}" "${CTX[@]}" \
+  -c "application_rds_proxy_endpoint=$PROXY_ENDPOINT"
+
+say "done: try it with 'make invoke APP_PROFILE=$APP_PROFILE REGION=$REGION'"
