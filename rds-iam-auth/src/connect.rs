@@ -563,7 +563,11 @@ impl Connector {
         }
         let err = match last_error {
             Some((addr, source)) if tokio::time::Instant::now() < deadline => Error::Tcp {
-                address: format!("{}:{} ({addr})", i.dial_host, i.dial_port),
+                address: if i.dial_host.parse::<IpAddr>().is_ok() {
+                    addr.to_string()
+                } else {
+                    format!("{}:{} ({addr})", i.dial_host, i.dial_port)
+                },
                 reason: source.to_string(),
                 source: Some(source),
             },

@@ -171,7 +171,7 @@ impl CredentialCache {
         let started = Instant::now();
         let base = self.base.provide_credentials().await.map_err(|e| {
             let err = Error::Credentials {
-                message: e.to_string(),
+                message: error_chain(&e),
                 hint: Some(HINT_NO_CREDENTIALS),
                 source: Some(Box::new(e)),
             };
@@ -292,7 +292,8 @@ where
     }
 }
 
-/// The error's messages joined with ": " (SDK errors keep the real reason in sources).
+/// The error's messages joined with ": " (SDK errors keep the real reason in sources),
+/// on one line.
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -304,7 +305,13 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    text
+    // One line: the credential chain lists its providers on lines of their own.
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .replace(":; ", ": ")
 }
 
 /// Refuses credentials that are already (nearly) expired.

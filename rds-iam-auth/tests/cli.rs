@@ -1,0 +1,289 @@
+//! The `rds-iam-auth` binary as a user runs it: output bytes, exit codes, one-line errors.
+
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use aws_credential_types::Credentials;
+use rds_iam_auth::token::{sign, TokenParams};
+
+const HOST: &str = "app.endpoint.proxy-abc123.us-west-2.rds.amazonaws.com";
+
+/// The binary with a clean AWS environment: only what the test sets, and no instance
+/// metadata lookups (they would leave loopback).
+fn cli(home: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rds-iam-auth"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AWS_")
+            || key == "RUST_LOG"
+            || key == "DB_USERNAME"
+            || key == "RDS_PROXY_APPLICATION_ENDPOINT"
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("HOME", home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", home.join("config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("credentials"));
+    cmd
+}
+
+fn with_keys(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret-key-value")
+        .env("AWS_SESSION_TOKEN", "session/token+value==")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_one_line_error(out: &Output, code: i32, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(out.stdout.is_empty(), "stdout: {}", text(&out.stdout));
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn token_matches_the_library_byte_for_byte() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = with_keys(&mut cli(home.path()))
+        .args([
+            "generate-db-auth-token",
+            "--hostname",
+            HOST,
+            "--port",
+            "5432",
+            "--username",
+            "app user+1",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let token = stdout
+        .strip_suffix('\n')
+        .expect("one line, newline-terminated");
+    assert!(!token.contains('\n'));
+    assert!(
+        token.starts_with(&format!(
+            "{HOST}:5432/?Action=connect&DBUser=app%20user%2B1&"
+        )),
+        "{token}"
+    );
+    assert!(
+        token.contains("%2Fus-west-2%2Frds-db%2Faws4_request"),
+        "region from the host: {token}"
+    );
+    assert!(token.contains("&X-Amz-Security-Token=session%2Ftoken%2Bvalue%3D%3D&X-Amz-Signature="));
+
+    // Re-sign with the library at the time the CLI used: the same bytes.
+    let date = token
+        .split("X-Amz-Date=")
+        .nth(1)
+        .expect("date")
+        .get(..16)
+        .expect("16 chars");
+    let at = parse_amz_date(date);
+    let params = TokenParams::new(HOST, 5432, "app user+1", Some("us-west-2")).expect("params");
+    let creds = Credentials::from_keys(
+        "AKIDEXAMPLE",
+        "secret-key-value",
+        Some("session/token+value==".into()),
+    );
+    assert_eq!(sign(&params, &creds, at).as_str(), token);
+}
+
+fn parse_amz_date(s: &str) -> SystemTime {
+    // YYYYMMDDTHHMMSSZ -> seconds since the epoch (days from civil, Hinnant).
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().expect("digits");
+    let (y, m, d) = (n(0..4), n(4..6), n(6..8));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + n(9..11) * 3600 + n(11..13) * 60 + n(13..15);
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+}
+
+#[test]
+fn explicit_region_wins_and_is_validated() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = with_keys(&mut cli(home.path()))
+        .args([
+            "generate-db-auth-token",
+            "--hostname",
+            "localhost",
+            "--port",
+            "5432",
+            "--username",
+            "u",
+            "--region",
+            "eu-central-1",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("%2Feu-central-1%2Frds-db%2F"));
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_code_2() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--port", "5432", "--username", "u"], "--hostname <HOSTNAME>"),
+        (&["--hostname", "", "--port", "5432", "--username", "u"], "a value is required for '--hostname"),
+        (&["--hostname", HOST, "--port", "5432", "--username", ""], "a value is required for '--username"),
+        (&["--hostname", &format!("https://{HOST}"), "--port", "5432", "--username", "u"], "without a scheme such as https://"),
+        (&["--hostname", HOST, "--port", "0", "--username", "u"], "0 is not in 1..=65535"),
+        (&["--hostname", HOST, "--port", "70000", "--username", "u"], "70000 is not in 1..=65535"),
+        (&["--hostname", HOST, "--port", "x", "--username", "u"], "invalid value 'x' for '--port"),
+        (&["--hostname", HOST, "--port", "5432", "--username", "u", "--region", "US_EAST"], "invalid region \"US_EAST\""),
+        (&["--hostname", "db.internal", "--port", "5432", "--username", "u"], "no region for \"db.internal\": pass a region explicitly (--region / AWS_REGION), or use an endpoint name"),
+        (&["--hostname", HOST, "--port", "5432", "--username", "u", "--external-id", "x"], "--role-arn"),
+        (&["--hostname", HOST, "--port", "5432", "--username", "u", "--role-arn", "not-an-arn"], "is not a role ARN"),
+    ];
+    for (args, needle) in cases {
+        let out = with_keys(&mut cli(home.path()))
+            .arg("generate-db-auth-token")
+            .args(*args)
+            .output()
+            .expect("run");
+        assert_one_line_error(&out, 2, needle);
+        let lines = text(&out.stderr)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count();
+        // clap adds a usage line and "try --help" to its own errors; ours are one line.
+        assert!(lines <= 4, "{args:?}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn no_credentials_is_a_runtime_failure_with_a_hint() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = cli(home.path())
+        .args([
+            "generate-db-auth-token",
+            "--hostname",
+            HOST,
+            "--port",
+            "5432",
+            "--username",
+            "u",
+        ])
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, 1, "rds-iam-auth: error: credentials:");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("hint: no AWS credentials found"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn unknown_profile_is_reported() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let out = cli(home.path())
+        .args([
+            "generate-db-auth-token",
+            "--hostname",
+            HOST,
+            "--port",
+            "5432",
+            "--username",
+            "u",
+            "--profile",
+            "nope",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("credentials:"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn unreadable_ca_bundle_is_bad_input() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let missing = home.path().join("missing.pem");
+    let out = with_keys(&mut cli(home.path()))
+        .args([
+            "check",
+            "--hostname",
+            HOST,
+            "--username",
+            "u",
+            "--ca-bundle",
+        ])
+        .arg(&missing)
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, 2, "CA bundle");
+    assert!(text(&out.stderr).contains("cannot read"));
+
+    let junk = home.path().join("junk.pem");
+    std::fs::write(&junk, "hello").expect("write");
+    let out = with_keys(&mut cli(home.path()))
+        .args([
+            "check",
+            "--hostname",
+            HOST,
+            "--username",
+            "u",
+            "--ca-bundle",
+        ])
+        .arg(&junk)
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, 2, "no certificate found");
+}
+
+#[test]
+fn check_reports_each_stage_and_the_failing_one() {
+    let home = tempfile::tempdir().expect("tempdir");
+    // Nothing listens on loopback port 9: the path fails at TCP, after signing.
+    let out = with_keys(&mut cli(home.path()))
+        .args([
+            "check",
+            "--hostname",
+            HOST,
+            "--username",
+            "u",
+            "--connect-address",
+            "127.0.0.1:9",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("credentials  ok"), "{stdout}");
+    assert!(lines[1].starts_with("token        ok"), "{stdout}");
+    assert!(lines[2].starts_with("dns          skipped"), "{stdout}");
+    assert!(lines[3].starts_with("tcp          FAILED"), "{stdout}");
+    assert!(
+        lines[4].starts_with(
+            "verdict: FAILED at tcp: cannot connect to 127.0.0.1:9: Connection refused"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        lines[5].starts_with("hint: check security groups"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("secret-key-value") && !stdout.contains("session%2Ftoken"));
+}
