@@ -82,12 +82,8 @@ impl fmt::Display for CheckReport {
                 format_duration(self.total)
             ),
             Some(err) => {
-                write!(
-                    f,
-                    "verdict: FAILED at stage {}: {}",
-                    err.stage(),
-                    err.cause()
-                )?;
+                // The cause starts with the stage name (`tcp: cannot connect ...`).
+                write!(f, "verdict: FAILED at {}", err.cause())?;
                 if let Some(hint) = err.hint() {
                     write!(f, "\nhint: {hint}")?;
                 }
