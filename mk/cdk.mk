@@ -45,7 +45,8 @@ lint-cdk: $(CDK_STAMP) ## TypeScript type check of the CDK app and its tests (ts
 test-cdk: lint-cdk $(CFN_LINT) ## CDK: jest (assertions, cdk-nag, context checks, deploy scripts), synth, cfn-lint
 	cd $(CDK_DIR) && $(CDK_BIN)/jest --runInBand
 	@$(MAKE) --no-print-directory synth
-	$(CFN_LINT) --non-zero-exit-code error $(CDK_OUT)/*.template.json
+	@# W3005 (DependsOn duplicating a Ref/GetAtt) is emitted by CDK's own constructs: harmless noise.
+	$(CFN_LINT) --non-zero-exit-code error --ignore-checks W3005 -- $(CDK_OUT)/*.template.json
 	@echo "test-cdk: jest, synth (cdk-nag AwsSolutions clean) and cfn-lint (no errors) passed"
 
 synth: $(CDK_STAMP) ## Synthesize both stacks into cdk.out/ offline; fails on any cdk-nag finding

@@ -40,6 +40,8 @@ export interface AppConfig {
   readonly targetRoles: TargetRole[];
   readonly externalId: string;
   readonly databaseInstanceType: string;
+  /** Aurora PostgreSQL engine version, "MAJOR.MINOR" (e.g. "17.9"). */
+  readonly databaseEngineVersion: string;
   readonly lambdaCodeSource: LambdaCodeSource;
   /** Path of the built function, relative to the repository root (or absolute). */
   readonly lambdaZipPath: string;
@@ -65,6 +67,7 @@ export const CONTEXT_KEYS = [
   'target_roles',
   'external_id',
   'database_instance_type',
+  'database_engine_version',
   'lambda_code_source',
   'lambda_zip_path',
   'db_ca_bundle',
@@ -72,6 +75,9 @@ export const CONTEXT_KEYS = [
 ] as const;
 
 type Key = (typeof CONTEXT_KEYS)[number];
+
+/** Newest Aurora PostgreSQL 17 minor that this aws-cdk-lib knows (AuroraPostgresEngineVersion.VER_17_9). */
+export const DEFAULT_ENGINE_VERSION = '17.9';
 
 const WHERE = 'set it in cdk.json under "context" or pass -c KEY=VALUE';
 
@@ -125,6 +131,8 @@ const EXTERNAL_ID_RE = /^[\w+=,.@:/-]{2,1224}$/;
 const ROLES_SHAPE = 'a comma-separated list (or JSON array) of proxy endpoint target roles, each READ_ONLY or READ_WRITE, such as "READ_ONLY"';
 const INSTANCE_SHAPE = 'an RDS instance class without the "db." prefix, such as "t4g.medium" or "r7g.large"';
 const INSTANCE_RE = /^[a-z][a-z0-9-]*\.[a-z0-9]+$/;
+const ENGINE_SHAPE = 'an Aurora PostgreSQL version "MAJOR.MINOR" that RDS Proxy supports, such as "17.9"';
+const ENGINE_RE = /^1[3-9]\.\d{1,2}$/;
 const CODE_SOURCE_SHAPE = '"auto" (the built zip if present, else a stand-in), "zip" (the built zip, required) or "stand-in"';
 
 /** Parses "a.b.c.d/n" and checks octets, prefix range and alignment. */
@@ -205,6 +213,7 @@ export function loadConfig(node: Node): AppConfig {
     targetRoles: roles as TargetRole[],
     externalId: matching(node, 'external_id', EXTERNAL_ID_SHAPE, EXTERNAL_ID_RE),
     databaseInstanceType: matching(node, 'database_instance_type', INSTANCE_SHAPE, INSTANCE_RE, { fallback: 't4g.medium' }),
+    databaseEngineVersion: matching(node, 'database_engine_version', ENGINE_SHAPE, ENGINE_RE, { fallback: DEFAULT_ENGINE_VERSION }),
     lambdaCodeSource: lambdaCodeSource as LambdaCodeSource,
     lambdaZipPath: str(node, 'lambda_zip_path', 'a path to bootstrap.zip', { fallback: 'target/lambda/connection-test/bootstrap.zip' }),
     dbCaBundle: str(node, 'db_ca_bundle', 'a path to a PEM file inside the function package', { optional: true }),

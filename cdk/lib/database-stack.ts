@@ -13,8 +13,10 @@ import { Construct } from 'constructs';
 import { ConnectionTestStackProps, OfflineStack, POSTGRES_PORT, subnetMask } from './base-stack';
 import { lambdaRoleArn, roleSlug, rolePascal } from './config';
 
-/** Aurora PostgreSQL engine: the newest 17.x minor in this aws-cdk-lib that RDS Proxy supports. */
-export const ENGINE_VERSION = rds.AuroraPostgresEngineVersion.VER_17_9;
+/** Aurora PostgreSQL engine version from context ("17.9" by default: see config.ts). */
+export function engineVersion(version: string): rds.AuroraPostgresEngineVersion {
+  return rds.AuroraPostgresEngineVersion.of(version, version.split('.')[0]);
+}
 export const PROXY_NAME = 'connectiontest-proxy';
 
 export class DatabaseStack extends OfflineStack {
@@ -69,7 +71,7 @@ export class DatabaseStack extends OfflineStack {
     // --- Aurora PostgreSQL --------------------------------------------------------------------
     const instanceType = new ec2.InstanceType(cfg.databaseInstanceType);
     this.cluster = new rds.DatabaseCluster(this, 'Cluster', {
-      engine: rds.DatabaseClusterEngine.auroraPostgres({ version: ENGINE_VERSION }),
+      engine: rds.DatabaseClusterEngine.auroraPostgres({ version: engineVersion(cfg.databaseEngineVersion) }),
       // The configured database user is the one the proxy holds a secret for and the one
       // the cross-account role may connect as (not a hard-coded "postgres").
       credentials: rds.Credentials.fromGeneratedSecret(cfg.databaseUsername),

@@ -4,7 +4,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { App } from 'aws-cdk-lib';
-import { ContextError, isCidr, loadConfig } from '../lib/config';
+import * as rds from 'aws-cdk-lib/aws-rds';
+import { ContextError, DEFAULT_ENGINE_VERSION, isCidr, loadConfig } from '../lib/config';
 import { context, REPO_ROOT } from './helpers';
 
 function load(overrides: Record<string, unknown>) {
@@ -63,6 +64,8 @@ describe('context validation', () => {
     ['external_id', 'has space', 'an STS external id'],
     ['database_instance_type', 'db.t4g.medium', 'without the "db." prefix'],
     ['lambda_code_source', 'docker', '"auto"'],
+    ['database_engine_version', '17', 'an Aurora PostgreSQL version "MAJOR.MINOR"'],
+    ['database_engine_version', '9.6', 'an Aurora PostgreSQL version "MAJOR.MINOR"'],
   ])('%s = %j is rejected', (key, value, shape) => {
     const e = errorOf({ [key]: value });
     expect(e.key).toBe(key);
@@ -84,6 +87,11 @@ describe('context validation', () => {
     const cfg = load({ target_roles: ['READ_WRITE', 'READ_ONLY'], application_vpc_subnets: ['subnet-0123456789abcdef0', 'subnet-01234567'] });
     expect(cfg.targetRoles).toEqual(['READ_WRITE', 'READ_ONLY']);
     expect(cfg.applicationVpcSubnets).toEqual(['subnet-0123456789abcdef0', 'subnet-01234567']);
+  });
+
+  test('the default engine version is one this aws-cdk-lib knows', () => {
+    expect(rds.AuroraPostgresEngineVersion.VER_17_9.auroraPostgresFullVersion).toBe(DEFAULT_ENGINE_VERSION);
+    expect(load({ database_engine_version: undefined }).databaseEngineVersion).toBe(DEFAULT_ENGINE_VERSION);
   });
 
   test('isCidr', () => {

@@ -33,7 +33,8 @@ describe('DatabaseStack', () => {
     const t = s.dbTemplate;
     t.hasResourceProperties('AWS::RDS::DBCluster', {
       Engine: 'aurora-postgresql',
-      EngineVersion: Match.stringLikeRegexp('^17\\.'),
+      EngineVersion: '17.9',
+      DBClusterParameterGroupName: 'default.aurora-postgresql17',
       EnableIAMDatabaseAuthentication: true,
       StorageEncrypted: true,
       MasterUsername: 'connectiontest',
@@ -49,6 +50,12 @@ describe('DatabaseStack', () => {
       'DatabaseStack/Cluster/Reader/Resource',
       'DatabaseStack/Cluster/Writer/Resource',
     ]);
+  });
+
+  test('engine version and instance class follow context', () => {
+    const t = synth({ database_engine_version: '16.6', database_instance_type: 'r7g.large' }).dbTemplate;
+    t.hasResourceProperties('AWS::RDS::DBCluster', { EngineVersion: '16.6', DBClusterParameterGroupName: 'default.aurora-postgresql16' });
+    t.allResourcesProperties('AWS::RDS::DBInstance', { DBInstanceClass: 'db.r7g.large' });
   });
 
   test('secret rotation runs in the VPC and can reach the cluster (5432) and Secrets Manager (443)', () => {
