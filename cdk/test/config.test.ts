@@ -109,6 +109,7 @@ describe('context validation', () => {
       ['--transpile-only', '--project', 'cdk/tsconfig.json', 'cdk/bin/app.ts'],
       { cwd: REPO_ROOT, env: { ...process.env, CDK_CONTEXT_JSON: JSON.stringify(ctx), CDK_OUTDIR: outdir }, encoding: 'utf8' },
     );
+    fs.rmSync(outdir, { recursive: true, force: true });
     expect(r.status).toBe(1);
     expect(r.stderr).toBe(
       'error: context "database_account_id" is invalid: expected a 12-digit AWS account id such as "111111111111" (a quoted string: leading zeros matter), got "2222"\n',

@@ -101,6 +101,7 @@ describe('scripts/deploy.sh (make deploy)', () => {
   beforeAll(() => {
     box = sandbox();
   });
+  afterAll(() => fs.rmSync(box.dir, { recursive: true, force: true }));
 
   test('runs build and the three phases in order, threading outputs into the next phase', () => {
     const r = box.run('deploy.sh', PROFILES);
@@ -217,6 +218,7 @@ describe('scripts/cdk-destroy.sh (make destroy)', () => {
   beforeAll(() => {
     box = sandbox();
   });
+  afterAll(() => fs.rmSync(box.dir, { recursive: true, force: true }));
   const ctx = `-c region=eu-west-1 -c application_account_id=${APP} -c database_account_id=${DB} -c lambda_code_source=auto`;
 
   test('DatabaseStack first (its endpoints sit in the shared subnets), then ApplicationStack', () => {
@@ -251,6 +253,7 @@ describe('scripts/cdk-invoke.sh (make invoke)', () => {
   beforeAll(() => {
     box = sandbox();
   });
+  afterAll(() => fs.rmSync(box.dir, { recursive: true, force: true }));
   const OK = '{"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": "Database connection was successful!"}';
 
   test('invokes connectiontest-lambda and prints the payload', () => {

@@ -1,5 +1,4 @@
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { App, Validations } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
@@ -27,15 +26,15 @@ export interface Synthesized extends ConnectionTestApp {
 
 /** Builds the real app (same code as bin/app.ts) and synthesizes it, cdk-nag included. */
 export function synth(overrides: Record<string, unknown> = {}, quietStandIn = true): Synthesized {
-  const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'cdk-test-'));
-  const built = buildApp(new App({ context: context(overrides), outdir }));
+  // No outdir: CDK makes a temporary one, which jest-autoclean removes after the tests.
+  const built = buildApp(new App({ context: context(overrides) }));
   if (quietStandIn) {
     Validations.of(built.app).acknowledge({ id: STAND_IN_WARNING, reason: 'the tests use the stand-in asset on purpose' });
   }
   built.app.synth();
   return {
     ...built,
-    outdir,
+    outdir: built.app.outdir,
     appTemplate: Template.fromStack(built.application),
     dbTemplate: Template.fromStack(built.database),
   };

@@ -7,8 +7,12 @@ import { ContextError } from '../lib/config';
 import { STAND_IN_DIR, STAND_IN_WARNING } from '../lib/lambda-code';
 import { synth } from './helpers';
 
+const made: string[] = [];
+afterAll(() => made.forEach((d) => fs.rmSync(d, { recursive: true, force: true })));
+
 function tempZip(): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lambda-zip-'));
+  made.push(dir);
   const zip = path.join(dir, 'bootstrap.zip');
   fs.writeFileSync(zip, 'PK\u0005\u0006' + '\u0000'.repeat(18)); // an empty zip archive
   return zip;

@@ -2,9 +2,6 @@
  * cdk-nag AwsSolutions on both stacks: no unacknowledged finding of any severity, every
  * acknowledgment carries a specific reason, and the check is live (a planted violation fails).
  */
-import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
 import { App, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import { IConstruct } from 'constructs';
@@ -12,10 +9,9 @@ import { buildApp } from '../lib/app';
 import { context, validationFindings } from './helpers';
 
 function freshApp(overrides: Record<string, unknown> = {}) {
-  const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'cdk-nag-'));
-  const built = buildApp(new App({ context: context(overrides), outdir }));
+  const built = buildApp(new App({ context: context(overrides) }));
   Validations.of(built.app).acknowledge({ id: 'connectiontest:stand-in-asset', reason: 'tests use the stand-in asset' });
-  return { ...built, outdir };
+  return { ...built, outdir: built.app.outdir };
 }
 
 interface Ack {
