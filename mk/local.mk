@@ -1,0 +1,50 @@
+# Local stack (issue 3): a real PostgreSQL behind local stand-ins for STS and RDS Proxy.
+# State lives in .local/ (stack.env, ca.pem, backend.env, serve.log, pid files).
+LOCAL_DIR    := $(ROOT)/.local
+LOCAL_CONFIG ?= $(ROOT)/local-stack.toml
+# LOCAL_PROFILE=release runs an optimised stand-in (slower to build; use it for benchmarks).
+LOCAL_PROFILE ?= debug
+EMULATOR     := $(ROOT)/target/$(LOCAL_PROFILE)/rds-proxy-emulator
+
+.PHONY: local-up local-down local-status bench-pgbench
+
+local-up: ## Start PostgreSQL + the STS / RDS Proxy stand-ins in the background; writes .local/stack.env
+	@if [ -f "$(LOCAL_DIR)/stack.env" ] && [ -f "$(LOCAL_DIR)/serve.pid" ] && kill -0 "$$(cat "$(LOCAL_DIR)/serve.pid")" 2>/dev/null; then \
+	  echo "local stack already running"; \
+	  for exe in "$(EMULATOR)" "$(ROOT)"/target/*/rds-proxy-emulator; do [ -x "$$exe" ] && exec "$$exe" status --state-dir "$(LOCAL_DIR)"; done; \
+	fi; \
+	$(CARGO) build --quiet $(if $(filter release,$(LOCAL_PROFILE)),--release) -p rds-proxy-emulator --bin rds-proxy-emulator || exit 1; \
+	mkdir -p "$(LOCAL_DIR)"; rm -f "$(LOCAL_DIR)/stack.env"; \
+	cd "$(ROOT)" && nohup "$(EMULATOR)" serve --config "$(LOCAL_CONFIG)" --state-dir "$(LOCAL_DIR)" \
+	  >"$(LOCAL_DIR)/serve.log" 2>&1 </dev/null & pid=$$!; \
+	for i in $$(seq 1 600); do \
+	  [ -f "$(LOCAL_DIR)/stack.env" ] && break; \
+	  if ! kill -0 $$pid 2>/dev/null; then echo "local stack failed to start:"; tail -n 5 "$(LOCAL_DIR)/serve.log"; exit 1; fi; \
+	  sleep 0.1; \
+	done; \
+	[ -f "$(LOCAL_DIR)/stack.env" ] || { echo "local stack not ready after 60 s; see $(LOCAL_DIR)/serve.log"; exit 1; }; \
+	"$(EMULATOR)" status --state-dir "$(LOCAL_DIR)"
+
+local-status: ## Show the running local stack (endpoints, how to connect)
+	@if [ -x "$(EMULATOR)" ]; then "$(EMULATOR)" status --state-dir "$(LOCAL_DIR)"; else echo "local stack: not running"; exit 3; fi
+
+# Stops `serve` (SIGTERM: it stops PostgreSQL and removes its files); if it died without
+# cleaning up, stops the PostgreSQL it recorded and removes its directory. A pid is only
+# signalled if /proc says it is still the program we started.
+local-down: ## Stop the local stack and remove .local
+	@stop() { pid=$$1; name=$$2; sig=$$3; \
+	  [ -n "$$pid" ] && [ -r /proc/$$pid/cmdline ] && tr '\0' ' ' </proc/$$pid/cmdline | grep -q "$$name" || return 0; \
+	  kill -$$sig $$pid 2>/dev/null; \
+	  for i in $$(seq 1 150); do kill -0 $$pid 2>/dev/null || return 0; sleep 0.1; done; \
+	  echo "pid $$pid did not stop: SIGKILL"; kill -KILL $$pid 2>/dev/null; return 0; }; \
+	if [ -d "$(LOCAL_DIR)" ]; then \
+	  stop "$$(cat "$(LOCAL_DIR)/serve.pid" 2>/dev/null)" rds-proxy-emulator TERM; \
+	  stop "$$(cat "$(LOCAL_DIR)/postgres.pid" 2>/dev/null)" postgres INT; \
+	  pgdir="$$(cat "$(LOCAL_DIR)/postgres.dir" 2>/dev/null)"; \
+	  case "$$pgdir" in */rds-proxy-emulator-pg-*) rm -rf "$$pgdir";; esac; \
+	  rm -rf "$(LOCAL_DIR)"; echo "local stack stopped"; \
+	else echo "local stack: not running"; fi
+
+# For the optimised figure: make local-down && make bench-pgbench LOCAL_PROFILE=release
+bench-pgbench: local-up ## pgbench TPS direct to PostgreSQL vs through the RDS Proxy stand-in (same run)
+	@EMULATOR="$(EMULATOR)" "$(ROOT)/bench/pgbench-proxy"

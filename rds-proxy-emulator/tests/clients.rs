@@ -1,0 +1,182 @@
+//! Third-party clients through the stand-in: psql with `sslmode=verify-full` and a token
+//! as the password, and pgbench with several clients for a few seconds.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rds_proxy_emulator::{Endpoint, LocalStack};
+
+fn require(tool: &str) {
+    let found = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{tool} is missing: install it with `apt-get install postgresql-client`"
+    );
+}
+
+/// libpq connection string: verify the endpoint name against the stack's CA, dial 127.0.0.1.
+fn conninfo(stack: &LocalStack, ep: &Endpoint) -> String {
+    format!(
+        "host={} hostaddr={} port={} sslmode=verify-full sslrootcert={} user=app_user dbname={}",
+        ep.hostname,
+        ep.listen.ip(),
+        ep.listen.port(),
+        stack.ca_path().display(),
+        stack.db_name()
+    )
+}
+
+/// Runs a command with a hard time limit (the test fails rather than hangs).
+fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("PGSERVICE")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "command exceeded {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn psql(stack: &LocalStack, ep: &Endpoint, password: &str, sql: &str) -> Output {
+    let mut cmd = Command::new("psql");
+    cmd.arg(conninfo(stack, ep))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", password);
+    tokio::task::spawn_blocking(move || run_bounded(cmd, Duration::from_secs(30)))
+        .await
+        .expect("psql task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_verify_full_with_a_token() -> TestResult {
+    require("psql");
+    let stack = demo().await;
+    let ep = stack.app_endpoint().clone();
+    let creds = session(&stack, CONNECT_ROLE);
+    let token = stack.sign_token(&ep, "app_user", &creds, time::OffsetDateTime::now_utc());
+
+    let out = psql(
+        &stack,
+        &ep,
+        &token,
+        "SELECT name FROM customers ORDER BY id",
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Ada Lovelace\nGrace Hopper\nAlan Turing\nKatherine Johnson\n"
+    );
+
+    let out = psql(&stack, &ep, "not-a-token", "SELECT 1").await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "FATAL:  The IAM authentication failed for the role app_user. Check the IAM token for this role and try again."
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // sslmode=disable: the RDS Proxy TLS message.
+    let mut cmd = Command::new("psql");
+    cmd.arg(format!(
+        "host={} port={} sslmode=disable user=app_user dbname=example_db",
+        ep.listen.ip(),
+        ep.listen.port()
+    ))
+    .args(["-X", "-c", "SELECT 1"])
+    .env("PGPASSWORD", &token);
+    let out =
+        tokio::task::spawn_blocking(move || run_bounded(cmd, Duration::from_secs(30))).await?;
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("FATAL:  This RDS Proxy requires TLS connections."));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_through_the_proxy_has_no_failed_transactions() -> TestResult {
+    require("pgbench");
+    let stack = demo().await;
+    let rw = stack
+        .endpoint("READ_WRITE")
+        .expect("READ_WRITE endpoint")
+        .clone();
+    let creds = session(&stack, CONNECT_ROLE);
+    let token = stack.sign_token(&rw, "app_user", &creds, time::OffsetDateTime::now_utc());
+    let info = conninfo(&stack, &rw);
+
+    // Initialisation through the proxy too (COPY, VACUUM, ALTER TABLE).
+    let mut init = Command::new("pgbench");
+    init.args(["-i", "-q", "-s", "1", &info])
+        .env("PGPASSWORD", &token);
+    let out =
+        tokio::task::spawn_blocking(move || run_bounded(init, Duration::from_secs(60))).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut bench = Command::new("pgbench");
+    bench
+        .args(["-n", "-c", "4", "-j", "2", "-T", "3", &info])
+        .env("PGPASSWORD", &token);
+    let out =
+        tokio::task::spawn_blocking(move || run_bounded(bench, Duration::from_secs(60))).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("number of clients: 4"), "{stdout}");
+    assert!(
+        stdout.contains("number of failed transactions: 0 (0.000%)"),
+        "{stdout}"
+    );
+    let processed: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .expect("processed count");
+    assert!(processed > 100, "{stdout}");
+    // The proxy released every client connection.
+    for _ in 0..100 {
+        if stack.proxy_client_connections() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stack.proxy_client_connections(), 0);
+    Ok(())
+}
