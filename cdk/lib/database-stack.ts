@@ -17,6 +17,7 @@ import { lambdaRoleArn, roleSlug, rolePascal } from './config';
 export function engineVersion(version: string): rds.AuroraPostgresEngineVersion {
   return rds.AuroraPostgresEngineVersion.of(version, version.split('.')[0]);
 }
+
 export const PROXY_NAME = 'connectiontest-proxy';
 
 export class DatabaseStack extends OfflineStack {
