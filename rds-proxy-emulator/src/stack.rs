@@ -75,6 +75,8 @@ pub struct LocalStack {
     ca_pem: String,
     ca_path: PathBuf,
     _temp_state: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LocalStack {
@@ -84,11 +86,52 @@ impl LocalStack {
     }
 
     /// Starts the stack with explicit [`StartOptions`].
+    ///
+    /// The servers run on a runtime of their own (own thread, two workers), so a caller
+    /// that blocks its own runtime (a `#[tokio::test]` running a subprocess synchronously,
+    /// say) cannot starve them.
     pub async fn start_with(
         config: StackConfig,
         options: StartOptions,
     ) -> Result<LocalStack, Error> {
         config.validate()?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("rds-proxy-emulator".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("rds-proxy-emulator-worker")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::io("starting the stack's runtime", e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let started = LocalStack::start_inner(config, options).await;
+                    let ok = started.is_ok();
+                    if ready_tx.send(started).is_ok() && ok {
+                        // Serve until the LocalStack is dropped.
+                        let _ = stop_rx.await;
+                    }
+                });
+                runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            })
+            .map_err(|e| Error::io("starting the stack's thread", e))?;
+        let mut stack = ready_rx
+            .await
+            .map_err(|_| Error::Config("the stack's thread ended during start-up".into()))??;
+        stack.stop = Some(stop_tx);
+        stack.thread = Some(thread);
+        Ok(stack)
+    }
+
+    async fn start_inner(config: StackConfig, options: StartOptions) -> Result<LocalStack, Error> {
         let config = Arc::new(config);
         let (temp_state, state_dir) = match &options.state_dir {
             Some(d) => {
@@ -174,6 +217,8 @@ impl LocalStack {
             ca_pem: tls.ca_pem,
             ca_path,
             _temp_state: temp_state,
+            stop: None,
+            thread: None,
         })
     }
 
@@ -382,6 +427,12 @@ impl Drop for LocalStack {
         self.pg.remove();
         if self._temp_state.is_none() {
             let _ = std::fs::remove_file(&self.ca_path);
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

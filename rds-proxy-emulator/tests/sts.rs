@@ -321,11 +321,18 @@ async fn raw_query_protocol_errors() -> TestResult {
     Ok(())
 }
 
+/// Deliberately blocking I/O on the test's (current-thread) runtime: the stack runs on
+/// its own runtime, so it still answers.
 async fn http(addr: &str, request: &str) -> Result<String, std::io::Error> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(request.as_bytes()).await?;
+    http_sync(addr, request)
+}
+
+fn http_sync(addr: &str, request: &str) -> Result<String, std::io::Error> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    s.write_all(request.as_bytes())?;
     let mut out = String::new();
-    s.read_to_string(&mut out).await?;
+    s.read_to_string(&mut out)?;
     Ok(out)
 }
