@@ -287,7 +287,7 @@ fn status(state_dir: &Path) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "local stack running (pid {pid})\n  STS                {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n\nUse it:\n  source {}\n  PGPASSWORD=\"$(target/debug/rds-proxy-emulator token)\" psql \"host=$RDS_PROXY_APPLICATION_ENDPOINT hostaddr={addr} port={port} sslmode=verify-full sslrootcert=$DB_CA_BUNDLE user=$DB_USERNAME dbname=$DBNAME\" -c 'SELECT * FROM customers'\nStop it: make local-down",
+        "local stack running (pid {pid})\n  STS                {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n\nUse it:\n  source {}\n  PGPASSWORD=\"$({} token)\" psql \"host=$RDS_PROXY_APPLICATION_ENDPOINT hostaddr={addr} port={port} sslmode=verify-full sslrootcert=$DB_CA_BUNDLE user=$DB_USERNAME dbname=$DBNAME\" -c 'SELECT * FROM customers'\nStop it: make local-down",
         get("AWS_ENDPOINT_URL_STS"),
         get("RDS_PROXY_APPLICATION_ENDPOINT"),
         get("DB_PORT"),
@@ -300,6 +300,9 @@ fn status(state_dir: &Path) -> ExitCode {
         get("DBNAME"),
         get("DB_CA_BUNDLE"),
         env_path.display(),
+        std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "rds-proxy-emulator".into()),
     );
     ExitCode::SUCCESS
 }
