@@ -317,7 +317,8 @@ impl Connector {
     /// Opens a connection and drives it on a Tokio task; the client is ready for queries.
     pub async fn connect(&self) -> Result<Client, Error> {
         let mut rec = Recorder::quiet();
-        let (client, connection) = self.open(&mut rec).await?;
+        // Boxed: keeps the future type shallow for callers that nest it deeply (Lambda).
+        let (client, connection) = Box::pin(self.open(&mut rec)).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "database connection closed with an error");
@@ -332,7 +333,7 @@ impl Connector {
     pub async fn check(&self) -> CheckReport {
         let started = Instant::now();
         let mut rec = Recorder::keeping();
-        let error = match self.open(&mut rec).await {
+        let error = match Box::pin(self.open(&mut rec)).await {
             Err(err) => Some(err),
             Ok((client, connection)) => {
                 let task = tokio::spawn(connection);
@@ -604,7 +605,12 @@ fn tls_error(host: &str, e: tokio_postgres::Error) -> Error {
     let mut hint = None;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = source {
-        if let Some(rustls_error) = s.downcast_ref::<rustls::Error>() {
+        // io::Error::source() skips the error it wraps: look inside it too.
+        let wrapped = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if let Some(rustls_error) = s.downcast_ref::<rustls::Error>().or(wrapped) {
             use rustls::CertificateError as C;
             hint = match rustls_error {
                 rustls::Error::InvalidCertificate(C::NotValidForName)

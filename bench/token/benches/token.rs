@@ -16,7 +16,8 @@ use criterion::{criterion_group, Criterion};
 use futures_util::FutureExt;
 use rds_iam_auth::token::{sign, TokenParams};
 
-const HOST: &str = "application-db-endpoint-read-only.endpoint.proxy-c8bk2x1example.us-east-1.rds.amazonaws.com";
+const HOST: &str =
+    "application-db-endpoint-read-only.endpoint.proxy-c8bk2x1example.us-east-1.rds.amazonaws.com";
 const PORT: u16 = 5432;
 const USER: &str = "app_reader";
 const REGION: &str = "us-east-1";
@@ -95,7 +96,11 @@ fn bench(c: &mut Criterion) {
 criterion_group!(benches, bench);
 
 fn median_ns(dir: &PathBuf, function: &str) -> Option<f64> {
-    let path = dir.join("token").join(function).join("new").join("estimates.json");
+    let path = dir
+        .join("token")
+        .join(function)
+        .join("new")
+        .join("estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["median"]["point_estimate"].as_f64()
@@ -103,19 +108,27 @@ fn median_ns(dir: &PathBuf, function: &str) -> Option<f64> {
 
 fn main() {
     benches();
-    criterion::Criterion::default().configure_from_args().final_summary();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
     // Criterion writes to <target>/criterion; report the ratio of this run's medians.
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
     let dir = target.join("criterion");
-    match (median_ns(&dir, "rds-iam-auth"), median_ns(&dir, "aws-sdk-rds")) {
+    match (
+        median_ns(&dir, "rds-iam-auth"),
+        median_ns(&dir, "aws-sdk-rds"),
+    ) {
         (Some(ours), Some(sdk)) => println!(
             "\ntoken summary: rds-iam-auth {:.2} us, aws-sdk-rds {:.2} us per token: {:.1}x faster",
             ours / 1000.0,
             sdk / 1000.0,
             sdk / ours
         ),
-        _ => println!("\ntoken summary: no estimates found under {}", dir.display()),
+        _ => println!(
+            "\ntoken summary: no estimates found under {}",
+            dir.display()
+        ),
     }
 }

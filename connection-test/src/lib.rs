@@ -1,0 +1,378 @@
+//! The connection-test Lambda: proves the cross-account path to the database works, or says
+//! which stage broke and why (DESIGN.md 7).
+//!
+//! - [`Settings::from_lookup`] reads and validates the environment once, at init; a missing
+//!   or malformed variable names itself.
+//! - [`Function::invoke`] runs the library's staged check on a fresh connection. Credentials
+//!   from `AssumeRole` are kept in the [`rds_iam_auth::Connector`] across warm invocations.
+//! - Success is the exact response of the reference sample ([`SUCCESS_RESPONSE`]); failure is
+//!   a function error ([`Failure`]) whose `errorType` names the stage (`AssumeRoleFailed`,
+//!   `TlsFailed`, `AuthenticationFailed`, ...) and whose `errorMessage` gives cause and hint.
+
+use std::time::Duration;
+
+use lambda_runtime::Diagnostic;
+use rds_iam_auth::{CaBundle, Config, Connector, Error, Stage};
+use serde_json::value::RawValue;
+
+/// The success answer, byte for byte as the reference (Python) sample printed it.
+pub const SUCCESS_RESPONSE: &str = r#"{"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": "Database connection was successful!"}"#;
+
+/// The environment of the function, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `DATABASE_ACCOUNT_IAM_ROLE`: the role to assume in the database account.
+    pub role_arn: String,
+    /// `RDS_PROXY_APPLICATION_ENDPOINT`: the proxy endpoint name.
+    pub endpoint: String,
+    /// `DB_USERNAME`
+    pub db_user: String,
+    /// `DBNAME`
+    pub db_name: String,
+    /// `DB_PORT` (default 5432)
+    pub port: u16,
+    /// `EXTERNAL_ID` (optional, but the database stack's trust policy requires it)
+    pub external_id: Option<String>,
+    /// `DB_CA_BUNDLE`: extra CA certificates (PEM path), for direct instances or the local stack.
+    pub ca_bundle: Option<String>,
+    /// `DB_CONNECT_HOST`: address to dial instead of the endpoint name (host[:port]).
+    pub connect_host: Option<String>,
+    /// `DB_CONNECT_TIMEOUT_SECONDS` (default 10): limit for each network stage.
+    pub connect_timeout: Duration,
+}
+
+/// A variable that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {name} {problem}")]
+pub struct SettingsError {
+    /// The variable.
+    pub name: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl Settings {
+    /// Reads the settings with `lookup` (`std::env::var` in the function, a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let get = |name: &'static str| lookup(name).map(|v| v.trim().to_owned());
+        let required = |name: &'static str| match get(name) {
+            None => Err(SettingsError {
+                name,
+                problem: "is not set".to_owned(),
+            }),
+            Some(v) if v.is_empty() => Err(SettingsError {
+                name,
+                problem: "is empty".to_owned(),
+            }),
+            Some(v) => Ok(v),
+        };
+        let optional = |name: &'static str| get(name).filter(|v| !v.is_empty());
+        let number = |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| {
+            match optional(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| SettingsError {
+                        name,
+                        problem: format!(
+                            "is {v:?}: expected a whole number from {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    }),
+            }
+        };
+
+        let role_arn = required("DATABASE_ACCOUNT_IAM_ROLE")?;
+        if !role_arn.starts_with("arn:aws") || !role_arn.contains(":role/") {
+            return Err(SettingsError {
+                name: "DATABASE_ACCOUNT_IAM_ROLE",
+                problem: format!(
+                    "is {role_arn:?}: expected a role ARN, arn:aws:iam::ACCOUNT:role/NAME"
+                ),
+            });
+        }
+        let endpoint = required("RDS_PROXY_APPLICATION_ENDPOINT")?;
+        if endpoint.contains("://") || endpoint.contains(':') || endpoint.contains('/') {
+            return Err(SettingsError {
+                name: "RDS_PROXY_APPLICATION_ENDPOINT",
+                problem: format!("is {endpoint:?}: expected the bare endpoint name (no scheme, port or path; the port is DB_PORT)"),
+            });
+        }
+        Ok(Settings {
+            role_arn,
+            endpoint,
+            db_user: required("DB_USERNAME")?,
+            db_name: required("DBNAME")?,
+            port: number("DB_PORT", 5432, 1..=65535)? as u16,
+            external_id: optional("EXTERNAL_ID"),
+            ca_bundle: optional("DB_CA_BUNDLE"),
+            connect_host: optional("DB_CONNECT_HOST"),
+            connect_timeout: Duration::from_secs(number(
+                "DB_CONNECT_TIMEOUT_SECONDS",
+                10,
+                1..=300,
+            )?),
+        })
+    }
+
+    /// The library configuration these settings describe. The SDK configuration
+    /// (region, base credentials, `AWS_ENDPOINT_URL_STS`) comes from the environment.
+    pub fn config(&self) -> Result<Config, SettingsError> {
+        let mut config = Config::new()
+            .hostname(&self.endpoint)
+            .port(self.port)
+            .user(&self.db_user)
+            .database(&self.db_name)
+            .assume_role(&self.role_arn)
+            .role_session_name("connectiontest-lambda")
+            .connect_timeout(self.connect_timeout)
+            .application_name("connectiontest-lambda");
+        if let Some(id) = &self.external_id {
+            config = config.external_id(id);
+        }
+        if let Some(host) = &self.connect_host {
+            config = config.connect_address(host);
+        }
+        if let Some(path) = &self.ca_bundle {
+            let bundle = CaBundle::from_pem_file(path).map_err(|e| SettingsError {
+                name: "DB_CA_BUNDLE",
+                problem: e.to_string(),
+            })?;
+            config = config.ca_bundle(bundle);
+        }
+        Ok(config)
+    }
+}
+
+/// A failed invocation: becomes the function error the caller sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `errorType`: the stage, e.g. `AssumeRoleFailed`, `ConfigurationError`.
+    pub error_type: String,
+    /// `errorMessage`: cause, then the hint.
+    pub error_message: String,
+}
+
+impl Failure {
+    fn from_error(err: &Error) -> Self {
+        let mut message = err.cause();
+        if let Some(hint) = err.hint() {
+            message.push_str(". Hint: ");
+            message.push_str(hint);
+        }
+        Failure {
+            error_type: err.stage().failure_type().to_owned(),
+            error_message: message,
+        }
+    }
+
+    fn configuration(err: &SettingsError) -> Self {
+        Failure {
+            error_type: Stage::Config.failure_type().to_owned(),
+            error_message: format!("{err} (fix the function's configuration and redeploy)"),
+        }
+    }
+}
+
+impl From<Failure> for Diagnostic {
+    fn from(f: Failure) -> Diagnostic {
+        Diagnostic {
+            error_type: f.error_type,
+            error_message: f.error_message,
+        }
+    }
+}
+
+/// The function: its connector when the settings were valid, else the settings error
+/// every invocation reports.
+pub struct Function {
+    connector: Result<Connector, Failure>,
+}
+
+impl Function {
+    /// Initialises from the process environment (once per cold start).
+    pub async fn from_env() -> Self {
+        Self::new(Settings::from_lookup(|name| std::env::var(name).ok())).await
+    }
+
+    /// Initialises from settings; an error is kept and reported by every invocation.
+    pub async fn new(settings: Result<Settings, SettingsError>) -> Self {
+        let connector = match settings.and_then(|s| s.config()) {
+            Err(e) => {
+                tracing::error!(error = %e, "invalid configuration");
+                Err(Failure::configuration(&e))
+            }
+            Ok(config) => config.connector().await.map_err(|e| {
+                tracing::error!(error = %e, "invalid configuration");
+                Failure::from_error(&e)
+            }),
+        };
+        Function { connector }
+    }
+
+    /// Initialises with a ready library configuration (tests, other entry points).
+    pub async fn with_config(config: Config) -> Self {
+        Function {
+            connector: config
+                .connector()
+                .await
+                .map_err(|e| Failure::from_error(&e)),
+        }
+    }
+
+    /// The connector (and its credential cache) kept across invocations, when the settings
+    /// were valid.
+    pub fn connector(&self) -> Option<&Connector> {
+        self.connector.as_ref().ok()
+    }
+
+    /// One invocation: the staged check on a fresh connection.
+    pub async fn invoke(&self) -> Result<Box<RawValue>, Failure> {
+        let connector = self.connector.as_ref().map_err(Clone::clone)?;
+        let report = connector.check().await;
+        match &report.error {
+            None => {
+                tracing::info!(
+                    total_ms = report.total.as_secs_f64() * 1000.0,
+                    "Database connection was successful!"
+                );
+                RawValue::from_string(SUCCESS_RESPONSE.to_owned()).map_err(|e| Failure {
+                    error_type: "InternalError".to_owned(),
+                    error_message: e.to_string(),
+                })
+            }
+            Some(err) => {
+                let failure = Failure::from_error(err);
+                tracing::error!(error_type = %failure.error_type, error = %failure.error_message, total_ms = report.total.as_secs_f64() * 1000.0, "connection test failed");
+                Err(failure)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        (
+            "DATABASE_ACCOUNT_IAM_ROLE",
+            "arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role",
+        ),
+        (
+            "RDS_PROXY_APPLICATION_ENDPOINT",
+            "ro.endpoint.proxy-abc.us-east-1.rds.amazonaws.com",
+        ),
+        ("DB_USERNAME", "app_user"),
+        ("DBNAME", "example_db"),
+    ];
+
+    fn without(name: &str) -> Vec<(&'static str, &'static str)> {
+        GOOD.iter().copied().filter(|(k, _)| *k != name).collect()
+    }
+
+    #[test]
+    fn defaults_apply_to_optional_variables() {
+        let s = Settings::from_lookup(env(GOOD)).expect("valid");
+        assert_eq!(s.port, 5432);
+        assert_eq!(s.external_id, None);
+        assert_eq!(s.connect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn each_missing_variable_is_named() {
+        for (name, _) in GOOD {
+            let err = Settings::from_lookup(env(&without(name))).expect_err(name);
+            assert_eq!(
+                err.to_string(),
+                format!("environment variable {name} is not set")
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_values_are_named_with_what_is_expected() {
+        let mut bad = GOOD.to_vec();
+        bad.push(("DB_PORT", "70000"));
+        let err = Settings::from_lookup(env(&bad)).expect_err("port");
+        assert_eq!(
+            err.to_string(),
+            "environment variable DB_PORT is \"70000\": expected a whole number from 1 to 65535"
+        );
+
+        let mut bad = without("DATABASE_ACCOUNT_IAM_ROLE");
+        bad.push(("DATABASE_ACCOUNT_IAM_ROLE", "proxy-role"));
+        let err = Settings::from_lookup(env(&bad)).expect_err("arn");
+        assert!(err.to_string().starts_with(
+            "environment variable DATABASE_ACCOUNT_IAM_ROLE is \"proxy-role\": expected a role ARN"
+        ));
+
+        let mut bad = without("RDS_PROXY_APPLICATION_ENDPOINT");
+        bad.push((
+            "RDS_PROXY_APPLICATION_ENDPOINT",
+            "https://x.rds.amazonaws.com",
+        ));
+        let err = Settings::from_lookup(env(&bad)).expect_err("endpoint");
+        assert_eq!(err.name, "RDS_PROXY_APPLICATION_ENDPOINT");
+
+        let mut bad = without("DBNAME");
+        bad.push(("DBNAME", "  "));
+        assert_eq!(
+            Settings::from_lookup(env(&bad))
+                .expect_err("empty")
+                .to_string(),
+            "environment variable DBNAME is empty"
+        );
+    }
+
+    #[test]
+    fn success_response_is_the_contract() {
+        let v: serde_json::Value = serde_json::from_str(SUCCESS_RESPONSE).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": "Database connection was successful!"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_variable_fails_every_invocation_as_configuration_error() {
+        let f = Function::new(Settings::from_lookup(env(&without("DB_USERNAME")))).await;
+        for _ in 0..2 {
+            let failure = f.invoke().await.expect_err("config error");
+            assert_eq!(failure.error_type, "ConfigurationError");
+            assert!(
+                failure
+                    .error_message
+                    .starts_with("environment variable DB_USERNAME is not set"),
+                "{}",
+                failure.error_message
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_ca_bundle_is_a_configuration_error() {
+        let mut vars = GOOD.to_vec();
+        vars.push(("DB_CA_BUNDLE", "/nonexistent/ca.pem"));
+        let f = Function::new(Settings::from_lookup(env(&vars))).await;
+        let failure = f.invoke().await.expect_err("config error");
+        assert_eq!(failure.error_type, "ConfigurationError");
+        assert!(
+            failure.error_message.contains("DB_CA_BUNDLE"),
+            "{}",
+            failure.error_message
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! The handler against the local stack: the exact success answer, and the errorType of
+//! each failure stage, with settings read the way the function reads its environment.
+
+use std::collections::HashMap;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use connection_test::{Function, Settings, SUCCESS_RESPONSE};
+use rds_proxy_emulator::{LocalStack, StackConfig};
+
+async fn stack() -> LocalStack {
+    LocalStack::start(StackConfig::demo())
+        .await
+        .expect("local stack")
+}
+
+/// The function as deployed against this stack: its variables from `stack.env()` with
+/// `changes` applied (`None` removes one), and the SDK pointed at the STS stand-in.
+async fn function(stack: &LocalStack, changes: &[(&str, Option<&str>)]) -> Function {
+    let mut env: HashMap<String, String> = stack.env().into_iter().collect();
+    for (key, value) in changes {
+        match value {
+            Some(v) => env.insert(key.to_string(), v.to_string()),
+            None => env.remove(*key),
+        };
+    }
+    let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("valid settings");
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(env["AWS_REGION"].clone()))
+        .endpoint_url(&env["AWS_ENDPOINT_URL_STS"])
+        .credentials_provider(Credentials::from_keys(
+            &env["AWS_ACCESS_KEY_ID"],
+            &env["AWS_SECRET_ACCESS_KEY"],
+            None,
+        ))
+        .load()
+        .await;
+    Function::with_config(settings.config().expect("config").sdk_config(sdk)).await
+}
+
+async fn failure_type(stack: &LocalStack, changes: &[(&str, Option<&str>)]) -> (String, String) {
+    let f = function(stack, changes).await;
+    let failure = f.invoke().await.expect_err("the invocation fails");
+    let secret = stack.app_credentials().1;
+    assert!(
+        !failure.error_message.contains(&secret),
+        "{}",
+        failure.error_message
+    );
+    assert!(
+        !failure.error_message.contains("X-Amz-Signature"),
+        "{}",
+        failure.error_message
+    );
+    (failure.error_type, failure.error_message)
+}
+
+#[tokio::test]
+async fn success_is_the_exact_contract_and_credentials_stay_warm() {
+    let stack = stack().await;
+    let f = function(&stack, &[]).await;
+    for _ in 0..3 {
+        let answer = f.invoke().await.expect("success");
+        assert_eq!(answer.get(), SUCCESS_RESPONSE);
+    }
+    let connector = f.connector().expect("configured");
+    assert_eq!(
+        connector.credentials().refresh_count(),
+        1,
+        "one AssumeRole for three invocations"
+    );
+    // Every invocation closed its connection.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(stack.proxy_client_connections(), 0);
+}
+
+#[tokio::test]
+async fn wrong_external_id_is_assume_role_failed() {
+    let stack = stack().await;
+    let (kind, message) = failure_type(&stack, &[("EXTERNAL_ID", Some("wrong-id"))]).await;
+    assert_eq!(kind, "AssumeRoleFailed");
+    assert!(message.contains("AccessDenied"), "{message}");
+    assert!(
+        message.contains("Hint: the role's trust policy must name the caller's role ARN"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_down_is_tcp_connect_failed() {
+    let stack = stack().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (kind, message) = failure_type(&stack, &[("DB_CONNECT_HOST", Some(&addr))]).await;
+    assert_eq!(kind, "TcpConnectFailed");
+    assert!(message.contains("Hint: check security groups"), "{message}");
+}
+
+#[tokio::test]
+async fn unknown_ca_is_tls_failed() {
+    let stack = stack().await;
+    let (kind, message) = failure_type(&stack, &[("DB_CA_BUNDLE", None)]).await;
+    assert_eq!(kind, "TlsFailed");
+    assert!(message.contains("UnknownIssuer"), "{message}");
+}
+
+#[tokio::test]
+async fn role_without_rds_db_connect_is_authentication_failed() {
+    let stack = stack().await;
+    let (kind, message) = failure_type(
+        &stack,
+        &[(
+            "DATABASE_ACCOUNT_IAM_ROLE",
+            Some("arn:aws:iam::222222222222:role/proxy-no-connect-role"),
+        )],
+    )
+    .await;
+    assert_eq!(kind, "AuthenticationFailed");
+    assert!(
+        message.contains("The IAM authentication failed for the role app_user."),
+        "{message}"
+    );
+    assert!(message.contains("Hint: check rds-db:connect"), "{message}");
+}
+
+#[tokio::test]
+async fn missing_variable_is_configuration_error() {
+    let stack = stack().await;
+    let env: HashMap<String, String> = stack
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "RDS_PROXY_APPLICATION_ENDPOINT")
+        .collect();
+    let f = Function::new(Settings::from_lookup(|k| env.get(k).cloned())).await;
+    let failure = f.invoke().await.expect_err("config");
+    assert_eq!(failure.error_type, "ConfigurationError");
+    assert!(failure
+        .error_message
+        .starts_with("environment variable RDS_PROXY_APPLICATION_ENDPOINT is not set"));
+}

@@ -1,0 +1,427 @@
+//! End to end against the local stack: a real PostgreSQL behind the STS and RDS Proxy
+//! stand-ins (`rds-proxy-emulator`), over verified TLS, dialing 127.0.0.1 while verifying
+//! the endpoint's real-looking name.
+
+use std::process::Command;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use rds_iam_auth::{CaBundle, Config, Error, Outcome, Stage};
+use rds_proxy_emulator::{Endpoint, LocalStack, StackConfig};
+
+const UNTRUSTED: &str = "arn:aws:iam::111111111111:role/some-other-lambda-role";
+const NO_CONNECT_ROLE: &str = "arn:aws:iam::222222222222:role/proxy-no-connect-role";
+
+async fn stack() -> LocalStack {
+    LocalStack::start(StackConfig::demo())
+        .await
+        .expect("local stack starts")
+}
+
+async fn sdk_config(stack: &LocalStack, principal: Option<&str>) -> SdkConfig {
+    let (akid, secret) = match principal {
+        Some(arn) => stack.principal_credentials(arn).expect("known principal"),
+        None => stack.app_credentials(),
+    };
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(stack.region().to_owned()))
+        .endpoint_url(stack.sts_endpoint_url())
+        .credentials_provider(Credentials::from_keys(akid, secret, None))
+        .load()
+        .await
+}
+
+fn ro(stack: &LocalStack) -> &Endpoint {
+    stack.endpoint("READ_ONLY").expect("READ_ONLY endpoint")
+}
+
+/// The configuration the Lambda builds from `stack.env`.
+async fn config(stack: &LocalStack, endpoint: &Endpoint) -> Config {
+    Config::new()
+        .hostname(&endpoint.hostname)
+        .port(endpoint.port)
+        .user(stack.db_user())
+        .database(stack.db_name())
+        .assume_role(stack.role_arn())
+        .external_id(stack.external_id())
+        .connect_address(endpoint.listen.to_string())
+        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
+        .connect_timeout(Duration::from_secs(5))
+        .sdk_config(sdk_config(stack, None).await)
+}
+
+async fn failure(config: Config) -> Error {
+    let report = config.connector().await.expect("connector").check().await;
+    let failed = report
+        .stages
+        .iter()
+        .filter(|s| s.outcome == Outcome::Failed)
+        .count();
+    assert_eq!(failed, 1, "exactly one failed stage:\n{report}");
+    report.error.expect("the check failed")
+}
+
+#[tokio::test]
+async fn connect_assumes_role_signs_and_reads_seeded_rows() {
+    let stack = stack().await;
+    let client = config(&stack, ro(&stack))
+        .await
+        .application_name("e2e")
+        .connect()
+        .await
+        .expect("connects");
+    let rows = client
+        .query("SELECT name FROM customers ORDER BY id", &[])
+        .await
+        .expect("query");
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(&names[..3], ["Ada Lovelace", "Grace Hopper", "Alan Turing"]);
+    let row = client
+        .query_one("SELECT current_user::text, current_database()::text, current_setting('application_name')", &[])
+        .await
+        .expect("session info");
+    assert_eq!(row.get::<_, String>(0), "app_user");
+    assert_eq!(row.get::<_, String>(1), "example_db");
+    assert_eq!(row.get::<_, String>(2), "e2e");
+    // A READ_ONLY endpoint refuses writes.
+    let err = client
+        .execute(
+            "INSERT INTO products (id, name, price_cents) VALUES (99, 'x', 1)",
+            &[],
+        )
+        .await
+        .expect_err("read-only");
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"), "{err}");
+}
+
+#[tokio::test]
+async fn check_reports_every_stage_in_order() {
+    let stack = stack().await;
+    let connector = config(&stack, ro(&stack))
+        .await
+        .connector()
+        .await
+        .expect("connector");
+    let report = connector.check().await;
+    assert!(report.is_success(), "{report}");
+    let seen: Vec<(Stage, Outcome)> = report.stages.iter().map(|s| (s.stage, s.outcome)).collect();
+    assert_eq!(
+        seen,
+        [
+            (Stage::Credentials, Outcome::Ok),
+            (Stage::AssumeRole, Outcome::Ok),
+            (Stage::Token, Outcome::Ok),
+            (Stage::Dns, Outcome::Skipped),
+            (Stage::Tcp, Outcome::Ok),
+            (Stage::Tls, Outcome::Ok),
+            (Stage::Login, Outcome::Ok),
+            (Stage::Query, Outcome::Ok),
+        ]
+    );
+    let text = report.to_string();
+    assert!(text.ends_with("in all)"), "{text}");
+    assert!(
+        text.contains(&format!("verified {}", ro(&stack).hostname)),
+        "{text}"
+    );
+
+    // A second check reuses the cached role credentials.
+    let again = connector.check().await;
+    assert!(again.is_success(), "{again}");
+    assert_eq!(again.stages[0].outcome, Outcome::Cached);
+    assert_eq!(again.stages[1].outcome, Outcome::Cached);
+    assert_eq!(connector.credentials().refresh_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_connections_share_one_assume_role_and_get_fresh_tokens() {
+    let stack = stack().await;
+    let connector = config(&stack, ro(&stack))
+        .await
+        .connector()
+        .await
+        .expect("connector");
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let c = connector.clone();
+            tokio::spawn(async move {
+                let client = c.connect().await?;
+                let row = client
+                    .query_one("SELECT $1::int4 + 1", &[&i])
+                    .await
+                    .map_err(Error::from_query)?;
+                Ok::<i32, Error>(row.get(0))
+            })
+        })
+        .collect();
+    let mut sums = Vec::new();
+    for t in tasks {
+        sums.push(t.await.expect("join").expect("connects and queries"));
+    }
+    sums.sort_unstable();
+    assert_eq!(sums, (1..=12).collect::<Vec<i32>>());
+    assert_eq!(
+        connector.credentials().refresh_count(),
+        1,
+        "one AssumeRole for 12 connections"
+    );
+}
+
+#[tokio::test]
+async fn wrong_external_id_fails_at_assume_role() {
+    let stack = stack().await;
+    let err = failure(config(&stack, ro(&stack)).await.external_id("not-the-id")).await;
+    assert_eq!(err.stage(), Stage::AssumeRole);
+    let text = err.to_string();
+    assert!(text.contains("AccessDenied: User: arn:aws:iam::111111111111:role/connectiontest-lambda-role is not authorized to perform: sts:AssumeRole on resource: arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role"), "{text}");
+    assert!(text.contains("external ID must match"), "{text}");
+}
+
+#[tokio::test]
+async fn untrusted_caller_fails_at_assume_role() {
+    let stack = stack().await;
+    let cfg = config(&stack, ro(&stack))
+        .await
+        .sdk_config(sdk_config(&stack, Some(UNTRUSTED)).await);
+    let err = failure(cfg).await;
+    assert_eq!(err.stage(), Stage::AssumeRole);
+    assert!(
+        err.to_string()
+            .contains(&format!("User: {UNTRUSTED} is not authorized")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn role_without_rds_db_connect_fails_at_login() {
+    let stack = stack().await;
+    let err = failure(
+        config(&stack, ro(&stack))
+            .await
+            .assume_role(NO_CONNECT_ROLE),
+    )
+    .await;
+    assert_eq!(err.stage(), Stage::Login);
+    assert_eq!(err.stage().failure_type(), "AuthenticationFailed");
+    let text = err.to_string();
+    assert!(text.contains("FATAL 28P01: The IAM authentication failed for the role app_user. Check the IAM token for this role and try again."), "{text}");
+    assert!(text.contains("hint: check rds-db:connect on arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-RESOURCEID/DBUSER"), "{text}");
+}
+
+#[tokio::test]
+async fn token_for_another_region_fails_at_login() {
+    let stack = stack().await;
+    let err = failure(config(&stack, ro(&stack)).await.region("eu-west-1")).await;
+    assert_eq!(err.stage(), Stage::Login);
+    assert!(
+        err.to_string()
+            .contains("The IAM authentication failed for the role app_user."),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn user_without_a_proxy_secret_fails_at_login_with_its_hint() {
+    let stack = stack().await;
+    let err = failure(config(&stack, ro(&stack)).await.user("nobody")).await;
+    assert_eq!(err.stage(), Stage::Login);
+    let text = err.to_string();
+    assert!(
+        text.contains("has no credentials for the role nobody")
+            || text.contains("The IAM authentication failed for the role nobody"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_ca_fails_at_tls_with_the_bundle_hint() {
+    let stack = stack().await;
+    let ep = ro(&stack);
+    let cfg = Config::new()
+        .hostname(&ep.hostname)
+        .user(stack.db_user())
+        .database(stack.db_name())
+        .assume_role(stack.role_arn())
+        .external_id(stack.external_id())
+        .connect_address(ep.listen.to_string())
+        .sdk_config(sdk_config(&stack, None).await);
+    let err = failure(cfg).await;
+    assert_eq!(err.stage(), Stage::Tls);
+    let text = err.to_string();
+    assert!(text.contains("UnknownIssuer"), "{text}");
+    assert!(text.contains("hint: unknown certificate issuer"), "{text}");
+}
+
+#[tokio::test]
+async fn wrong_host_name_fails_at_tls_with_the_name_hint() {
+    let stack = stack().await;
+    let err = failure(
+        config(&stack, ro(&stack))
+            .await
+            .hostname("other-endpoint.endpoint.proxy-zzz.us-east-1.rds.amazonaws.com"),
+    )
+    .await;
+    assert_eq!(err.stage(), Stage::Tls);
+    assert!(
+        err.to_string().contains("certificate not valid for name"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("does not match the host name"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn proxy_down_fails_at_tcp() {
+    let stack = stack().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let err = failure(
+        config(&stack, ro(&stack))
+            .await
+            .connect_address(format!("127.0.0.1:{port}")),
+    )
+    .await;
+    assert_eq!(err.stage(), Stage::Tcp);
+    assert!(err.to_string().contains("Connection refused"), "{err}");
+}
+
+#[tokio::test]
+async fn backend_down_fails_at_login_not_with_a_hang() {
+    let stack = stack().await;
+    stack.stop_backend().await;
+    let started = std::time::Instant::now();
+    let err = failure(config(&stack, ro(&stack)).await).await;
+    assert_eq!(err.stage(), Stage::Login, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{err}");
+}
+
+/// Runs a command on a blocking thread: never stall the runtime the stack's clients use.
+async fn run(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("the command runs (psql: apt-get install postgresql-client)")
+}
+
+#[tokio::test]
+async fn the_cli_token_works_with_psql() {
+    let stack = stack().await;
+    let ep = ro(&stack);
+    let (akid, secret) = stack.app_credentials();
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cli = Command::new(env!("CARGO_BIN_EXE_rds-iam-auth"));
+    cli.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", akid)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", stack.region())
+        .env("AWS_ENDPOINT_URL_STS", stack.sts_endpoint_url())
+        .args([
+            "generate-db-auth-token",
+            "--hostname",
+            &ep.hostname,
+            "--port",
+            "5432",
+        ])
+        .args([
+            "--username",
+            stack.db_user(),
+            "--role-arn",
+            stack.role_arn(),
+        ])
+        .args(["--external-id", stack.external_id()]);
+    let out = run(cli).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim_end()
+        .to_owned();
+    assert!(
+        token.contains("X-Amz-Security-Token="),
+        "signed with the assumed role"
+    );
+
+    let conninfo = format!(
+        "host={} hostaddr={} port={} user={} dbname={} sslmode=verify-full sslrootcert={}",
+        ep.hostname,
+        ep.listen.ip(),
+        ep.listen.port(),
+        stack.db_user(),
+        stack.db_name(),
+        stack.ca_path().display()
+    );
+    let mut psql = Command::new("psql");
+    psql.env("PGPASSWORD", &token)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT count(*) FROM customers",
+            &conninfo,
+        ]);
+    let out = run(psql).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count: i64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(count >= 3, "{count}");
+}
+
+#[tokio::test]
+async fn the_cli_check_reads_the_lambda_variables() {
+    let stack = stack().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rds-iam-auth"));
+    cmd.env_clear()
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for (key, value) in stack.env() {
+        cmd.env(key, value);
+    }
+    cmd.arg("check");
+    let out = run(cmd).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stages: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "credentials",
+            "assume-role",
+            "token",
+            "dns",
+            "tcp",
+            "tls",
+            "login",
+            "query",
+            "verdict:"
+        ]
+    );
+}
