@@ -13,6 +13,7 @@
 //! | [`credentials`] | default chain + cross-account `AssumeRole`, cached and refreshed early, single-flight |
 //! | [`tls`] | rustls with webpki roots (+ an optional CA bundle), verified against the endpoint name |
 //! | [`Config`] / [`Connector`] | connect: a fresh token for every physical connection |
+//! | `pool` | a deadpool pool whose every connection gets a fresh token (feature `pool`) |
 //! | [`Connector::check`] | the staged check: every stage's outcome and time ([`CheckReport`]) |
 //! | [`Error`] | one error type: the [`Stage`] that failed, its cause, and a hint |
 //!
@@ -57,6 +58,8 @@
 mod connect;
 pub mod credentials;
 mod error;
+#[cfg(feature = "pool")]
+pub mod pool;
 mod report;
 pub mod tls;
 pub mod token;

@@ -205,6 +205,7 @@ impl fmt::Debug for AuthToken {
 /// add the signed `X-Amz-Security-Token` parameter.
 pub fn sign(params: &TokenParams, credentials: &Credentials, at: SystemTime) -> AuthToken {
     let time = Timestamp::from(at);
+    let (date, date_time) = (time.date(), time.date_time());
     let session_token = credentials.session_token();
     let access_key_id = credentials.access_key_id();
 
@@ -218,9 +219,9 @@ pub fn sign(params: &TokenParams, credentials: &Credentials, at: SystemTime) -> 
     let _ = write!(
         head,
         "%2F{}%2F{}%2Frds-db%2Faws4_request&X-Amz-Date={}&X-Amz-Expires={}",
-        time.date(),
+        date,
         params.region,
-        time.date_time(),
+        date_time,
         params.expires_in.as_secs()
     );
     let mut security = String::new();
@@ -242,17 +243,13 @@ pub fn sign(params: &TokenParams, credentials: &Credentials, at: SystemTime) -> 
     hasher.update(EMPTY_PAYLOAD_SHA256.as_bytes());
     let canonical_request_hash = hex::encode(hasher.finalize());
 
-    let scope_date = time.date();
     let mut string_to_sign = String::with_capacity(160);
     let _ = write!(
         string_to_sign,
         "AWS4-HMAC-SHA256\n{}\n{}/{}/rds-db/aws4_request\n{}",
-        time.date_time(),
-        scope_date,
-        params.region,
-        canonical_request_hash
+        date_time, date, params.region, canonical_request_hash
     );
-    let key = signing_key(credentials.secret_access_key(), &scope_date, &params.region);
+    let key = signing_key(credentials.secret_access_key(), &date, &params.region);
     let signature = hex::encode(hmac(&key, string_to_sign.as_bytes()));
 
     let mut out = String::with_capacity(
@@ -349,16 +346,29 @@ fn validate_hostname(hostname: &str) -> Result<(), TokenError> {
 }
 
 /// Appends `input` RFC 3986 encoded: unreserved bytes as they are, all else `%XX`.
+///
+/// Runs of unreserved bytes are copied as one slice: session tokens are long and mostly
+/// unreserved, and this is the hottest loop of signing.
 fn encode_into(out: &mut String, input: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in input.as_bytes() {
+    let bytes = input.as_bytes();
+    let mut run_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0xf)] as char);
+            continue;
         }
+        // A non-empty run is unreserved ASCII, so it starts and ends on char boundaries;
+        // `get` also makes the empty run after a multi-byte lead byte a no-op.
+        if let Some(run) = input.get(run_start..i) {
+            out.push_str(run);
+        }
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+        run_start = i + 1;
+    }
+    if let Some(run) = input.get(run_start..) {
+        out.push_str(run);
     }
 }
 

@@ -425,3 +425,55 @@ async fn the_cli_check_reads_the_lambda_variables() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pool_bounds_connections_and_survives_the_proxy_idle_timeout() {
+    use rds_iam_auth::pool::Pool;
+
+    let mut cfg = StackConfig::demo();
+    cfg.proxy.idle_client_timeout_seconds = 1;
+    let stack = LocalStack::start(cfg).await.expect("stack");
+    let connector = config(&stack, ro(&stack))
+        .await
+        .connector()
+        .await
+        .expect("connector");
+    let pool = Pool::builder(connector.clone())
+        .max_size(3)
+        .build()
+        .expect("pool");
+
+    let tasks: Vec<_> = (0..20)
+        .map(|i: i32| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let client = pool.get().await.expect("pooled connection");
+                let row = client
+                    .query_one("SELECT $1::int4 * 2", &[&i])
+                    .await
+                    .expect("query");
+                row.get::<_, i32>(0)
+            })
+        })
+        .collect();
+    let mut doubled = Vec::new();
+    for t in tasks {
+        doubled.push(t.await.expect("join"));
+    }
+    doubled.sort_unstable();
+    assert_eq!(doubled, (0..20).map(|i| i * 2).collect::<Vec<i32>>());
+    assert!(pool.status().size <= 3, "{:?}", pool.status());
+    assert!(stack.proxy_client_connections() <= 3);
+
+    // The proxy drops idle clients after 1 s; the pool notices at checkout and reconnects
+    // (with a new token, from the cached role credentials).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let client = pool.get().await.expect("replaced connection");
+    let one: i32 = client
+        .query_one("SELECT 1::int4", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(one, 1);
+    assert_eq!(connector.credentials().refresh_count(), 1);
+}
