@@ -14,6 +14,8 @@ LAMBDA_ZIP         := $(ROOT)/target/lambda/$(LAMBDA_PKG)/bootstrap.zip
 LAMBDA_PORT        ?= 0
 # Seconds to wait for the function to answer one invocation (the first one may compile).
 LAMBDA_INVOKE_WAIT ?= 900
+# The local stack's state dir (mk/local.mk's LOCAL_DIR: stack.env is read from there).
+LAMBDA_STACK_DIR    = $(or $(LOCAL_DIR),$(ROOT)/.local)
 
 .PHONY: lambda-tools build demo invoke-local bench-lambda
 
@@ -51,6 +53,7 @@ mode=$$1
 root="$(ROOT)"; export PATH="$(LAMBDA_PATH)"
 t0=$$(date +%s)
 since() { echo "$$(( $$(date +%s) - t0 )) s"; }
+stack_env="$(LAMBDA_STACK_DIR)/stack.env"
 watch_pid=""; started_stack=""; log="$$root/target/lambda-watch.log"
 cleanup() {
   rc=$$?
@@ -69,7 +72,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 if [ "$$mode" = demo ]; then
-  if [ -f "$$root/.local/stack.env" ]; then
+  serve_pid=$$(cat "$(LAMBDA_STACK_DIR)/serve.pid" 2>/dev/null || true)
+  if [ -f "$$stack_env" ] && [ -n "$$serve_pid" ] && kill -0 "$$serve_pid" 2>/dev/null; then
     echo "local stack already running: using it (it stays up afterwards)"
   else
     echo "starting local stack (first run compiles the emulator)..."
@@ -78,7 +82,7 @@ if [ "$$mode" = demo ]; then
     echo "local stack up after $$(since)"
   fi
 fi
-[ -f "$$root/.local/stack.env" ] || { echo "no local stack: start it with 'make local-up' (or run 'make demo')"; exit 1; }
+[ -f "$$stack_env" ] || { echo "no local stack: start it with 'make local-up' (or run 'make demo')"; exit 1; }
 echo "building function (debug, as cargo lambda watch runs it)..."
 b0=$$(date +%s)
 cargo build --quiet -p $(LAMBDA_PKG) --bin $(LAMBDA_PKG)
@@ -90,7 +94,7 @@ fi
 echo "starting cargo lambda watch on 127.0.0.1:$$port (log: $$log)..."
 mkdir -p "$$root/target"
 (
-  set -a; . "$$root/.local/stack.env"; set +a
+  set -a; . "$$stack_env"; set +a
   cd "$$root"
   exec setsid cargo lambda watch --ignore-changes -p $(LAMBDA_PKG) --bin $(LAMBDA_PKG) \
     --invoke-address 127.0.0.1 --invoke-port "$$port"
