@@ -32,6 +32,7 @@ class Run:
         self.kind = None
         self.body = None
         self.t_response = None
+        self.t_next = None
         self.pid = None
         self.hwm_kb = None
 
@@ -72,6 +73,7 @@ class Api(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         run.served = True
+        run.t_next = time.monotonic()
         self._reply(200, b"{}", {
             "Content-Type": "application/json",
             "Lambda-Runtime-Aws-Request-Id": run.request_id,
@@ -103,9 +105,21 @@ class Api(BaseHTTPRequestHandler):
         return self._reply(404)
 
 
-def one_run(cmd, env, server, timeout):
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a killed function's connection: nothing to report
+
+
+def one_run(cmd, base_env, timeout):
+    # A new server (new port) per run, so that nothing a killed process left in a socket
+    # can be taken for the next process's request.
     run = Run()
     Api.run = run
+    server = Server(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = dict(base_env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -114,10 +128,13 @@ def one_run(cmd, env, server, timeout):
     proc.kill()
     _, err = proc.communicate()
     run.killed.set()
+    server.shutdown()
+    server.server_close()
     if not finished:
-        raise SystemExit(f"no response within {timeout} s; stderr:\n{err.decode(errors='replace')[-2000:]}")
+        raise SystemExit(f"no response within {timeout} s (GET next served: {run.served}); stderr:\n{err.decode(errors='replace')[-2000:]}")
     return {
         "ms": (run.t_response - t0) * 1000.0,
+        "init_ms": (run.t_next - t0) * 1000.0 if run.t_next else None,
         "peak_rss_kb": run.hwm_kb,
         "kind": run.kind,
         "body": run.body,
@@ -130,19 +147,15 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=1, help="uncounted runs first (page cache)")
     ap.add_argument("--label", default="function")
-    ap.add_argument("--timeout", type=float, default=60)
+    ap.add_argument("--timeout", type=float, default=30)
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         ap.error("the function's command is required after --")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     env = dict(os.environ)
     env.update({
-        "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{server.server_address[1]}",
         "AWS_LAMBDA_FUNCTION_NAME": "connectiontest-lambda",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
@@ -150,21 +163,24 @@ def main():
         "AWS_LAMBDA_LOG_STREAM_NAME": "local",
         "AWS_EC2_METADATA_DISABLED": "true",
     })
+    # Lambda sets both; boto3 reads AWS_DEFAULT_REGION.
+    if "AWS_REGION" in env:
+        env.setdefault("AWS_DEFAULT_REGION", env["AWS_REGION"])
     results = []
     for i in range(args.warmup + args.runs):
-        r = one_run(cmd, env, server, args.timeout)
+        r = one_run(cmd, env, args.timeout)
         if r["kind"] != "response":
             raise SystemExit(f"{args.label}: run {i} answered {r['kind']}: {r['body']}\n{r['stderr_tail']}")
         if i >= args.warmup:
             results.append(r)
             print(json.dumps({"label": args.label, "run": len(results), "ms": round(r["ms"], 2),
+                              "init_ms": round(r["init_ms"], 2),
                               "peak_rss_kb": r["peak_rss_kb"], "body": r["body"]}), flush=True)
     ms = [r["ms"] for r in results]
     rss = [r["peak_rss_kb"] for r in results]
     print(f"{args.label}: {len(ms)} cold starts, median {statistics.median(ms):.1f} ms "
           f"(min {min(ms):.1f}, max {max(ms):.1f}); peak RSS median {statistics.median(rss) / 1024:.1f} MiB",
           file=sys.stderr)
-    server.shutdown()
 
 
 if __name__ == "__main__":
