@@ -1,7 +1,7 @@
 """Cold starts under a minimal Lambda Runtime API emulator, measured the same way for any
 runtime: a fresh process per run, the clock started just before it is spawned and stopped
 when its first POST .../response (or .../error) arrives; peak RSS is the process's VmHWM
-read at that moment (it is then blocked on its second GET .../next and gets SIGKILL).
+read at that moment (RssAnon, its private memory, too) (it is then blocked on its second GET .../next and gets SIGKILL).
 
     python3 cold_start.py --runs 20 --label rust -- ./target/release/connection-test
 
@@ -35,17 +35,21 @@ class Run:
         self.t_next = None
         self.pid = None
         self.hwm_kb = None
+        self.anon_kb = None
 
 
-def vm_hwm_kb(pid):
+def proc_status_kb(pid):
+    """VmHWM (peak RSS) and RssAnon (private memory now) of pid, in kB."""
+    out = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
+                key = line.split(":", 1)[0]
+                if key in ("VmHWM", "RssAnon"):
+                    out[key] = int(line.split()[1])
     except OSError:
-        return None
-    return None
+        pass
+    return out.get("VmHWM"), out.get("RssAnon")
 
 
 class Api(BaseHTTPRequestHandler):
@@ -92,13 +96,13 @@ class Api(BaseHTTPRequestHandler):
             kind = self.path.rsplit("/", 1)[1]
             if run.t_response is None:
                 run.t_response = t
-                run.hwm_kb = vm_hwm_kb(run.pid)
+                run.hwm_kb, run.anon_kb = proc_status_kb(run.pid)
                 run.kind, run.body = kind, body.decode("utf-8", "replace")
                 run.done.set()
             return self._reply(202, b'{"status":"OK"}', {"Content-Type": "application/json"})
         if self.path.endswith("/init/error"):
             run.t_response = t
-            run.hwm_kb = vm_hwm_kb(run.pid)
+            run.hwm_kb, run.anon_kb = proc_status_kb(run.pid)
             run.kind, run.body = "init/error", body.decode("utf-8", "replace")
             run.done.set()
             return self._reply(202, b'{"status":"OK"}')
@@ -122,7 +126,7 @@ def one_run(cmd, base_env, timeout):
     env = dict(base_env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}")
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     run.pid = proc.pid
     finished = run.done.wait(timeout)
     proc.kill()
@@ -131,11 +135,12 @@ def one_run(cmd, base_env, timeout):
     server.shutdown()
     server.server_close()
     if not finished:
-        raise SystemExit(f"no response within {timeout} s (GET next served: {run.served}); stderr:\n{err.decode(errors='replace')[-2000:]}")
+        raise SystemExit(f"no response within {timeout} s (GET next served: {run.served}); output:\n{err.decode(errors='replace')[-2000:]}")
     return {
         "ms": (run.t_response - t0) * 1000.0,
         "init_ms": (run.t_next - t0) * 1000.0 if run.t_next else None,
         "peak_rss_kb": run.hwm_kb,
+        "anon_kb": run.anon_kb,
         "kind": run.kind,
         "body": run.body,
         "stderr_tail": err.decode(errors="replace")[-500:] if run.kind != "response" else "",
@@ -175,7 +180,7 @@ def main():
             results.append(r)
             print(json.dumps({"label": args.label, "run": len(results), "ms": round(r["ms"], 2),
                               "init_ms": round(r["init_ms"], 2),
-                              "peak_rss_kb": r["peak_rss_kb"], "body": r["body"]}), flush=True)
+                              "peak_rss_kb": r["peak_rss_kb"], "anon_kb": r["anon_kb"], "body": r["body"]}), flush=True)
     ms = [r["ms"] for r in results]
     rss = [r["peak_rss_kb"] for r in results]
     print(f"{args.label}: {len(ms)} cold starts, median {statistics.median(ms):.1f} ms "
