@@ -15,7 +15,10 @@ local-up: ## Start PostgreSQL + the STS / RDS Proxy stand-ins in the background;
 	fi; \
 	$(CARGO) build --quiet $(if $(filter release,$(LOCAL_PROFILE)),--release) -p rds-proxy-emulator --bin rds-proxy-emulator || exit 1; \
 	mkdir -p "$(LOCAL_DIR)"; rm -f "$(LOCAL_DIR)/stack.env"; \
-	cd "$(ROOT)" && nohup "$(EMULATOR)" serve --config "$(LOCAL_CONFIG)" --state-dir "$(LOCAL_DIR)" \
+	cd "$(ROOT)" || exit 1; \
+	# A simple command, not an && list: backgrounding a list forks a subshell that keeps \
+	# this recipe's stdout open (so `make local-up | tee` would wait until local-down). \
+	nohup "$(EMULATOR)" serve --config "$(LOCAL_CONFIG)" --state-dir "$(LOCAL_DIR)" \
 	  >"$(LOCAL_DIR)/serve.log" 2>&1 </dev/null & pid=$$!; \
 	for i in $$(seq 1 600); do \
 	  [ -f "$(LOCAL_DIR)/stack.env" ] && break; \

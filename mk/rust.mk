@@ -10,6 +10,8 @@ lint-rust:
 
 test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, doc tests)
 	@command -v cargo-nextest >/dev/null || { echo "cargo-nextest missing: install it with 'cargo install cargo-nextest --locked'"; exit 1; }
+	@# The Lambda alone (its own feature set), as `cargo lambda watch` in the tests builds it.
+	$(CARGO) build -p connection-test
 	$(CARGO) nextest run $(RUST_EXCLUDE) --no-fail-fast
 	$(CARGO) test $(RUST_EXCLUDE) --doc
 

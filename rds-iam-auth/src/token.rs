@@ -204,64 +204,87 @@ impl fmt::Debug for AuthToken {
 /// Pure and synchronous: no clock, no I/O. Credentials with a session token (from STS)
 /// add the signed `X-Amz-Security-Token` parameter.
 pub fn sign(params: &TokenParams, credentials: &Credentials, at: SystemTime) -> AuthToken {
-    let time = Timestamp::from(at);
-    let (date, date_time) = (time.date(), time.date_time());
-    let session_token = credentials.session_token();
-    let access_key_id = credentials.access_key_id();
-
-    // Query parameters other than the signature, in canonical (sorted) order. The output
-    // order differs only by where the security token goes, so the pieces are written once.
-    let mut head = String::with_capacity(256 + session_token.map_or(0, |t| t.len() * 3 / 2));
-    head.push_str("Action=connect&DBUser=");
-    encode_into(&mut head, &params.username);
-    head.push_str("&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=");
-    encode_into(&mut head, access_key_id);
-    let _ = write!(
-        head,
-        "%2F{}%2F{}%2Frds-db%2Faws4_request&X-Amz-Date={}&X-Amz-Expires={}",
-        date,
-        params.region,
-        date_time,
-        params.expires_in.as_secs()
-    );
-    let mut security = String::new();
-    if let Some(token) = session_token {
-        security.reserve(token.len() * 3 / 2 + 22);
-        security.push_str("&X-Amz-Security-Token=");
-        encode_into(&mut security, token);
-    }
     const SIGNED_HEADERS: &str = "&X-Amz-SignedHeaders=host";
+    let time = Timestamp::from(at);
+    let formatted = time.format();
+    let (date_time, date) = (formatted.date_time(), formatted.date());
+    let session_token = credentials.session_token();
+
+    // The output is written once. The canonical query is the same pieces in sorted order,
+    // which differs only by where the security token goes, so it is hashed from slices of
+    // the output instead of being built a second time.
+    let mut out = String::with_capacity(
+        params.hostname.len()
+            + 300
+            + params.username.len() * 3
+            + session_token.map_or(0, |t| t.len() * 3 / 2),
+    );
+    out.push_str(&params.hostname);
+    out.push(':');
+    push_decimal(&mut out, u64::from(params.port));
+    out.push_str("/?");
+    let head_start = out.len();
+    out.push_str("Action=connect&DBUser=");
+    encode_into(&mut out, &params.username);
+    out.push_str("&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=");
+    encode_into(&mut out, credentials.access_key_id());
+    out.push_str("%2F");
+    out.push_str(date);
+    out.push_str("%2F");
+    out.push_str(&params.region);
+    out.push_str("%2Frds-db%2Faws4_request&X-Amz-Date=");
+    out.push_str(date_time);
+    out.push_str("&X-Amz-Expires=");
+    push_decimal(&mut out, params.expires_in.as_secs());
+    let head_end = out.len();
+    out.push_str(SIGNED_HEADERS);
+    let security_start = out.len();
+    if let Some(token) = session_token {
+        out.push_str("&X-Amz-Security-Token=");
+        encode_into(&mut out, token);
+    }
+    let security_end = out.len();
 
     let mut hasher = Sha256::new();
     hasher.update(b"GET\n/\n");
-    hasher.update(head.as_bytes());
-    hasher.update(security.as_bytes());
+    hasher.update(&out.as_bytes()[head_start..head_end]);
+    hasher.update(&out.as_bytes()[security_start..security_end]);
     hasher.update(SIGNED_HEADERS.as_bytes());
     hasher.update(b"\nhost:");
     hasher.update(params.signed_host.as_bytes());
     hasher.update(b"\n\nhost\n");
     hasher.update(EMPTY_PAYLOAD_SHA256.as_bytes());
-    let canonical_request_hash = hex::encode(hasher.finalize());
+    let mut canonical_hash = [0u8; 64];
+    hex_into(&hasher.finalize(), &mut canonical_hash);
 
-    let mut string_to_sign = String::with_capacity(160);
-    let _ = write!(
-        string_to_sign,
-        "AWS4-HMAC-SHA256\n{}\n{}/{}/rds-db/aws4_request\n{}",
-        date_time, date, params.region, canonical_request_hash
-    );
-    let key = signing_key(credentials.secret_access_key(), &date, &params.region);
-    let signature = hex::encode(hmac(&key, string_to_sign.as_bytes()));
+    let mut mac = keyed_signer(credentials.secret_access_key(), date, &params.region);
+    mac.update(b"AWS4-HMAC-SHA256\n");
+    mac.update(date_time.as_bytes());
+    mac.update(b"\n");
+    mac.update(date.as_bytes());
+    mac.update(b"/");
+    mac.update(params.region.as_bytes());
+    mac.update(b"/rds-db/aws4_request\n");
+    mac.update(&canonical_hash);
+    let mut signature = [0u8; 64];
+    hex_into(&mac.finalize().into_bytes(), &mut signature);
 
-    let mut out = String::with_capacity(
-        params.hostname.len() + 8 + head.len() + SIGNED_HEADERS.len() + security.len() + 80,
-    );
-    let _ = write!(out, "{}:{}/?", params.hostname, params.port);
-    out.push_str(&head);
-    out.push_str(SIGNED_HEADERS);
-    out.push_str(&security);
     out.push_str("&X-Amz-Signature=");
-    out.push_str(&signature);
+    // Hex digits are ASCII.
+    out.push_str(std::str::from_utf8(&signature).unwrap_or_default());
     AuthToken(out)
+}
+
+fn push_decimal(out: &mut String, n: u64) {
+    let _ = write!(out, "{n}");
+}
+
+fn hex_into(bytes: &[u8], out: &mut [u8; 64]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().take(32).enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
 }
 
 /// Reads the region from an RDS endpoint name: `*.REGION.rds.amazonaws.com(.cn)`.
@@ -345,6 +368,18 @@ fn validate_hostname(hostname: &str) -> Result<(), TokenError> {
     Ok(())
 }
 
+/// RFC 3986 unreserved bytes: `A-Z a-z 0-9 - _ . ~`.
+const UNRESERVED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || b == b'~';
+        i += 1;
+    }
+    table
+};
+
 /// Appends `input` RFC 3986 encoded: unreserved bytes as they are, all else `%XX`.
 ///
 /// Runs of unreserved bytes are copied as one slice: session tokens are long and mostly
@@ -354,7 +389,7 @@ fn encode_into(out: &mut String, input: &str) {
     let bytes = input.as_bytes();
     let mut run_start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+        if UNRESERVED[usize::from(b)] {
             continue;
         }
         // A non-empty run is unreserved ASCII, so it starts and ends on char boundaries;
@@ -386,6 +421,46 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
 fn unreachable_hmac() -> ! {
     // hmac's InvalidLength is only returned for fixed-key MACs; HMAC takes any length.
     unreachable!("HMAC-SHA256 accepts keys of any length")
+}
+
+/// The HMAC keyed with the SigV4 signing key of (secret, date, region), ready to sign.
+///
+/// Deriving the key costs four HMACs and keying the final one two more blocks; both change
+/// only once a day per credentials. The last derivation is kept per thread, identified by a
+/// SHA-256 of the secret (the secret itself is not copied), so signing many tokens with the
+/// same credentials does that work once. The output does not depend on the cache.
+fn keyed_signer(secret: &str, date: &str, region: &str) -> HmacSha256 {
+    use std::cell::RefCell;
+    struct Memo {
+        secret_hash: [u8; 32],
+        date: String,
+        region: String,
+        mac: HmacSha256,
+    }
+    thread_local! {
+        static LAST: RefCell<Option<Memo>> = const { RefCell::new(None) };
+    }
+    let secret_hash: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(memo) = last.as_ref() {
+            if memo.secret_hash == secret_hash && memo.date == date && memo.region == region {
+                return memo.mac.clone();
+            }
+        }
+        let key = signing_key(secret, date, region);
+        let mac = match HmacSha256::new_from_slice(&key) {
+            Ok(mac) => mac,
+            Err(_) => unreachable_hmac(),
+        };
+        *last = Some(Memo {
+            secret_hash,
+            date: date.to_owned(),
+            region: region.to_owned(),
+            mac: mac.clone(),
+        });
+        mac
+    })
 }
 
 fn signing_key(secret: &str, date: &str, region: &str) -> [u8; 32] {
@@ -425,22 +500,35 @@ impl From<SystemTime> for Timestamp {
 }
 
 impl Timestamp {
-    /// `YYYYMMDD`
-    fn date(&self) -> String {
-        format!("{:04}{:02}{:02}", self.year, self.month, self.day)
+    /// `YYYYMMDDTHHMMSSZ`, formatted once (the date is its first 8 characters).
+    fn format(&self) -> FormattedTime {
+        let mut buf = *b"00000000T000000Z";
+        let mut put = |at: usize, width: usize, mut value: u64| {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        // Years past 9999 cannot be signing times; they wrap like any 4-digit field.
+        put(0, 4, self.year.clamp(0, 9999) as u64);
+        put(4, 2, u64::from(self.month));
+        put(6, 2, u64::from(self.day));
+        put(9, 2, self.secs_of_day / 3600);
+        put(11, 2, self.secs_of_day / 60 % 60);
+        put(13, 2, self.secs_of_day % 60);
+        FormattedTime(buf)
     }
-    /// `YYYYMMDDTHHMMSSZ`
-    fn date_time(&self) -> String {
-        let s = self.secs_of_day;
-        format!(
-            "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-            self.year,
-            self.month,
-            self.day,
-            s / 3600,
-            s / 60 % 60,
-            s % 60
-        )
+}
+
+/// An `X-Amz-Date` value: ASCII digits, `T` and `Z` only.
+struct FormattedTime([u8; 16]);
+
+impl FormattedTime {
+    fn date_time(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+    fn date(&self) -> &str {
+        self.date_time().get(..8).unwrap_or_default()
     }
 }
 
@@ -682,6 +770,29 @@ mod tests {
         let p = TokenParams::new("db.x", 5432, "u", Some("us-east-1")).expect("valid");
         let t = sign(&p, &Credentials::from_keys("a", "b", None), at(T2016));
         assert_eq!(format!("{t:?}"), "AuthToken(** redacted **)");
+    }
+
+    #[test]
+    fn the_signing_key_memo_never_mixes_credentials() {
+        // Alternate secrets, regions and days on one thread: each token must equal the
+        // one signed by a fresh thread (no memo).
+        let cases = [
+            ("akid", "skid", "us-east-1", T2016),
+            ("akid", "other", "us-east-1", T2016),
+            ("akid", "skid", "eu-west-1", T2016),
+            ("akid", "skid", "us-east-1", T2016 + 86_400),
+            ("akid", "skid", "us-east-1", T2016),
+        ];
+        let sign_case = |(k, s, r, t): (&str, &str, &str, u64)| {
+            let p = TokenParams::new("db.x", 5432, "u", Some(r)).expect("valid");
+            sign(&p, &Credentials::from_keys(k, s, None), at(t)).into_string()
+        };
+        for case in cases {
+            let fresh = std::thread::spawn(move || sign_case(case))
+                .join()
+                .expect("thread");
+            assert_eq!(sign_case(case), fresh, "{case:?}");
+        }
     }
 
     #[test]
