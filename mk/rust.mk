@@ -7,6 +7,8 @@ RUST_EXCLUDE := --workspace --exclude token-bench
 lint-rust:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(RUST_EXCLUDE) --all-targets -- -D warnings
+	@# Docs are part of the product: broken links and missing docs fail the build.
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps $(RUST_EXCLUDE)
 
 test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, doc tests)
 	@command -v cargo-nextest >/dev/null || { echo "cargo-nextest missing: install it with 'cargo install cargo-nextest --locked'"; exit 1; }

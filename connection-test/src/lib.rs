@@ -9,6 +9,8 @@
 //!   a function error ([`Failure`]) whose `errorType` names the stage (`AssumeRoleFailed`,
 //!   `TlsFailed`, `AuthenticationFailed`, ...) and whose `errorMessage` gives cause and hint.
 
+#![warn(missing_docs)]
+
 use std::time::Duration;
 
 use lambda_runtime::Diagnostic;
@@ -35,7 +37,7 @@ pub struct Settings {
     pub external_id: Option<String>,
     /// `DB_CA_BUNDLE`: extra CA certificates (PEM path), for direct instances or the local stack.
     pub ca_bundle: Option<String>,
-    /// `DB_CONNECT_HOST`: address to dial instead of the endpoint name (host[:port]).
+    /// `DB_CONNECT_HOST`: address to dial instead of the endpoint name (`host[:port]`).
     pub connect_host: Option<String>,
     /// `DB_CONNECT_TIMEOUT_SECONDS` (default 10): limit for each network stage.
     pub connect_timeout: Duration,

@@ -118,7 +118,12 @@ pub enum ConfigError {
     },
 }
 
-/// An error on the path to a working connection. See the [module docs](self).
+/// An error on the path to a working connection.
+///
+/// It names the [`Stage`] that failed, keeps the underlying cause as its
+/// [`source`](std::error::Error::source), and, where the cause is a known misconfiguration,
+/// carries a one-line [`hint`](Error::hint). `Display` prints `stage: cause | hint: ...`
+/// on one line. No variant holds a token, a secret key or a session token.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
