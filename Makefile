@@ -13,4 +13,4 @@ help: ## List the commands
 test: lint test-rust $(EXTRA_TESTS) ## Run every test: Rust (unit, end-to-end, doc), CDK, lint
 	@echo "make test: all suites passed"
 
-lint: $(EXTRA_LINTS) lint-rust ## fmt, clippy -D warnings (and the other parts' linters)
+lint: $(EXTRA_LINTS) lint-rust ## cargo fmt --check, clippy -D warnings, rustdoc -D warnings, tsc
