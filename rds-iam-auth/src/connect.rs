@@ -13,10 +13,10 @@ use tokio::net::TcpStream;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{Client, Connection};
 
-use crate::credentials::{error_chain, AssumeRole, CredentialCache};
+use crate::credentials::{AssumeRole, CredentialCache};
 use crate::error::{
-    ConfigError, Error, HINT_IAM_FAILED, HINT_NO_CREDENTIALS, HINT_NO_SECRET, HINT_TLS_EXPIRED,
-    HINT_TLS_ISSUER, HINT_TLS_NAME, HINT_TLS_REFUSED, HINT_TOO_MANY,
+    error_chain, ConfigError, Error, HINT_IAM_FAILED, HINT_NO_CREDENTIALS, HINT_NO_SECRET,
+    HINT_TLS_EXPIRED, HINT_TLS_ISSUER, HINT_TLS_NAME, HINT_TLS_REFUSED, HINT_TOO_MANY,
 };
 use crate::report::{CheckReport, Outcome, Recorder};
 use crate::tls::{client_config, CaBundle, RustlsConnect, RustlsStream};
@@ -198,7 +198,7 @@ impl Config {
             None => region_from_hostname(&hostname),
         };
         // Validate what can be validated before the (slower) SDK config load.
-        TokenParams::new(&hostname, port, &user, Some("us-east-1")).map_err(ConfigError::from)?;
+        token::validate_target(&hostname, port, &user).map_err(ConfigError::from)?;
         let (dial_host, dial_port) = match self.connect_address.as_deref() {
             Some(address) => parse_address(address, port)?,
             None => (hostname.clone(), port),
@@ -584,20 +584,6 @@ impl Connector {
         };
         rec.fail(Stage::Tcp, started.elapsed(), &err);
         Err(err)
-    }
-}
-
-impl Error {
-    /// Wraps a query failure on an open connection (for `?` in user code).
-    pub fn from_query(e: tokio_postgres::Error) -> Error {
-        let message = match e.as_db_error() {
-            Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
-            None => error_chain(&e),
-        };
-        Error::Query {
-            message,
-            source: Some(Box::new(e)),
-        }
     }
 }
 

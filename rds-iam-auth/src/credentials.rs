@@ -24,7 +24,8 @@ use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use tokio::sync::Mutex;
 
 use crate::error::{
-    Error, HINT_ASSUME_ROLE_DENIED, HINT_NO_CREDENTIALS, HINT_STS_BAD_CALLER, HINT_STS_UNREACHABLE,
+    error_chain, Error, HINT_ASSUME_ROLE_DENIED, HINT_NO_CREDENTIALS, HINT_STS_BAD_CALLER,
+    HINT_STS_UNREACHABLE,
 };
 use crate::report::{Outcome, Recorder};
 use crate::token::MAX_EXPIRES_IN;
@@ -290,28 +291,6 @@ where
         hint,
         source: Some(Box::new(err)),
     }
-}
-
-/// The error's messages joined with ": " (SDK errors keep the real reason in sources),
-/// on one line.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    // One line: the credential chain lists its providers on lines of their own.
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
-        .replace(":; ", ": ")
 }
 
 /// Refuses credentials that are already (nearly) expired.

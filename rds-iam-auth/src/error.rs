@@ -275,6 +275,42 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Wraps a query failure on an open connection (for `?` in user code).
+    pub fn from_query(e: tokio_postgres::Error) -> Error {
+        let message = match e.as_db_error() {
+            Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+            None => error_chain(&e),
+        };
+        Error::Query {
+            message,
+            source: Some(Box::new(e)),
+        }
+    }
+}
+
+/// The error's messages joined with ": " (SDK errors keep the real reason in sources),
+/// on one line.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    // One line: the credential chain lists its providers on lines of their own.
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .replace(":; ", ": ")
+}
+
 const HINT_SEPARATOR: &str = " | hint: ";
 
 fn hint_suffix(hint: Option<&'static str>) -> String {
@@ -351,8 +387,10 @@ mod tests {
 
     #[test]
     fn stage_names_are_distinct() {
-        let mut names: Vec<_> = Stage::ALL.iter().map(|s| s.name()).collect();
-        names.dedup();
+        let names: std::collections::HashSet<_> = Stage::ALL.iter().map(|s| s.name()).collect();
+        let types: std::collections::HashSet<_> =
+            Stage::ALL.iter().map(|s| s.failure_type()).collect();
         assert_eq!(names.len(), Stage::ALL.len());
+        assert_eq!(types.len(), Stage::ALL.len());
     }
 }

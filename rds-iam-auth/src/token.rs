@@ -113,13 +113,7 @@ impl TokenParams {
         username: &str,
         region: Option<&str>,
     ) -> Result<Self, TokenError> {
-        validate_hostname(hostname)?;
-        if port == 0 {
-            return Err(TokenError::InvalidPort);
-        }
-        if username.is_empty() {
-            return Err(TokenError::EmptyUsername);
-        }
+        validate_target(hostname, port, username)?;
         let region = match region {
             Some(region) => validate_region(region)?.to_owned(),
             None => region_from_hostname(hostname).ok_or_else(|| TokenError::MissingRegion {
@@ -205,8 +199,7 @@ impl fmt::Debug for AuthToken {
 /// add the signed `X-Amz-Security-Token` parameter.
 pub fn sign(params: &TokenParams, credentials: &Credentials, at: SystemTime) -> AuthToken {
     const SIGNED_HEADERS: &str = "&X-Amz-SignedHeaders=host";
-    let time = Timestamp::from(at);
-    let formatted = time.format();
+    let formatted = format_amz_date(at);
     let (date_time, date) = (formatted.date_time(), formatted.date());
     let session_token = credentials.session_token();
 
@@ -330,6 +323,18 @@ pub fn validate_region(region: &str) -> Result<&str, TokenError> {
         return Err(invalid());
     }
     Ok(region)
+}
+
+/// Checks host name, port and user: everything of a token but its region.
+pub(crate) fn validate_target(hostname: &str, port: u16, username: &str) -> Result<(), TokenError> {
+    validate_hostname(hostname)?;
+    if port == 0 {
+        return Err(TokenError::InvalidPort);
+    }
+    if username.is_empty() {
+        return Err(TokenError::EmptyUsername);
+    }
+    Ok(())
 }
 
 fn validate_hostname(hostname: &str) -> Result<(), TokenError> {
@@ -473,51 +478,24 @@ fn signing_key(secret: &str, date: &str, region: &str) -> [u8; 32] {
     hmac(&k_service, b"aws4_request")
 }
 
-/// UTC civil time of the signature, to the second.
-#[derive(Clone, Copy)]
-struct Timestamp {
-    year: i64,
-    month: u32,
-    day: u32,
-    secs_of_day: u64,
-}
-
-impl From<SystemTime> for Timestamp {
-    fn from(at: SystemTime) -> Self {
-        // Times before 1970 cannot be valid signing times; they sign as the epoch.
-        let secs = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let days = (secs / 86_400) as i64;
-        let (year, month, day) = civil_from_days(days);
-        Self {
-            year,
-            month,
-            day,
-            secs_of_day: secs % 86_400,
+/// Formats `YYYYMMDDTHHMMSSZ` (UTC) once; the date is its first 8 characters.
+fn format_amz_date(at: SystemTime) -> FormattedTime {
+    let t = time::OffsetDateTime::from(at);
+    let mut buf = *b"00000000T000000Z";
+    let mut put = |at: usize, width: usize, mut value: u64| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (value % 10) as u8;
+            value /= 10;
         }
-    }
-}
-
-impl Timestamp {
-    /// `YYYYMMDDTHHMMSSZ`, formatted once (the date is its first 8 characters).
-    fn format(&self) -> FormattedTime {
-        let mut buf = *b"00000000T000000Z";
-        let mut put = |at: usize, width: usize, mut value: u64| {
-            for i in (at..at + width).rev() {
-                buf[i] = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
-        };
-        // Years past 9999 cannot be signing times; they wrap like any 4-digit field.
-        put(0, 4, self.year.clamp(0, 9999) as u64);
-        put(4, 2, u64::from(self.month));
-        put(6, 2, u64::from(self.day));
-        put(9, 2, self.secs_of_day / 3600);
-        put(11, 2, self.secs_of_day / 60 % 60);
-        put(13, 2, self.secs_of_day % 60);
-        FormattedTime(buf)
-    }
+    };
+    // Signing times are years 1970..=9999; anything else is clamped into 4 digits.
+    put(0, 4, t.year().clamp(0, 9999) as u64);
+    put(4, 2, u64::from(u8::from(t.month())));
+    put(6, 2, u64::from(t.day()));
+    put(9, 2, u64::from(t.hour()));
+    put(11, 2, u64::from(t.minute()));
+    put(13, 2, u64::from(t.second()));
+    FormattedTime(buf)
 }
 
 /// An `X-Amz-Date` value: ASCII digits, `T` and `Z` only.
@@ -530,20 +508,6 @@ impl FormattedTime {
     fn date(&self) -> &str {
         self.date_time().get(..8).unwrap_or_default()
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -796,10 +760,12 @@ mod tests {
     }
 
     #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(17_112), (2016, 11, 7));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_088), (2024, 12, 31));
+    fn amz_dates() {
+        let date = |secs| format_amz_date(at(secs)).date_time().to_owned();
+        assert_eq!(date(0), "19700101T000000Z");
+        assert_eq!(date(17_112 * 86_400), "20161107T000000Z");
+        assert_eq!(date(11_016 * 86_400), "20000229T000000Z");
+        assert_eq!(date(20_088 * 86_400 + 86_399), "20241231T235959Z");
+        assert_eq!(format_amz_date(at(T2016)).date(), "20161107");
     }
 }
