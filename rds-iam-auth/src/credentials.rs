@@ -16,20 +16,17 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
-use crate::error::{
-    error_chain, Error, HINT_ASSUME_ROLE_DENIED, HINT_NO_CREDENTIALS, HINT_STS_BAD_CALLER,
-    HINT_STS_UNREACHABLE,
-};
-use crate::report::{Outcome, Recorder};
+use crate::diagnosis::{credentials_error, stale_credentials, sts_answer_error, sts_error};
+use crate::error::{ConfigError, Error};
+use crate::stage::Stage;
 use crate::token::MAX_EXPIRES_IN;
-use crate::Stage;
 
 /// How long before expiry cached credentials are replaced: a token's full life plus a
 /// minute of clock skew, so every token is signed by credentials that outlive it.
@@ -38,28 +35,104 @@ pub const REFRESH_MARGIN: Duration = Duration::from_secs(MAX_EXPIRES_IN.as_secs(
 /// Credentials closer than this to expiry are never used, whatever their lifetime.
 const MIN_REMAINING: Duration = Duration::from_secs(5);
 
-/// Settings of `sts:AssumeRole` into the database account.
+/// Validated settings of `sts:AssumeRole` into the database account.
+///
+/// ```
+/// use std::time::Duration;
+/// use rds_iam_auth::AssumeRole;
+///
+/// let role = AssumeRole::new("arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role")?
+///     .with_external_id("5e0d8c1a-example")?
+///     .with_duration(Duration::from_secs(900))?;
+/// assert_eq!(role.session_name(), "rds-iam-auth");
+/// assert!(AssumeRole::new("proxy-role").is_err()); // not an ARN
+/// # Ok::<(), rds_iam_auth::ConfigError>(())
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct AssumeRole {
-    /// ARN of the role in the database account.
-    pub role_arn: String,
-    /// The external ID its trust policy requires (`sts:ExternalId`), if any.
-    pub external_id: Option<String>,
-    /// Session name, visible in CloudTrail of the database account.
-    pub session_name: String,
-    /// Requested session length (STS accepts 900 s up to the role's maximum).
-    pub duration: Duration,
+    role_arn: String,
+    external_id: Option<String>,
+    session_name: String,
+    duration: Duration,
 }
 
 impl AssumeRole {
-    /// Settings with the defaults: session `rds-iam-auth`, one hour, no external ID.
-    pub fn new(role_arn: impl Into<String>) -> Self {
-        Self {
-            role_arn: role_arn.into(),
+    /// The role to assume, with the defaults: session `rds-iam-auth`, one hour, no
+    /// external ID. The ARN must be a role ARN (`arn:aws:iam::ACCOUNT:role/NAME`).
+    pub fn new(role_arn: impl Into<String>) -> Result<Self, ConfigError> {
+        let role_arn = role_arn.into();
+        if !role_arn.starts_with("arn:aws") || !role_arn.contains(":role/") {
+            return Err(ConfigError::Invalid {
+                name: "assume_role",
+                reason: format!("{role_arn:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)"),
+            });
+        }
+        Ok(Self {
+            role_arn,
             external_id: None,
             session_name: "rds-iam-auth".to_owned(),
             duration: Duration::from_secs(3600),
+        })
+    }
+
+    /// The external ID the role's trust policy requires (`sts:ExternalId`); not empty.
+    pub fn with_external_id(mut self, external_id: impl Into<String>) -> Result<Self, ConfigError> {
+        let external_id = external_id.into();
+        if external_id.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "external_id",
+                reason: "is empty".to_owned(),
+            });
         }
+        self.external_id = Some(external_id);
+        Ok(self)
+    }
+
+    /// The session name shown in the database account's CloudTrail: 2 to 64 characters
+    /// of `A-Z a-z 0-9 = , . @ - _` (what STS accepts).
+    pub fn with_session_name(mut self, name: impl Into<String>) -> Result<Self, ConfigError> {
+        let name = name.into();
+        let valid = (2..=64).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "=,.@-_".contains(c));
+        if !valid {
+            return Err(ConfigError::Invalid {
+                name: "role_session_name",
+                reason: "2 to 64 characters of A-Z a-z 0-9 = , . @ - _".to_owned(),
+            });
+        }
+        self.session_name = name;
+        Ok(self)
+    }
+
+    /// The session length: 900 s to 43200 s (STS's range; the role's maximum may be lower).
+    pub fn with_duration(mut self, duration: Duration) -> Result<Self, ConfigError> {
+        if duration < Duration::from_secs(900) || duration > Duration::from_secs(43_200) {
+            return Err(ConfigError::Invalid {
+                name: "role_duration",
+                reason: "STS accepts 900 s to 43200 s".to_owned(),
+            });
+        }
+        self.duration = duration;
+        Ok(self)
+    }
+
+    /// ARN of the role in the database account.
+    pub fn role_arn(&self) -> &str {
+        &self.role_arn
+    }
+    /// The external ID, if one is set.
+    pub fn external_id(&self) -> Option<&str> {
+        self.external_id.as_deref()
+    }
+    /// The role session name.
+    pub fn session_name(&self) -> &str {
+        &self.session_name
+    }
+    /// The requested session length.
+    pub fn duration(&self) -> Duration {
+        self.duration
     }
 }
 
@@ -132,6 +205,11 @@ impl CredentialCache {
         self.assume.is_some()
     }
 
+    /// The role settings, when a role is assumed.
+    pub fn assumed_role(&self) -> Option<&AssumeRole> {
+        self.assume.as_ref().map(|(_, settings)| settings)
+    }
+
     /// How many times credentials were fetched (from the chain or STS) so far.
     pub fn refresh_count(&self) -> u64 {
         self.refreshes.load(Ordering::Relaxed)
@@ -140,78 +218,95 @@ impl CredentialCache {
     /// Current credentials: cached while they have more than the refresh margin left,
     /// otherwise fetched anew (one fetch however many callers wait).
     pub async fn credentials(&self) -> Result<Credentials, Error> {
-        self.get(&mut Recorder::quiet()).await
+        self.get().await.map(|o| o.credentials).map_err(|f| f.error)
     }
 
-    pub(crate) async fn get(&self, rec: &mut Recorder) -> Result<Credentials, Error> {
+    /// Current credentials and how they were obtained; on failure, the error and what the
+    /// base chain gave before it (so a report can show where the path stopped).
+    pub(crate) async fn get(&self) -> Result<Obtained, FetchFailure> {
         // Holding the lock across the fetch is what makes refreshing single-flight: callers
         // that arrive meanwhile wait here and then find fresh credentials.
-        let wait = Instant::now();
         let mut current = self.current.lock().await;
         if let Some(cached) = current.as_ref() {
             if is_fresh(&cached.credentials, cached.fetched_at, SystemTime::now()) {
-                let detail = describe(&cached.credentials, "cached");
-                rec.record(Stage::Credentials, Outcome::Cached, wait.elapsed(), &detail);
-                if self.assume.is_some() {
-                    rec.record(Stage::AssumeRole, Outcome::Cached, Duration::ZERO, &detail);
-                }
-                return Ok(cached.credentials.clone());
+                return Ok(Obtained {
+                    credentials: cached.credentials.clone(),
+                    fetch: None,
+                });
             }
         }
         let fetched_at = SystemTime::now();
-        let credentials = self.fetch(rec).await?;
+        let obtained = self.fetch().await?;
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         *current = Some(Cached {
-            credentials: credentials.clone(),
+            credentials: obtained.credentials.clone(),
             fetched_at,
         });
-        Ok(credentials)
+        Ok(obtained)
     }
 
-    async fn fetch(&self, rec: &mut Recorder) -> Result<Credentials, Error> {
+    async fn fetch(&self) -> Result<Obtained, FetchFailure> {
         let started = Instant::now();
-        let base = self.base.provide_credentials().await.map_err(|e| {
-            let err = Error::Credentials {
-                message: error_chain(&e),
-                hint: Some(HINT_NO_CREDENTIALS),
-                source: Some(Box::new(e)),
-            };
-            rec.fail(Stage::Credentials, started.elapsed(), &err);
-            err
-        })?;
-        let base = usable(base, Stage::Credentials, "").inspect_err(|err| {
-            rec.fail(Stage::Credentials, started.elapsed(), err);
-        })?;
-        rec.record(
-            Stage::Credentials,
-            Outcome::Ok,
-            started.elapsed(),
-            &describe(&base, "base"),
-        );
+        let base = self
+            .base
+            .provide_credentials()
+            .await
+            .map_err(credentials_error)
+            .and_then(|c| usable(c, Stage::Credentials, ""))
+            .map_err(|error| FetchFailure { error, base: None })?;
+        let base_took = started.elapsed();
 
         let Some((sts, settings)) = &self.assume else {
-            return Ok(base);
+            return Ok(Obtained {
+                credentials: base.clone(),
+                fetch: Some(Fetch {
+                    base,
+                    base_took,
+                    assume_role_took: None,
+                }),
+            });
         };
         let started = Instant::now();
-        let assumed = assume_role(sts, settings)
+        match assume_role(sts, settings)
             .await
-            .and_then(|c| usable(c, Stage::AssumeRole, &settings.role_arn));
-        match assumed {
-            Ok(credentials) => {
-                rec.record(
-                    Stage::AssumeRole,
-                    Outcome::Ok,
-                    started.elapsed(),
-                    &describe(&credentials, &settings.role_arn),
-                );
-                Ok(credentials)
-            }
-            Err(err) => {
-                rec.fail(Stage::AssumeRole, started.elapsed(), &err);
-                Err(err)
-            }
+            .and_then(|c| usable(c, Stage::AssumeRole, &settings.role_arn))
+        {
+            Ok(credentials) => Ok(Obtained {
+                credentials,
+                fetch: Some(Fetch {
+                    base,
+                    base_took,
+                    assume_role_took: Some(started.elapsed()),
+                }),
+            }),
+            Err(error) => Err(FetchFailure {
+                error,
+                base: Some((base, base_took)),
+            }),
         }
     }
+}
+
+/// Credentials from [`CredentialCache::get`], and whether they were fetched for this call.
+pub(crate) struct Obtained {
+    pub(crate) credentials: Credentials,
+    /// `None` when they came from the cache.
+    pub(crate) fetch: Option<Fetch>,
+}
+
+/// What one fetch did.
+pub(crate) struct Fetch {
+    /// The base credentials (the same as the result when no role is assumed).
+    pub(crate) base: Credentials,
+    pub(crate) base_took: Duration,
+    /// How long `AssumeRole` took, when a role is assumed.
+    pub(crate) assume_role_took: Option<Duration>,
+}
+
+/// A failed fetch: the error, and the base credentials when only the role step failed.
+pub(crate) struct FetchFailure {
+    pub(crate) error: Error,
+    pub(crate) base: Option<(Credentials, Duration)>,
 }
 
 async fn assume_role(
@@ -228,19 +323,17 @@ async fn assume_role(
         .send()
         .await
         .map_err(|e| sts_error(&settings.role_arn, e))?;
-    let c = output.credentials.ok_or_else(|| Error::AssumeRole {
-        role_arn: settings.role_arn.clone(),
-        message: "STS answered without credentials".to_owned(),
-        code: None,
-        hint: None,
-        source: None,
+    let c = output.credentials.ok_or_else(|| {
+        sts_answer_error(
+            &settings.role_arn,
+            "STS answered without credentials".to_owned(),
+        )
     })?;
-    let expiry = SystemTime::try_from(c.expiration).map_err(|e| Error::AssumeRole {
-        role_arn: settings.role_arn.clone(),
-        message: format!("STS answered an unusable expiration: {e}"),
-        code: None,
-        hint: None,
-        source: None,
+    let expiry = SystemTime::try_from(c.expiration).map_err(|e| {
+        sts_answer_error(
+            &settings.role_arn,
+            format!("STS answered an unusable expiration: {e}"),
+        )
     })?;
     Ok(Credentials::new(
         c.access_key_id,
@@ -249,48 +342,6 @@ async fn assume_role(
         Some(expiry),
         "AssumeRole",
     ))
-}
-
-fn sts_error<E, R>(role_arn: &str, err: SdkError<E, R>) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: fmt::Debug + Send + Sync + 'static,
-{
-    let (message, code, hint) = match &err {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            let code = e.code().map(str::to_owned);
-            let hint = match code.as_deref() {
-                Some("AccessDenied") => Some(HINT_ASSUME_ROLE_DENIED),
-                Some(
-                    "InvalidClientTokenId"
-                    | "SignatureDoesNotMatch"
-                    | "ExpiredToken"
-                    | "ExpiredTokenException",
-                ) => Some(HINT_STS_BAD_CALLER),
-                _ => None,
-            };
-            let message = format!(
-                "{}: {}",
-                code.as_deref().unwrap_or("error"),
-                e.message().unwrap_or("(no message)")
-            );
-            (message, code, hint)
-        }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => (
-            format!("STS unreachable: {}", error_chain(&err)),
-            None,
-            Some(HINT_STS_UNREACHABLE),
-        ),
-        _ => (error_chain(&err), None, None),
-    };
-    Error::AssumeRole {
-        role_arn: role_arn.to_owned(),
-        message,
-        code,
-        hint,
-        source: Some(Box::new(err)),
-    }
 }
 
 /// Refuses credentials that are already (nearly) expired.
@@ -304,24 +355,7 @@ fn usable(credentials: Credentials, stage: Stage, role_arn: &str) -> Result<Cred
     if remaining > MIN_REMAINING {
         return Ok(credentials);
     }
-    let message = format!(
-        "the provider returned credentials that expire in {} s",
-        remaining.as_secs()
-    );
-    Err(match stage {
-        Stage::AssumeRole => Error::AssumeRole {
-            role_arn: role_arn.to_owned(),
-            message,
-            code: None,
-            hint: Some(HINT_STS_BAD_CALLER),
-            source: None,
-        },
-        _ => Error::Credentials {
-            message,
-            hint: Some("refresh the credentials of this host (aws sso login, a new session)"),
-            source: None,
-        },
-    })
+    Err(stale_credentials(stage, role_arn, remaining.as_secs()))
 }
 
 /// Whether cached credentials may still be handed out at `now`.
@@ -341,7 +375,8 @@ pub(crate) fn is_fresh(credentials: &Credentials, fetched_at: SystemTime, now: S
     remaining > margin
 }
 
-fn describe(credentials: &Credentials, what: &str) -> String {
+/// `what (ASIA..., expires in 59m58s)`: enough to tell credentials apart, nothing secret.
+pub(crate) fn describe(credentials: &Credentials, what: &str) -> String {
     let key = credentials.access_key_id();
     let key_prefix: String = key.chars().take(4).collect();
     match credentials.expiry() {
@@ -402,8 +437,9 @@ mod tests {
 
     #[test]
     fn debug_hides_the_external_id() {
-        let mut a = AssumeRole::new("arn:aws:iam::222222222222:role/r");
-        a.external_id = Some("very-shared-value".into());
+        let a = AssumeRole::new("arn:aws:iam::222222222222:role/r")
+            .and_then(|a| a.with_external_id("very-shared-value"))
+            .expect("valid");
         let text = format!("{a:?}");
         assert!(!text.contains("very-shared-value"), "{text}");
         assert!(text.contains("arn:aws:iam::222222222222:role/r"));

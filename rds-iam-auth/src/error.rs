@@ -6,89 +6,14 @@
 //! stage, the cause and the hint on one line, so `eprintln!("{err}")` is already a
 //! diagnosis. No variant holds a token, a secret key or a session token.
 
-use std::fmt;
 use std::time::Duration;
 
+use crate::diagnosis::{timeout_hint, HINT_DNS, HINT_TCP};
+use crate::stage::Stage;
 use crate::token::TokenError;
 
 /// Boxed error cause.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-/// A step of the path of one connection (DESIGN.md 2), in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
-pub enum Stage {
-    /// Settings given by the caller (before any I/O).
-    Config,
-    /// Base credentials from the default provider chain (or the ones supplied).
-    Credentials,
-    /// `sts:AssumeRole` into the database account.
-    AssumeRole,
-    /// Signing the IAM auth token.
-    Token,
-    /// Resolving the endpoint (or the override address).
-    Dns,
-    /// Opening the TCP connection.
-    Tcp,
-    /// TLS handshake and certificate verification.
-    Tls,
-    /// PostgreSQL startup and the token as password.
-    Login,
-    /// The trivial read that proves the session works.
-    Query,
-}
-
-impl Stage {
-    /// All stages in path order.
-    pub const ALL: [Stage; 9] = [
-        Stage::Config,
-        Stage::Credentials,
-        Stage::AssumeRole,
-        Stage::Token,
-        Stage::Dns,
-        Stage::Tcp,
-        Stage::Tls,
-        Stage::Login,
-        Stage::Query,
-    ];
-
-    /// Short lowercase name, as printed in reports and logs (`assume-role`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Config => "config",
-            Stage::Credentials => "credentials",
-            Stage::AssumeRole => "assume-role",
-            Stage::Token => "token",
-            Stage::Dns => "dns",
-            Stage::Tcp => "tcp",
-            Stage::Tls => "tls",
-            Stage::Login => "login",
-            Stage::Query => "query",
-        }
-    }
-
-    /// A CamelCase failure name for machine consumers, e.g. a Lambda `errorType`
-    /// (`AssumeRoleFailed`, `TlsFailed`, `AuthenticationFailed`).
-    pub fn failure_type(self) -> &'static str {
-        match self {
-            Stage::Config => "ConfigurationError",
-            Stage::Credentials => "CredentialsFailed",
-            Stage::AssumeRole => "AssumeRoleFailed",
-            Stage::Token => "TokenFailed",
-            Stage::Dns => "DnsFailed",
-            Stage::Tcp => "TcpConnectFailed",
-            Stage::Tls => "TlsFailed",
-            Stage::Login => "AuthenticationFailed",
-            Stage::Query => "QueryFailed",
-        }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Invalid settings, found before any I/O.
 #[derive(Debug, thiserror::Error)]
@@ -278,37 +203,8 @@ impl Error {
 impl Error {
     /// Wraps a query failure on an open connection (for `?` in user code).
     pub fn from_query(e: tokio_postgres::Error) -> Error {
-        let message = match e.as_db_error() {
-            Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
-            None => error_chain(&e),
-        };
-        Error::Query {
-            message,
-            source: Some(Box::new(e)),
-        }
+        crate::diagnosis::query_error(e)
     }
-}
-
-/// The error's messages joined with ": " (SDK errors keep the real reason in sources),
-/// on one line.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    // One line: the credential chain lists its providers on lines of their own.
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
-        .replace(":; ", ": ")
 }
 
 const HINT_SEPARATOR: &str = " | hint: ";
@@ -326,31 +222,6 @@ fn humantime(d: Duration) -> String {
     }
 }
 
-fn timeout_hint(stage: Stage) -> Option<&'static str> {
-    match stage {
-        Stage::Tcp | Stage::Tls | Stage::Login => Some(HINT_TCP),
-        Stage::AssumeRole => Some(HINT_STS_UNREACHABLE),
-        Stage::Credentials => Some(HINT_NO_CREDENTIALS),
-        _ => None,
-    }
-}
-
-// Hints (DESIGN.md 6). One line each: what to check, most likely first.
-pub(crate) const HINT_NO_CREDENTIALS: &str = "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run where a role is attached (Lambda, ECS, EC2)";
-pub(crate) const HINT_ASSUME_ROLE_DENIED: &str = "the role's trust policy must name the caller's role ARN, the external ID must match its sts:ExternalId condition, and the caller needs sts:AssumeRole on that role";
-pub(crate) const HINT_STS_UNREACHABLE: &str = "STS is unreachable: check the STS VPC endpoint (private DNS on), its security group (443 from this function), or AWS_ENDPOINT_URL_STS";
-pub(crate) const HINT_STS_BAD_CALLER: &str = "the caller's own credentials were rejected by STS: check they are current, not expired, and for this partition";
-pub(crate) const HINT_DNS: &str = "check the proxy endpoint name and that the VPC has DNS resolution and DNS host names enabled (proxy endpoints resolve only inside their VPC)";
-pub(crate) const HINT_TCP: &str = "check security groups (5432 from this client to the proxy endpoint), subnet routes / RAM-shared subnets, and that the proxy endpoint is in this VPC";
-pub(crate) const HINT_TLS_NAME: &str = "the certificate does not match the host name: connect to the proxy endpoint name (use connect_address / DB_CONNECT_HOST to dial another address)";
-pub(crate) const HINT_TLS_ISSUER: &str = "unknown certificate issuer: RDS Proxy chains to Amazon Root CA (built in); a direct DB instance or a local stack needs its CA bundle (ca_bundle / DB_CA_BUNDLE)";
-pub(crate) const HINT_TLS_EXPIRED: &str = "the server certificate is expired or not yet valid: check the clock of this host and the certificate rotation of the endpoint";
-pub(crate) const HINT_TLS_REFUSED: &str = "the server does not accept TLS: check that this is an RDS Proxy or PostgreSQL endpoint with TLS enabled";
-pub(crate) const HINT_IAM_FAILED: &str = "check rds-db:connect on arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-RESOURCEID/DBUSER for the assumed role, the token's region, the clock (skew), and that the credentials are not expired";
-pub(crate) const HINT_NO_SECRET: &str = "the proxy has no secret for this database user: add a Secrets Manager secret with this user name to the proxy's auth, or use the user name the secret holds";
-pub(crate) const HINT_TOO_MANY: &str =
-    "the proxy's client connection limit is reached: close idle connections or raise the limit";
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,7 +231,7 @@ mod tests {
         let err = Error::Tls {
             host: "db.example".into(),
             message: "invalid peer certificate: UnknownIssuer".into(),
-            hint: Some(HINT_TLS_ISSUER),
+            hint: Some(crate::diagnosis::HINT_TLS_ISSUER),
             source: None,
         };
         let text = err.to_string();

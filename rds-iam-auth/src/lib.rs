@@ -7,15 +7,21 @@
 //! each step the way the AWS SDKs and RDS Proxy expect, and names the step that broke when
 //! something does.
 //!
-//! | module | job |
-//! |---|---|
-//! | [`token`] | SigV4 token signing, byte-identical to `aws rds generate-db-auth-token` |
-//! | [`credentials`] | default chain + cross-account `AssumeRole`, cached and refreshed early, single-flight |
-//! | [`tls`] | rustls with webpki roots (+ an optional CA bundle), verified against the endpoint name |
-//! | [`Config`] / [`Connector`] | connect: a fresh token for every physical connection |
-//! | `pool` | a deadpool pool whose every connection gets a fresh token (feature `pool`) |
-//! | [`Connector::check`] | the staged check: every stage's outcome and time ([`CheckReport`]) |
-//! | [`Error`] | one error type: the [`Stage`] that failed, its cause, and a hint |
+//! The path of one connection, stage by stage, and where each stage happens
+//! (`ARCHITECTURE.md` at the repository root has the whole picture):
+//!
+//! | stage | module | what happens |
+//! |---|---|---|
+//! | config | [`Config`] (`config.rs`) | the builder; everything is validated before any I/O |
+//! | credentials, assume-role | [`credentials`] | base credentials, cross-account `AssumeRole`, cached and single-flight |
+//! | token | [`token`] | SigV4 query presigning (on `aws-sigv4`), byte-identical to `aws rds generate-db-auth-token` |
+//! | dns, tcp | `net.rs` | resolve the endpoint (or the dial override) and open the socket |
+//! | tls | [`tls`] | rustls on aws-lc-rs through `tokio-postgres-rustls`, verified against the endpoint name |
+//! | login | `login.rs` | PostgreSQL startup with the token as the password |
+//! | (all of them) | [`Connector`] (`connector.rs`) | runs the stages in order, each under its deadline (`stage.rs`) |
+//! | query | [`Connector::check`] (`check.rs`) | the staged check: every stage's outcome and time ([`CheckReport`]) |
+//! | (any failure) | `diagnosis.rs`, [`Error`] | what each failure means: the [`Stage`], its cause and a hint |
+//! | (pooling) | `pool` | a deadpool pool whose every connection gets a fresh token (feature `pool`) |
 //!
 //! # Example
 //!
@@ -55,19 +61,26 @@
 //! Tokens, secret keys and session tokens never appear in `Debug`, `Display` or logs.
 #![warn(missing_docs)]
 
-mod connect;
+mod check;
+mod config;
+mod connector;
 pub mod credentials;
+mod diagnosis;
 mod error;
+mod login;
+mod net;
 #[cfg(feature = "pool")]
 pub mod pool;
-mod report;
+mod stage;
 pub mod tls;
 pub mod token;
 
-pub use connect::{Config, Connector, DEFAULT_CONNECT_TIMEOUT};
+pub use check::{format_duration, CheckReport, Outcome, StageReport};
+pub use config::Config;
+pub use connector::{Connector, DEFAULT_CONNECT_TIMEOUT};
 pub use credentials::{AssumeRole, CredentialCache};
-pub use error::{BoxError, ConfigError, Error, Stage};
-pub use report::{format_duration, CheckReport, Outcome, StageReport};
+pub use error::{BoxError, ConfigError, Error};
+pub use stage::Stage;
 pub use tls::CaBundle;
 pub use token::{AuthToken, TokenParams};
 

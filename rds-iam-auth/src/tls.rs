@@ -9,19 +9,18 @@
 //! stack). There is no plaintext fallback: a server that declines TLS is an error.
 
 use std::fmt;
-use std::io;
+use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Instant;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_postgres::tls::{ChannelBinding, TlsConnect};
+use tokio::time::Instant;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::ConfigError;
 
@@ -96,9 +95,9 @@ impl CaBundle {
 }
 
 /// The rustls client configuration: webpki roots plus the extra bundle, TLS 1.2 and 1.3,
-/// ring as the crypto provider (chosen explicitly, so it does not matter which providers
-/// other crates enable).
-pub fn client_config(extra: Option<&CaBundle>) -> Result<Arc<ClientConfig>, ConfigError> {
+/// aws-lc-rs as the crypto provider (the AWS SDK's own, so one crypto library is compiled;
+/// chosen explicitly, so it does not matter which providers other crates enable).
+pub fn client_config(extra: Option<&CaBundle>) -> Result<ClientConfig, ConfigError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(bundle) = extra {
@@ -109,7 +108,7 @@ pub fn client_config(extra: Option<&CaBundle>) -> Result<Arc<ClientConfig>, Conf
             })?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError::Invalid {
@@ -118,92 +117,66 @@ pub fn client_config(extra: Option<&CaBundle>) -> Result<Arc<ClientConfig>, Conf
         })?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// When the TLS handshake of a connection finished, once it has.
 pub(crate) type HandshakeClock = Arc<Mutex<Option<Instant>>>;
 
-/// A one-shot TLS connector for tokio-postgres' `connect_raw` that verifies against
-/// `server_name` and notes when the handshake finished (to time the TLS stage apart from
-/// the login that follows it).
-pub(crate) struct RustlsConnect {
-    config: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
-    handshake_done: HandshakeClock,
+/// The TLS stream tokio-postgres runs the session over.
+pub(crate) type TlsStream = <MakeRustlsConnect as MakeTlsConnect<TcpStream>>::Stream;
+
+/// `tokio-postgres-rustls`'s connector for one connection, verifying against the endpoint
+/// name whatever address was dialed, and noting when the handshake finished (to time the
+/// TLS stage apart from the login that follows it inside `connect_raw`).
+pub(crate) struct TimedTls {
+    inner: <MakeRustlsConnect as MakeTlsConnect<TcpStream>>::TlsConnect,
+    done: HandshakeClock,
 }
 
-impl RustlsConnect {
+impl TimedTls {
+    /// A connector for one connection to `hostname` (already validated as a host name).
     pub(crate) fn new(
-        config: Arc<ClientConfig>,
+        make: &MakeRustlsConnect,
         hostname: &str,
     ) -> Result<(Self, HandshakeClock), ConfigError> {
-        let server_name =
-            ServerName::try_from(hostname.to_owned()).map_err(|e| ConfigError::Invalid {
-                name: "hostname",
-                reason: format!("not usable as a TLS server name: {e}"),
-            })?;
-        let done = Arc::new(Mutex::new(None));
+        // tokio-postgres-rustls reports a bad name only once the handshake starts: check
+        // it here so it is a configuration error.
+        ServerName::try_from(hostname).map_err(|e| ConfigError::Invalid {
+            name: "hostname",
+            reason: format!("not usable as a TLS server name: {e}"),
+        })?;
+        let mut make = make.clone(); // an Arc of the shared ClientConfig
+        let inner = match MakeTlsConnect::<TcpStream>::make_tls_connect(&mut make, hostname) {
+            Ok(inner) => inner,
+            Err(never) => match never {},
+        };
+        let done = HandshakeClock::default();
         Ok((
             Self {
-                config,
-                server_name,
-                handshake_done: done.clone(),
+                inner,
+                done: done.clone(),
             },
             done,
         ))
     }
 }
 
-impl TlsConnect<TcpStream> for RustlsConnect {
-    type Stream = RustlsStream;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn std::future::Future<Output = io::Result<RustlsStream>> + Send>>;
+impl TlsConnect<TcpStream> for TimedTls {
+    type Stream = TlsStream;
+    type Error = <<MakeRustlsConnect as MakeTlsConnect<TcpStream>>::TlsConnect as TlsConnect<
+        TcpStream,
+    >>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<TlsStream, Self::Error>> + Send>>;
 
     fn connect(self, stream: TcpStream) -> Self::Future {
+        let handshake = self.inner.connect(stream);
         Box::pin(async move {
-            let connector = tokio_rustls::TlsConnector::from(self.config);
-            let tls = connector.connect(self.server_name, stream).await?;
-            if let Ok(mut done) = self.handshake_done.lock() {
+            let stream = handshake.await?;
+            if let Ok(mut done) = self.done.lock() {
                 *done = Some(Instant::now());
             }
-            Ok(RustlsStream(tls))
+            Ok(stream)
         })
-    }
-}
-
-/// A TLS stream for tokio-postgres.
-pub(crate) struct RustlsStream(tokio_rustls::client::TlsStream<TcpStream>);
-
-impl tokio_postgres::tls::TlsStream for RustlsStream {
-    fn channel_binding(&self) -> ChannelBinding {
-        // IAM auth sends a cleartext password inside TLS; SCRAM channel binding is unused.
-        ChannelBinding::none()
-    }
-}
-
-impl AsyncRead for RustlsStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for RustlsStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

@@ -42,10 +42,8 @@ use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
-use hmac::{Hmac, Mac};
+use aws_sigv4::sign::v4::{calculate_signature, generate_signing_key};
 use sha2::{Digest, Sha256};
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// The longest life RDS accepts for a token, and the one the AWS CLI always uses.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(900);
@@ -250,21 +248,23 @@ pub fn sign(params: &TokenParams, credentials: &Credentials, at: SystemTime) -> 
     let mut canonical_hash = [0u8; 64];
     hex_into(&hasher.finalize(), &mut canonical_hash);
 
-    let mut mac = keyed_signer(credentials.secret_access_key(), date, &params.region);
-    mac.update(b"AWS4-HMAC-SHA256\n");
-    mac.update(date_time.as_bytes());
-    mac.update(b"\n");
-    mac.update(date.as_bytes());
-    mac.update(b"/");
-    mac.update(params.region.as_bytes());
-    mac.update(b"/rds-db/aws4_request\n");
-    mac.update(&canonical_hash);
-    let mut signature = [0u8; 64];
-    hex_into(&mac.finalize().into_bytes(), &mut signature);
+    let mut string_to_sign = Vec::with_capacity(128);
+    for part in [
+        b"AWS4-HMAC-SHA256\n".as_slice(),
+        date_time.as_bytes(),
+        b"\n",
+        date.as_bytes(),
+        b"/",
+        params.region.as_bytes(),
+        b"/rds-db/aws4_request\n",
+        &canonical_hash,
+    ] {
+        string_to_sign.extend_from_slice(part);
+    }
+    let key = signing_key(credentials.secret_access_key(), at, date, &params.region);
 
     out.push_str("&X-Amz-Signature=");
-    // Hex digits are ASCII.
-    out.push_str(std::str::from_utf8(&signature).unwrap_or_default());
+    out.push_str(&calculate_signature(key, &string_to_sign));
     AuthToken(out)
 }
 
@@ -412,35 +412,19 @@ fn encode_into(out: &mut String, input: &str) {
     }
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
-    let mut mac = match HmacSha256::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => unreachable_hmac(),
-    };
-    mac.update(data);
-    mac.finalize().into_bytes().into()
-}
-
-#[cold]
-fn unreachable_hmac() -> ! {
-    // hmac's InvalidLength is only returned for fixed-key MACs; HMAC takes any length.
-    unreachable!("HMAC-SHA256 accepts keys of any length")
-}
-
-/// The HMAC keyed with the SigV4 signing key of (secret, date, region), ready to sign.
+/// The SigV4 signing key of (secret, date, region) for `rds-db`, from `aws-sigv4`.
 ///
-/// Deriving the key costs four HMACs and keying the final one two more blocks; both change
-/// only once a day per credentials. The last derivation is kept per thread, identified by a
-/// SHA-256 of the secret (the secret itself is not copied), so signing many tokens with the
-/// same credentials does that work once. The output does not depend on the cache.
-fn keyed_signer(secret: &str, date: &str, region: &str) -> HmacSha256 {
+/// Deriving it costs four HMACs and changes once a day per credentials, so the last one is
+/// kept per thread, identified by a SHA-256 of the secret (the secret itself is not
+/// copied): signing many tokens with the same credentials derives it once. The output does
+/// not depend on the memo.
+fn signing_key(secret: &str, at: SystemTime, date: &str, region: &str) -> [u8; 32] {
     use std::cell::RefCell;
     struct Memo {
         secret_hash: [u8; 32],
         date: String,
         region: String,
-        mac: HmacSha256,
+        key: [u8; 32],
     }
     thread_local! {
         static LAST: RefCell<Option<Memo>> = const { RefCell::new(None) };
@@ -450,51 +434,28 @@ fn keyed_signer(secret: &str, date: &str, region: &str) -> HmacSha256 {
         let mut last = last.borrow_mut();
         if let Some(memo) = last.as_ref() {
             if memo.secret_hash == secret_hash && memo.date == date && memo.region == region {
-                return memo.mac.clone();
+                return memo.key;
             }
         }
-        let key = signing_key(secret, date, region);
-        let mac = match HmacSha256::new_from_slice(&key) {
-            Ok(mac) => mac,
-            Err(_) => unreachable_hmac(),
-        };
+        let mut key = [0u8; 32];
+        key.copy_from_slice(generate_signing_key(secret, at, region, "rds-db").as_ref());
         *last = Some(Memo {
             secret_hash,
             date: date.to_owned(),
             region: region.to_owned(),
-            mac: mac.clone(),
+            key,
         });
-        mac
+        key
     })
 }
 
-fn signing_key(secret: &str, date: &str, region: &str) -> [u8; 32] {
-    let mut k_secret = String::with_capacity(secret.len() + 4);
-    k_secret.push_str("AWS4");
-    k_secret.push_str(secret);
-    let k_date = hmac(k_secret.as_bytes(), date.as_bytes());
-    let k_region = hmac(&k_date, region.as_bytes());
-    let k_service = hmac(&k_region, b"rds-db");
-    hmac(&k_service, b"aws4_request")
-}
-
-/// Formats `YYYYMMDDTHHMMSSZ` (UTC) once; the date is its first 8 characters.
+/// `YYYYMMDDTHHMMSSZ` (UTC), formatted once; the date is its first 8 characters.
 fn format_amz_date(at: SystemTime) -> FormattedTime {
-    let t = time::OffsetDateTime::from(at);
-    let mut buf = *b"00000000T000000Z";
-    let mut put = |at: usize, width: usize, mut value: u64| {
-        for i in (at..at + width).rev() {
-            buf[i] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    // Signing times are years 1970..=9999; anything else is clamped into 4 digits.
-    put(0, 4, t.year().clamp(0, 9999) as u64);
-    put(4, 2, u64::from(u8::from(t.month())));
-    put(6, 2, u64::from(t.day()));
-    put(9, 2, u64::from(t.hour()));
-    put(11, 2, u64::from(t.minute()));
-    put(13, 2, u64::from(t.second()));
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] =
+        time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let mut buf = [b'0'; 16];
+    // Signing times are years 1970..=9999, which always fit the 16 bytes.
+    let _ = time::OffsetDateTime::from(at).format_into(&mut buf.as_mut_slice(), FORMAT);
     FormattedTime(buf)
 }
 

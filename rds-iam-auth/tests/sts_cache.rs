@@ -156,9 +156,10 @@ async fn sdk_config(url: &str) -> SdkConfig {
 }
 
 fn cache(sdk: &SdkConfig, external_id: &str) -> CredentialCache {
-    let mut role = AssumeRole::new(ROLE);
-    role.external_id = Some(external_id.to_owned());
-    role.session_name = "connection-test".to_owned();
+    let role = AssumeRole::new(ROLE)
+        .and_then(|r| r.with_external_id(external_id))
+        .and_then(|r| r.with_session_name("connection-test"))
+        .expect("valid role settings");
     let base = sdk.credentials_provider().expect("provider");
     CredentialCache::new(base, Some(role), sdk)
 }

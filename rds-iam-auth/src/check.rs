@@ -1,9 +1,54 @@
-//! What a staged check saw: one line per stage, with its outcome and duration.
+//! The staged check: the whole path stage by stage, then a trivial query, reported as
+//! one line per stage with its outcome and duration ([`CheckReport`]).
+//!
+//! [`Recorder`] is where every stage's outcome goes, for `connect` too: at DEBUG and
+//! dropped there, at INFO and kept for the check. Failures are logged at WARN with their
+//! hint. Nothing secret is ever recorded.
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::error::{Error, Stage};
+use tokio::time::Instant;
+
+use crate::connector::Connector;
+use crate::error::Error;
+use crate::stage::{Deadline, Stage};
+
+impl Connector {
+    /// Runs the whole path stage by stage (credentials, assume role, token, DNS, TCP,
+    /// TLS, login, query) and reports each stage's outcome and time. Never fails: the
+    /// report holds the error. The connection is closed before it returns.
+    pub async fn check(&self) -> CheckReport {
+        let started = Instant::now();
+        let mut rec = Recorder::keeping();
+        let error = match Box::pin(self.open(&mut rec)).await {
+            Err(err) => Some(err),
+            Ok((client, connection)) => {
+                let task = tokio::spawn(connection);
+                let query = async {
+                    client
+                        .simple_query("SELECT 1")
+                        .await
+                        .map_err(Error::from_query)
+                };
+                let deadline = Deadline::after(self.inner.connect_timeout);
+                let result = crate::stage::run(&mut rec, Stage::Query, deadline, query, |_| {
+                    "SELECT 1".to_owned()
+                })
+                .await;
+                drop(client);
+                // The connection ends once the client is gone; do not wait on a broken one.
+                let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+                result.err()
+            }
+        };
+        CheckReport {
+            stages: rec.stages,
+            error,
+            total: started.elapsed(),
+        }
+    }
+}
 
 /// How a stage ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

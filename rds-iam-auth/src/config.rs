@@ -1,0 +1,370 @@
+//! What to connect to and how to authenticate: the [`Config`] builder, validated into a
+//! [`Connector`] before any network I/O.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::connector::{Connector, Inner, DEFAULT_CONNECT_TIMEOUT};
+use crate::credentials::{AssumeRole, CredentialCache};
+use crate::diagnosis::HINT_NO_CREDENTIALS;
+use crate::error::{ConfigError, Error};
+use crate::login;
+use crate::net::{parse_address, DialTarget};
+use crate::tls::{client_config, CaBundle};
+use crate::token::{self, region_from_hostname, TokenParams};
+
+/// What to connect to and how to authenticate. A builder: every method takes and returns
+/// `self`; nothing is checked until [`Config::connector`] or [`Config::connect`].
+///
+/// The names follow libpq where one exists (`hostname` is libpq's `host`, `connect_address`
+/// plays the part of `hostaddr`).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), rds_iam_auth::Error> {
+/// let client = rds_iam_auth::Config::new()
+///     .hostname("app-ro.endpoint.proxy-abc123.us-east-1.rds.amazonaws.com")
+///     .port(5432)
+///     .user("app_reader")
+///     .database("example_db")
+///     .assume_role("arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role")
+///     .external_id("5e0d8c1a-example")
+///     .connect()
+///     .await?;
+/// let row = client.query_one("SELECT 1::int4", &[]).await.map_err(rds_iam_auth::Error::from_query)?;
+/// assert_eq!(row.get::<_, i32>(0), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Default)]
+pub struct Config {
+    hostname: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    database: Option<String>,
+    region: Option<String>,
+    assume_role: Option<String>,
+    external_id: Option<String>,
+    role_session_name: Option<String>,
+    role_duration: Option<Duration>,
+    connect_address: Option<String>,
+    ca_bundle: Option<CaBundle>,
+    connect_timeout: Option<Duration>,
+    application_name: Option<String>,
+    profile: Option<String>,
+    sdk_config: Option<SdkConfig>,
+    credentials_provider: Option<SharedCredentialsProvider>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("hostname", &self.hostname)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .field("region", &self.region)
+            .field("assume_role", &self.assume_role)
+            .field(
+                "external_id",
+                &self.external_id.as_ref().map(|_| "** redacted **"),
+            )
+            .field("connect_address", &self.connect_address)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("application_name", &self.application_name)
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// An empty configuration: set at least `hostname` and `user`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The endpoint name: what the token signs and the certificate must match.
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.hostname = Some(hostname.into());
+        self
+    }
+    /// The endpoint port (default 5432).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+    /// The database user (the token's `DBUser`).
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+    /// The database name (default: the user name, as in libpq).
+    pub fn database(mut self, database: impl Into<String>) -> Self {
+        self.database = Some(database.into());
+        self
+    }
+    /// The signing region. Default: read from the endpoint name, else the SDK's region
+    /// (`AWS_REGION`, profile); never guessed.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = Some(region.into());
+        self
+    }
+    /// Assume this role (in the database account) to sign tokens.
+    pub fn assume_role(mut self, role_arn: impl Into<String>) -> Self {
+        self.assume_role = Some(role_arn.into());
+        self
+    }
+    /// The external ID the role's trust policy requires.
+    pub fn external_id(mut self, external_id: impl Into<String>) -> Self {
+        self.external_id = Some(external_id.into());
+        self
+    }
+    /// The role session name (default `rds-iam-auth`).
+    pub fn role_session_name(mut self, name: impl Into<String>) -> Self {
+        self.role_session_name = Some(name.into());
+        self
+    }
+    /// The role session length (default one hour; STS accepts 900 s and up).
+    pub fn role_duration(mut self, duration: Duration) -> Self {
+        self.role_duration = Some(duration);
+        self
+    }
+    /// Dial this address (`host`, `host:port`, `[v6]:port`) instead of the endpoint
+    /// name, still verifying TLS against the endpoint name: for tunnels, port forwards
+    /// and the local stack.
+    pub fn connect_address(mut self, address: impl Into<String>) -> Self {
+        self.connect_address = Some(address.into());
+        self
+    }
+    /// Trust these CAs too (direct instance connections need the RDS CA bundle).
+    pub fn ca_bundle(mut self, bundle: CaBundle) -> Self {
+        self.ca_bundle = Some(bundle);
+        self
+    }
+    /// Limit for each network stage (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+    /// `application_name` startup parameter, shown in `pg_stat_activity`.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
+        self
+    }
+    /// Use this named profile of the shared AWS config files for the base credentials.
+    pub fn profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+    /// Use this SDK configuration (region, STS endpoint, credentials, retries) instead of
+    /// loading the default one.
+    pub fn sdk_config(mut self, sdk_config: SdkConfig) -> Self {
+        self.sdk_config = Some(sdk_config);
+        self
+    }
+    /// Use this provider for the base credentials instead of the SDK configuration's.
+    pub fn credentials_provider(mut self, provider: SharedCredentialsProvider) -> Self {
+        self.credentials_provider = Some(provider);
+        self
+    }
+
+    /// Validates the configuration, loads the AWS configuration when none was given, and
+    /// returns a [`Connector`] to open any number of connections with.
+    pub async fn connector(self) -> Result<Connector, Error> {
+        let hostname = non_empty(self.hostname.as_deref(), "hostname")?.to_owned();
+        let user = non_empty(self.user.as_deref(), "user")?.to_owned();
+        let port = self.port.unwrap_or(5432);
+        let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        if connect_timeout.is_zero() {
+            return Err(invalid("connect_timeout", "must be more than zero"));
+        }
+        let explicit_region = match self.region.as_deref() {
+            Some(r) => Some(
+                token::validate_region(r)
+                    .map_err(ConfigError::from)?
+                    .to_owned(),
+            ),
+            None => region_from_hostname(&hostname),
+        };
+        // Validate what can be validated before the (slower) SDK config load.
+        token::validate_target(&hostname, port, &user).map_err(ConfigError::from)?;
+        let dial = match self.connect_address.as_deref() {
+            Some(address) => parse_address(address, port)?,
+            None => DialTarget {
+                host: hostname.clone(),
+                port,
+            },
+        };
+        let assume = match self.assume_role {
+            Some(role_arn) => Some(assume_settings(
+                role_arn,
+                self.external_id,
+                self.role_session_name,
+                self.role_duration,
+            )?),
+            None if self.external_id.is_some() => {
+                return Err(invalid(
+                    "external_id",
+                    "is only used with assume_role; set the role ARN too",
+                ))
+            }
+            None => None,
+        };
+        let tls = MakeRustlsConnect::new(client_config(self.ca_bundle.as_ref())?);
+
+        let sdk_config = match self.sdk_config {
+            Some(c) => c,
+            None => {
+                let mut loader = aws_config::defaults(BehaviorVersion::latest());
+                if let Some(profile) = &self.profile {
+                    loader = loader.profile_name(profile);
+                }
+                loader.load().await
+            }
+        };
+        let region = explicit_region
+            .or_else(|| sdk_config.region().map(|r| r.to_string()))
+            .ok_or_else(|| {
+                ConfigError::from(token::TokenError::MissingRegion {
+                    hostname: hostname.clone(),
+                })
+            })?;
+        let token_params =
+            TokenParams::new(&hostname, port, &user, Some(&region)).map_err(ConfigError::from)?;
+        // STS is regional: without a configured region, use the database's.
+        let sdk_config = if sdk_config.region().is_none() {
+            sdk_config
+                .into_builder()
+                .region(Region::new(region.clone()))
+                .build()
+        } else {
+            sdk_config
+        };
+        let base = self
+            .credentials_provider
+            .or_else(|| sdk_config.credentials_provider())
+            .ok_or_else(|| Error::Credentials {
+                message: "no credentials provider is configured".to_owned(),
+                hint: Some(HINT_NO_CREDENTIALS),
+                source: None,
+            })?;
+        let startup = login::startup(
+            token_params.username(),
+            self.database.as_deref(),
+            self.application_name.as_deref(),
+        );
+        let credentials = CredentialCache::new(base, assume, &sdk_config);
+
+        Ok(Connector {
+            inner: Arc::new(Inner {
+                token_params,
+                startup,
+                dial,
+                tls,
+                credentials,
+                connect_timeout,
+            }),
+        })
+    }
+
+    /// One connection: [`Config::connector`] then [`Connector::connect`]. Keep a
+    /// `Connector` instead when you open more than one connection, so credentials are
+    /// cached.
+    pub async fn connect(self) -> Result<tokio_postgres::Client, Error> {
+        self.connector().await?.connect().await
+    }
+}
+
+fn non_empty<'a>(value: Option<&'a str>, name: &'static str) -> Result<&'a str, ConfigError> {
+    match value {
+        None => Err(ConfigError::Missing(name)),
+        Some(v) if v.trim().is_empty() => Err(ConfigError::Invalid {
+            name,
+            reason: "is empty".to_owned(),
+        }),
+        Some(v) => Ok(v),
+    }
+}
+
+fn invalid(name: &'static str, reason: &str) -> Error {
+    Error::Config(ConfigError::Invalid {
+        name,
+        reason: reason.to_owned(),
+    })
+}
+
+fn assume_settings(
+    role_arn: String,
+    external_id: Option<String>,
+    session_name: Option<String>,
+    duration: Option<Duration>,
+) -> Result<AssumeRole, ConfigError> {
+    let mut settings = AssumeRole::new(role_arn)?;
+    if let Some(id) = external_id {
+        settings = settings.with_external_id(id)?;
+    }
+    if let Some(name) = session_name {
+        settings = settings.with_session_name(name)?;
+    }
+    if let Some(d) = duration {
+        settings = settings.with_duration(d)?;
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Stage;
+
+    #[test]
+    fn role_settings_are_validated() {
+        assert!(assume_settings("nope".into(), None, None, None).is_err());
+        let ok = assume_settings(
+            "arn:aws:iam::222222222222:role/r".into(),
+            Some("x".into()),
+            Some("s-1".into()),
+            Some(Duration::from_secs(900)),
+        )
+        .unwrap();
+        assert_eq!(ok.session_name(), "s-1");
+        assert!(
+            assume_settings("arn:aws:iam::2:role/r".into(), Some(" ".into()), None, None).is_err()
+        );
+        assert!(assume_settings(
+            "arn:aws:iam::2:role/r".into(),
+            None,
+            Some("a b".into()),
+            None
+        )
+        .is_err());
+        assert!(assume_settings(
+            "arn:aws:iam::2:role/r".into(),
+            None,
+            None,
+            Some(Duration::from_secs(60))
+        )
+        .is_err());
+    }
+
+    #[tokio::test]
+    async fn missing_settings_are_config_errors() {
+        let err = Config::new().user("u").connector().await.unwrap_err();
+        assert_eq!(err.stage(), Stage::Config);
+        assert_eq!(err.to_string(), "config: missing setting `hostname`");
+        let err = Config::new()
+            .hostname("db.x.us-east-1.rds.amazonaws.com")
+            .user("u")
+            .external_id("e")
+            .connector()
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("only used with assume_role"),
+            "{err}"
+        );
+    }
+}

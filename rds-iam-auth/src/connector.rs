@@ -1,0 +1,252 @@
+//! The connector: runs the stages of one connection in order, each under its deadline,
+//! with a fresh token for every physical connection.
+//!
+//! credentials ([`crate::credentials`]) -> token ([`crate::token`]) -> DNS and TCP
+//! ([`crate::net`]) -> TLS ([`crate::tls`]) and login ([`crate::login`]). Each stage's
+//! outcome goes to a [`Recorder`]: at DEBUG for `connect`, kept for the staged check.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_postgres::{Client, Connection};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::check::{Outcome, Recorder};
+use crate::credentials::{describe, CredentialCache, FetchFailure, Obtained};
+use crate::diagnosis::{login_error, tls_error};
+use crate::error::Error;
+use crate::login;
+use crate::net::DialTarget;
+use crate::stage::{self, Deadline, Stage};
+use crate::tls::{TimedTls, TlsStream};
+use crate::token::{self, AuthToken, TokenParams};
+
+/// The default limit for each network stage (DNS, TCP, TLS + login, STS).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens connections; cheap to clone (the credential cache and TLS config are shared).
+///
+/// Every physical connection gets a freshly signed token, so a `Connector` (or a pool
+/// built on it) keeps working past the 15-minute life of any one token. Build one with
+/// [`Config::connector`](crate::Config::connector).
+#[derive(Clone)]
+pub struct Connector {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// What a connector needs, validated by [`Config::connector`](crate::Config::connector).
+pub(crate) struct Inner {
+    pub(crate) token_params: TokenParams,
+    /// User, database, application name: the startup message without the password.
+    pub(crate) startup: tokio_postgres::Config,
+    pub(crate) dial: DialTarget,
+    pub(crate) tls: MakeRustlsConnect,
+    pub(crate) credentials: CredentialCache,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("Connector")
+            .field("token_params", &i.token_params)
+            .field("database", &i.startup.get_dbname())
+            .field("dial", &format_args!("{}:{}", i.dial.host, i.dial.port))
+            .field("credentials", &i.credentials)
+            .field("connect_timeout", &i.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An open session and the task-less connection that drives it.
+pub(crate) type Opened = (Client, Connection<TcpStream, TlsStream>);
+
+impl Connector {
+    /// Opens a connection and drives it on a Tokio task; the client is ready for queries.
+    pub async fn connect(&self) -> Result<Client, Error> {
+        let mut rec = Recorder::quiet();
+        // Boxed: keeps the future type shallow for callers that nest it deeply (Lambda).
+        let (client, connection) = Box::pin(self.open(&mut rec)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "database connection closed with an error");
+            }
+        });
+        Ok(client)
+    }
+
+    /// A token for one login, signed now with the cached credentials.
+    pub async fn token(&self) -> Result<AuthToken, Error> {
+        let credentials = self.inner.credentials.credentials().await?;
+        Ok(token::sign(
+            &self.inner.token_params,
+            &credentials,
+            SystemTime::now(),
+        ))
+    }
+
+    /// The credential cache (shared by every connection of this connector).
+    pub fn credentials(&self) -> &CredentialCache {
+        &self.inner.credentials
+    }
+
+    /// The validated token settings (host, port, user, region).
+    pub fn token_params(&self) -> &TokenParams {
+        &self.inner.token_params
+    }
+
+    /// The stages up to a logged-in session, recorded in `rec`.
+    pub(crate) async fn open(&self, rec: &mut Recorder) -> Result<Opened, Error> {
+        let i = &*self.inner;
+        let deadline = || Deadline::after(i.connect_timeout);
+
+        let credentials = self.obtain_credentials(rec, deadline()).await?;
+
+        let started = Instant::now();
+        let token = token::sign(&i.token_params, &credentials, SystemTime::now());
+        let p = &i.token_params;
+        rec.record(
+            Stage::Token,
+            Outcome::Ok,
+            started.elapsed(),
+            &format!(
+                "DBUser {} at {}:{} in {}, valid {} s",
+                p.username(),
+                p.hostname(),
+                p.port(),
+                p.region(),
+                p.expires_in().as_secs()
+            ),
+        );
+
+        let addresses = match i.dial.literal() {
+            Some(addr) => {
+                let detail = format!("{addr} is an address");
+                rec.record(Stage::Dns, Outcome::Skipped, Duration::ZERO, &detail);
+                vec![addr]
+            }
+            None => {
+                stage::run(rec, Stage::Dns, deadline(), i.dial.resolve(), |addrs| {
+                    let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+                    format!("{} -> {}", i.dial.host, shown.join(", "))
+                })
+                .await?
+            }
+        };
+        let stream = stage::run(rec, Stage::Tcp, deadline(), i.dial.dial(&addresses), |s| {
+            s.peer_addr().map(|a| a.to_string()).unwrap_or_default()
+        })
+        .await?;
+
+        self.tls_and_login(rec, deadline(), stream, &token).await
+    }
+
+    /// Credentials from the cache: records the credentials stage and, with a role, the
+    /// assume-role stage (cached, fetched, or where the fetch failed).
+    async fn obtain_credentials(
+        &self,
+        rec: &mut Recorder,
+        deadline: Deadline,
+    ) -> Result<aws_credential_types::Credentials, Error> {
+        let cache = &self.inner.credentials;
+        let role = cache.assumed_role().map(|r| r.role_arn().to_owned());
+        let started = Instant::now();
+        match deadline.within(cache.get()).await {
+            Some(Ok(Obtained {
+                credentials,
+                fetch: None,
+            })) => {
+                let detail = describe(&credentials, "cached");
+                rec.record(
+                    Stage::Credentials,
+                    Outcome::Cached,
+                    started.elapsed(),
+                    &detail,
+                );
+                if role.is_some() {
+                    rec.record(Stage::AssumeRole, Outcome::Cached, Duration::ZERO, &detail);
+                }
+                Ok(credentials)
+            }
+            Some(Ok(Obtained {
+                credentials,
+                fetch: Some(fetch),
+            })) => {
+                let base = describe(&fetch.base, "base");
+                rec.record(Stage::Credentials, Outcome::Ok, fetch.base_took, &base);
+                if let (Some(took), Some(role)) = (fetch.assume_role_took, &role) {
+                    let detail = describe(&credentials, role);
+                    rec.record(Stage::AssumeRole, Outcome::Ok, took, &detail);
+                }
+                Ok(credentials)
+            }
+            Some(Err(FetchFailure { error, base })) => {
+                let mut elapsed = started.elapsed();
+                if let Some((base, took)) = base {
+                    let detail = describe(&base, "base");
+                    rec.record(Stage::Credentials, Outcome::Ok, took, &detail);
+                    elapsed = elapsed.saturating_sub(took);
+                }
+                rec.fail(error.stage(), elapsed, &error);
+                Err(error)
+            }
+            None => {
+                let stage = if role.is_some() {
+                    Stage::AssumeRole
+                } else {
+                    Stage::Credentials
+                };
+                let error = deadline.expired(stage);
+                rec.fail(stage, started.elapsed(), &error);
+                Err(error)
+            }
+        }
+    }
+
+    /// TLS and login run inside one tokio-postgres call; the handshake clock splits it
+    /// into the two stages (and says which one was running when the deadline passed).
+    async fn tls_and_login(
+        &self,
+        rec: &mut Recorder,
+        deadline: Deadline,
+        stream: TcpStream,
+        token: &AuthToken,
+    ) -> Result<Opened, Error> {
+        let i = &*self.inner;
+        let host = i.token_params.hostname();
+        let user = i.token_params.username();
+        let (tls, handshake_done) = TimedTls::new(&i.tls, host)?;
+        let started = Instant::now();
+        let result = deadline
+            .within(login::login(&i.startup, token, stream, tls))
+            .await;
+        let tls_done = handshake_done.lock().ok().and_then(|d| *d);
+        let tls_time = tls_done.map_or(started.elapsed(), |t| t - started);
+        let login_time = tls_done.map_or(Duration::ZERO, |t| t.elapsed());
+        if tls_done.is_some() {
+            rec.record(
+                Stage::Tls,
+                Outcome::Ok,
+                tls_time,
+                &format!("verified {host}"),
+            );
+        }
+        let (stage, time, error) = match result {
+            Some(Ok(opened)) => {
+                let database = i.startup.get_dbname().unwrap_or(user);
+                let detail = format!("{user} to {database}");
+                rec.record(Stage::Login, Outcome::Ok, login_time, &detail);
+                return Ok(opened);
+            }
+            Some(Err(e)) if tls_done.is_none() => (Stage::Tls, tls_time, tls_error(host, e)),
+            Some(Err(e)) => (Stage::Login, login_time, login_error(user, host, e)),
+            None if tls_done.is_none() => (Stage::Tls, tls_time, deadline.expired(Stage::Tls)),
+            None => (Stage::Login, login_time, deadline.expired(Stage::Login)),
+        };
+        rec.fail(stage, time, &error);
+        Err(error)
+    }
+}
