@@ -1,4 +1,4 @@
-# The connection-test Lambda (issue 4): cargo-lambda in the project's .venv (from PyPI, with
+# The connection-test Lambda: cargo-lambda in the project's .venv (from PyPI, with
 # zig for cross-compiling), the arm64 zip for deployment, and the local demo under
 # `cargo lambda watch` against the local stack of mk/local.mk.
 #

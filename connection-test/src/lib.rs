@@ -1,5 +1,5 @@
 //! The connection-test Lambda: proves the cross-account path to the database works, or says
-//! which stage broke and why (DESIGN.md 7).
+//! which stage broke and why (the contract is in `ARCHITECTURE.md`).
 //!
 //! - [`Settings::from_lookup`] reads and validates the environment once, at init; a missing
 //!   or malformed variable names itself.
@@ -341,6 +341,10 @@ mod tests {
 
     #[test]
     fn success_response_is_the_contract() {
+        assert_eq!(
+            SUCCESS_RESPONSE,
+            r#"{"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": "Database connection was successful!"}"#
+        );
         let v: serde_json::Value = serde_json::from_str(SUCCESS_RESPONSE).expect("json");
         assert_eq!(
             v,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
-use connection_test::{Function, Settings, SUCCESS_RESPONSE};
+use connection_test::{Function, Settings};
 use rds_proxy_emulator::{LocalStack, StackConfig};
 
 async fn stack() -> LocalStack {
@@ -61,7 +61,11 @@ async fn success_is_the_exact_contract_and_credentials_stay_warm() {
     let f = function(&stack, &[]).await;
     for _ in 0..3 {
         let answer = f.invoke().await.expect("success");
-        assert_eq!(answer.get(), SUCCESS_RESPONSE);
+        // The reference sample's bytes, written out: a change to the constant must fail here.
+        assert_eq!(
+            answer.get(),
+            r#"{"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": "Database connection was successful!"}"#
+        );
     }
     let connector = f.connector().expect("configured");
     assert_eq!(
@@ -69,8 +73,11 @@ async fn success_is_the_exact_contract_and_credentials_stay_warm() {
         1,
         "one AssumeRole for three invocations"
     );
-    // Every invocation closed its connection.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Every invocation closed its connection (the proxy sees the close a moment later).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while stack.proxy_client_connections() != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(stack.proxy_client_connections(), 0);
 }
 

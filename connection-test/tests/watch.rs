@@ -2,7 +2,7 @@
 //! `cargo lambda invoke`, as `make demo` does it: against a local stack started here
 //! (real PostgreSQL behind the STS / RDS Proxy stand-ins), with the stack's environment.
 //!
-//! 1. The right settings: the exact success JSON of DESIGN.md 7.
+//! 1. The right settings: the exact success JSON of the Lambda contract (ARCHITECTURE.md).
 //! 2. A wrong `EXTERNAL_ID` (separate watch): a function error naming `AssumeRoleFailed`.
 //!
 //! cargo-lambda is taken from PATH or from `<repo>/.venv/bin` (where `make lambda-tools`

@@ -7,8 +7,8 @@
 //! cargo run -p rds-iam-auth --example check
 //! ```
 //!
-//! Against AWS: set the same variables (DESIGN.md 7) and AWS credentials of the application
-//! account.
+//! Against AWS: set the same variables (the Lambda's, listed in ARCHITECTURE.md) and AWS
+//! credentials of the application account.
 
 use std::process::ExitCode;
 

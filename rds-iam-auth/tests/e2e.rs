@@ -340,7 +340,15 @@ async fn pool_bounds_connections_and_survives_the_proxy_idle_timeout() {
 
     // The proxy drops idle clients after 1 s; the pool notices at checkout and reconnects
     // (with a new token, from the cached role credentials).
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stack.proxy_client_connections() != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        stack.proxy_client_connections(),
+        0,
+        "the proxy closed idle clients"
+    );
     let client = pool.get().await.expect("replaced connection");
     let one: i32 = client
         .query_one("SELECT 1::int4", &[])
