@@ -11,11 +11,16 @@
 
 #![warn(missing_docs)]
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use lambda_runtime::Diagnostic;
 use rds_iam_auth::{CaBundle, Config, Connector, Error, Stage};
 use serde_json::value::RawValue;
+
+/// How long before the invocation's deadline the check must have ended, so that a hang
+/// becomes a stage error (`TcpConnectFailed: timed out after ...`) in the function's answer
+/// instead of Lambda's `Task timed out`.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 
 /// The success answer, byte for byte as the reference (Python) sample printed it.
 pub const SUCCESS_RESPONSE: &str = r#"{"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": "Database connection was successful!"}"#;
@@ -39,7 +44,8 @@ pub struct Settings {
     pub ca_bundle: Option<String>,
     /// `DB_CONNECT_HOST`: address to dial instead of the endpoint name (`host[:port]`).
     pub connect_host: Option<String>,
-    /// `DB_CONNECT_TIMEOUT_SECONDS` (default 10): limit for each network stage.
+    /// `DB_CONNECT_TIMEOUT_SECONDS` (default 10): limit for the whole connection check
+    /// (shortened further to end before the invocation's deadline).
     pub connect_timeout: Duration,
 }
 
@@ -231,10 +237,25 @@ impl Function {
         self.connector.as_ref().ok()
     }
 
-    /// One invocation: the staged check on a fresh connection.
+    /// One invocation with no deadline of its own: the staged check on a fresh
+    /// connection, within the connect timeout.
     pub async fn invoke(&self) -> Result<Box<RawValue>, Failure> {
+        self.invoke_within(Duration::MAX).await
+    }
+
+    /// One invocation that must answer before `deadline` (the invocation's deadline):
+    /// the check gets what is left of it, less [`DEADLINE_MARGIN`].
+    pub async fn invoke_before(&self, deadline: SystemTime) -> Result<Box<RawValue>, Failure> {
+        let left = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .saturating_sub(DEADLINE_MARGIN);
+        self.invoke_within(left).await
+    }
+
+    async fn invoke_within(&self, limit: Duration) -> Result<Box<RawValue>, Failure> {
         let connector = self.connector.as_ref().map_err(Clone::clone)?;
-        let report = connector.check().await;
+        let report = connector.check_within(limit).await;
         match &report.error {
             None => {
                 tracing::info!(

@@ -1,6 +1,8 @@
 //! Lambda entry point (`bootstrap`): settings and credentials cache at init, the staged
 //! check on every invocation. See the library part of this crate for the contract.
 
+use std::time::{Duration, SystemTime};
+
 use connection_test::Function;
 use lambda_runtime::{service_fn, LambdaEvent};
 use tracing::Instrument;
@@ -14,7 +16,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<serde_json::Value>| async move {
             let span = tracing::info_span!("invocation", request_id = %event.context.request_id);
-            function.invoke().instrument(span).await
+            // The invocation's deadline (Lambda-Runtime-Deadline-Ms): the check ends before it.
+            let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(event.context.deadline);
+            function.invoke_before(deadline).instrument(span).await
         },
     ))
     .await

@@ -148,3 +148,43 @@ async fn missing_variable_is_configuration_error() {
         .error_message
         .starts_with("environment variable RDS_PROXY_APPLICATION_ENDPOINT is not set"));
 }
+
+#[tokio::test]
+async fn a_stalled_proxy_is_a_stage_error_before_the_invocation_deadline() {
+    let stack = stack().await;
+    // Accepts TCP and never says a word: TLS waits forever for the server's answer.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = stalled.local_addr().expect("addr").to_string();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = stalled.accept().await {
+            sockets.push(socket);
+        }
+    });
+    // A 30 s connect timeout: only the invocation's deadline can end the wait in time.
+    let f = function(
+        &stack,
+        &[
+            ("DB_CONNECT_HOST", Some(&addr)),
+            ("DB_CONNECT_TIMEOUT_SECONDS", Some("30")),
+        ],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
+    let failure = f.invoke_before(deadline).await.expect_err("stalled");
+    let took = started.elapsed();
+    held.abort();
+    assert_eq!(failure.error_type, "TlsFailed", "{}", failure.error_message);
+    assert!(
+        failure.error_message.starts_with("tls: timed out after 2."),
+        "{}",
+        failure.error_message
+    );
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "answered before the deadline: {took:?}"
+    );
+}

@@ -126,7 +126,7 @@ struct CheckArgs {
     /// Extra CA certificates (PEM), e.g. the RDS bundle for direct instance connections.
     #[arg(long, env = "DB_CA_BUNDLE")]
     ca_bundle: Option<PathBuf>,
-    /// Limit for each network stage, in seconds.
+    /// Limit for the whole check (every stage shares it), in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     connect_timeout: u64,
     #[command(flatten)]

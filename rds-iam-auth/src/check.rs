@@ -16,12 +16,21 @@ use crate::stage::{Deadline, Stage};
 
 impl Connector {
     /// Runs the whole path stage by stage (credentials, assume role, token, DNS, TCP,
-    /// TLS, login, query) and reports each stage's outcome and time. Never fails: the
-    /// report holds the error. The connection is closed before it returns.
+    /// TLS, login, query) within the connect timeout and reports each stage's outcome and
+    /// time. Never fails: the report holds the error. The connection is closed before it
+    /// returns.
     pub async fn check(&self) -> CheckReport {
+        self.check_within(self.inner.connect_timeout).await
+    }
+
+    /// [`check`](Self::check) within `limit` or the connect timeout, whichever is shorter:
+    /// a caller with a deadline of its own (a Lambda invocation) gets a stage error before
+    /// that deadline, not a hang.
+    pub async fn check_within(&self, limit: Duration) -> CheckReport {
         let started = Instant::now();
         let mut rec = Recorder::keeping();
-        let error = match Box::pin(self.open(&mut rec)).await {
+        let deadline = Deadline::after(limit.min(self.inner.connect_timeout));
+        let error = match Box::pin(self.open(&mut rec, deadline)).await {
             Err(err) => Some(err),
             Ok((client, connection)) => {
                 let task = tokio::spawn(connection);
@@ -31,7 +40,6 @@ impl Connector {
                         .await
                         .map_err(Error::from_query)
                 };
-                let deadline = Deadline::after(self.inner.connect_timeout);
                 let result = crate::stage::run(&mut rec, Stage::Query, deadline, query, |_| {
                     "SELECT 1".to_owned()
                 })

@@ -14,7 +14,7 @@ use crate::credentials::{AssumeRole, CredentialCache};
 use crate::diagnosis::HINT_NO_CREDENTIALS;
 use crate::error::{ConfigError, Error};
 use crate::login;
-use crate::net::{parse_address, DialTarget};
+use crate::net::{parse_address, DialTarget, Keepalive};
 use crate::tls::{client_config, CaBundle};
 use crate::token::{self, region_from_hostname, TokenParams};
 
@@ -53,6 +53,7 @@ pub struct Config {
     connect_address: Option<String>,
     ca_bundle: Option<CaBundle>,
     connect_timeout: Option<Duration>,
+    keepalive: Option<Option<Keepalive>>,
     application_name: Option<String>,
     profile: Option<String>,
     sdk_config: Option<SdkConfig>,
@@ -75,6 +76,7 @@ impl fmt::Debug for Config {
             .field("connect_address", &self.connect_address)
             .field("ca_bundle", &self.ca_bundle)
             .field("connect_timeout", &self.connect_timeout)
+            .field("keepalive", &self.keepalive)
             .field("application_name", &self.application_name)
             .field("profile", &self.profile)
             .finish_non_exhaustive()
@@ -144,9 +146,16 @@ impl Config {
         self.ca_bundle = Some(bundle);
         self
     }
-    /// Limit for each network stage (default 10 s).
+    /// Limit for a whole connect (default 10 s): credentials, STS, DNS, TCP, TLS and login
+    /// share it, so a hang anywhere ends as that stage's timeout error within this time.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
+        self
+    }
+    /// TCP keepalive on every connection (default [`Keepalive::default`]: first probe after
+    /// 60 s idle, then every 10 s, 5 probes); `None` turns it off.
+    pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.keepalive = Some(keepalive);
         self
     }
     /// `application_name` startup parameter, shown in `pg_stat_activity`.
@@ -263,6 +272,7 @@ impl Config {
                 token_params,
                 startup,
                 dial,
+                keepalive: self.keepalive.unwrap_or(Some(Keepalive::default())),
                 tls,
                 credentials,
                 connect_timeout,

@@ -19,12 +19,12 @@ use crate::credentials::{describe, CredentialCache, FetchFailure, Obtained};
 use crate::diagnosis::{login_error, tls_error};
 use crate::error::Error;
 use crate::login;
-use crate::net::DialTarget;
+use crate::net::{DialTarget, Keepalive};
 use crate::stage::{self, Deadline, Stage};
 use crate::tls::{TimedTls, TlsStream};
 use crate::token::{self, AuthToken, TokenParams};
 
-/// The default limit for each network stage (DNS, TCP, TLS + login, STS).
+/// The default limit for a whole connect: every stage (STS, DNS, TCP, TLS, login) shares it.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens connections; cheap to clone (the credential cache and TLS config are shared).
@@ -43,6 +43,7 @@ pub(crate) struct Inner {
     /// User, database, application name: the startup message without the password.
     pub(crate) startup: tokio_postgres::Config,
     pub(crate) dial: DialTarget,
+    pub(crate) keepalive: Option<Keepalive>,
     pub(crate) tls: MakeRustlsConnect,
     pub(crate) credentials: CredentialCache,
     pub(crate) connect_timeout: Duration,
@@ -69,7 +70,8 @@ impl Connector {
     pub async fn connect(&self) -> Result<Client, Error> {
         let mut rec = Recorder::quiet();
         // Boxed: keeps the future type shallow for callers that nest it deeply (Lambda).
-        let (client, connection) = Box::pin(self.open(&mut rec)).await?;
+        let deadline = Deadline::after(self.inner.connect_timeout);
+        let (client, connection) = Box::pin(self.open(&mut rec, deadline)).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "database connection closed with an error");
@@ -98,12 +100,14 @@ impl Connector {
         &self.inner.token_params
     }
 
-    /// The stages up to a logged-in session, recorded in `rec`.
-    pub(crate) async fn open(&self, rec: &mut Recorder) -> Result<Opened, Error> {
+    /// The stages up to a logged-in session, all within one deadline, recorded in `rec`.
+    pub(crate) async fn open(
+        &self,
+        rec: &mut Recorder,
+        deadline: Deadline,
+    ) -> Result<Opened, Error> {
         let i = &*self.inner;
-        let deadline = || Deadline::after(i.connect_timeout);
-
-        let credentials = self.obtain_credentials(rec, deadline()).await?;
+        let credentials = self.obtain_credentials(rec, deadline).await?;
 
         let started = Instant::now();
         let token = token::sign(&i.token_params, &credentials, SystemTime::now());
@@ -129,19 +133,20 @@ impl Connector {
                 vec![addr]
             }
             None => {
-                stage::run(rec, Stage::Dns, deadline(), i.dial.resolve(), |addrs| {
+                stage::run(rec, Stage::Dns, deadline, i.dial.resolve(), |addrs| {
                     let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
                     format!("{} -> {}", i.dial.host, shown.join(", "))
                 })
                 .await?
             }
         };
-        let stream = stage::run(rec, Stage::Tcp, deadline(), i.dial.dial(&addresses), |s| {
+        let dial = i.dial.dial(&addresses, deadline, i.keepalive);
+        let stream = stage::run(rec, Stage::Tcp, deadline, dial, |s| {
             s.peer_addr().map(|a| a.to_string()).unwrap_or_default()
         })
         .await?;
 
-        self.tls_and_login(rec, deadline(), stream, &token).await
+        self.tls_and_login(rec, deadline, stream, &token).await
     }
 
     /// Credentials from the cache: records the credentials stage and, with a role, the

@@ -80,6 +80,7 @@ pub use config::Config;
 pub use connector::{Connector, DEFAULT_CONNECT_TIMEOUT};
 pub use credentials::{AssumeRole, CredentialCache};
 pub use error::{BoxError, ConfigError, Error};
+pub use net::Keepalive;
 pub use stage::Stage;
 pub use tls::CaBundle;
 pub use token::{AuthToken, TokenParams};

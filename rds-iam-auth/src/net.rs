@@ -1,10 +1,44 @@
 //! The network stages: resolving the address to dial and opening the TCP connection.
+//!
+//! A proxy endpoint resolves to one address per availability zone. Each address gets its
+//! own share of what is left of the deadline (an address that never answers costs its
+//! share, not the whole connect), and when all fail the error lists every attempt.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::stage::Deadline;
+
+/// TCP keepalive probes on every connection: a peer that vanished (failover, a NAT that
+/// dropped the flow) is noticed within `idle + interval * retries` instead of never.
+///
+/// libpq turns keepalives on and leaves the timings to the OS (two hours idle on Linux);
+/// these defaults find a dead peer in under two minutes and cost one small packet per
+/// minute on an idle connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe (libpq `keepalives_idle`).
+    pub idle: Duration,
+    /// Time between probes (libpq `keepalives_interval`).
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (libpq `keepalives_count`).
+    pub retries: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            retries: 5,
+        }
+    }
+}
 
 /// Where to dial: the endpoint name, or the override address (`connect_address`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,35 +67,71 @@ impl DialTarget {
         }
     }
 
-    /// Connects to the first address that accepts, in order. The caller bounds the time.
-    pub(crate) async fn dial(&self, addresses: &[SocketAddr]) -> Result<TcpStream, Error> {
-        let mut last_error = None;
-        for addr in addresses {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    // Small request/response messages: do not wait for Nagle.
-                    let _ = stream.set_nodelay(true);
+    /// Connects to the first address that accepts, in order, each with its share of what
+    /// is left of `deadline`; sets `TCP_NODELAY` and the keepalive.
+    pub(crate) async fn dial(
+        &self,
+        addresses: &[SocketAddr],
+        deadline: Deadline,
+        keepalive: Option<Keepalive>,
+    ) -> Result<TcpStream, Error> {
+        let mut attempts = String::new();
+        let mut last_source = None;
+        for (i, addr) in addresses.iter().enumerate() {
+            let left = addresses.len() - i;
+            let share = deadline.remaining() / u32::try_from(left).unwrap_or(u32::MAX);
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(share, TcpStream::connect(addr)).await;
+            let reason = match outcome {
+                Ok(Ok(stream)) => {
+                    configure(&stream, keepalive);
                     return Ok(stream);
                 }
-                Err(e) => last_error = Some((addr, e)),
+                Ok(Err(e)) => {
+                    let reason = e.to_string();
+                    last_source = Some(e);
+                    reason
+                }
+                Err(_) => format!("timed out after {:.1} s", started.elapsed().as_secs_f64()),
+            };
+            if !attempts.is_empty() {
+                attempts.push_str("; ");
             }
+            let _ = write!(attempts, "{addr}: {reason}");
         }
-        Err(match last_error {
-            Some((addr, source)) => Error::Tcp {
-                address: if self.literal().is_some() {
-                    addr.to_string()
-                } else {
-                    format!("{}:{} ({addr})", self.host, self.port)
-                },
-                reason: source.to_string(),
-                source: Some(source),
-            },
-            None => Error::Tcp {
-                address: format!("{}:{}", self.host, self.port),
-                reason: "the name resolved to no address".to_owned(),
-                source: None,
+        let (address, reason) = match addresses {
+            [] => (
+                format!("{}:{}", self.host, self.port),
+                "the name resolved to no address".to_owned(),
+            ),
+            [one] if self.literal().is_some() => (one.to_string(), attempts),
+            _ => (format!("{}:{}", self.host, self.port), attempts),
+        };
+        Err(Error::Tcp {
+            address,
+            reason,
+            // The socket error of a single attempt; several are listed in the reason.
+            source: if addresses.len() == 1 {
+                last_source
+            } else {
+                None
             },
         })
+    }
+}
+
+/// Small request/response messages: no waiting for Nagle. Keepalive as configured. Both
+/// are best effort: a socket that refuses an option still works.
+fn configure(stream: &TcpStream, keepalive: Option<Keepalive>) {
+    let _ = stream.set_nodelay(true);
+    if let Some(k) = keepalive {
+        let settings = socket2::TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval)
+            .with_retries(k.retries);
+        if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&settings) {
+            tracing::debug!(error = %e, "TCP keepalive not set");
+        }
     }
 }
 
@@ -147,11 +217,96 @@ mod tests {
             .port();
         let target = parse_address(&format!("127.0.0.1:{port}"), 5432).expect("valid");
         let addresses = [target.literal().expect("an IP address")];
-        let err = target.dial(&addresses).await.expect_err("refused");
+        let deadline = Deadline::after(Duration::from_secs(5));
+        let err = target
+            .dial(&addresses, deadline, None)
+            .await
+            .expect_err("refused");
         assert!(
-            err.to_string()
-                .starts_with(&format!("tcp: cannot connect to 127.0.0.1:{port}: ")),
+            err.to_string().starts_with(&format!(
+                "tcp: cannot connect to 127.0.0.1:{port}: 127.0.0.1:{port}: Connection refused"
+            )),
             "{err}"
+        );
+    }
+
+    /// A listener whose accept queue is full: the kernel drops further SYNs, so a connect
+    /// to it hangs like one to a blackholed address.
+    fn blackhole() -> (std::net::TcpListener, std::net::TcpStream, SocketAddr) {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        socket.listen(0).expect("listen");
+        let listener: std::net::TcpListener = socket.into();
+        let addr = listener.local_addr().expect("addr");
+        // Fills the queue (never accepted).
+        let filler = std::net::TcpStream::connect(addr).expect("first connect fills the queue");
+        (listener, filler, addr)
+    }
+
+    #[tokio::test]
+    async fn a_blackholed_first_address_costs_its_share_not_the_deadline() {
+        let (_listener, _filler, dead) = blackhole();
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let live_addr = live.local_addr().expect("addr");
+        let target = DialTarget {
+            host: "db.example".to_owned(),
+            port: 5432,
+        };
+        let started = Instant::now();
+        let stream = target
+            .dial(
+                &[dead, live_addr],
+                Deadline::after(Duration::from_secs(4)),
+                Some(Keepalive::default()),
+            )
+            .await
+            .expect("the second address answers");
+        assert_eq!(stream.peer_addr().expect("peer"), live_addr);
+        let took = started.elapsed();
+        // The dead address had half of the 4 s; the connect did not use the whole deadline.
+        assert!(took >= Duration::from_millis(1900), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        let keepalive = socket2::SockRef::from(&stream)
+            .keepalive()
+            .expect("getsockopt");
+        assert!(keepalive, "keepalive is on");
+    }
+
+    #[tokio::test]
+    async fn when_every_address_fails_each_attempt_is_reported() {
+        let (_listener, _filler, dead) = blackhole();
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let target = DialTarget {
+            host: "db.example".to_owned(),
+            port: 5432,
+        };
+        let err = target
+            .dial(
+                &[dead, refused],
+                Deadline::after(Duration::from_secs(1)),
+                None,
+            )
+            .await
+            .expect_err("nothing answers");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("tcp: cannot connect to db.example:5432: "),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{dead}: timed out after 0.5 s")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{refused}: Connection refused")),
+            "{text}"
         );
     }
 }

@@ -103,6 +103,11 @@ impl Deadline {
         }
     }
 
+    /// What is left of the time (zero once it has passed).
+    pub(crate) fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
     /// The error of a stage that ran out of time.
     pub(crate) fn expired(&self, stage: Stage) -> Error {
         Error::Timeout {
