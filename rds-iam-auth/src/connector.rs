@@ -163,8 +163,14 @@ impl Connector {
             Some(Ok(Obtained {
                 credentials,
                 fetch: None,
+                refresh_failing,
             })) => {
-                let detail = describe(&credentials, "cached");
+                let mut detail = describe(&credentials, "cached");
+                if let Some(failing) = refresh_failing {
+                    // Still valid, so this connect works: but say so, on-call should know.
+                    detail.push_str("; ");
+                    detail.push_str(&failing);
+                }
                 rec.record(
                     Stage::Credentials,
                     Outcome::Cached,
@@ -179,6 +185,7 @@ impl Connector {
             Some(Ok(Obtained {
                 credentials,
                 fetch: Some(fetch),
+                ..
             })) => {
                 let base = describe(&fetch.base, "base");
                 rec.record(Stage::Credentials, Outcome::Ok, fetch.base_took, &base);

@@ -8,32 +8,52 @@
 //! is how the local stack is reached.
 //!
 //! [`CredentialCache`] holds the result. It is what the AWS SDK's own `AssumeRoleProvider`
-//! lacks:
-//! - credentials are refreshed *before* they expire, with a margin at least as long as a
-//!   token lives ([`REFRESH_MARGIN`]), so a token signed now outlives no credentials;
-//! - refreshing is single-flight: N concurrent connects cause one STS call;
+//! lacks, for services that run for months:
+//! - **never failing early**: a token only has to be valid at login, which follows signing
+//!   within milliseconds, so cached credentials are used until [`HARD_MARGIN`] before they
+//!   expire. Refreshing *starts* at [`REFRESH_MARGIN`] before expiry, in the background:
+//!   callers keep getting the cached credentials meanwhile, however slow STS is.
+//! - **one refresh, shared**: a refresh runs in a task of its own; every caller that needs
+//!   its result waits for the same task and gets the same outcome, success or failure. A
+//!   caller that gives up (its deadline passed) does not cancel it.
+//! - **bounded retries**: after a failure the next attempt waits (1 s, doubling up to
+//!   [`MAX_BACKOFF`], with jitter), so an STS outage costs a few calls, not one per connect.
+//!   While credentials are still valid, connects keep working and the failure is logged at
+//!   WARN and shown by the staged check.
 //! - expired credentials are never handed out: a provider that returns them is an error.
+//!
+//! For credentials that live shorter than the margins (short STS sessions, tests), the
+//! margins scale down: refreshing starts at half their life, and they are used until a sixth
+//! of their life is left.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use tokio::sync::Mutex;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::diagnosis::{credentials_error, stale_credentials, sts_answer_error, sts_error};
-use crate::error::{ConfigError, Error};
+use crate::error::{ConfigError, Error, SharedError};
 use crate::stage::Stage;
 use crate::token::MAX_EXPIRES_IN;
 
-/// How long before expiry cached credentials are replaced: a token's full life plus a
-/// minute of clock skew, so every token is signed by credentials that outlive it.
+/// How long before expiry a refresh starts (in the background): a token's full life plus a
+/// minute, which leaves a long-running service many minutes to ride out an STS hiccup.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(MAX_EXPIRES_IN.as_secs() + 60);
 
-/// Credentials closer than this to expiry are never used, whatever their lifetime.
-const MIN_REMAINING: Duration = Duration::from_secs(5);
+/// How long before expiry cached credentials stop being used: enough for a login (the
+/// default connect timeout) plus clock skew between this host and AWS.
+pub const HARD_MARGIN: Duration = Duration::from_secs(30);
+
+/// The longest wait between two refresh attempts after failures.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The longest one refresh (base chain plus STS) may take before it counts as failed.
+pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Validated settings of `sts:AssumeRole` into the database account.
 ///
@@ -157,23 +177,86 @@ impl fmt::Debug for AssumeRole {
 /// Cloning is not offered on purpose: share one cache behind an `Arc` (a
 /// [`Connector`](crate::Connector) does this for you).
 pub struct CredentialCache {
-    base: SharedCredentialsProvider,
-    assume: Option<(aws_sdk_sts::Client, AssumeRole)>,
-    current: Mutex<Option<Cached>>,
-    refreshes: AtomicU64,
+    shared: Arc<Shared>,
 }
 
-#[derive(Clone)]
+struct Shared {
+    base: SharedCredentialsProvider,
+    assume: Option<(aws_sdk_sts::Client, AssumeRole)>,
+    state: Mutex<State>,
+    /// Woken when a refresh ends (either way).
+    refreshed: Notify,
+    refreshes: AtomicU64,
+    failures: AtomicU64,
+    clock: Clock,
+}
+
+/// The wall clock the cache compares expiry times with (replaceable in tests).
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+#[derive(Default)]
+struct State {
+    current: Option<Cached>,
+    refreshing: bool,
+    /// Counts finished refreshes: a waiter knows the one it waited for has ended.
+    generation: u64,
+    /// What the last successful refresh did, and its generation.
+    last_fetch: Option<(u64, Fetch)>,
+    failure: Option<Failure>,
+}
+
 struct Cached {
     credentials: Credentials,
-    fetched_at: SystemTime,
+    /// Start refreshing at this time; stop using them at `hard`.
+    soft: SystemTime,
+    hard: Option<SystemTime>,
+}
+
+/// The last refresh failed: with what, since when, how often in a row, and when the next
+/// attempt may start.
+struct Failure {
+    error: SharedError,
+    base: Option<(Credentials, Duration)>,
+    generation: u64,
+    since: SystemTime,
+    in_a_row: u32,
+    retry_at: Instant,
+}
+
+impl Cached {
+    fn new(credentials: Credentials, now: SystemTime) -> Self {
+        let Some(expiry) = credentials.expiry() else {
+            // Long-term keys: never refreshed, never unusable.
+            return Self {
+                credentials,
+                soft: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 64),
+                hard: None,
+            };
+        };
+        let lifetime = expiry.duration_since(now).unwrap_or(Duration::ZERO);
+        let soft = expiry - REFRESH_MARGIN.min(lifetime / 2);
+        let hard = expiry - HARD_MARGIN.min(lifetime / 6);
+        Self {
+            credentials,
+            soft,
+            hard: Some(hard),
+        }
+    }
+
+    fn usable(&self, now: SystemTime) -> bool {
+        match self.hard {
+            None => true,
+            Some(hard) => now < hard,
+        }
+    }
 }
 
 impl fmt::Debug for CredentialCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CredentialCache")
-            .field("assume_role", &self.assume.as_ref().map(|(_, a)| a))
-            .field("refreshes", &self.refreshes.load(Ordering::Relaxed))
+            .field("assume_role", &self.assumed_role())
+            .field("refreshes", &self.refresh_count())
+            .field("failed_refreshes", &self.failed_refresh_count())
             .finish_non_exhaustive()
     }
 }
@@ -193,30 +276,63 @@ impl CredentialCache {
             (aws_sdk_sts::Client::from_conf(conf), settings)
         });
         Self {
-            base,
-            assume,
-            current: Mutex::new(None),
-            refreshes: AtomicU64::new(0),
+            shared: Arc::new(Shared {
+                base,
+                assume,
+                state: Mutex::default(),
+                refreshed: Notify::new(),
+                refreshes: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                clock: Arc::new(SystemTime::now),
+            }),
+        }
+    }
+
+    /// Compares expiry times with `clock` instead of the system clock: for tests that
+    /// need credentials to age by minutes in an instant. Call it before first use.
+    pub fn with_clock(self, clock: Clock) -> Self {
+        let mut shared = match Arc::try_unwrap(self.shared) {
+            Ok(shared) => shared,
+            Err(shared) => return Self { shared },
+        };
+        shared.clock = clock;
+        Self {
+            shared: Arc::new(shared),
         }
     }
 
     /// Whether a role is assumed (the base credentials only sign the STS call).
     pub fn assumes_role(&self) -> bool {
-        self.assume.is_some()
+        self.shared.assume.is_some()
     }
 
     /// The role settings, when a role is assumed.
     pub fn assumed_role(&self) -> Option<&AssumeRole> {
-        self.assume.as_ref().map(|(_, settings)| settings)
+        self.shared.assume.as_ref().map(|(_, settings)| settings)
     }
 
     /// How many times credentials were fetched (from the chain or STS) so far.
     pub fn refresh_count(&self) -> u64 {
-        self.refreshes.load(Ordering::Relaxed)
+        self.shared.refreshes.load(Ordering::Relaxed)
     }
 
-    /// Current credentials: cached while they have more than the refresh margin left,
-    /// otherwise fetched anew (one fetch however many callers wait).
+    /// How many refreshes failed so far.
+    pub fn failed_refresh_count(&self) -> u64 {
+        self.shared.failures.load(Ordering::Relaxed)
+    }
+
+    /// The error of the last refresh, while refreshing is failing (cleared by a success).
+    pub fn refresh_error(&self) -> Option<String> {
+        self.shared
+            .lock()
+            .failure
+            .as_ref()
+            .map(|f| f.error.to_string())
+    }
+
+    /// Current credentials: the cached ones while they are usable (refreshed in the
+    /// background once they near expiry), otherwise the outcome of a refresh shared with
+    /// every other caller.
     pub async fn credentials(&self) -> Result<Credentials, Error> {
         self.get().await.map(|o| o.credentials).map_err(|f| f.error)
     }
@@ -224,61 +340,180 @@ impl CredentialCache {
     /// Current credentials and how they were obtained; on failure, the error and what the
     /// base chain gave before it (so a report can show where the path stopped).
     pub(crate) async fn get(&self) -> Result<Obtained, FetchFailure> {
-        // Holding the lock across the fetch is what makes refreshing single-flight: callers
-        // that arrive meanwhile wait here and then find fresh credentials.
-        let mut current = self.current.lock().await;
-        if let Some(cached) = current.as_ref() {
-            if is_fresh(&cached.credentials, cached.fetched_at, SystemTime::now()) {
+        let shared = &self.shared;
+        loop {
+            let waited_for;
+            let refreshed;
+            {
+                let mut state = shared.lock();
+                let now = (shared.clock)();
+                if let Some(cached) = state.current.as_ref().filter(|c| c.usable(now)) {
+                    let obtained = Obtained {
+                        credentials: cached.credentials.clone(),
+                        fetch: None,
+                        refresh_failing: state.failure.as_ref().map(|f| f.describe(now)),
+                    };
+                    if now >= cached.soft {
+                        shared.start_refresh(&mut state, false);
+                    }
+                    return Ok(obtained);
+                }
+                if let Some(failure) = &state.failure {
+                    if !state.refreshing && Instant::now() < failure.retry_at {
+                        // Backing off: every caller gets the last failure, STS gets nothing.
+                        return Err(failure.for_caller());
+                    }
+                }
+                shared.start_refresh(&mut state, true);
+                // Created under the lock: the end of this refresh cannot be missed.
+                refreshed = shared.refreshed.notified();
+                waited_for = state.generation;
+            }
+            refreshed.await;
+            let state = shared.lock();
+            if state.generation == waited_for {
+                continue;
+            }
+            if let Some(failure) = state
+                .failure
+                .as_ref()
+                .filter(|f| f.generation == state.generation)
+            {
+                return Err(failure.for_caller());
+            }
+            if let Some(cached) = &state.current {
                 return Ok(Obtained {
                     credentials: cached.credentials.clone(),
-                    fetch: None,
+                    fetch: state
+                        .last_fetch
+                        .as_ref()
+                        .filter(|(generation, _)| *generation == state.generation)
+                        .map(|(_, fetch)| fetch.clone()),
+                    refresh_failing: None,
                 });
             }
         }
-        let fetched_at = SystemTime::now();
-        let obtained = self.fetch().await?;
-        self.refreshes.fetch_add(1, Ordering::Relaxed);
-        *current = Some(Cached {
-            credentials: obtained.credentials.clone(),
-            fetched_at,
-        });
-        Ok(obtained)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data behind (plain fields).
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn fetch(&self) -> Result<Obtained, FetchFailure> {
+    /// Starts a refresh task unless one runs or (for a background refresh) the last
+    /// failure's backoff has not passed.
+    fn start_refresh(self: &Arc<Self>, state: &mut State, needed: bool) {
+        if state.refreshing {
+            return;
+        }
+        if !needed
+            && state
+                .failure
+                .as_ref()
+                .is_some_and(|f| Instant::now() < f.retry_at)
+        {
+            return;
+        }
+        state.refreshing = true;
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(REFRESH_TIMEOUT, shared.fetch()).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(FetchFailure {
+                    error: Error::Timeout {
+                        stage: if shared.assume.is_some() {
+                            Stage::AssumeRole
+                        } else {
+                            Stage::Credentials
+                        },
+                        after: REFRESH_TIMEOUT,
+                    },
+                    base: None,
+                }),
+            };
+            shared.finish_refresh(outcome);
+            shared.refreshed.notify_waiters();
+        });
+    }
+
+    fn finish_refresh(&self, outcome: Result<(Credentials, Fetch), FetchFailure>) {
+        let now = (self.clock)();
+        let mut state = self.lock();
+        state.refreshing = false;
+        state.generation += 1;
+        let generation = state.generation;
+        match outcome {
+            Ok((credentials, fetch)) => {
+                self.refreshes.fetch_add(1, Ordering::Relaxed);
+                if let Some(failure) = state.failure.take() {
+                    tracing::info!(
+                        failed_attempts = failure.in_a_row,
+                        "credentials refreshed again after failures"
+                    );
+                }
+                state.current = Some(Cached::new(credentials, now));
+                state.last_fetch = Some((generation, fetch));
+            }
+            Err(FetchFailure { error, base }) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                let previous = state.failure.take();
+                let in_a_row = previous.as_ref().map_or(1, |f| f.in_a_row + 1);
+                let since = previous.map_or(now, |f| f.since);
+                let still_valid = state.current.as_ref().is_some_and(|c| c.usable(now));
+                tracing::warn!(
+                    error = %error,
+                    failed_attempts = in_a_row,
+                    cached_credentials_still_valid = still_valid,
+                    "credential refresh failed"
+                );
+                state.failure = Some(Failure {
+                    error: SharedError::new(error),
+                    base,
+                    generation,
+                    since,
+                    in_a_row,
+                    retry_at: Instant::now() + backoff(in_a_row),
+                });
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<(Credentials, Fetch), FetchFailure> {
         let started = Instant::now();
         let base = self
             .base
             .provide_credentials()
             .await
             .map_err(credentials_error)
-            .and_then(|c| usable(c, Stage::Credentials, ""))
+            .and_then(|c| usable(c, Stage::Credentials, "", (self.clock)()))
             .map_err(|error| FetchFailure { error, base: None })?;
         let base_took = started.elapsed();
 
         let Some((sts, settings)) = &self.assume else {
-            return Ok(Obtained {
-                credentials: base.clone(),
-                fetch: Some(Fetch {
-                    base,
-                    base_took,
-                    assume_role_took: None,
-                }),
-            });
+            let fetch = Fetch {
+                base: base.clone(),
+                base_took,
+                assume_role_took: None,
+            };
+            return Ok((base, fetch));
         };
         let started = Instant::now();
         match assume_role(sts, settings)
             .await
-            .and_then(|c| usable(c, Stage::AssumeRole, &settings.role_arn))
+            .and_then(|c| usable(c, Stage::AssumeRole, &settings.role_arn, (self.clock)()))
         {
-            Ok(credentials) => Ok(Obtained {
+            Ok(credentials) => Ok((
                 credentials,
-                fetch: Some(Fetch {
+                Fetch {
                     base,
                     base_took,
                     assume_role_took: Some(started.elapsed()),
-                }),
-            }),
+                },
+            )),
             Err(error) => Err(FetchFailure {
                 error,
                 base: Some((base, base_took)),
@@ -287,14 +522,50 @@ impl CredentialCache {
     }
 }
 
+impl Failure {
+    fn for_caller(&self) -> FetchFailure {
+        FetchFailure {
+            error: self.error.get(),
+            base: self.base.clone(),
+        }
+    }
+
+    /// `refresh failing for 12 s (3 attempts): assume-role: ...`, for reports.
+    fn describe(&self, now: SystemTime) -> String {
+        let for_secs = now.duration_since(self.since).unwrap_or_default().as_secs();
+        format!(
+            "refresh failing for {for_secs} s ({} attempts): {}",
+            self.in_a_row,
+            self.error.get().cause()
+        )
+    }
+}
+
+/// The wait after `failures` failed refreshes in a row: 1 s doubling up to [`MAX_BACKOFF`],
+/// less up to a fifth at random, so many processes do not retry in step.
+fn backoff(failures: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let full = Duration::from_secs(1)
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    // A random fraction from the std hasher's per-process random keys: no RNG crate needed.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(failures);
+    let fraction = (hasher.finish() % 1000) as u32;
+    full - full / 5 * fraction / 1000
+}
+
 /// Credentials from [`CredentialCache::get`], and whether they were fetched for this call.
 pub(crate) struct Obtained {
     pub(crate) credentials: Credentials,
     /// `None` when they came from the cache.
     pub(crate) fetch: Option<Fetch>,
+    /// Set when cached credentials are served while refreshing them is failing.
+    pub(crate) refresh_failing: Option<String>,
 }
 
 /// What one fetch did.
+#[derive(Clone)]
 pub(crate) struct Fetch {
     /// The base credentials (the same as the result when no role is assumed).
     pub(crate) base: Credentials,
@@ -345,35 +616,25 @@ async fn assume_role(
 }
 
 /// Refuses credentials that are already (nearly) expired.
-fn usable(credentials: Credentials, stage: Stage, role_arn: &str) -> Result<Credentials, Error> {
+fn usable(
+    credentials: Credentials,
+    stage: Stage,
+    role_arn: &str,
+    now: SystemTime,
+) -> Result<Credentials, Error> {
     let Some(expiry) = credentials.expiry() else {
         return Ok(credentials);
     };
-    let remaining = expiry
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
+    let remaining = expiry.duration_since(now).unwrap_or(Duration::ZERO);
     if remaining > MIN_REMAINING {
         return Ok(credentials);
     }
     Err(stale_credentials(stage, role_arn, remaining.as_secs()))
 }
 
-/// Whether cached credentials may still be handed out at `now`.
-///
-/// They must have more than [`REFRESH_MARGIN`] left. Credentials whose whole life is
-/// shorter than that margin (short STS sessions) are kept for the first half of it, so
-/// they are not fetched anew for every token.
-pub(crate) fn is_fresh(credentials: &Credentials, fetched_at: SystemTime, now: SystemTime) -> bool {
-    let Some(expiry) = credentials.expiry() else {
-        return true; // long-term keys do not expire
-    };
-    let Ok(remaining) = expiry.duration_since(now) else {
-        return false;
-    };
-    let lifetime = expiry.duration_since(fetched_at).unwrap_or(Duration::ZERO);
-    let margin = REFRESH_MARGIN.min(lifetime / 2).max(MIN_REMAINING);
-    remaining > margin
-}
+/// Credentials closer than this to expiry are refused from a provider, whatever their
+/// lifetime.
+const MIN_REMAINING: Duration = Duration::from_secs(5);
 
 /// `what (ASIA..., expires in 59m58s)`: enough to tell credentials apart, nothing secret.
 pub(crate) fn describe(credentials: &Credentials, what: &str) -> String {
@@ -403,36 +664,51 @@ mod tests {
     }
 
     #[test]
-    fn hour_long_credentials_refresh_sixteen_minutes_early() {
+    fn hour_long_credentials_refresh_sixteen_minutes_early_and_serve_until_30_s_left() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let c = creds_expiring(t0 + Duration::from_secs(3600));
-        assert!(is_fresh(&c, t0, t0));
-        let edge = t0 + Duration::from_secs(3600) - REFRESH_MARGIN;
-        assert!(is_fresh(&c, t0, edge - Duration::from_secs(1)));
-        assert!(!is_fresh(&c, t0, edge));
-        assert!(!is_fresh(&c, t0, t0 + Duration::from_secs(4000)));
+        let expiry = t0 + Duration::from_secs(3600);
+        let c = Cached::new(creds_expiring(expiry), t0);
+        assert_eq!(c.soft, expiry - REFRESH_MARGIN);
+        assert_eq!(c.soft, expiry - Duration::from_secs(960));
+        assert!(c.usable(expiry - Duration::from_secs(31)));
+        assert!(!c.usable(expiry - HARD_MARGIN));
+        assert!(!c.usable(expiry + Duration::from_secs(1)));
     }
 
     #[test]
-    fn short_sessions_are_kept_for_half_their_life() {
+    fn margins_scale_down_for_short_sessions() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let c = creds_expiring(t0 + Duration::from_secs(30));
-        assert!(is_fresh(&c, t0, t0 + Duration::from_secs(14)));
-        assert!(!is_fresh(&c, t0, t0 + Duration::from_secs(15)));
+        let c = Cached::new(creds_expiring(t0 + Duration::from_secs(30)), t0);
+        assert_eq!(c.soft, t0 + Duration::from_secs(15)); // refresh from half their life
+        assert!(c.usable(t0 + Duration::from_secs(24)));
+        assert!(!c.usable(t0 + Duration::from_secs(25))); // a sixth (5 s) before expiry
     }
 
     #[test]
-    fn long_term_keys_are_always_fresh() {
-        let c = Credentials::from_keys("AKID", "SECRET", None);
-        assert!(is_fresh(&c, SystemTime::UNIX_EPOCH, SystemTime::now()));
+    fn long_term_keys_are_never_refreshed_nor_unusable() {
+        let c = Cached::new(
+            Credentials::from_keys("AKID", "SECRET", None),
+            SystemTime::now(),
+        );
+        assert!(c.usable(SystemTime::now() + Duration::from_secs(10 * 365 * 86_400)));
+        assert!(c.soft > SystemTime::now() + Duration::from_secs(100 * 365 * 86_400));
     }
 
     #[test]
     fn expired_credentials_are_refused() {
-        let c = creds_expiring(SystemTime::now() - Duration::from_secs(1));
-        let err = usable(c, Stage::Credentials, "").unwrap_err();
+        let now = SystemTime::now();
+        let c = creds_expiring(now - Duration::from_secs(1));
+        let err = usable(c, Stage::Credentials, "", now).unwrap_err();
         assert_eq!(err.stage(), Stage::Credentials);
         assert!(err.to_string().contains("expire in 0 s"), "{err}");
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_at_most_a_fifth_of_jitter() {
+        for (failures, full) in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (40, 5.0)] {
+            let wait = backoff(failures).as_secs_f64();
+            assert!(wait <= full && wait >= full * 0.8, "{failures}: {wait}");
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! stage, the cause and the hint on one line, so `eprintln!("{err}")` is already a
 //! diagnosis. No variant holds a token, a secret key or a session token.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::diagnosis::{timeout_hint, HINT_DNS, HINT_TCP};
@@ -204,6 +206,150 @@ impl Error {
     /// Wraps a query failure on an open connection (for `?` in user code).
     pub fn from_query(e: tokio_postgres::Error) -> Error {
         crate::diagnosis::query_error(e)
+    }
+}
+
+/// One failure handed to many callers (everyone who waited on a shared credential
+/// refresh): each gets its own [`Error`] with the same fields, and a source chain that reads
+/// like the original's (the original cause is shared, not copied).
+pub(crate) struct SharedError {
+    template: Error,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SharedError {
+    pub(crate) fn new(mut error: Error) -> Self {
+        let source = error.take_source().map(Arc::from);
+        Self {
+            template: error,
+            source,
+        }
+    }
+
+    /// A copy for one caller.
+    pub(crate) fn get(&self) -> Error {
+        let mut error = self.template.copy_without_source();
+        if let Some(source) = &self.source {
+            error.set_source(Box::new(SharedSource(source.clone())));
+        }
+        error
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.template.fmt(f)
+    }
+}
+
+/// A shared cause in an error chain: displays and chains like the cause itself.
+#[derive(Debug)]
+struct SharedSource(Arc<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Display for SharedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedSource {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl Error {
+    fn take_source(&mut self) -> Option<BoxError> {
+        match self {
+            Error::Credentials { source, .. }
+            | Error::AssumeRole { source, .. }
+            | Error::Tls { source, .. }
+            | Error::Login { source, .. }
+            | Error::Query { source, .. } => source.take(),
+            Error::Tcp { source, .. } => source.take().map(|e| Box::new(e) as BoxError),
+            Error::Config(_) | Error::Dns { .. } | Error::Timeout { .. } => None,
+        }
+    }
+
+    fn set_source(&mut self, new: BoxError) {
+        match self {
+            Error::Credentials { source, .. }
+            | Error::AssumeRole { source, .. }
+            | Error::Tls { source, .. }
+            | Error::Login { source, .. }
+            | Error::Query { source, .. } => *source = Some(new),
+            Error::Config(_) | Error::Dns { .. } | Error::Tcp { .. } | Error::Timeout { .. } => {}
+        }
+    }
+
+    fn copy_without_source(&self) -> Error {
+        match self {
+            Error::Config(c) => Error::Config(ConfigError::Invalid {
+                name: "config",
+                reason: c.to_string(),
+            }),
+            Error::Credentials { message, hint, .. } => Error::Credentials {
+                message: message.clone(),
+                hint: *hint,
+                source: None,
+            },
+            Error::AssumeRole {
+                role_arn,
+                message,
+                code,
+                hint,
+                ..
+            } => Error::AssumeRole {
+                role_arn: role_arn.clone(),
+                message: message.clone(),
+                code: code.clone(),
+                hint: *hint,
+                source: None,
+            },
+            Error::Dns { host, source } => Error::Dns {
+                host: host.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Tcp {
+                address, reason, ..
+            } => Error::Tcp {
+                address: address.clone(),
+                reason: reason.clone(),
+                source: None,
+            },
+            Error::Tls {
+                host,
+                message,
+                hint,
+                ..
+            } => Error::Tls {
+                host: host.clone(),
+                message: message.clone(),
+                hint: *hint,
+                source: None,
+            },
+            Error::Login {
+                login,
+                message,
+                code,
+                hint,
+                ..
+            } => Error::Login {
+                login: login.clone(),
+                message: message.clone(),
+                code: code.clone(),
+                hint: *hint,
+                source: None,
+            },
+            Error::Query { message, .. } => Error::Query {
+                message: message.clone(),
+                source: None,
+            },
+            Error::Timeout { stage, after } => Error::Timeout {
+                stage: *stage,
+                after: *after,
+            },
+        }
     }
 }
 

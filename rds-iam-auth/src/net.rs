@@ -75,7 +75,7 @@ impl DialTarget {
         deadline: Deadline,
         keepalive: Option<Keepalive>,
     ) -> Result<TcpStream, Error> {
-        let mut attempts = String::new();
+        let mut attempts = Vec::with_capacity(addresses.len());
         let mut last_source = None;
         for (i, addr) in addresses.iter().enumerate() {
             let left = addresses.len() - i;
@@ -94,18 +94,28 @@ impl DialTarget {
                 }
                 Err(_) => format!("timed out after {:.1} s", started.elapsed().as_secs_f64()),
             };
-            if !attempts.is_empty() {
-                attempts.push_str("; ");
-            }
-            let _ = write!(attempts, "{addr}: {reason}");
+            attempts.push((addr, reason));
         }
-        let (address, reason) = match addresses {
+        let (address, reason) = match attempts.as_slice() {
             [] => (
                 format!("{}:{}", self.host, self.port),
                 "the name resolved to no address".to_owned(),
             ),
-            [one] if self.literal().is_some() => (one.to_string(), attempts),
-            _ => (format!("{}:{}", self.host, self.port), attempts),
+            [(addr, reason)] if self.literal().is_some() => (addr.to_string(), reason.clone()),
+            [(addr, reason)] => (
+                format!("{}:{} ({addr})", self.host, self.port),
+                reason.clone(),
+            ),
+            several => {
+                let mut listed = String::new();
+                for (addr, reason) in several {
+                    if !listed.is_empty() {
+                        listed.push_str("; ");
+                    }
+                    let _ = write!(listed, "{addr}: {reason}");
+                }
+                (format!("{}:{}", self.host, self.port), listed)
+            }
         };
         Err(Error::Tcp {
             address,
@@ -224,7 +234,7 @@ mod tests {
             .expect_err("refused");
         assert!(
             err.to_string().starts_with(&format!(
-                "tcp: cannot connect to 127.0.0.1:{port}: 127.0.0.1:{port}: Connection refused"
+                "tcp: cannot connect to 127.0.0.1:{port}: Connection refused"
             )),
             "{err}"
         );

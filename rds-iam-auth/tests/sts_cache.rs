@@ -3,7 +3,7 @@
 //! The stub speaks just enough HTTP/1.1 and STS Query protocol for `aws-sdk-sts`; it answers
 //! with a configurable expiration, delay or refusal and records every request body.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -25,12 +25,25 @@ enum Answer {
     Issue { lifetime_secs: i64, delay_ms: u64 },
     /// HTTP 403 AccessDenied.
     Deny,
+    /// Reads the request and never answers (a hung STS).
+    Hang,
 }
 
 struct Stub {
     url: String,
     calls: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<String>>>,
+    /// What the next requests get: tests switch it to start and end outages.
+    answer: Arc<Mutex<Answer>>,
+}
+
+impl Stub {
+    fn answer(&self, answer: Answer) {
+        *self.answer.lock().expect("lock") = answer;
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
 }
 
 async fn start_stub(answer: Answer) -> Stub {
@@ -38,13 +51,14 @@ async fn start_stub(answer: Answer) -> Stub {
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let calls = Arc::new(AtomicUsize::new(0));
     let bodies = Arc::new(Mutex::new(Vec::new()));
-    let (c, b) = (calls.clone(), bodies.clone());
+    let answer = Arc::new(Mutex::new(answer));
+    let (c, b, a) = (calls.clone(), bodies.clone(), answer.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
-            let (c, b) = (c.clone(), b.clone());
+            let (c, b, a) = (c.clone(), b.clone(), a.clone());
             tokio::spawn(async move {
                 // Keep-alive: serve requests on this socket until the client closes it.
                 let mut buf = Vec::new();
@@ -54,6 +68,7 @@ async fn start_stub(answer: Answer) -> Stub {
                     };
                     c.fetch_add(1, Ordering::SeqCst);
                     b.lock().expect("lock").push(body);
+                    let answer = *a.lock().expect("lock");
                     let (status, xml) = match answer {
                         Answer::Issue {
                             lifetime_secs,
@@ -63,6 +78,10 @@ async fn start_stub(answer: Answer) -> Stub {
                             ("200 OK", issue_xml(lifetime_secs))
                         }
                         Answer::Deny => ("403 Forbidden", deny_xml()),
+                        Answer::Hang => {
+                            std::future::pending::<()>().await;
+                            unreachable!("a hung STS never answers")
+                        }
                     };
                     let response = format!(
                         "HTTP/1.1 {status}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{xml}",
@@ -75,7 +94,12 @@ async fn start_stub(answer: Answer) -> Stub {
             });
         }
     });
-    Stub { url, calls, bodies }
+    Stub {
+        url,
+        calls,
+        bodies,
+        answer,
+    }
 }
 
 /// Reads one request; returns its body.
@@ -210,29 +234,166 @@ async fn concurrent_callers_cause_one_sts_call() {
     );
 }
 
+/// A clock `offset` seconds ahead of the system's: credentials age in an instant.
+fn shifted_clock() -> (Arc<AtomicU64>, rds_iam_auth::credentials::Clock) {
+    let offset = Arc::new(AtomicU64::new(0));
+    let o = offset.clone();
+    let clock = Arc::new(move || SystemTime::now() + Duration::from_secs(o.load(Ordering::SeqCst)));
+    (offset, clock)
+}
+
+/// Polls `done` every 10 ms for up to `limit`.
+async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while !done() {
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 #[tokio::test]
-async fn credentials_are_refreshed_before_they_expire() {
-    // 8 s credentials: shorter than the refresh margin, so they are kept for half their
-    // life (4 s) and then replaced while still valid.
+async fn near_expiry_the_cached_credentials_are_served_while_a_refresh_runs_behind() {
     let stub = start_stub(Answer::Issue {
-        lifetime_secs: 8,
+        lifetime_secs: 3600,
+        delay_ms: 500,
+    })
+    .await;
+    let sdk = sdk_config(&stub.url).await;
+    let (offset, clock) = shifted_clock();
+    let cache = cache(&sdk, "ext-123").with_clock(clock);
+    cache.credentials().await.expect("first");
+    assert_eq!(stub.calls(), 1);
+
+    // 15 minutes before expiry: inside the refresh margin, far from the hard margin.
+    offset.store(3600 - 15 * 60, Ordering::SeqCst);
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        cache.credentials().await.expect("still valid");
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "served from the cache, not after the 500 ms STS call: {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || cache.refresh_count() == 2).await,
+        "the background refresh ended"
+    );
+    assert_eq!(stub.calls(), 2, "one refresh for 20 callers");
+}
+
+#[tokio::test]
+async fn a_hung_sts_delays_no_caller_while_credentials_are_valid() {
+    let stub = start_stub(Answer::Issue {
+        lifetime_secs: 3600,
         delay_ms: 0,
     })
     .await;
     let sdk = sdk_config(&stub.url).await;
-    let cache = cache(&sdk, "ext-123");
+    let (offset, clock) = shifted_clock();
+    let cache = Arc::new(cache(&sdk, "ext-123").with_clock(clock));
     cache.credentials().await.expect("first");
-    cache.credentials().await.expect("second");
-    assert_eq!(stub.calls.load(Ordering::SeqCst), 1);
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
-    let creds = cache.credentials().await.expect("refreshed");
-    assert_eq!(stub.calls.load(Ordering::SeqCst), 2);
-    let left = creds
-        .expiry()
-        .expect("expiry")
-        .duration_since(SystemTime::now())
-        .expect("not expired");
-    assert!(left > Duration::from_secs(6), "fresh credentials: {left:?}");
+    stub.answer(Answer::Hang);
+    offset.store(3600 - 10 * 60, Ordering::SeqCst);
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                cache.credentials().await.map(|_| started.elapsed())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let waited = task.await.expect("join").expect("cached credentials");
+        assert!(waited < Duration::from_millis(200), "{waited:?}");
+    }
+    assert!(eventually(Duration::from_secs(2), || stub.calls() == 2).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(stub.calls(), 2, "one refresh hangs; nobody starts another");
+}
+
+#[tokio::test]
+async fn an_outage_costs_a_few_sts_calls_every_caller_shares_its_failure_and_recovery_is_quick() {
+    let stub = start_stub(Answer::Deny).await;
+    let sdk = sdk_config(&stub.url).await;
+    let cache = Arc::new(cache(&sdk, "ext-123"));
+
+    // 32 concurrent first callers: one STS call, one failure for all.
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.credentials().await })
+        })
+        .collect();
+    for task in tasks {
+        let err = task.await.expect("join").expect_err("denied");
+        assert_eq!(err.stage(), Stage::AssumeRole);
+        assert!(err.to_string().contains("AccessDenied"), "{err}");
+        // The shared failure keeps its cause chain.
+        assert!(std::error::Error::source(&err).is_some(), "{err}");
+    }
+    assert_eq!(stub.calls(), 1);
+
+    // A caller every 10 ms for 3 s: attempts back off (1 s, then 2 s), not one per caller.
+    let started = std::time::Instant::now();
+    let mut callers = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        assert!(cache.credentials().await.is_err());
+        callers += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let calls = stub.calls();
+    assert!(callers > 100, "{callers}");
+    assert!(
+        (2..=4).contains(&calls),
+        "{calls} STS calls for {callers} callers"
+    );
+    assert!(cache.failed_refresh_count() as usize == calls);
+    assert!(cache
+        .refresh_error()
+        .is_some_and(|e| e.contains("AccessDenied")));
+
+    // STS answers again: callers succeed within the longest backoff.
+    stub.answer(Answer::Issue {
+        lifetime_secs: 3600,
+        delay_ms: 0,
+    });
+    let back = std::time::Instant::now();
+    while cache.credentials().await.is_err() {
+        assert!(back.elapsed() < Duration::from_secs(10), "not recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        back.elapsed() <= Duration::from_secs(6),
+        "{:?}",
+        back.elapsed()
+    );
+    assert_eq!(cache.refresh_error(), None);
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_does_not_cancel_the_refresh() {
+    let stub = start_stub(Answer::Issue {
+        lifetime_secs: 3600,
+        delay_ms: 400,
+    })
+    .await;
+    let sdk = sdk_config(&stub.url).await;
+    let cache = cache(&sdk, "ext-123");
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), cache.credentials()).await;
+    assert!(gave_up.is_err(), "the caller's deadline passed first");
+    assert!(
+        eventually(Duration::from_secs(3), || cache.refresh_count() == 1).await,
+        "the refresh finished without its caller"
+    );
+    let started = std::time::Instant::now();
+    cache.credentials().await.expect("cached");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(stub.calls(), 1, "the next caller did not start over");
 }
 
 #[tokio::test]
@@ -249,8 +410,9 @@ async fn expired_credentials_are_never_handed_out() {
         assert_eq!(err.stage(), Stage::AssumeRole);
         assert!(err.to_string().contains("expire in 0 s"), "{err}");
     }
-    // Nothing was cached: each call asked again.
-    assert_eq!(stub.calls.load(Ordering::SeqCst), 2);
+    // Nothing was cached; the second caller got the shared failure (backing off).
+    assert_eq!(stub.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.refresh_count(), 0);
 }
 
 #[tokio::test]
