@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use aws_credential_types::Credentials;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_postgres::{Client, Connection};
@@ -16,7 +17,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::check::{Outcome, Recorder};
 use crate::credentials::{describe, CredentialCache, FetchFailure, Obtained};
-use crate::diagnosis::{login_error, tls_error};
+use crate::diagnosis::{is_iam_refusal, login_error, tls_error};
 use crate::error::Error;
 use crate::login;
 use crate::net::{DialTarget, Keepalive};
@@ -67,11 +68,33 @@ pub(crate) type Opened = (Client, Connection<TcpStream, TlsStream>);
 
 impl Connector {
     /// Opens a connection and drives it on a Tokio task; the client is ready for queries.
+    ///
+    /// When the proxy refuses the token with its IAM message, the credentials that signed it
+    /// may have been revoked or rotated since they were cached: they are dropped, and the
+    /// login is tried once more with refreshed credentials (at most once a minute per
+    /// cache, so a missing permission costs no STS call per connect).
     pub async fn connect(&self) -> Result<Client, Error> {
         let mut rec = Recorder::quiet();
-        // Boxed: keeps the future type shallow for callers that nest it deeply (Lambda).
         let deadline = Deadline::after(self.inner.connect_timeout);
-        let (client, connection) = Box::pin(self.open(&mut rec, deadline)).await?;
+        // Boxed: keeps the future type shallow for callers that nest it deeply (Lambda).
+        let (client, connection) = Box::pin(async {
+            let credentials = self.obtain_credentials(&mut rec, deadline).await?;
+            match self.open_with(&mut rec, deadline, &credentials).await {
+                Err(error)
+                    if is_iam_refusal(&error)
+                        && self.inner.credentials.invalidate(&credentials) =>
+                {
+                    tracing::warn!(
+                        error = %error,
+                        "login refused with IAM credentials that may be revoked: retrying once with refreshed credentials"
+                    );
+                    let credentials = self.obtain_credentials(&mut rec, deadline).await?;
+                    self.open_with(&mut rec, deadline, &credentials).await
+                }
+                other => other,
+            }
+        })
+        .await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "database connection closed with an error");
@@ -106,11 +129,21 @@ impl Connector {
         rec: &mut Recorder,
         deadline: Deadline,
     ) -> Result<Opened, Error> {
-        let i = &*self.inner;
         let credentials = self.obtain_credentials(rec, deadline).await?;
+        self.open_with(rec, deadline, &credentials).await
+    }
+
+    /// The stages after credentials: token, DNS, TCP, TLS, login.
+    async fn open_with(
+        &self,
+        rec: &mut Recorder,
+        deadline: Deadline,
+        credentials: &Credentials,
+    ) -> Result<Opened, Error> {
+        let i = &*self.inner;
 
         let started = Instant::now();
-        let token = token::sign(&i.token_params, &credentials, SystemTime::now());
+        let token = token::sign(&i.token_params, credentials, SystemTime::now());
         let p = &i.token_params;
         rec.record(
             Stage::Token,
@@ -155,7 +188,7 @@ impl Connector {
         &self,
         rec: &mut Recorder,
         deadline: Deadline,
-    ) -> Result<aws_credential_types::Credentials, Error> {
+    ) -> Result<Credentials, Error> {
         let cache = &self.inner.credentials;
         let role = cache.assumed_role().map(|r| r.role_arn().to_owned());
         let started = Instant::now();

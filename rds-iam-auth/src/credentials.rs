@@ -203,6 +203,8 @@ struct State {
     /// What the last successful refresh did, and its generation.
     last_fetch: Option<(u64, Fetch)>,
     failure: Option<Failure>,
+    /// When cached credentials were last dropped because a login refused them.
+    last_invalidation: Option<Instant>,
 }
 
 struct Cached {
@@ -328,6 +330,28 @@ impl CredentialCache {
             .failure
             .as_ref()
             .map(|f| f.error.to_string())
+    }
+
+    /// Drops the cached credentials if they are still `used` (the ones a refused login was
+    /// signed with), so the next caller fetches new ones. At most once a minute: a refusal
+    /// that refreshed credentials do not cure (a missing permission) must not cost an STS
+    /// call per connect. Returns whether they were dropped.
+    pub(crate) fn invalidate(&self, used: &Credentials) -> bool {
+        const AT_MOST_EVERY: Duration = Duration::from_secs(60);
+        let mut state = self.shared.lock();
+        let is_current = state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.credentials.access_key_id() == used.access_key_id());
+        let recently = state
+            .last_invalidation
+            .is_some_and(|at| at.elapsed() < AT_MOST_EVERY);
+        if !is_current || recently {
+            return false;
+        }
+        state.current = None;
+        state.last_invalidation = Some(Instant::now());
+        true
     }
 
     /// Current credentials: the cached ones while they are usable (refreshed in the

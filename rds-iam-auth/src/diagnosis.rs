@@ -192,6 +192,12 @@ pub(crate) fn login_error(user: &str, host: &str, e: tokio_postgres::Error) -> E
     }
 }
 
+/// Whether the proxy refused the token itself (not the user, the database or TLS): the
+/// credentials that signed it may no longer be valid.
+pub(crate) fn is_iam_refusal(error: &Error) -> bool {
+    matches!(error, Error::Login { hint: Some(hint), .. } if *hint == HINT_IAM_FAILED)
+}
+
 /// A query failed on an open session.
 pub(crate) fn query_error(e: tokio_postgres::Error) -> Error {
     let message = match e.as_db_error() {

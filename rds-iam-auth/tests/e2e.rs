@@ -52,7 +52,7 @@ async fn config_without_ca(stack: &LocalStack, endpoint: &Endpoint) -> Config {
         .assume_role(stack.role_arn())
         .external_id(stack.external_id())
         .connect_address(endpoint.listen.to_string())
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(20))
         .sdk_config(sdk_config(stack, None).await)
 }
 
@@ -357,4 +357,114 @@ async fn pool_bounds_connections_and_survives_the_proxy_idle_timeout() {
         .get(0);
     assert_eq!(one, 1);
     assert_eq!(connector.credentials().refresh_count(), 1);
+}
+
+/// Base credentials from a list, one per fetch (the last one repeats), counting fetches.
+#[derive(Debug, Clone)]
+struct Sequence {
+    list: std::sync::Arc<Vec<Credentials>>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Sequence {
+    fn new(list: Vec<Credentials>) -> Self {
+        Self {
+            list: std::sync::Arc::new(list),
+            calls: Default::default(),
+        }
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl aws_credential_types::provider::ProvideCredentials for Sequence {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let credentials = self.list[n.min(self.list.len() - 1)].clone();
+        aws_credential_types::provider::future::ProvideCredentials::ready(Ok(credentials))
+    }
+}
+
+/// A session the proxy does not know (revoked, or rotated away), valid for an hour as far
+/// as the client can tell.
+fn revoked() -> Credentials {
+    Credentials::new(
+        "ASIAREVOKEDSESSION01",
+        "revoked-secret",
+        Some("revoked-session-token".to_owned()),
+        Some(std::time::SystemTime::now() + Duration::from_secs(3600)),
+        "test",
+    )
+}
+
+async fn connector_signing_with(stack: &LocalStack, provider: Sequence) -> rds_iam_auth::Connector {
+    let ep = ro(stack);
+    Config::new()
+        .hostname(&ep.hostname)
+        .port(ep.port)
+        .user(stack.db_user())
+        .database(stack.db_name())
+        .connect_address(ep.listen.to_string())
+        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
+        .sdk_config(sdk_config(stack, None).await)
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(provider),
+        )
+        .connector()
+        .await
+        .expect("connector")
+}
+
+#[tokio::test]
+async fn a_login_refused_for_revoked_credentials_is_retried_once_with_fresh_ones() {
+    let stack = stack().await;
+    // Valid role credentials from the STS stand-in.
+    let good = config(&stack, ro(&stack))
+        .await
+        .connector()
+        .await
+        .expect("connector")
+        .credentials()
+        .credentials()
+        .await
+        .expect("assumed role");
+
+    let provider = Sequence::new(vec![revoked(), good]);
+    let connector = connector_signing_with(&stack, provider.clone()).await;
+    let client = connector
+        .connect()
+        .await
+        .expect("retried with fresh credentials");
+    let one: i32 = client
+        .query_one("SELECT 1::int4", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(one, 1);
+    assert_eq!(
+        provider.calls(),
+        2,
+        "the refused credentials were replaced once"
+    );
+    connector.connect().await.expect("cached fresh credentials");
+    assert_eq!(provider.calls(), 2);
+
+    // A refusal that fresh credentials do not cure: one retry, then none for a minute.
+    let provider = Sequence::new(vec![revoked()]);
+    let connector = connector_signing_with(&stack, provider.clone()).await;
+    for _ in 0..3 {
+        let err = connector.connect().await.expect_err("refused");
+        assert_eq!(err.stage(), Stage::Login);
+        assert!(
+            err.to_string().contains("IAM authentication failed"),
+            "{err}"
+        );
+    }
+    assert_eq!(provider.calls(), 2, "one refresh, not one per connect");
 }
