@@ -301,7 +301,7 @@ async fn backend_down_fails_at_login_not_with_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pool_bounds_connections_and_survives_the_proxy_idle_timeout() {
-    use rds_iam_auth::pool::Pool;
+    use rds_iam_auth::pool::{Manager, Pool};
 
     let mut cfg = StackConfig::demo();
     cfg.proxy.idle_client_timeout_seconds = 1;
@@ -311,7 +311,7 @@ async fn pool_bounds_connections_and_survives_the_proxy_idle_timeout() {
         .connector()
         .await
         .expect("connector");
-    let pool = Pool::builder(connector.clone())
+    let pool = Pool::builder(Manager::new(connector.clone()))
         .max_size(3)
         .build()
         .expect("pool");
@@ -467,4 +467,127 @@ async fn a_login_refused_for_revoked_credentials_is_retried_once_with_fresh_ones
         );
     }
     assert_eq!(provider.calls(), 2, "one refresh, not one per connect");
+}
+
+/// A TCP relay in front of the proxy that can freeze the connections it carries: bytes
+/// stop flowing both ways but nothing is closed, as when a network path dies silently.
+struct Freezer {
+    addr: std::net::SocketAddr,
+    flows: std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl Freezer {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let flows: std::sync::Arc<std::sync::Mutex<Vec<_>>> = Default::default();
+        let registry = flows.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                registry.lock().expect("lock").push(frozen.clone());
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::pump(cr, sw, frozen.clone()));
+                tokio::spawn(Self::pump(sr, cw, frozen));
+            }
+        });
+        Self { addr, flows }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                // Hold both sockets open and forward nothing, forever.
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Freezes every connection open now; later ones flow normally.
+    fn freeze_existing(&self) {
+        for flow in self.flows.lock().expect("lock").iter() {
+            flow.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+async fn backend_pid(client: &rds_iam_auth::tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("query")
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_half_open_pooled_connection_is_replaced_within_the_recycle_timeout() {
+    use rds_iam_auth::pool::{Manager, Pool};
+    let stack = stack().await;
+    let freezer = Freezer::start(ro(&stack).listen).await;
+    let connector = config(&stack, ro(&stack))
+        .await
+        .connect_address(freezer.addr.to_string())
+        .connector()
+        .await
+        .expect("connector");
+    let manager = Manager::new(connector).recycle_timeout(Duration::from_millis(500));
+    let pool = Pool::builder(manager).max_size(1).build().expect("pool");
+    let first = backend_pid(&*pool.get().await.expect("first connection")).await;
+
+    freezer.freeze_existing();
+    let started = std::time::Instant::now();
+    let client = pool.get().await.expect("a new connection");
+    let took = started.elapsed();
+    assert_ne!(backend_pid(&client).await, first, "not the frozen session");
+    assert!(
+        took >= Duration::from_millis(500),
+        "the recycle check waited: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "and then gave up: {took:?}");
+}
+
+#[tokio::test]
+async fn pooled_connections_are_replaced_after_their_maximum_lifetime() {
+    use rds_iam_auth::pool::{Manager, Pool, Recycling};
+    let stack = stack().await;
+    let connector = config(&stack, ro(&stack))
+        .await
+        .connector()
+        .await
+        .expect("connector");
+    let manager = Manager::new(connector)
+        .recycling(Recycling::Fast)
+        .max_lifetime(Some(Duration::from_millis(800)));
+    let pool = Pool::builder(manager).max_size(1).build().expect("pool");
+    let first = backend_pid(&*pool.get().await.expect("first")).await;
+    assert_eq!(
+        backend_pid(&*pool.get().await.expect("reused")).await,
+        first,
+        "young connections are reused"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let replaced = backend_pid(&*pool.get().await.expect("replaced")).await;
+    assert_ne!(
+        replaced, first,
+        "an old connection is closed, a new one opened"
+    );
 }
