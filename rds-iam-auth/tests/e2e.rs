@@ -551,7 +551,7 @@ async fn a_half_open_pooled_connection_is_replaced_within_the_recycle_timeout() 
         .expect("connector");
     let manager = Manager::new(connector).recycle_timeout(Duration::from_millis(500));
     let pool = Pool::builder(manager).max_size(1).build().expect("pool");
-    let first = backend_pid(&*pool.get().await.expect("first connection")).await;
+    let first = backend_pid(&pool.get().await.expect("first connection")).await;
 
     freezer.freeze_existing();
     let started = std::time::Instant::now();
@@ -578,14 +578,14 @@ async fn pooled_connections_are_replaced_after_their_maximum_lifetime() {
         .recycling(Recycling::Fast)
         .max_lifetime(Some(Duration::from_millis(800)));
     let pool = Pool::builder(manager).max_size(1).build().expect("pool");
-    let first = backend_pid(&*pool.get().await.expect("first")).await;
+    let first = backend_pid(&pool.get().await.expect("first")).await;
     assert_eq!(
-        backend_pid(&*pool.get().await.expect("reused")).await,
+        backend_pid(&pool.get().await.expect("reused")).await,
         first,
         "young connections are reused"
     );
     tokio::time::sleep(Duration::from_millis(900)).await;
-    let replaced = backend_pid(&*pool.get().await.expect("replaced")).await;
+    let replaced = backend_pid(&pool.get().await.expect("replaced")).await;
     assert_ne!(
         replaced, first,
         "an old connection is closed, a new one opened"
