@@ -159,8 +159,12 @@ const TOPIC_SHAPE = 'an SNS topic ARN in the application account and region, suc
 const ROLES_SHAPE = 'a comma-separated list (or JSON array) of proxy endpoint target roles, each READ_ONLY or READ_WRITE, such as "READ_ONLY"';
 const INSTANCE_SHAPE = 'an RDS instance class without the "db." prefix, such as "t4g.medium" or "r7g.large"';
 const INSTANCE_RE = /^[a-z][a-z0-9-]*\.[a-z0-9]+$/;
-const ENGINE_SHAPE = 'an Aurora PostgreSQL version "MAJOR.MINOR" from 14 on (the application user is granted pg_read_all_data, new in 14), such as "17.9"';
-const ENGINE_RE = /^1[4-9]\.\d{1,2}$/;
+// 15 and later: pg_read_all_data (14+) for the application user, and schema public without
+// CREATE for PUBLIC (15+; on 14 schema public belongs to rdsadmin, so the master user cannot
+// take that privilege away and the provisioning check would fail the deployment).
+const ENGINE_SHAPE =
+  'an Aurora PostgreSQL version "MAJOR.MINOR" from 15 on (the read-only application user relies on pg_read_all_data and on schema public without CREATE for PUBLIC), such as "17.9"';
+const ENGINE_RE = /^1[5-9]\.\d{1,2}$/;
 const CODE_SOURCE_SHAPE = '"auto" (the built zip if present, else a stand-in), "zip" (the built zip, required) or "stand-in"';
 
 /** Parses "a.b.c.d/n" and checks octets, prefix range and alignment. */

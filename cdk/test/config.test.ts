@@ -79,7 +79,7 @@ describe('context validation', () => {
     ['lambda_code_source', 'docker', '"auto"'],
     ['database_engine_version', '17', 'an Aurora PostgreSQL version "MAJOR.MINOR"'],
     ['database_engine_version', '9.6', 'an Aurora PostgreSQL version "MAJOR.MINOR"'],
-    ['database_engine_version', '13.20', 'from 14 on (the application user is granted pg_read_all_data, new in 14)'],
+    ['database_engine_version', '14.17', 'from 15 on (the read-only application user relies on pg_read_all_data'],
   ])('%s = %j is rejected', (key, value, shape) => {
     const e = errorOf({ [key]: value });
     // A clash between the two users is reported on database_username.
