@@ -159,6 +159,21 @@ describe('context validation', () => {
     expect(isCidr('10.0.0.0')).toBe(false);
   });
 
+  test('bin/app.ts refuses the placeholder external ID for a deployment synth in one line (what make deploy would show)', () => {
+    const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'cdk-bin-'));
+    const ctx = { ...context(), lambda_code_source: 'zip' };
+    const r = spawnSync(
+      path.join(REPO_ROOT, 'cdk', 'node_modules', '.bin', 'ts-node'),
+      ['--transpile-only', '--project', 'cdk/tsconfig.json', 'cdk/bin/app.ts'],
+      { cwd: REPO_ROOT, env: { ...process.env, CDK_CONTEXT_JSON: JSON.stringify(ctx), CDK_OUTDIR: outdir }, encoding: 'utf8' },
+    );
+    fs.rmSync(outdir, { recursive: true, force: true });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(
+      `error: context "external_id" is the shipped placeholder: a deployment needs your own, at least 16 characters: run 'make deploy EXTERNAL_ID=generate ...' (or pass EXTERNAL_ID=<value>, or set "external_id" in cdk.json)\n`,
+    );
+  });
+
   test('bin/app.ts prints one line naming the key and exits 1 (what `cdk synth` shows)', () => {
     const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'cdk-bin-'));
     const ctx = { ...context(), database_account_id: '2222' };
