@@ -5,7 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { App } from 'aws-cdk-lib';
 import * as rds from 'aws-cdk-lib/aws-rds';
-import { ContextError, DEFAULT_ENGINE_VERSION, isCidr, loadConfig } from '../lib/config';
+import { CONTEXT_KEYS, ContextError, DEFAULT_ENGINE_VERSION, isCidr, loadConfig } from '../lib/config';
 import { context, REPO_ROOT } from './helpers';
 
 function load(overrides: Record<string, unknown>) {
@@ -139,6 +139,15 @@ describe('context validation', () => {
       expect(load({ lambda_code_source: 'stand-in' }).externalId).toBe('connectiontest-change-me');
       expect(load({ lambda_code_source: 'auto' }).externalId).toBe('connectiontest-change-me');
     });
+  });
+
+  test('every context key is in cdk.json and in the README configuration table', () => {
+    const readme = fs.readFileSync(path.join(REPO_ROOT, 'README.md'), 'utf8');
+    const ctx = JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'cdk.json'), 'utf8')).context;
+    for (const key of CONTEXT_KEYS) {
+      expect(readme).toContain(`\`${key}\``);
+      if (!['db_ca_bundle', 'db_connect_host'].includes(key)) expect(Object.keys(ctx)).toContain(key);
+    }
   });
 
   test('lists are accepted as JSON arrays too', () => {
