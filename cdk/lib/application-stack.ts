@@ -189,7 +189,7 @@ export class ApplicationStack extends OfflineStack {
       );
     }
 
-    // Failures are Lambda function errors (DESIGN.md 7), so the Errors metric sees every one.
+    // Failures are Lambda function errors, so the Errors metric sees every one.
     this.errorsAlarm = new cloudwatch.Alarm(this, 'ConnectionTestErrors', {
       alarmName: `${functionName}-errors`,
       alarmDescription: `${functionName} reported a function error: the cross-account database path is broken (see the function logs for the stage and hint)`,

@@ -58,7 +58,7 @@ export interface AppConfig {
   readonly lambdaCodeSource: LambdaCodeSource;
   /** Path of the built function, relative to the repository root (or absolute). */
   readonly lambdaZipPath: string;
-  /** Optional Lambda settings (DESIGN.md 7); empty string means "not set". */
+  /** Optional Lambda settings (DB_CA_BUNDLE, DB_CONNECT_HOST); empty string means "not set". */
   readonly dbCaBundle: string;
   readonly dbConnectHost: string;
 }

@@ -62,7 +62,7 @@ describe('ApplicationStack', () => {
     });
   });
 
-  test('Lambda environment is exactly the DESIGN.md 7 contract (no AWS_REGION: Lambda sets it)', () => {
+  test('Lambda environment is exactly the documented contract (no AWS_REGION: Lambda sets it)', () => {
     s.appTemplate.hasResourceProperties('AWS::Lambda::Function', {
       FunctionName: 'connectiontest-lambda',
       Environment: {
