@@ -1,6 +1,7 @@
-# CDK app (cdk/ and cdk.json): type check, jest, synth, cfn-lint, and the two-account
+# CDK app (cdk/ and cdk.json): type check, jest, synth, cfn-lint, checkov, and the two-account
 # deployment. Everything it needs is installed here on first use: cdk/node_modules (npm ci,
-# redone when package.json or package-lock.json change) and cfn-lint in .venv (from PyPI).
+# redone when package.json or package-lock.json change), cfn-lint and checkov in .venv (from
+# PyPI, versions pinned in cdk/requirements-*.txt).
 CDK_DIR      := $(ROOT)/cdk
 CDK_BIN      := $(CDK_DIR)/node_modules/.bin
 CDK_STAMP    := $(CDK_DIR)/node_modules/.npm-ci.stamp
@@ -8,19 +9,22 @@ CDK_OUT      := $(ROOT)/cdk.out
 VENV         := $(ROOT)/.venv
 CFN_LINT     := $(VENV)/bin/cfn-lint
 CFN_LINT_REQ := $(CDK_DIR)/requirements-cfn-lint.txt
+CHECKOV      := $(VENV)/bin/checkov
+CHECKOV_REQ  := $(CDK_DIR)/requirements-checkov.txt
 
 # make deploy / invoke / destroy inputs (see scripts/cdk-common.sh).
 APP_PROFILE ?=
 DB_PROFILE  ?=
 REGION      ?=
 DRY_RUN     ?=
+EXTERNAL_ID ?=
 CDK_SCRIPT_ENV = PATH="$(CDK_BIN):$$PATH" MAKE="$(MAKE)" APP_PROFILE="$(APP_PROFILE)" \
-	DB_PROFILE="$(DB_PROFILE)" REGION="$(REGION)" DRY_RUN="$(DRY_RUN)"
+	DB_PROFILE="$(DB_PROFILE)" REGION="$(REGION)" DRY_RUN="$(DRY_RUN)" EXTERNAL_ID="$(EXTERNAL_ID)"
 
 EXTRA_TESTS += test-cdk
 EXTRA_LINTS += lint-cdk
 
-.PHONY: cdk-deps lint-cdk test-cdk synth deploy invoke destroy
+.PHONY: cdk-deps lint-cdk test-cdk synth checkov deploy invoke destroy
 
 $(CDK_STAMP): $(CDK_DIR)/package.json $(CDK_DIR)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm not found: install Node.js 20+ with npm (apt-get install nodejs npm, or nodejs.org)"; exit 1; }
@@ -39,23 +43,37 @@ $(CFN_LINT): $(CFN_LINT_REQ)
 		{ echo "could not install cfn-lint from PyPI into $(VENV): check network access to PyPI"; exit 1; }
 	@touch $@
 
+# Installed after cfn-lint (both pins must resolve together in one venv).
+$(CHECKOV): $(CHECKOV_REQ) $(CFN_LINT)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r $(CHECKOV_REQ) -r $(CFN_LINT_REQ) || \
+		{ echo "could not install checkov from PyPI into $(VENV): check network access to PyPI (or run $(VENV)/bin/pip install -r $(CHECKOV_REQ))"; exit 1; }
+	@touch $@
+
 lint-cdk: $(CDK_STAMP) ## TypeScript type check of the CDK app and its tests (tsc --noEmit)
 	cd $(CDK_DIR) && $(CDK_BIN)/tsc --noEmit -p .
 
-test-cdk: lint-cdk $(CFN_LINT) ## CDK: jest (assertions, cdk-nag, context checks, deploy scripts), synth, cfn-lint
+test-cdk: lint-cdk $(CFN_LINT) $(CHECKOV) ## CDK: jest (assertions, cdk-nag, context checks, deploy scripts, provisioning SQL on PostgreSQL), synth, cfn-lint, checkov
 	cd $(CDK_DIR) && $(CDK_BIN)/jest --runInBand
 	@$(MAKE) --no-print-directory synth
 	@# W3005 (DependsOn duplicating a Ref/GetAtt) is emitted by CDK's own constructs: harmless noise.
 	$(CFN_LINT) --non-zero-exit-code error --ignore-checks W3005 -- $(CDK_OUT)/*.template.json
-	@echo "test-cdk: jest, synth (cdk-nag AwsSolutions clean) and cfn-lint (no errors) passed"
+	@$(MAKE) --no-print-directory checkov
+	@echo "test-cdk: jest, synth (cdk-nag AwsSolutions clean), cfn-lint (no errors) and checkov (no unsuppressed failure) passed"
+
+checkov: $(CHECKOV) ## checkov on the synthesized templates in cdk.out/ (run make synth first); fails on any unsuppressed finding
+	@ls $(CDK_OUT)/ApplicationStack.template.json $(CDK_OUT)/DatabaseStack.template.json >/dev/null 2>&1 || \
+		{ echo "checkov: no templates in $(CDK_OUT): run 'make synth' first"; exit 1; }
+	@# Suppressions live in each resource's Metadata.checkov.skip, each with its reason (lib/checkov.ts).
+	$(CHECKOV) --quiet --compact --framework cloudformation --skip-download \
+		-f $(CDK_OUT)/ApplicationStack.template.json -f $(CDK_OUT)/DatabaseStack.template.json
 
 synth: $(CDK_STAMP) ## Synthesize both stacks into cdk.out/ offline; fails on any cdk-nag finding
 	cd $(ROOT) && $(CDK_BIN)/cdk synth --quiet
 
-deploy: $(CDK_STAMP) ## Build, then deploy both stacks in 3 phases: APP_PROFILE=.. DB_PROFILE=.. [REGION=..] [DRY_RUN=1]
+deploy: $(CDK_STAMP) ## Build, then deploy both stacks in 3 phases: APP_PROFILE=.. DB_PROFILE=.. [EXTERNAL_ID=..|generate] [REGION=..] [DRY_RUN=1]
 	@$(CDK_SCRIPT_ENV) bash $(ROOT)/scripts/deploy.sh
 
-invoke: ## Invoke connectiontest-lambda and print its answer: APP_PROFILE=.. [REGION=..]
+invoke: ## Invoke the connection-test function and print its answer: APP_PROFILE=.. [REGION=..]
 	@$(CDK_SCRIPT_ENV) bash $(ROOT)/scripts/cdk-invoke.sh
 
 destroy: $(CDK_STAMP) ## Delete DatabaseStack, then ApplicationStack: APP_PROFILE=.. DB_PROFILE=.. [REGION=..] [DRY_RUN=1]

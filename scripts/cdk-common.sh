@@ -6,7 +6,8 @@
 #   APP_PROFILE  AWS CLI profile of the application account
 #   DB_PROFILE   AWS CLI profile of the database account
 #   REGION       region of both stacks (default: "region" in cdk.json)
-#   EXTERNAL_ID  optional: overrides "external_id" in cdk.json
+#   EXTERNAL_ID  optional: overrides "external_id" in cdk.json; "generate" makes a new random one
+#                (make deploy refuses the shipped placeholder and anything under 16 characters)
 #   DRY_RUN=1    print every command instead of running it (no AWS call at all)
 #   MAKE         make to run `make build` with (default: make)
 #   LAMBDA_ZIP   the built function (default: target/lambda/connection-test/bootstrap.zip)
@@ -17,7 +18,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 APP_STACK=ApplicationStack
 DB_STACK=DatabaseStack
-FUNCTION_NAME=connectiontest-lambda
 DRY_RUN="${DRY_RUN:-0}"
 LAMBDA_ZIP="${LAMBDA_ZIP:-$ROOT/target/lambda/connection-test/bootstrap.zip}"
 PROG="${PROG:-$(basename "$0" .sh)}"
@@ -70,14 +70,53 @@ need_profile() {
 }
 USAGE_BOTH_PROFILES="APP_PROFILE=<application-account profile> DB_PROFILE=<database-account profile> [REGION=us-east-1] [DRY_RUN=1]"
 
+# cdk_context KEY VAR-NAME: a value of "context" in cdk.json ("" when absent).
+cdk_context() {
+  local key="$1" var="$2" value
+  command -v node >/dev/null 2>&1 || die "node not found: install Node.js 20+ (needed to read $key from cdk.json)"
+  value="$(node -e 'const c=require(process.argv[1]).context||{};const v=c[process.argv[2]];process.stdout.write(v==null?"":String(v))' "$ROOT/cdk.json" "$key")" ||
+    die "could not read \"$key\" from $ROOT/cdk.json"
+  printf -v "$var" '%s' "$value"
+}
+
+# The function's name: defined once, as "function_name" in cdk.json (the stacks read it too).
+resolve_function_name() {
+  cdk_context function_name FUNCTION_NAME
+  [[ "$FUNCTION_NAME" =~ ^[A-Za-z0-9_-]{1,64}$ ]] || die "\"function_name\" in $ROOT/cdk.json is '$FUNCTION_NAME', not a Lambda function name"
+}
+
 # REGION from the environment, else "region" in cdk.json.
 resolve_region() {
   if [[ -z "${REGION:-}" ]]; then
-    command -v node >/dev/null 2>&1 || die "node not found and REGION not set: pass REGION=... or install Node.js 20+"
-    REGION="$(node -e 'const c=require(process.argv[1]).context||{};process.stdout.write(String(c.region||""))' "$ROOT/cdk.json")" ||
-      die "could not read \"region\" from $ROOT/cdk.json: pass REGION=..."
+    cdk_context region REGION
+    [[ -n "$REGION" ]] || die "no \"region\" in $ROOT/cdk.json: pass REGION=..."
   fi
   [[ "$REGION" =~ ^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]$ ]] || die "REGION '$REGION' is not an AWS region name such as us-east-1"
+}
+
+PLACEHOLDER_EXTERNAL_ID=connectiontest-change-me
+MIN_EXTERNAL_ID_LENGTH=16
+EXTERNAL_ID_HOWTO="set one with 'make deploy EXTERNAL_ID=generate ...' (prints a new random one), EXTERNAL_ID=<16+ characters>, or \"external_id\" in cdk.json"
+
+# The external ID for a deployment: EXTERNAL_ID from the environment ("generate": a new random
+# one, printed), else "external_id" in cdk.json; never the shipped placeholder, never short.
+# The same value goes to both stacks (the role's trust policy and the Lambda's EXTERNAL_ID).
+resolve_external_id() {
+  if [[ "${EXTERNAL_ID:-}" == generate ]]; then
+    EXTERNAL_ID="connectiontest-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    say "generated external ID: $EXTERNAL_ID"
+    say "keep it: pass EXTERNAL_ID=$EXTERNAL_ID to later 'make deploy' runs or put it in cdk.json (\"external_id\")"
+  elif [[ -z "${EXTERNAL_ID:-}" ]]; then
+    cdk_context external_id EXTERNAL_ID
+  fi
+  if [[ "$EXTERNAL_ID" == "$PLACEHOLDER_EXTERNAL_ID" ]]; then
+    die "the external ID is the shipped placeholder '$PLACEHOLDER_EXTERNAL_ID': $EXTERNAL_ID_HOWTO"
+  fi
+  if ((${#EXTERNAL_ID} < MIN_EXTERNAL_ID_LENGTH)); then
+    die "the external ID is ${#EXTERNAL_ID} characters long, at least $MIN_EXTERNAL_ID_LENGTH are needed: $EXTERNAL_ID_HOWTO"
+  fi
+  [[ "$EXTERNAL_ID" =~ ^[A-Za-z0-9+=,.@:/_-]{16,1224}$ ]] ||
+    die "the external ID may only contain A-Z a-z 0-9 and + = , . @ : / _ -: $EXTERNAL_ID_HOWTO"
 }
 
 # account_of PROFILE VAR-NAME: the 12-digit account id behind a profile (placeholder in dry runs).

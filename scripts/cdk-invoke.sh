@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make invoke: run connectiontest-lambda once and print what it returned.
+# make invoke: run the connection-test function ("function_name" in cdk.json) once and print
+# what it returned.
 #
 # Success is the function's JSON ("Database connection was successful!"); a failure is a
 # Lambda function error whose type names the stage and whose message gives cause and hint,
@@ -12,6 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/cdk-common.sh"
 need_profile APP_PROFILE "make invoke APP_PROFILE=<application-account profile> [REGION=us-east-1] [DRY_RUN=1]"
 need_tool aws "aws (AWS CLI v2) not found on PATH: install it, see https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
 resolve_region
+resolve_function_name
 cd "$ROOT"
 
 RESPONSE_FILE="${RESPONSE_FILE:-response.json}"

@@ -8,7 +8,9 @@
 #              ApplicationProxyEndpoint
 #   phase 3/3  redeploy ApplicationStack so the Lambda gets the proxy endpoint
 #
-# Every step prints its command first; DRY_RUN=1 prints them all without running anything.
+# The external ID (EXTERNAL_ID=..., EXTERNAL_ID=generate, or "external_id" in cdk.json) is
+# checked before anything else runs: the shipped placeholder and IDs under 16 characters are
+# refused. Every step prints its command first; DRY_RUN=1 prints them all without running anything.
 # The first failing step stops the run with one line naming it. Re-running is safe:
 # CloudFormation leaves unchanged stacks alone. Inputs: see scripts/cdk-common.sh.
 PROG=deploy
@@ -21,6 +23,7 @@ need_profile DB_PROFILE "$usage"
 need_tool aws "aws (AWS CLI v2) not found on PATH: install it, see https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
 need_tool cdk "cdk not found on PATH: run 'npm ci --prefix cdk' (make test-cdk does it) and use 'make deploy'"
 resolve_region
+resolve_external_id
 cd "$ROOT"
 
 say "region $REGION; application account via profile '$APP_PROFILE', database account via profile '$DB_PROFILE'"

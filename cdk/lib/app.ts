@@ -1,7 +1,8 @@
 /** Builds the app: both stacks from one validated config, with cdk-nag AwsSolutions on both. */
-import { App, Validations } from 'aws-cdk-lib';
+import { App, Aspects, Validations } from 'aws-cdk-lib';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { ApplicationStack } from './application-stack';
+import { CdkHelperFunctionSkips } from './checkov';
 import { loadConfig } from './config';
 import { DatabaseStack } from './database-stack';
 
@@ -21,6 +22,9 @@ export function buildApp(app: App): ConnectionTestApp {
     config,
     description: 'connectiontest: database account (Aurora PostgreSQL, RDS Proxy with IAM auth, cross-account role)',
   });
+  // checkov: reasons for CDK's own helper functions (ours carry their own, see the stacks).
+  Aspects.of(application).add(new CdkHelperFunctionSkips(() => [application.function]));
+  Aspects.of(database).add(new CdkHelperFunctionSkips(() => [database.provisioner]));
   // cdk-nag v3 is a policy-validation plugin: any unacknowledged finding fails synth.
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app, { verbose: true }));
   return { app, application, database };

@@ -6,17 +6,20 @@
  */
 import { Annotations, CfnOutput, Duration, Fn, RemovalPolicy, Validations } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as cloudwatchActions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as ram from 'aws-cdk-lib/aws-ram';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import { Construct } from 'constructs';
-import { ConnectionTestStackProps, OfflineStack, POSTGRES_PORT, subnetMask } from './base-stack';
+import { ConnectionTestStackProps, logsKey, OfflineStack, POSTGRES_PORT, subnetMask } from './base-stack';
+import { skipCheckov } from './checkov';
 import { databaseConnectRoleArn } from './config';
 import { chooseLambdaCode } from './lambda-code';
-
-export const FUNCTION_NAME = 'connectiontest-lambda';
 
 export class ApplicationStack extends OfflineStack {
   public readonly vpc: ec2.Vpc;
@@ -24,6 +27,10 @@ export class ApplicationStack extends OfflineStack {
   public readonly role: iam.Role;
   public readonly lambdaSecurityGroup: ec2.SecurityGroup;
   public readonly errorsAlarm: cloudwatch.Alarm;
+  /** Where the errors alarm notifies, if alarm_email or alarm_topic_arn is set. */
+  public readonly alarmTopic?: sns.ITopic;
+  /** Customer managed key of the log groups (and of the alarm topic this stack creates). */
+  public readonly key: kms.Key;
   /** True when the function's code is the stand-in (no `make build` yet). */
   public readonly usesStandInAsset: boolean;
   /** Absolute path of what was packaged as the function's code. */
@@ -33,11 +40,14 @@ export class ApplicationStack extends OfflineStack {
     super(scope, id, props.config.applicationAccountId, props);
     const cfg = props.config;
     const dbRoleArn = databaseConnectRoleArn(cfg, this.partition);
+    const functionName = cfg.functionName;
+    this.key = logsKey(this, 'ApplicationKey', 'connectiontest ApplicationStack: log groups and the alarm topic');
 
     // --- Network: isolated subnets only (no NAT, no internet gateway) -------------------
     const flowLogGroup = new logs.LogGroup(this, 'VpcFlowLogs', {
       retention: logs.RetentionDays.ONE_MONTH,
       removalPolicy: RemovalPolicy.DESTROY,
+      encryptionKey: this.key,
     });
     this.vpc = new ec2.Vpc(this, 'ApplicationVpc', {
       vpcName: 'connectiontest-application-vpc',
@@ -128,9 +138,10 @@ export class ApplicationStack extends OfflineStack {
     this.usesStandInAsset = code.standIn;
     this.lambdaAssetPath = code.assetPath;
     const functionLogs = new logs.LogGroup(this, 'FunctionLogs', {
-      logGroupName: `/aws/lambda/${FUNCTION_NAME}`,
+      logGroupName: `/aws/lambda/${functionName}`,
       retention: logs.RetentionDays.ONE_MONTH,
       removalPolicy: RemovalPolicy.DESTROY,
+      encryptionKey: this.key,
     });
     const environment: Record<string, string> = {
       DATABASE_ACCOUNT_IAM_ROLE: dbRoleArn,
@@ -144,7 +155,7 @@ export class ApplicationStack extends OfflineStack {
     if (cfg.dbConnectHost) environment.DB_CONNECT_HOST = cfg.dbConnectHost;
 
     this.function = new lambda.Function(this, 'ConnectionTestFunction', {
-      functionName: FUNCTION_NAME,
+      functionName,
       description: 'Proves the cross-account path: AssumeRole, IAM token, TLS to the RDS Proxy endpoint, a read',
       runtime: lambda.Runtime.PROVIDED_AL2023,
       architecture: lambda.Architecture.ARM_64,
@@ -156,8 +167,20 @@ export class ApplicationStack extends OfflineStack {
       securityGroups: [this.lambdaSecurityGroup],
       memorySize: 256,
       timeout: Duration.seconds(30),
+      // Each invocation holds one client connection on the proxy (and signs one IAM login):
+      // this caps them, so a runaway caller cannot crowd out the proxy or its IAM auth rate.
+      reservedConcurrentExecutions: cfg.lambdaReservedConcurrency,
       logGroup: functionLogs,
       environment,
+    });
+    skipCheckov(this.function, {
+      CKV_AWS_116:
+        'Invoked synchronously (make invoke, or a caller that reads the answer): a failure is returned to the caller as a function error ' +
+        'and counted by the Errors alarm; a dead-letter queue only receives failed asynchronous invocations.',
+      CKV_AWS_173:
+        'The environment holds ARNs, a host name, database and user names and the external ID, none of them a credential (the external ID ' +
+        'only works together with this role\'s own credentials); Lambda encrypts it at rest with an AWS managed key, and a customer managed ' +
+        'key would add a kms:Decrypt call to every cold start.',
     });
     if (!cfg.applicationRdsProxyEndpoint) {
       Annotations.of(this.function).addInfo(
@@ -166,16 +189,47 @@ export class ApplicationStack extends OfflineStack {
       );
     }
 
-    // Failures are Lambda function errors (DESIGN.md 7), so the Errors metric sees every one.
+    // Failures are Lambda function errors, so the Errors metric sees every one.
     this.errorsAlarm = new cloudwatch.Alarm(this, 'ConnectionTestErrors', {
-      alarmName: `${FUNCTION_NAME}-errors`,
-      alarmDescription: 'connectiontest-lambda reported a function error: the cross-account database path is broken (see the function logs for the stage and hint)',
+      alarmName: `${functionName}-errors`,
+      alarmDescription: `${functionName} reported a function error: the cross-account database path is broken (see the function logs for the stage and hint)`,
       metric: this.function.metricErrors({ period: Duration.minutes(5), statistic: cloudwatch.Stats.SUM }),
       threshold: 1,
       evaluationPeriods: 1,
       comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     });
+    if (cfg.alarmEmail) {
+      const topic = new sns.Topic(this, 'AlarmTopic', {
+        topicName: `${functionName}-alarms`,
+        displayName: `${functionName} alarms`,
+        masterKey: this.key,
+        enforceSSL: true,
+      });
+      // CloudWatch publishes to the encrypted topic: it needs the key, for this account's alarms only.
+      this.key.addToResourcePolicy(
+        new iam.PolicyStatement({
+          sid: 'CloudWatchAlarmsOfThisAccount',
+          principals: [new iam.ServicePrincipal('cloudwatch.amazonaws.com')],
+          actions: ['kms:Decrypt', 'kms:GenerateDataKey*'],
+          resources: ['*'],
+          conditions: { StringEquals: { 'aws:SourceAccount': this.account } },
+        }),
+      );
+      topic.addSubscription(new subscriptions.EmailSubscription(cfg.alarmEmail));
+      this.alarmTopic = topic;
+    } else if (cfg.alarmTopicArn) {
+      this.alarmTopic = sns.Topic.fromTopicArn(this, 'AlarmTopic', cfg.alarmTopicArn);
+    }
+    if (this.alarmTopic) {
+      const action = new cloudwatchActions.SnsAction(this.alarmTopic);
+      this.errorsAlarm.addAlarmAction(action);
+      this.errorsAlarm.addOkAction(action);
+    } else {
+      Annotations.of(this.errorsAlarm).addInfo(
+        'the errors alarm has no action: set context alarm_email (a new topic) or alarm_topic_arn (yours) to be notified',
+      );
+    }
 
     // --- Outputs read by `make deploy` (phase 2) --------------------------------------------
     new CfnOutput(this, 'ApplicationVpcId', { value: this.vpc.vpcId, description: 'VPC id (context application_vpc_id)' });

@@ -35,17 +35,30 @@ export interface AppConfig {
   readonly applicationRdsProxyEndpoint: string;
   readonly lambdaRoleName: string;
   readonly databaseConnectRoleName: string;
+  /** Name of connectiontest-lambda: one definition for the stacks and the scripts (cdk.json). */
+  readonly functionName: string;
+  /**
+   * The application's database user: created at deploy time by DatabaseStack, read-only,
+   * IAM authentication only (no password). DB_USERNAME and the rds-db:connect ARN name it.
+   */
   readonly databaseUsername: string;
+  /** The cluster's master user: used only by the provisioning function and secret rotation. */
+  readonly databaseMasterUsername: string;
   readonly databaseName: string;
   readonly targetRoles: TargetRole[];
   readonly externalId: string;
+  /** Reserved concurrency of connectiontest-lambda: the most connections it can open at once. */
+  readonly lambdaReservedConcurrency: number;
+  /** Where the errors alarm notifies: a new topic with this e-mail subscribed, or an existing topic. */
+  readonly alarmEmail: string;
+  readonly alarmTopicArn: string;
   readonly databaseInstanceType: string;
   /** Aurora PostgreSQL engine version, "MAJOR.MINOR" (e.g. "17.9"). */
   readonly databaseEngineVersion: string;
   readonly lambdaCodeSource: LambdaCodeSource;
   /** Path of the built function, relative to the repository root (or absolute). */
   readonly lambdaZipPath: string;
-  /** Optional Lambda settings (DESIGN.md 7); empty string means "not set". */
+  /** Optional Lambda settings (DB_CA_BUNDLE, DB_CONNECT_HOST); empty string means "not set". */
   readonly dbCaBundle: string;
   readonly dbConnectHost: string;
 }
@@ -62,10 +75,15 @@ export const CONTEXT_KEYS = [
   'application_rds_proxy_endpoint',
   'connectiontest_lambda_role_name',
   'database_account_rdsdb_connect_role_name',
+  'function_name',
   'database_username',
+  'database_master_username',
   'database_name',
   'target_roles',
   'external_id',
+  'lambda_reserved_concurrency',
+  'alarm_email',
+  'alarm_topic_arn',
   'database_instance_type',
   'database_engine_version',
   'lambda_code_source',
@@ -128,11 +146,25 @@ const PG_IDENT_SHAPE = 'a PostgreSQL identifier: a letter, then up to 62 letters
 const PG_IDENT_RE = /^[A-Za-z][A-Za-z0-9_]{0,62}$/;
 const EXTERNAL_ID_SHAPE = 'an STS external id: 2 to 1224 characters from A-Z a-z 0-9 + = , . @ : / _ -';
 const EXTERNAL_ID_RE = /^[\w+=,.@:/-]{2,1224}$/;
+/** The external id shipped in cdk.json: fine for synth and the tests, refused for a deployment. */
+export const PLACEHOLDER_EXTERNAL_ID = 'connectiontest-change-me';
+/** Shortest external id accepted for a deployment (lambda_code_source "zip", what make deploy uses). */
+export const MIN_DEPLOY_EXTERNAL_ID_LENGTH = 16;
+const FUNCTION_SHAPE = 'a Lambda function name: 1 to 64 characters from A-Z a-z 0-9 _ -';
+const FUNCTION_RE = /^[A-Za-z0-9_-]{1,64}$/;
+const CONCURRENCY_SHAPE = 'a whole number from 1 to 50 (the most connections the function may hold on the proxy at once)';
+const EMAIL_SHAPE = 'an e-mail address such as "ops@example.com", or "" for none';
+const EMAIL_RE = /^[^@\s]+@[^@\s]+\.[^@\s]+$/;
+const TOPIC_SHAPE = 'an SNS topic ARN in the application account and region, such as "arn:aws:sns:us-east-1:111111111111:alerts", or "" for none';
 const ROLES_SHAPE = 'a comma-separated list (or JSON array) of proxy endpoint target roles, each READ_ONLY or READ_WRITE, such as "READ_ONLY"';
 const INSTANCE_SHAPE = 'an RDS instance class without the "db." prefix, such as "t4g.medium" or "r7g.large"';
 const INSTANCE_RE = /^[a-z][a-z0-9-]*\.[a-z0-9]+$/;
-const ENGINE_SHAPE = 'an Aurora PostgreSQL version "MAJOR.MINOR" that RDS Proxy supports, such as "17.9"';
-const ENGINE_RE = /^1[3-9]\.\d{1,2}$/;
+// 15 and later: pg_read_all_data (14+) for the application user, and schema public without
+// CREATE for PUBLIC (15+; on 14 schema public belongs to rdsadmin, so the master user cannot
+// take that privilege away and the provisioning check would fail the deployment).
+const ENGINE_SHAPE =
+  'an Aurora PostgreSQL version "MAJOR.MINOR" from 15 on (the read-only application user relies on pg_read_all_data and on schema public without CREATE for PUBLIC), such as "17.9"';
+const ENGINE_RE = /^1[5-9]\.\d{1,2}$/;
 const CODE_SOURCE_SHAPE = '"auto" (the built zip if present, else a stand-in), "zip" (the built zip, required) or "stand-in"';
 
 /** Parses "a.b.c.d/n" and checks octets, prefix range and alignment. */
@@ -165,6 +197,27 @@ function list(node: Node, key: Key, shape: string): string[] {
   return items as string[];
 }
 
+/** PostgreSQL role names RDS or PostgreSQL keep for themselves. */
+const RESERVED_DB_USERS = ['rdsadmin', 'rdsproxyadmin', 'rds_superuser', 'rds_iam', 'rds_replication', 'rds_password', 'public'];
+
+function databaseUser(node: Node, key: Key, fallback?: string): string {
+  const value = matching(node, key, PG_IDENT_SHAPE, PG_IDENT_RE, fallback === undefined ? {} : { fallback });
+  const lower = value.toLowerCase();
+  if (RESERVED_DB_USERS.includes(lower) || lower.startsWith('pg_') || lower.startsWith('rds_')) {
+    throw invalid(key, `${PG_IDENT_SHAPE}, not a name reserved by PostgreSQL or RDS (rdsadmin, rdsproxyadmin, pg_*, rds_*)`, value);
+  }
+  return value;
+}
+
+/** A whole number in [min, max], written as a JSON number or a string (the form -c carries). */
+function integer(node: Node, key: Key, shape: string, min: number, max: number, fallback: number): number {
+  const raw: unknown = node.tryGetContext(key);
+  if (raw === undefined || raw === null || raw === '') return fallback;
+  const value = typeof raw === 'number' ? raw : typeof raw === 'string' && /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN;
+  if (!Number.isInteger(value) || value < min || value > max) throw invalid(key, shape, raw);
+  return value;
+}
+
 export function loadConfig(node: Node): AppConfig {
   const region = matching(node, 'region', REGION_SHAPE, REGION_RE);
   const applicationAccountId = matching(node, 'application_account_id', ACCOUNT_SHAPE, ACCOUNT_RE);
@@ -187,14 +240,44 @@ export function loadConfig(node: Node): AppConfig {
     throw invalid('target_roles', ROLES_SHAPE, node.tryGetContext('target_roles'));
   }
 
-  const databaseUsername = matching(node, 'database_username', PG_IDENT_SHAPE, PG_IDENT_RE);
-  if (['rdsadmin', 'rdsproxyadmin', 'rds_superuser'].includes(databaseUsername.toLowerCase())) {
-    throw invalid('database_username', `${PG_IDENT_SHAPE}, not a name reserved by RDS`, databaseUsername);
+  const databaseUsername = databaseUser(node, 'database_username');
+  const databaseMasterUsername = databaseUser(node, 'database_master_username', 'dbadmin');
+  if (databaseUsername.toLowerCase() === databaseMasterUsername.toLowerCase()) {
+    throw invalid(
+      'database_username',
+      `${PG_IDENT_SHAPE}, other than database_master_username: the application must not log in as the master user`,
+      databaseUsername,
+    );
   }
 
   const lambdaCodeSource = str(node, 'lambda_code_source', CODE_SOURCE_SHAPE, { fallback: 'auto' }) || 'auto';
   if (!['auto', 'zip', 'stand-in'].includes(lambdaCodeSource)) {
     throw invalid('lambda_code_source', CODE_SOURCE_SHAPE, lambdaCodeSource);
+  }
+
+  const externalId = matching(node, 'external_id', EXTERNAL_ID_SHAPE, EXTERNAL_ID_RE);
+  // A deployment (make deploy synthesizes with lambda_code_source=zip) must not carry the
+  // placeholder: the trust policy would then accept a value anyone can read in this repository.
+  if (lambdaCodeSource === 'zip' && (externalId === PLACEHOLDER_EXTERNAL_ID || externalId.length < MIN_DEPLOY_EXTERNAL_ID_LENGTH)) {
+    throw new ContextError(
+      'external_id',
+      `context "external_id" is ${externalId === PLACEHOLDER_EXTERNAL_ID ? 'the shipped placeholder' : `only ${externalId.length} characters long`}: ` +
+        `a deployment needs your own, at least ${MIN_DEPLOY_EXTERNAL_ID_LENGTH} characters: run 'make deploy EXTERNAL_ID=generate ...' ` +
+        `(or pass EXTERNAL_ID=<value>, or set "external_id" in cdk.json)`,
+    );
+  }
+
+  const alarmEmail = matching(node, 'alarm_email', EMAIL_SHAPE, EMAIL_RE, { optional: true });
+  const alarmTopicArn = str(node, 'alarm_topic_arn', TOPIC_SHAPE, { optional: true });
+  if (alarmTopicArn) {
+    const m = /^arn:aws[a-z-]*:sns:([a-z0-9-]+):(\d{12}):[A-Za-z0-9_-]{1,256}$/.exec(alarmTopicArn);
+    if (!m || m[1] !== region || m[2] !== applicationAccountId) throw invalid('alarm_topic_arn', TOPIC_SHAPE, alarmTopicArn);
+  }
+  if (alarmEmail && alarmTopicArn) {
+    throw new ContextError(
+      'alarm_topic_arn',
+      'context "alarm_email" and "alarm_topic_arn" are both set: set one (alarm_email creates a topic, alarm_topic_arn uses yours), or neither for an alarm without an action',
+    );
   }
 
   return {
@@ -208,10 +291,15 @@ export function loadConfig(node: Node): AppConfig {
     applicationRdsProxyEndpoint: matching(node, 'application_rds_proxy_endpoint', HOST_SHAPE, HOST_RE, { optional: true }),
     lambdaRoleName: matching(node, 'connectiontest_lambda_role_name', ROLE_SHAPE, ROLE_RE),
     databaseConnectRoleName: matching(node, 'database_account_rdsdb_connect_role_name', ROLE_SHAPE, ROLE_RE),
+    functionName: matching(node, 'function_name', FUNCTION_SHAPE, FUNCTION_RE),
     databaseUsername,
+    databaseMasterUsername,
     databaseName: matching(node, 'database_name', PG_IDENT_SHAPE, PG_IDENT_RE),
     targetRoles: roles as TargetRole[],
-    externalId: matching(node, 'external_id', EXTERNAL_ID_SHAPE, EXTERNAL_ID_RE),
+    externalId,
+    lambdaReservedConcurrency: integer(node, 'lambda_reserved_concurrency', CONCURRENCY_SHAPE, 1, 50, 5),
+    alarmEmail,
+    alarmTopicArn,
     databaseInstanceType: matching(node, 'database_instance_type', INSTANCE_SHAPE, INSTANCE_RE, { fallback: 't4g.medium' }),
     databaseEngineVersion: matching(node, 'database_engine_version', ENGINE_SHAPE, ENGINE_RE, { fallback: DEFAULT_ENGINE_VERSION }),
     lambdaCodeSource: lambdaCodeSource as LambdaCodeSource,

@@ -1,17 +1,29 @@
 /**
  * DatabaseStack (database account): an isolated VPC with Aurora PostgreSQL (IAM auth,
- * encrypted, a writer and a reader), its secret rotated by a function that can reach both the
- * cluster and Secrets Manager, an RDS Proxy that requires IAM auth and TLS, proxy endpoints in
- * the application account's shared subnets, and the role the application's Lambda assumes.
+ * encrypted, a writer and a reader, enhanced monitoring), its master secret (customer managed
+ * key) rotated by a function that can reach both the cluster and Secrets Manager, the
+ * application's own read-only database user created at deploy time, an RDS Proxy with
+ * end-to-end IAM authentication (no secret at all), proxy endpoints in the application
+ * account's shared subnets, and the role the application's Lambda assumes.
  */
-import { CfnOutput, Duration, Fn, RemovalPolicy, Validations } from 'aws-cdk-lib';
+import * as crypto from 'crypto';
+import * as fs from 'fs';
+import * as path from 'path';
+import { CfnOutput, CustomResource, Duration, Fn, RemovalPolicy, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as rds from 'aws-cdk-lib/aws-rds';
+import * as cr from 'aws-cdk-lib/custom-resources';
 import { Construct } from 'constructs';
-import { ConnectionTestStackProps, OfflineStack, POSTGRES_PORT, subnetMask } from './base-stack';
+import { ConnectionTestStackProps, logsKey, OfflineStack, POSTGRES_PORT, subnetMask } from './base-stack';
+import { skipCheckov } from './checkov';
 import { lambdaRoleArn, roleSlug, rolePascal } from './config';
+
+/** The provisioning function's code: plain JavaScript on Node's built-ins, no build step. */
+export const PROVISIONER_DIR = path.resolve(__dirname, '..', 'lambda', 'provision-db-user');
 
 /** Aurora PostgreSQL engine version from context ("17.9" by default: see config.ts). */
 export function engineVersion(version: string): rds.AuroraPostgresEngineVersion {
@@ -25,17 +37,26 @@ export class DatabaseStack extends OfflineStack {
   public readonly cluster: rds.DatabaseCluster;
   public readonly proxy: rds.DatabaseProxy;
   public readonly connectRole: iam.Role;
+  public readonly proxyRole: iam.Role;
   public readonly proxyEndpoints: rds.CfnDBProxyEndpoint[] = [];
+  /** Customer managed key of the master secret and the stack's log groups. */
+  public readonly key: kms.Key;
+  /** Creates the application's database user (Custom::ApplicationDatabaseUser). */
+  public readonly provisioner: lambda.Function;
+  public readonly applicationUser: CustomResource;
 
   constructor(scope: Construct, id: string, props: ConnectionTestStackProps) {
     super(scope, id, props.config.databaseAccountId, props);
     const cfg = props.config;
     const isolated: ec2.SubnetSelection = { subnetType: ec2.SubnetType.PRIVATE_ISOLATED };
 
+    this.key = logsKey(this, 'DatabaseKey', 'connectiontest DatabaseStack: the master secret and the log groups');
+
     // --- Network: isolated, nothing routes in or out ---------------------------------------
     const flowLogGroup = new logs.LogGroup(this, 'VpcFlowLogs', {
       retention: logs.RetentionDays.ONE_MONTH,
       removalPolicy: RemovalPolicy.DESTROY,
+      encryptionKey: this.key,
     });
     this.vpc = new ec2.Vpc(this, 'DatabaseVpc', {
       vpcName: 'connectiontest-database-vpc',
@@ -56,7 +77,8 @@ export class DatabaseStack extends OfflineStack {
     const clusterSg = sg('ClusterSecurityGroup', 'Aurora cluster: PostgreSQL from the RDS Proxy and the rotation function only');
     const proxySg = sg('ProxySecurityGroup', 'RDS Proxy: PostgreSQL out to the Aurora cluster only');
     const rotationSg = sg('RotationSecurityGroup', 'Secret rotation function: PostgreSQL to the cluster, HTTPS to Secrets Manager');
-    const secretsEndpointSg = sg('SecretsManagerEndpointSecurityGroup', 'Secrets Manager endpoint: HTTPS from the rotation function only');
+    const provisionerSg = sg('ProvisionerSecurityGroup', 'Database user provisioning function: PostgreSQL to the cluster, HTTPS to Secrets Manager');
+    const secretsEndpointSg = sg('SecretsManagerEndpointSecurityGroup', 'Secrets Manager endpoint: HTTPS from the rotation and provisioning functions only');
 
     // The rotation function runs in the isolated subnets; this endpoint is how it reaches
     // Secrets Manager (the reference sample's rotation could reach neither this nor the DB).
@@ -68,16 +90,21 @@ export class DatabaseStack extends OfflineStack {
       open: false,
     });
     secretsEndpoint.connections.allowDefaultPortFrom(rotationSg, 'HTTPS from the secret rotation function');
+    secretsEndpoint.connections.allowDefaultPortFrom(provisionerSg, 'HTTPS from the database user provisioning function');
 
     // --- Aurora PostgreSQL --------------------------------------------------------------------
     const instanceType = new ec2.InstanceType(cfg.databaseInstanceType);
+    // Enhanced monitoring (OS metrics every 60 s into CloudWatch Logs RDSOSMetrics).
+    const monitoringInterval = Duration.seconds(60);
     this.cluster = new rds.DatabaseCluster(this, 'Cluster', {
       engine: rds.DatabaseClusterEngine.auroraPostgres({ version: engineVersion(cfg.databaseEngineVersion) }),
-      // The configured database user is the one the proxy holds a secret for and the one
-      // the cross-account role may connect as (not a hard-coded "postgres").
-      credentials: rds.Credentials.fromGeneratedSecret(cfg.databaseUsername),
+      // The master user is for provisioning and rotation only; the application logs in as
+      // its own read-only user (Custom::ApplicationDatabaseUser below).
+      credentials: rds.Credentials.fromGeneratedSecret(cfg.databaseMasterUsername, { encryptionKey: this.key }),
       defaultDatabaseName: cfg.databaseName,
       iamAuthentication: true,
+      // The storage stays on the AWS managed key, so the final snapshot can be restored
+      // after make destroy has scheduled this stack's key for deletion.
       storageEncrypted: true,
       port: POSTGRES_PORT,
       writer: rds.ClusterInstance.provisioned('Writer', { instanceType, publiclyAccessible: false }),
@@ -89,6 +116,7 @@ export class DatabaseStack extends OfflineStack {
       backup: { retention: Duration.days(7) },
       deletionProtection: false,
       removalPolicy: RemovalPolicy.SNAPSHOT,
+      monitoringInterval,
     });
     // Adds PostgreSQL from rotationSg to the cluster group (and the matching egress rule).
     this.cluster.addRotationSingleUser({
@@ -97,20 +125,113 @@ export class DatabaseStack extends OfflineStack {
       endpoint: secretsEndpoint,
       vpcSubnets: isolated,
     });
+    const masterSecret = this.cluster.secret!;
 
-    // --- RDS Proxy ----------------------------------------------------------------------------
+    // --- The application's database user ------------------------------------------------
+    // Created on the writer by a function in this VPC that logs in with the master secret:
+    // LOGIN, rds_iam (IAM only, no password), pg_read_all_data, read-only by default; it then
+    // reads the user back and fails the deployment if the user can do more. (Not the RDS
+    // Data API: it does not serve T instance classes, and it would open an HTTPS path to the
+    // database for anyone allowed to read the master secret.)
+    const provisionerLogs = new logs.LogGroup(this, 'ProvisionerLogs', {
+      retention: logs.RetentionDays.ONE_MONTH,
+      removalPolicy: RemovalPolicy.DESTROY,
+      encryptionKey: this.key,
+    });
+    const provisionerRole = new iam.Role(this, 'ProvisionerRole', {
+      description: 'Database user provisioning function: read the master secret, run in the VPC',
+      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+      managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole')],
+    });
+    this.provisioner = new lambda.Function(this, 'Provisioner', {
+      description: 'Creates the application database user (read-only, IAM auth only) with the master secret',
+      runtime: lambda.Runtime.NODEJS_24_X,
+      architecture: lambda.Architecture.ARM_64,
+      handler: 'index.handler',
+      code: lambda.Code.fromAsset(PROVISIONER_DIR),
+      role: provisionerRole,
+      vpc: this.vpc,
+      vpcSubnets: isolated,
+      securityGroups: [provisionerSg],
+      memorySize: 256,
+      // Retries for about two minutes while the first rotation may be changing the password.
+      timeout: Duration.minutes(5),
+      // Runs once per deployment; one at a time is all it ever needs.
+      reservedConcurrentExecutions: 1,
+      logGroup: provisionerLogs,
+      // The RDS certificate authorities, so the TLS connection to the writer is verified.
+      environment: { NODE_EXTRA_CA_CERTS: '/var/runtime/ca-cert.pem' },
+    });
+    // GetSecretValue/DescribeSecret on the master secret and kms:Decrypt through Secrets
+    // Manager only: nothing else.
+    masterSecret.grantRead(this.provisioner);
+    this.cluster.connections.allowDefaultPortFrom(provisionerSg, 'PostgreSQL from the database user provisioning function');
+    skipCheckov(this.provisioner, {
+      CKV_AWS_116:
+        'Invoked synchronously by the custom resource provider, which reports a failure to CloudFormation and fails the deployment; ' +
+        'a dead-letter queue only receives failed asynchronous invocations, so it would stay empty.',
+      CKV_AWS_173:
+        'The only environment variable is NODE_EXTRA_CA_CERTS, a file path; Lambda encrypts environment variables at rest with an AWS managed key, ' +
+        'and the master password is fetched from Secrets Manager at run time, never placed in the environment.',
+    });
+
+    const providerLogs = new logs.LogGroup(this, 'ProvisionerProviderLogs', {
+      retention: logs.RetentionDays.ONE_MONTH,
+      removalPolicy: RemovalPolicy.DESTROY,
+      encryptionKey: this.key,
+    });
+    const provider = new cr.Provider(this, 'ProvisionerProvider', { onEventHandler: this.provisioner, logGroup: providerLogs });
+    const code = fs.readdirSync(PROVISIONER_DIR).sort().map((f) => fs.readFileSync(path.join(PROVISIONER_DIR, f)));
+    this.applicationUser = new CustomResource(this, 'ApplicationUser', {
+      serviceToken: provider.serviceToken,
+      resourceType: 'Custom::ApplicationDatabaseUser',
+      properties: {
+        SecretArn: masterSecret.secretArn,
+        Host: this.cluster.clusterEndpoint.hostname,
+        Port: String(POSTGRES_PORT),
+        DatabaseName: cfg.databaseName,
+        Username: cfg.databaseUsername,
+        // A new version of the statements runs them again on the next deployment.
+        CodeVersion: crypto.createHash('sha256').update(Buffer.concat(code)).digest('hex').slice(0, 16),
+      },
+    });
+    // The writer must be up (and the first rotation started) and the network path open before
+    // the function runs, and all of it must still be there when it runs again on deletion.
+    this.applicationUser.node.addDependency(this.cluster, clusterSg, provisionerSg, secretsEndpoint, secretsEndpointSg);
+
+    // --- RDS Proxy: end-to-end IAM --------------------------------------------------------
+    // DefaultAuthScheme IAM_AUTH: clients authenticate with IAM tokens, and the proxy itself
+    // logs in to the database with IAM as the same user. The proxy holds no secret, so it can
+    // only log in as users that have rds_iam and that its role may rds-db:connect as: here,
+    // the application user alone (never the master user).
+    this.proxyRole = new iam.Role(this, 'ProxyRole', {
+      description: `RDS Proxy ${PROXY_NAME}: log in to the cluster with IAM as ${cfg.databaseUsername} only`,
+      assumedBy: new iam.ServicePrincipal('rds.amazonaws.com'),
+      inlinePolicies: {
+        ConnectToCluster: new iam.PolicyDocument({
+          statements: [
+            new iam.PolicyStatement({
+              sid: 'ConnectToClusterAsApplicationUser',
+              actions: ['rds-db:connect'],
+              resources: [
+                `arn:${this.partition}:rds-db:${this.region}:${this.account}:dbuser:${this.cluster.clusterResourceIdentifier}/${cfg.databaseUsername}`,
+              ],
+            }),
+          ],
+        }),
+      },
+    });
     this.proxy = new rds.DatabaseProxy(this, 'Proxy', {
       dbProxyName: PROXY_NAME,
       proxyTarget: rds.ProxyTarget.fromCluster(this.cluster),
-      secrets: [this.cluster.secret!],
+      defaultAuthScheme: rds.DefaultAuthScheme.IAM_AUTH,
+      role: this.proxyRole,
       vpc: this.vpc,
       vpcSubnets: isolated,
       securityGroups: [proxySg],
-      iamAuth: true,
       requireTLS: true,
     });
     this.cluster.connections.allowDefaultPortFrom(proxySg, 'PostgreSQL from the RDS Proxy');
-    const proxyTargetGroup = this.proxy.node.findChild('ProxyTargetGroup') as rds.CfnDBProxyTargetGroup;
 
     // --- The role the application's Lambda assumes -----------------------------------------
     // arn:PARTITION:rds:REGION:ACCOUNT:db-proxy:prx-0123456789abcdef0 -> field 6 is the
@@ -155,9 +276,9 @@ export class DatabaseStack extends OfflineStack {
         vpcSecurityGroupIds: [endpointSg.securityGroupId],
         targetRole: role,
       });
-      // A READ_ONLY endpoint needs a reader registered behind the proxy: wait for the target
-      // group, which itself waits for the writer and the reader instances.
-      endpoint.node.addDependency(proxyTargetGroup);
+      // A READ_ONLY endpoint needs a reader registered behind the proxy: wait for all of the
+      // proxy (its target group among it, which waits for the writer and the reader).
+      endpoint.node.addDependency(this.proxy);
       this.proxyEndpoints.push(endpoint);
       new CfnOutput(this, `ProxyEndpoint${rolePascal(role)}`, {
         value: endpoint.attrEndpoint,
@@ -171,8 +292,39 @@ export class DatabaseStack extends OfflineStack {
     });
     new CfnOutput(this, 'CrossAccountRoleArn', { value: this.connectRole.roleArn });
     new CfnOutput(this, 'ProxyResourceId', { value: proxyResourceId });
+    new CfnOutput(this, 'ApplicationDatabaseUser', {
+      value: this.applicationUser.getAttString('Username'),
+      description: 'The read-only, IAM-only database user the Lambda logs in as (DB_USERNAME)',
+    });
 
     // --- cdk-nag: findings that are deliberate ----------------------------------------------
+    Validations.of(provisionerRole).acknowledge({
+      id: 'AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
+      reason:
+        'AWSLambdaVPCAccessExecutionRole is the AWS-maintained minimum for a function in a VPC: CloudWatch Logs writes plus the ec2 ' +
+        'network-interface calls Lambda makes to attach the function to its subnets, which EC2 only authorizes on Resource "*". ' +
+        'Beyond it the provisioning role may only read the one master secret (and decrypt it through Secrets Manager).',
+    });
+    Validations.of(this.cluster).acknowledge({
+      id: 'AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole]',
+      reason:
+        'The role RDS enhanced monitoring assumes (trusted by monitoring.rds.amazonaws.com only) to write OS metrics; its AWS-maintained ' +
+        'policy is limited to the RDSOSMetrics log group and its streams, which is exactly what the service writes.',
+    });
+    Validations.of(provider).acknowledge(
+      {
+        id: 'AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
+        reason:
+          'The CDK custom resource provider function relays CloudFormation events to the provisioning function; AWSLambdaBasicExecutionRole ' +
+          'is the AWS-maintained CloudWatch Logs write permission every function needs, and it grants nothing on data.',
+      },
+      {
+        id: 'AwsSolutions::AwsSolutions-IAM5[Resource::<Provisioner21C549B7.Arn>:*]',
+        reason:
+          'The provider may invoke the provisioning function and its versions (ARN:*), the form lambda:InvokeFunction takes for one ' +
+          'function; the wildcard is the version qualifier of that single function, not a set of functions.',
+      },
+    );
     Validations.of(this.cluster).acknowledge(
       {
         id: 'AwsSolutions::AwsSolutions-RDS10',

@@ -62,7 +62,7 @@ describe('ApplicationStack', () => {
     });
   });
 
-  test('Lambda environment is exactly the DESIGN.md 7 contract (no AWS_REGION: Lambda sets it)', () => {
+  test('Lambda environment is exactly the documented contract (no AWS_REGION: Lambda sets it)', () => {
     s.appTemplate.hasResourceProperties('AWS::Lambda::Function', {
       FunctionName: 'connectiontest-lambda',
       Environment: {
@@ -188,6 +188,64 @@ describe('ApplicationStack', () => {
     expect(t.findResources('AWS::EC2::SecurityGroup')[stsSg].Properties.SecurityGroupEgress).toEqual([
       { CidrIp: '255.255.255.255/32', Description: 'Disallow all traffic', FromPort: 252, IpProtocol: 'icmp', ToPort: 86 },
     ]);
+  });
+
+  test('reserved concurrency caps the connections the function can hold on the proxy', () => {
+    s.appTemplate.hasResourceProperties('AWS::Lambda::Function', { FunctionName: 'connectiontest-lambda', ReservedConcurrentExecutions: 5 });
+    synth({ lambda_reserved_concurrency: 2 }).appTemplate.hasResourceProperties('AWS::Lambda::Function', { ReservedConcurrentExecutions: 2 });
+  });
+
+  test('log groups are encrypted with a rotated customer managed key that only CloudWatch Logs of this account may use', () => {
+    const t = s.appTemplate;
+    const key = logicalId(t, 'AWS::KMS::Key', '/ApplicationKey/Resource');
+    t.hasResourceProperties('AWS::KMS::Key', { EnableKeyRotation: true });
+    const groups = Object.values(t.findResources('AWS::Logs::LogGroup'));
+    expect(groups).toHaveLength(2);
+    for (const g of groups) expect(g.Properties.KmsKeyId).toEqual({ 'Fn::GetAtt': [key, 'Arn'] });
+    const statements = t.findResources('AWS::KMS::Key')[key].Properties.KeyPolicy.Statement;
+    expect(statements).toContainEqual(
+      expect.objectContaining({
+        Principal: { Service: 'logs.us-east-1.amazonaws.com' },
+        Condition: { ArnLike: { 'kms:EncryptionContext:aws:logs:arn': 'arn:aws:logs:us-east-1:111111111111:log-group:*' } },
+      }),
+    );
+  });
+
+  test('the function name is one context value: function, log group, alarm, outputs follow it', () => {
+    const t = synth({ function_name: 'orders-db-check' }).appTemplate;
+    t.hasResourceProperties('AWS::Lambda::Function', { FunctionName: 'orders-db-check' });
+    t.hasResourceProperties('AWS::Logs::LogGroup', { LogGroupName: '/aws/lambda/orders-db-check' });
+    t.hasResourceProperties('AWS::CloudWatch::Alarm', { AlarmName: 'orders-db-check-errors' });
+    expect(JSON.stringify(t.toJSON())).not.toContain('connectiontest-lambda"');
+  });
+
+  test('the alarm has no action unless asked; alarm_email makes an encrypted topic with the address subscribed', () => {
+    const none = Object.values(s.appTemplate.findResources('AWS::CloudWatch::Alarm'))[0].Properties;
+    expect(none.AlarmActions).toBeUndefined();
+    s.appTemplate.resourceCountIs('AWS::SNS::Topic', 0);
+
+    const t = synth({ alarm_email: 'ops@example.com' }).appTemplate;
+    const topic = logicalId(t, 'AWS::SNS::Topic', '/AlarmTopic/Resource');
+    const key = logicalId(t, 'AWS::KMS::Key', '/ApplicationKey/Resource');
+    t.hasResourceProperties('AWS::SNS::Topic', { TopicName: 'connectiontest-lambda-alarms', KmsMasterKeyId: { 'Fn::GetAtt': [key, 'Arn'] } });
+    t.hasResourceProperties('AWS::SNS::Subscription', { Protocol: 'email', Endpoint: 'ops@example.com', TopicArn: { Ref: topic } });
+    t.hasResourceProperties('AWS::CloudWatch::Alarm', { AlarmActions: [{ Ref: topic }], OKActions: [{ Ref: topic }] });
+    // TLS-only publishing, and CloudWatch may use the key for this account's alarms only.
+    t.hasResourceProperties('AWS::SNS::TopicPolicy', {
+      PolicyDocument: { Statement: Match.arrayWith([Match.objectLike({ Effect: 'Deny', Condition: { Bool: { 'aws:SecureTransport': 'false' } } })]) },
+    });
+    expect(t.findResources('AWS::KMS::Key')[key].Properties.KeyPolicy.Statement).toContainEqual(
+      expect.objectContaining({ Principal: { Service: 'cloudwatch.amazonaws.com' }, Condition: { StringEquals: { 'aws:SourceAccount': '111111111111' } } }),
+    );
+    // The address is not an output.
+    expect(JSON.stringify(t.findOutputs('*'))).not.toContain('ops@example.com');
+  });
+
+  test('alarm_topic_arn: the alarm notifies that topic, nothing is created', () => {
+    const arn = 'arn:aws:sns:us-east-1:111111111111:alerts';
+    const t = synth({ alarm_topic_arn: arn }).appTemplate;
+    t.resourceCountIs('AWS::SNS::Topic', 0);
+    t.hasResourceProperties('AWS::CloudWatch::Alarm', { AlarmActions: [arn], OKActions: [arn] });
   });
 
   test('alarm on the function Errors metric', () => {

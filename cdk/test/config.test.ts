@@ -5,7 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { App } from 'aws-cdk-lib';
 import * as rds from 'aws-cdk-lib/aws-rds';
-import { ContextError, DEFAULT_ENGINE_VERSION, isCidr, loadConfig } from '../lib/config';
+import { CONTEXT_KEYS, ContextError, DEFAULT_ENGINE_VERSION, isCidr, loadConfig } from '../lib/config';
 import { context, REPO_ROOT } from './helpers';
 
 function load(overrides: Record<string, unknown>) {
@@ -56,7 +56,20 @@ describe('context validation', () => {
     ['connectiontest_lambda_role_name', 'bad role name', 'an IAM role name'],
     ['database_account_rdsdb_connect_role_name', 'x'.repeat(65), 'an IAM role name'],
     ['database_username', '1user', 'a PostgreSQL identifier'],
-    ['database_username', 'rdsadmin', 'not a name reserved by RDS'],
+    ['database_username', 'rdsadmin', 'not a name reserved by PostgreSQL or RDS'],
+    ['database_username', 'pg_monitor', 'not a name reserved by PostgreSQL or RDS'],
+    ['database_username', 'rds_iam', 'not a name reserved by PostgreSQL or RDS'],
+    ['database_username', 'dbadmin', 'other than database_master_username: the application must not log in as the master user'],
+    ['database_username', 'DBAdmin', 'other than database_master_username'],
+    ['database_master_username', 'rdsadmin', 'not a name reserved by PostgreSQL or RDS'],
+    ['database_master_username', 'connectiontest', 'other than database_master_username'],
+    ['function_name', 'bad name', 'a Lambda function name'],
+    ['lambda_reserved_concurrency', 0, 'a whole number from 1 to 50'],
+    ['lambda_reserved_concurrency', '51', 'a whole number from 1 to 50'],
+    ['lambda_reserved_concurrency', 2.5, 'a whole number from 1 to 50'],
+    ['alarm_email', 'not-an-address', 'an e-mail address'],
+    ['alarm_topic_arn', 'arn:aws:sns:us-east-1:333333333333:alerts', 'an SNS topic ARN in the application account and region'],
+    ['alarm_topic_arn', 'arn:aws:sns:eu-west-1:111111111111:alerts', 'an SNS topic ARN in the application account and region'],
     ['database_name', 'my-db', 'a PostgreSQL identifier'],
     ['target_roles', 'READ_ONLY,WRITER', 'each READ_ONLY or READ_WRITE'],
     ['target_roles', 'READ_ONLY,READ_ONLY', 'each READ_ONLY or READ_WRITE'],
@@ -66,9 +79,12 @@ describe('context validation', () => {
     ['lambda_code_source', 'docker', '"auto"'],
     ['database_engine_version', '17', 'an Aurora PostgreSQL version "MAJOR.MINOR"'],
     ['database_engine_version', '9.6', 'an Aurora PostgreSQL version "MAJOR.MINOR"'],
+    ['database_engine_version', '14.17', 'from 15 on (the read-only application user relies on pg_read_all_data'],
   ])('%s = %j is rejected', (key, value, shape) => {
     const e = errorOf({ [key]: value });
-    expect(e.key).toBe(key);
+    // A clash between the two users is reported on database_username.
+    expect(e.key).toBe(key === 'database_master_username' && value === 'connectiontest' ? 'database_username' : key);
+    if (e.key !== key) return;
     expect(e.message).toContain(`context "${key}" is invalid`);
     expect(e.message).toContain(shape);
     expect(e.message).not.toContain('\n');
@@ -82,6 +98,57 @@ describe('context validation', () => {
       expect(e.message).toMatch(new RegExp(`^context "${key}" is missing: expected .+ \\(set it in cdk.json under "context" or pass -c ${key}=VALUE\\)$`));
     },
   );
+
+  test('the master user defaults to dbadmin; the application user is configured separately', () => {
+    const cfg = load({ database_master_username: undefined });
+    expect(cfg.databaseMasterUsername).toBe('dbadmin');
+    expect(cfg.databaseUsername).toBe('connectiontest');
+  });
+
+  test('reserved concurrency, alarm targets and the function name come from context', () => {
+    expect(load({}).lambdaReservedConcurrency).toBe(5);
+    expect(load({ lambda_reserved_concurrency: '3' }).lambdaReservedConcurrency).toBe(3);
+    expect(load({ lambda_reserved_concurrency: undefined }).lambdaReservedConcurrency).toBe(5);
+    expect(load({ alarm_email: 'ops@example.com' }).alarmEmail).toBe('ops@example.com');
+    expect(load({ alarm_topic_arn: 'arn:aws:sns:us-east-1:111111111111:alerts' }).alarmTopicArn).toBe('arn:aws:sns:us-east-1:111111111111:alerts');
+    expect(load({ function_name: 'orders-db-check' }).functionName).toBe('orders-db-check');
+  });
+
+  test('alarm_email and alarm_topic_arn together are refused', () => {
+    const e = errorOf({ alarm_email: 'ops@example.com', alarm_topic_arn: 'arn:aws:sns:us-east-1:111111111111:alerts' });
+    expect(e.key).toBe('alarm_topic_arn');
+    expect(e.message).toBe(
+      'context "alarm_email" and "alarm_topic_arn" are both set: set one (alarm_email creates a topic, alarm_topic_arn uses yours), or neither for an alarm without an action',
+    );
+  });
+
+  describe('external_id for a deployment (lambda_code_source "zip", what make deploy uses)', () => {
+    const HOW = "run 'make deploy EXTERNAL_ID=generate ...' (or pass EXTERNAL_ID=<value>, or set \"external_id\" in cdk.json)";
+    test('the shipped placeholder is refused with one line saying how to set one', () => {
+      const e = errorOf({ lambda_code_source: 'zip' });
+      expect(e.key).toBe('external_id');
+      expect(e.message).toBe(`context "external_id" is the shipped placeholder: a deployment needs your own, at least 16 characters: ${HOW}`);
+    });
+    test('fewer than 16 characters is refused', () => {
+      expect(errorOf({ lambda_code_source: 'zip', external_id: 'short-id-123456' }).message).toBe(
+        `context "external_id" is only 15 characters long: a deployment needs your own, at least 16 characters: ${HOW}`,
+      );
+    });
+    test('16 characters or more is accepted; the placeholder stays fine for synth and tests', () => {
+      expect(() => errorOf({ lambda_code_source: 'zip', external_id: 'a'.repeat(16) })).toThrow(/no error/);
+      expect(load({ lambda_code_source: 'stand-in' }).externalId).toBe('connectiontest-change-me');
+      expect(load({ lambda_code_source: 'auto' }).externalId).toBe('connectiontest-change-me');
+    });
+  });
+
+  test('every context key is in cdk.json and in the README configuration table', () => {
+    const readme = fs.readFileSync(path.join(REPO_ROOT, 'README.md'), 'utf8');
+    const ctx = JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'cdk.json'), 'utf8')).context;
+    for (const key of CONTEXT_KEYS) {
+      expect(readme).toContain(`\`${key}\``);
+      if (!['db_ca_bundle', 'db_connect_host'].includes(key)) expect(Object.keys(ctx)).toContain(key);
+    }
+  });
 
   test('lists are accepted as JSON arrays too', () => {
     const cfg = load({ target_roles: ['READ_WRITE', 'READ_ONLY'], application_vpc_subnets: ['subnet-0123456789abcdef0', 'subnet-01234567'] });
@@ -99,6 +166,21 @@ describe('context validation', () => {
     expect(isCidr('192.168.4.0/22')).toBe(true);
     expect(isCidr('192.168.5.0/22')).toBe(false);
     expect(isCidr('10.0.0.0')).toBe(false);
+  });
+
+  test('bin/app.ts refuses the placeholder external ID for a deployment synth in one line (what make deploy would show)', () => {
+    const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'cdk-bin-'));
+    const ctx = { ...context(), lambda_code_source: 'zip' };
+    const r = spawnSync(
+      path.join(REPO_ROOT, 'cdk', 'node_modules', '.bin', 'ts-node'),
+      ['--transpile-only', '--project', 'cdk/tsconfig.json', 'cdk/bin/app.ts'],
+      { cwd: REPO_ROOT, env: { ...process.env, CDK_CONTEXT_JSON: JSON.stringify(ctx), CDK_OUTDIR: outdir }, encoding: 'utf8' },
+    );
+    fs.rmSync(outdir, { recursive: true, force: true });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(
+      `error: context "external_id" is the shipped placeholder: a deployment needs your own, at least 16 characters: run 'make deploy EXTERNAL_ID=generate ...' (or pass EXTERNAL_ID=<value>, or set "external_id" in cdk.json)\n`,
+    );
   });
 
   test('bin/app.ts prints one line naming the key and exits 1 (what `cdk synth` shows)', () => {

@@ -29,7 +29,7 @@ describe('DatabaseStack', () => {
     });
   });
 
-  test('Aurora PostgreSQL 17, IAM auth, encrypted, the configured user, a writer and a reader', () => {
+  test('Aurora PostgreSQL 17, IAM auth, encrypted, the master user, a writer and a reader with enhanced monitoring', () => {
     const t = s.dbTemplate;
     t.hasResourceProperties('AWS::RDS::DBCluster', {
       Engine: 'aurora-postgresql',
@@ -37,14 +37,23 @@ describe('DatabaseStack', () => {
       DBClusterParameterGroupName: 'default.aurora-postgresql17',
       EnableIAMDatabaseAuthentication: true,
       StorageEncrypted: true,
-      MasterUsername: 'connectiontest',
+      MasterUsername: 'dbadmin',
       DatabaseName: 'example_db',
       Port: 5432,
     });
+    // Storage on the AWS managed key: the final snapshot outlives this stack's own key.
+    expect(Object.values(t.findResources('AWS::RDS::DBCluster'))[0].Properties.KmsKeyId).toBeUndefined();
     t.resourceCountIs('AWS::RDS::DBInstance', 2);
     const instances = Object.entries(t.findResources('AWS::RDS::DBInstance'));
+    const monitoringRole = logicalId(t, 'AWS::IAM::Role', '/Cluster/MonitoringRole/Resource');
     for (const [, i] of instances) {
-      expect(i.Properties).toMatchObject({ Engine: 'aurora-postgresql', PubliclyAccessible: false, DBInstanceClass: 'db.t4g.medium' });
+      expect(i.Properties).toMatchObject({
+        Engine: 'aurora-postgresql',
+        PubliclyAccessible: false,
+        DBInstanceClass: 'db.t4g.medium',
+        MonitoringInterval: 60,
+        MonitoringRoleArn: { 'Fn::GetAtt': [monitoringRole, 'Arn'] },
+      });
     }
     expect(instances.map(([, i]) => i.Metadata['aws:cdk:path']).sort()).toEqual([
       'DatabaseStack/Cluster/Reader/Resource',
@@ -85,7 +94,7 @@ describe('DatabaseStack', () => {
     expect(egress).toHaveLength(2);
   });
 
-  test('cluster security group admits only the proxy and the rotation function', () => {
+  test('cluster security group admits only the proxy, the rotation function and the provisioning function', () => {
     const t = s.dbTemplate;
     const clusterSg = logicalId(t, 'AWS::EC2::SecurityGroup', '/ClusterSecurityGroup/Resource');
     const sources = Object.values(t.findResources('AWS::EC2::SecurityGroupIngress'))
@@ -97,22 +106,143 @@ describe('DatabaseStack', () => {
       [
         logicalId(t, 'AWS::EC2::SecurityGroup', '/ProxySecurityGroup/Resource'),
         logicalId(t, 'AWS::EC2::SecurityGroup', '/RotationSecurityGroup/Resource'),
+        logicalId(t, 'AWS::EC2::SecurityGroup', '/ProvisionerSecurityGroup/Resource'),
       ].sort(),
     );
     expect(t.findResources('AWS::EC2::SecurityGroup')[clusterSg].Properties.SecurityGroupIngress).toBeUndefined();
   });
 
-  test('RDS Proxy: IAM auth REQUIRED, TLS required, secret of the cluster, isolated subnets', () => {
+  test('RDS Proxy: end-to-end IAM, TLS required, no secret attached, isolated subnets', () => {
     const t = s.dbTemplate;
     t.hasResourceProperties('AWS::RDS::DBProxy', {
       DBProxyName: 'connectiontest-proxy',
       EngineFamily: 'POSTGRESQL',
       RequireTLS: true,
-      Auth: [{ AuthScheme: 'SECRETS', IAMAuth: 'REQUIRED', SecretArn: Match.anyValue() }],
+      DefaultAuthScheme: 'IAM_AUTH',
+      RoleArn: { 'Fn::GetAtt': [logicalId(t, 'AWS::IAM::Role', '/ProxyRole/Resource'), 'Arn'] },
     });
+    // No Auth entry: the proxy holds no secret, not even the master user's.
+    const proxy = Object.values(t.findResources('AWS::RDS::DBProxy'))[0].Properties;
+    expect(proxy.Auth).toBeUndefined();
     t.hasResourceProperties('AWS::RDS::DBProxyTargetGroup', {
       DBClusterIdentifiers: [{ Ref: logicalId(t, 'AWS::RDS::DBCluster', '/Cluster/Resource') }],
     });
+  });
+
+  test("the proxy's role may only rds-db:connect to the cluster as the application user, and read no secret", () => {
+    const t = s.dbTemplate;
+    const roleId = logicalId(t, 'AWS::IAM::Role', '/ProxyRole/Resource');
+    const role = t.findResources('AWS::IAM::Role')[roleId].Properties;
+    expect(role.AssumeRolePolicyDocument.Statement).toEqual([{ Action: 'sts:AssumeRole', Effect: 'Allow', Principal: { Service: 'rds.amazonaws.com' } }]);
+    expect(role.ManagedPolicyArns).toBeUndefined();
+    const statements = role.Policies.flatMap((p: { PolicyDocument: { Statement: unknown[] } }) => p.PolicyDocument.Statement);
+    expect(statements).toHaveLength(1);
+    expect(statements[0]).toMatchObject({ Effect: 'Allow', Action: 'rds-db:connect' });
+    const cluster = logicalId(t, 'AWS::RDS::DBCluster', '/Cluster/Resource');
+    expect(evaluate(statements[0].Resource, { [`${cluster}.DBClusterResourceId`]: 'cluster-ABCDEFGHIJKL0123456789' })).toBe(
+      'arn:aws:rds-db:us-east-1:222222222222:dbuser:cluster-ABCDEFGHIJKL0123456789/connectiontest',
+    );
+    const attached = Object.values(t.findResources('AWS::IAM::Policy')).filter((p) => JSON.stringify(p.Properties.Roles ?? []).includes(roleId));
+    expect(attached).toEqual([]);
+    // ... and no key policy names it (so it cannot decrypt the master secret either).
+    expect(JSON.stringify(t.findResources('AWS::KMS::Key'))).not.toContain(roleId);
+  });
+
+  test('the application user is created at deploy time, separate from the master user', () => {
+    const t = s.dbTemplate;
+    const cluster = logicalId(t, 'AWS::RDS::DBCluster', '/Cluster/Resource');
+    const user = Object.entries(t.findResources('Custom::ApplicationDatabaseUser'));
+    expect(user).toHaveLength(1);
+    const [id, res] = user[0];
+    const masterSecret = logicalId(t, 'AWS::SecretsManager::SecretTargetAttachment', '/Cluster/Secret/Attachment/Resource');
+    expect(res.Properties).toMatchObject({
+      SecretArn: { Ref: masterSecret },
+      Host: { 'Fn::GetAtt': [cluster, 'Endpoint.Address'] },
+      Port: '5432',
+      DatabaseName: 'example_db',
+      Username: 'connectiontest',
+      CodeVersion: expect.stringMatching(/^[0-9a-f]{16}$/),
+    });
+    expect(res.Properties.Username).not.toBe(t.findResources('AWS::RDS::DBCluster')[cluster].Properties.MasterUsername);
+    // It runs after both instances exist and while the network path to the writer is open.
+    expect(res.DependsOn).toEqual(
+      expect.arrayContaining([
+        ...Object.keys(t.findResources('AWS::RDS::DBInstance')),
+        logicalId(t, 'AWS::EC2::SecurityGroup', '/ProvisionerSecurityGroup/Resource'),
+        logicalId(t, 'AWS::EC2::VPCEndpoint', '/SecretsManagerEndpoint/Resource'),
+        ...Object.keys(t.findResources('AWS::EC2::SecurityGroupIngress')),
+      ]),
+    );
+    expect(t.findOutputs('ApplicationDatabaseUser').ApplicationDatabaseUser.Value).toEqual({ 'Fn::GetAtt': [id, 'Username'] });
+  });
+
+  test("the application user's grants are read-only: LOGIN, rds_iam, pg_read_all_data and nothing else", () => {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    const provision = require('../lambda/provision-db-user/index.js');
+    expect(provision.GRANTED_ROLES).toEqual(['pg_read_all_data', 'rds_iam']);
+    const sql: string = provision.provisionSql('connectiontest', 'example_db');
+    const grants = sql.match(/^\s*GRANT .*$/gm)!.map((l) => l.trim().replace(/;$/, ''));
+    expect(grants).toEqual(['GRANT rds_iam TO "connectiontest"', 'GRANT pg_read_all_data TO "connectiontest"', 'GRANT CONNECT ON DATABASE "example_db" TO "connectiontest"']);
+    expect(sql).toContain('ALTER ROLE "connectiontest" WITH LOGIN NOCREATEDB NOCREATEROLE INHERIT PASSWORD NULL');
+    expect(sql).toContain('ALTER ROLE "connectiontest" SET default_transaction_read_only = on');
+    expect(sql).not.toMatch(/pg_write_all_data|rds_superuser|SUPERUSER|GRANT ALL/);
+    // (test/provision-db-user.test.ts runs these statements on a real PostgreSQL.)
+  });
+
+  test('the provisioning function: in the VPC, reads only the master secret, reaches only the cluster and Secrets Manager', () => {
+    const t = s.dbTemplate;
+    const fnId = logicalId(t, 'AWS::Lambda::Function', '/Provisioner/Resource');
+    const fn = t.findResources('AWS::Lambda::Function')[fnId].Properties;
+    const sg = logicalId(t, 'AWS::EC2::SecurityGroup', '/ProvisionerSecurityGroup/Resource');
+    expect(fn).toMatchObject({
+      Runtime: 'nodejs24.x',
+      Handler: 'index.handler',
+      ReservedConcurrentExecutions: 1,
+      Environment: { Variables: { NODE_EXTRA_CA_CERTS: '/var/runtime/ca-cert.pem' } },
+      VpcConfig: { SecurityGroupIds: [{ 'Fn::GetAtt': [sg, 'GroupId'] }] },
+    });
+    const roleId = logicalId(t, 'AWS::IAM::Role', '/ProvisionerRole/Resource');
+    const policies = Object.values(t.findResources('AWS::IAM::Policy')).filter((p) => JSON.stringify(p.Properties.Roles).includes(roleId));
+    expect(policies.flatMap((p) => p.Properties.PolicyDocument.Statement)).toEqual([
+      {
+        Action: ['secretsmanager:DescribeSecret', 'secretsmanager:GetSecretValue'],
+        Effect: 'Allow',
+        Resource: { Ref: logicalId(t, 'AWS::SecretsManager::SecretTargetAttachment', '/Cluster/Secret/Attachment/Resource') },
+      },
+    ]);
+    // kms:Decrypt on the secret's key, through Secrets Manager only.
+    const keyPolicy = Object.values(t.findResources('AWS::KMS::Key'))[0].Properties.KeyPolicy.Statement;
+    expect(keyPolicy.filter((st: { Principal: unknown }) => JSON.stringify(st.Principal).includes(roleId))).toEqual([
+      {
+        Action: 'kms:Decrypt',
+        Condition: { StringEquals: { 'kms:ViaService': 'secretsmanager.us-east-1.amazonaws.com' } },
+        Effect: 'Allow',
+        Principal: { AWS: { 'Fn::GetAtt': [roleId, 'Arn'] } },
+        Resource: '*',
+      },
+    ]);
+    const egress = Object.values(t.findResources('AWS::EC2::SecurityGroupEgress'))
+      .map((r) => r.Properties)
+      .filter((p) => p.GroupId['Fn::GetAtt'][0] === sg)
+      .map((p) => [p.DestinationSecurityGroupId['Fn::GetAtt'][0], p.FromPort]);
+    const cluster = logicalId(t, 'AWS::RDS::DBCluster', '/Cluster/Resource');
+    expect(egress).toEqual(
+      expect.arrayContaining([
+        [logicalId(t, 'AWS::EC2::SecurityGroup', '/ClusterSecurityGroup/Resource'), { 'Fn::GetAtt': [cluster, 'Endpoint.Port'] }],
+        [logicalId(t, 'AWS::EC2::SecurityGroup', '/SecretsManagerEndpointSecurityGroup/Resource'), 443],
+      ]),
+    );
+    expect(egress).toHaveLength(2);
+  });
+
+  test('customer managed key (rotated) for the master secret and every log group', () => {
+    const t = s.dbTemplate;
+    const key = logicalId(t, 'AWS::KMS::Key', '/DatabaseKey/Resource');
+    t.hasResourceProperties('AWS::KMS::Key', { EnableKeyRotation: true, PendingWindowInDays: 7 });
+    t.hasResourceProperties('AWS::SecretsManager::Secret', { KmsKeyId: { 'Fn::GetAtt': [key, 'Arn'] } });
+    const groups = Object.values(t.findResources('AWS::Logs::LogGroup'));
+    expect(groups.length).toBe(3);
+    for (const g of groups) expect(g.Properties.KmsKeyId).toEqual({ 'Fn::GetAtt': [key, 'Arn'] });
   });
 
   test('proxy endpoint READ_ONLY by default, in the shared application subnets, after the reader exists', () => {
@@ -126,7 +256,7 @@ describe('DatabaseStack', () => {
         VpcSubnetIds: SUBNETS,
         VpcSecurityGroupIds: [{ 'Fn::GetAtt': [endpointSg, 'GroupId'] }],
       },
-      DependsOn: Match.arrayWith([logicalId(t, 'AWS::RDS::DBProxyTargetGroup', '/Proxy/ProxyTargetGroup')]),
+      DependsOn: Match.arrayWith([Object.keys(t.findResources('AWS::RDS::DBProxyTargetGroup'))[0]]),
     });
     // ... and the target group waits for both instances, so READ_ONLY has a reader.
     const tg = Object.values(t.findResources('AWS::RDS::DBProxyTargetGroup'))[0];
@@ -190,8 +320,8 @@ describe('DatabaseStack', () => {
     expect(attached).toEqual([]);
   });
 
-  test('the db user in rds-db:connect follows context, not a hard-coded postgres', () => {
-    const t = synth({ database_username: 'app_reader' }).dbTemplate;
+  test('the db user in rds-db:connect follows context and is never the master user', () => {
+    const t = synth({ database_username: 'app_reader', database_master_username: 'root_admin' }).dbTemplate;
     const role = t.findResources('AWS::IAM::Role')[logicalId(t, 'AWS::IAM::Role', '/CrossAccountConnectRole/Resource')].Properties;
     const proxy = logicalId(t, 'AWS::RDS::DBProxy', '/Proxy/Resource');
     expect(
@@ -199,7 +329,9 @@ describe('DatabaseStack', () => {
         [`${proxy}.DBProxyArn`]: 'arn:aws:rds:us-east-1:222222222222:db-proxy:prx-0abc',
       }),
     ).toBe('arn:aws:rds-db:us-east-1:222222222222:dbuser:prx-0abc/app_reader');
-    t.hasResourceProperties('AWS::RDS::DBCluster', { MasterUsername: 'app_reader' });
+    t.hasResourceProperties('AWS::RDS::DBCluster', { MasterUsername: 'root_admin' });
+    t.hasResourceProperties('Custom::ApplicationDatabaseUser', { Username: 'app_reader' });
+    expect(JSON.stringify(t.findResources('AWS::IAM::Role'))).not.toContain('root_admin');
   });
 
   test('no IAM statement in the stack grants Resource "*"', () => {
@@ -218,7 +350,7 @@ describe('DatabaseStack', () => {
 
   test('outputs: every endpoint, the Lambda endpoint, the role ARN and the proxy resource id', () => {
     const outputs = s.dbTemplate.findOutputs('*');
-    expect(Object.keys(outputs).sort()).toEqual(['ApplicationProxyEndpoint', 'CrossAccountRoleArn', 'ProxyEndpointReadOnly', 'ProxyResourceId']);
+    expect(Object.keys(outputs).sort()).toEqual(['ApplicationDatabaseUser', 'ApplicationProxyEndpoint', 'CrossAccountRoleArn', 'ProxyEndpointReadOnly', 'ProxyResourceId']);
     expect(outputs.ApplicationProxyEndpoint.Value).toEqual({ 'Fn::GetAtt': ['ReadOnlyProxyEndpoint', 'Endpoint'] });
   });
 });

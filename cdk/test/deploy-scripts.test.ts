@@ -6,7 +6,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { REPO_ROOT } from './helpers';
+import { REPO_ROOT, repoContext, synth } from './helpers';
 
 const SCRIPTS = path.join(REPO_ROOT, 'scripts');
 const STUB = path.join(__dirname, 'stubs', 'stub.sh');
@@ -74,9 +74,12 @@ function sandbox(): Sandbox {
 }
 
 const PROFILES = { APP_PROFILE: 'app-admin', DB_PROFILE: 'db-admin', REGION: 'eu-west-1' };
+const EXT = 'ext-0123456789abcdef';
+/** What make deploy is normally given: the profiles, a region and a real external ID. */
+const DEPLOY = { ...PROFILES, EXTERNAL_ID: EXT };
 
-function expectedDeployCalls(zip: string, region = 'eu-west-1', extraCtx = ''): string[] {
-  const ctx = `-c region=${region} -c application_account_id=${APP} -c database_account_id=${DB}${extraCtx} -c lambda_code_source=zip -c lambda_zip_path=${zip}`;
+function expectedDeployCalls(zip: string, region = 'eu-west-1', externalId = EXT): string[] {
+  const ctx = `-c region=${region} -c application_account_id=${APP} -c database_account_id=${DB} -c external_id=${externalId} -c lambda_code_source=zip -c lambda_zip_path=${zip}`;
   const out = (profile: string, stack: string, key: string) =>
     `aws cloudformation describe-stacks --stack-name ${stack} --profile ${profile} --region ${region} --query Stacks[0].Outputs[?OutputKey=='${key}'].OutputValue | [0] --output text`;
   const shared = `-c application_vpc_id=${VPC} -c application_vpc_subnets=${SUBNETS}`;
@@ -104,7 +107,7 @@ describe('scripts/deploy.sh (make deploy)', () => {
   afterAll(() => fs.rmSync(box.dir, { recursive: true, force: true }));
 
   test('runs build and the three phases in order, threading outputs into the next phase', () => {
-    const r = box.run('deploy.sh', PROFILES);
+    const r = box.run('deploy.sh', DEPLOY);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     expect(r.calls).toEqual(expectedDeployCalls(box.zip));
@@ -113,7 +116,7 @@ describe('scripts/deploy.sh (make deploy)', () => {
   });
 
   test('a failure in phase 2 stops the run: no endpoint lookup, no phase 3', () => {
-    const r = box.run('deploy.sh', { ...PROFILES, STUB_FAIL: 'cdk deploy DatabaseStack' });
+    const r = box.run('deploy.sh', { ...DEPLOY, STUB_FAIL: 'cdk deploy DatabaseStack' });
     expect(r.status).toBe(1);
     expect(r.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 7));
     expect(lastErrorLine(r)).toBe(
@@ -122,21 +125,21 @@ describe('scripts/deploy.sh (make deploy)', () => {
   });
 
   test('a failure in phase 1 stops before the database account is touched', () => {
-    const r = box.run('deploy.sh', { ...PROFILES, STUB_FAIL: 'cdk deploy ApplicationStack' });
+    const r = box.run('deploy.sh', { ...DEPLOY, STUB_FAIL: 'cdk deploy ApplicationStack' });
     expect(r.status).toBe(1);
     expect(r.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 4));
     expect(lastErrorLine(r)).toMatch(/^deploy: error: phase 1\/3 \(deploy ApplicationStack\) failed \(exit 3\)/);
   });
 
   test('a failed build stops before any deployment', () => {
-    const r = box.run('deploy.sh', { ...PROFILES, STUB_FAIL: 'make -C' });
+    const r = box.run('deploy.sh', { ...DEPLOY, STUB_FAIL: 'make -C' });
     expect(r.status).toBe(1);
     expect(r.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 3));
     expect(lastErrorLine(r)).toMatch(/^deploy: error: build \(make build\) failed \(exit 3\)/);
   });
 
   test('a build that leaves no zip is reported, nothing is deployed', () => {
-    const r = box.run('deploy.sh', { ...PROFILES, LAMBDA_ZIP: path.join(box.dir, 'missing.zip') });
+    const r = box.run('deploy.sh', { ...DEPLOY, LAMBDA_ZIP: path.join(box.dir, 'missing.zip') });
     expect(r.status).toBe(1);
     expect(r.calls).toHaveLength(3);
     expect(lastErrorLine(r)).toBe(
@@ -146,7 +149,7 @@ describe('scripts/deploy.sh (make deploy)', () => {
 
   test('a missing stack output stops before phase 2', () => {
     const canned = CANNED.map(([p, o]): [string, string] => (p.includes('ApplicationSubnetIds') ? [p, 'None'] : [p, o]));
-    const r = box.run('deploy.sh', PROFILES, canned);
+    const r = box.run('deploy.sh', DEPLOY, canned);
     expect(r.status).toBe(1);
     expect(r.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 6));
     expect(lastErrorLine(r)).toBe('deploy: error: ApplicationStack has no output ApplicationSubnetIds: was it deployed by this version of the app?');
@@ -154,7 +157,7 @@ describe('scripts/deploy.sh (make deploy)', () => {
 
   test('a malformed subnet list (trailing comma) stops before phase 2', () => {
     const canned = CANNED.map(([p, o]): [string, string] => (p.includes('ApplicationSubnetIds') ? [p, `${SUBNETS},`] : [p, o]));
-    const r = box.run('deploy.sh', PROFILES, canned);
+    const r = box.run('deploy.sh', DEPLOY, canned);
     expect(r.status).toBe(1);
     expect(r.calls).toHaveLength(6);
     expect(lastErrorLine(r)).toMatch(/ApplicationSubnetIds is '.*,', expected subnet ids separated by commas$/);
@@ -162,7 +165,7 @@ describe('scripts/deploy.sh (make deploy)', () => {
 
   test('missing profiles: one clear line, no call made', () => {
     for (const missing of ['APP_PROFILE', 'DB_PROFILE']) {
-      const r = box.run('deploy.sh', { ...PROFILES, [missing]: undefined });
+      const r = box.run('deploy.sh', { ...DEPLOY, [missing]: undefined });
       expect(r.status).toBe(1);
       expect(r.calls).toEqual([]);
       expect(r.stderr).toBe(
@@ -172,7 +175,7 @@ describe('scripts/deploy.sh (make deploy)', () => {
   });
 
   test('both profiles in the same account are refused before anything is built', () => {
-    const r = box.run('deploy.sh', { ...PROFILES, DB_PROFILE: 'app-admin' });
+    const r = box.run('deploy.sh', { ...DEPLOY, DB_PROFILE: 'app-admin' });
     expect(r.status).toBe(1);
     expect(r.calls).toHaveLength(2);
     expect(lastErrorLine(r)).toBe(
@@ -181,13 +184,13 @@ describe('scripts/deploy.sh (make deploy)', () => {
   });
 
   test('a profile without credentials is named', () => {
-    const r = box.run('deploy.sh', { ...PROFILES, STUB_FAIL: 'get-caller-identity --profile db-admin' });
+    const r = box.run('deploy.sh', { ...DEPLOY, STUB_FAIL: 'get-caller-identity --profile db-admin' });
     expect(r.status).toBe(1);
     expect(lastErrorLine(r)).toMatch(/^deploy: error: profile 'db-admin' has no working credentials/);
   });
 
   test('DRY_RUN=1 prints every command in order and runs none', () => {
-    const r = box.run('deploy.sh', { ...PROFILES, DRY_RUN: '1' });
+    const r = box.run('deploy.sh', { ...DEPLOY, DRY_RUN: '1' });
     expect(r.status).toBe(0);
     expect(r.calls).toEqual([]);
     const printed = r.stdout.split('\n').filter((l) => l.startsWith('+ '));
@@ -207,9 +210,48 @@ describe('scripts/deploy.sh (make deploy)', () => {
   });
 
   test('REGION defaults to cdk.json; EXTERNAL_ID overrides cdk.json in every cdk call', () => {
-    const r = box.run('deploy.sh', { ...PROFILES, REGION: undefined, EXTERNAL_ID: 'ext-42' });
+    const r = box.run('deploy.sh', { ...DEPLOY, REGION: undefined, EXTERNAL_ID: 'another-external-id-42' });
     expect(r.status).toBe(0);
-    expect(r.calls).toEqual(expectedDeployCalls(box.zip, 'us-east-1', ' -c external_id=ext-42'));
+    expect(r.calls).toEqual(expectedDeployCalls(box.zip, 'us-east-1', 'another-external-id-42'));
+  });
+
+  const HOWTO =
+    "set one with 'make deploy EXTERNAL_ID=generate ...' (prints a new random one), EXTERNAL_ID=<16+ characters>, or \"external_id\" in cdk.json";
+
+  test('the placeholder external ID of cdk.json is refused before any call, with one line saying how to set one', () => {
+    for (const env of [{ ...PROFILES }, { ...PROFILES, EXTERNAL_ID: 'connectiontest-change-me' }, { ...PROFILES, DRY_RUN: '1' }]) {
+      const r = box.run('deploy.sh', env);
+      expect(r.status).toBe(1);
+      expect(r.calls).toEqual([]);
+      expect(r.stderr).toBe(`deploy: error: the external ID is the shipped placeholder 'connectiontest-change-me': ${HOWTO}\n`);
+    }
+  });
+
+  test('an external ID under 16 characters is refused; so are characters STS does not accept', () => {
+    const short = box.run('deploy.sh', { ...PROFILES, EXTERNAL_ID: 'fifteen-chars-x' });
+    expect(short.status).toBe(1);
+    expect(short.calls).toEqual([]);
+    expect(short.stderr).toBe(`deploy: error: the external ID is 15 characters long, at least 16 are needed: ${HOWTO}\n`);
+    const bad = box.run('deploy.sh', { ...PROFILES, EXTERNAL_ID: 'has spaces in it, sixteen+' });
+    expect(bad.status).toBe(1);
+    expect(bad.calls).toEqual([]);
+    expect(bad.stderr).toMatch(/^deploy: error: the external ID may only contain/);
+  });
+
+  test('EXTERNAL_ID=generate makes a random one, prints it, and passes the same value to every cdk deploy', () => {
+    const r = box.run('deploy.sh', { ...PROFILES, EXTERNAL_ID: 'generate' });
+    expect(r.status).toBe(0);
+    const m = /^deploy: generated external ID: (connectiontest-[0-9a-f]{32})$/m.exec(r.stdout);
+    expect(m).not.toBeNull();
+    const id = m![1];
+    expect(r.stdout).toContain(`deploy: keep it: pass EXTERNAL_ID=${id} to later 'make deploy' runs or put it in cdk.json ("external_id")`);
+    expect(r.calls).toEqual(expectedDeployCalls(box.zip, 'eu-west-1', id));
+    const deploys = r.calls.filter((c) => c.startsWith('cdk deploy'));
+    expect(deploys.map((c) => c.split(' ')[2])).toEqual(['ApplicationStack', 'DatabaseStack', 'ApplicationStack']);
+    for (const c of deploys) expect(c).toContain(` -c external_id=${id} `);
+    // A second run generates a different one.
+    const again = box.run('deploy.sh', { ...PROFILES, EXTERNAL_ID: 'generate' });
+    expect(/generated external ID: (\S+)/.exec(again.stdout)![1]).not.toBe(id);
   });
 });
 
@@ -267,6 +309,14 @@ describe('scripts/cdk-invoke.sh (make invoke)', () => {
     ]);
     expect(r.stdout).toContain(OK);
     expect(r.stdout).toContain('invoke: ok');
+  });
+
+  test('the function name is the one in cdk.json, the value the stack gives the function', () => {
+    const name = repoContext().function_name;
+    expect(name).toBe('connectiontest-lambda');
+    synth().appTemplate.hasResourceProperties('AWS::Lambda::Function', { FunctionName: name });
+    expect(fs.readFileSync(path.join(SCRIPTS, 'cdk-common.sh'), 'utf8')).not.toContain('connectiontest-lambda');
+    expect(fs.readFileSync(path.join(SCRIPTS, 'cdk-invoke.sh'), 'utf8')).not.toContain('connectiontest-lambda');
   });
 
   test('a function error makes it exit 1 with a pointer to the stage', () => {

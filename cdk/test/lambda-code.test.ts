@@ -46,8 +46,9 @@ describe('lambda code source', () => {
   });
 
   test('zip (what make deploy uses) refuses to synthesize without the build', () => {
-    expect(() => synth({ lambda_code_source: 'zip', lambda_zip_path: missingZip() })).toThrow(ContextError);
-    expect(() => synth({ lambda_code_source: 'zip', lambda_zip_path: missingZip() })).toThrow(/build the function first with 'make build'/);
+    const ctx = { lambda_code_source: 'zip', lambda_zip_path: missingZip(), external_id: 'a-deployment-external-id' };
+    expect(() => synth(ctx)).toThrow(ContextError);
+    expect(() => synth(ctx)).toThrow(/build the function first with 'make build'/);
   });
 
   test('the stand-in is a runnable bootstrap that explains itself', () => {

@@ -36,6 +36,8 @@ describe('cdk-nag AwsSolutions', () => {
   test.each([
     ['default context', {}],
     ['both target roles and optional Lambda settings', { target_roles: 'READ_ONLY,READ_WRITE', db_connect_host: '10.0.16.10' }],
+    ['an alarm e-mail (a new encrypted topic)', { alarm_email: 'ops@example.com' }],
+    ['an existing alarm topic', { alarm_topic_arn: 'arn:aws:sns:us-east-1:111111111111:alerts' }],
   ])('no unacknowledged finding on either stack (%s)', (_name, overrides) => {
     const { app, outdir } = freshApp(overrides);
     const findings = validationFindings(app, outdir).filter((f) => f.plugin === 'AwsSolutions');
@@ -66,8 +68,12 @@ describe('cdk-nag AwsSolutions', () => {
     const acks = acknowledgments(app).filter((a) => !a.id.startsWith('CloudFormation-Validate::') && !a.id.includes('stand-in'));
     expect(acks.map((a) => `${a.path} ${a.id}`).sort()).toEqual([
       'ApplicationStack/LambdaRole AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
+      'DatabaseStack/Cluster AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole]',
       'DatabaseStack/Cluster AwsSolutions::AwsSolutions-RDS10',
       'DatabaseStack/Cluster AwsSolutions::AwsSolutions-RDS11',
+      'DatabaseStack/ProvisionerProvider AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
+      'DatabaseStack/ProvisionerProvider AwsSolutions::AwsSolutions-IAM5[Resource::<Provisioner21C549B7.Arn>:*]',
+      'DatabaseStack/ProvisionerRole AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]',
     ]);
     for (const a of acks) {
       expect(a.reason.length).toBeGreaterThan(120);
