@@ -3,7 +3,7 @@ CARGO ?= cargo
 # The benchmark crate pulls in aws-sdk-rds (minutes to compile): kept out of lint and test.
 RUST_EXCLUDE := --workspace --exclude token-bench
 
-.PHONY: lint-rust test-rust bench
+.PHONY: lint-rust test-rust bench bench-connect
 lint-rust:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(RUST_EXCLUDE) --all-targets -- -D warnings
@@ -19,3 +19,6 @@ test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, 
 
 bench: ## Token benchmark: this crate against aws-sdk-rds (criterion)
 	$(CARGO) bench --bench token
+
+bench-connect: ## Connect latency and pool throughput vs tokio-postgres-rustls / deadpool-postgres (same stand-in, same run)
+	$(CARGO) bench --bench connect

@@ -27,17 +27,19 @@
 //!     .database("example_db")
 //!     .assume_role("arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role")
 //!     .external_id("5e0d8c1a-example")
+//!     .connect_timeout(Duration::from_secs(5))   // the whole connect, all stages
 //!     .connector()
 //!     .await?;
-//! let manager = Manager::new(connector)
-//!     .recycling(Recycling::Verified)
-//!     .recycle_timeout(Duration::from_secs(2))
-//!     .max_lifetime(Some(Duration::from_secs(30 * 60)));
-//! let pool = Pool::builder(manager).max_size(8).build()?;
-//!
-//! let client = pool.get().await?; // opens or reuses a connection
-//! let n: i64 = client.query_one("SELECT count(*) FROM customers", &[]).await?.get(0);
-//! # let _ = n;
+//! let pool = Pool::builder(
+//!     Manager::new(connector)
+//!         .recycling(Recycling::Verified)          // an empty query at checkout...
+//!         .recycle_timeout(Duration::from_secs(2)) // ...that may take 2 s at most
+//!         .max_lifetime(Some(Duration::from_secs(30 * 60))),
+//! )
+//! .max_size(16)
+//! .build()?;
+//! let client = pool.get().await?;
+//! client.simple_query("SELECT 1").await?;
 //! # Ok(()) }
 //! ```
 

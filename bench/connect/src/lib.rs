@@ -1,0 +1,1 @@
+//! See benches/connect.rs.
