@@ -1,7 +1,7 @@
-# Local stack (issue 3): a real PostgreSQL behind local stand-ins for STS and RDS Proxy.
+# Local stack: a real PostgreSQL behind local stand-ins for STS and RDS Proxy.
 # State lives in .local/ (stack.env, ca.pem, backend.env, serve.log, pid files).
 LOCAL_DIR    := $(ROOT)/.local
-LOCAL_CONFIG ?= $(ROOT)/local-stack.toml
+LOCAL_CONFIG ?= $(ROOT)/rds-proxy-emulator/local-stack.toml
 # LOCAL_PROFILE=release runs an optimised stand-in (slower to build; use it for benchmarks).
 LOCAL_PROFILE ?= debug
 EMULATOR     := $(ROOT)/target/$(LOCAL_PROFILE)/rds-proxy-emulator

@@ -1,7 +1,8 @@
 //! The stack's configuration: accounts, principals, roles, the proxy, its endpoints and
 //! its db users, in one TOML file.
 //!
-//! `local-stack.toml` at the repository root is the demo configuration; it is compiled in
+//! `rds-proxy-emulator/local-stack.toml` (the repository root's `local-stack.toml` is a
+//! symbolic link to it) is the demo configuration; it is compiled in
 //! and available as [`StackConfig::demo`].
 //!
 //! ```
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 
 /// The demo configuration, byte for byte `local-stack.toml`.
-pub const DEMO_TOML: &str = include_str!("../../local-stack.toml");
+pub const DEMO_TOML: &str = include_str!("../local-stack.toml");
 
 /// The whole stack: what the STS stand-in knows, what the proxy serves, what PostgreSQL holds.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

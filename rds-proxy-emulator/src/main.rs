@@ -3,7 +3,6 @@
 //! ```text
 //! rds-proxy-emulator serve  --config local-stack.toml --state-dir .local   # foreground
 //! rds-proxy-emulator status --state-dir .local                             # summary
-//! rds-proxy-emulator token                                                 # IAM token from stack.env variables
 //! rds-proxy-emulator check-config --config local-stack.toml
 //! ```
 //!
@@ -15,8 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rds_proxy_emulator::sigv4;
-use rds_proxy_emulator::token::{sign_token, SigningCredentials, TokenRequest};
 use rds_proxy_emulator::{shell_quote, LocalStack, StackConfig, StartOptions};
 
 #[derive(Parser, Debug)]
@@ -47,40 +44,6 @@ enum Command {
         #[arg(long, default_value = ".local")]
         state_dir: PathBuf,
     },
-    /// Print an IAM auth token: assume the role through the STS stand-in with the
-    /// application's keys, then sign for the endpoint (all from `source .local/stack.env`).
-    Token {
-        /// Proxy endpoint host name to sign for.
-        #[arg(long, env = "RDS_PROXY_APPLICATION_ENDPOINT")]
-        host: String,
-        /// Advertised port to sign for.
-        #[arg(long, env = "DB_PORT", default_value_t = 5432)]
-        port: u16,
-        /// Database user.
-        #[arg(long, env = "DB_USERNAME")]
-        user: String,
-        /// Region.
-        #[arg(long, env = "AWS_REGION")]
-        region: String,
-        /// Role to assume first (empty: sign with the keys themselves).
-        #[arg(long, env = "DATABASE_ACCOUNT_IAM_ROLE", default_value = "")]
-        role_arn: String,
-        /// External id for AssumeRole.
-        #[arg(long, env = "EXTERNAL_ID", default_value = "")]
-        external_id: String,
-        /// STS endpoint URL (http://127.0.0.1:PORT).
-        #[arg(long, env = "AWS_ENDPOINT_URL_STS")]
-        sts_url: Option<String>,
-        /// Access key id.
-        #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
-        access_key_id: String,
-        /// Secret access key.
-        #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-        secret_access_key: String,
-        /// Session token of the keys, if any.
-        #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
-        session_token: Option<String>,
-    },
     /// Validate a configuration file.
     CheckConfig {
         /// Stack configuration (TOML).
@@ -110,29 +73,6 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, state_dir } => serve(&config, &state_dir),
         Command::Status { state_dir } => return status(&state_dir),
-        Command::Token {
-            host,
-            port,
-            user,
-            region,
-            role_arn,
-            external_id,
-            sts_url,
-            access_key_id,
-            secret_access_key,
-            session_token,
-        } => token(TokenArgs {
-            host,
-            port,
-            user,
-            region,
-            role_arn,
-            external_id,
-            sts_url,
-            access_key_id,
-            secret_access_key,
-            session_token: session_token.filter(|t| !t.is_empty()),
-        }),
         Command::CheckConfig { config } => StackConfig::from_file(&config)
             .map(|_| println!("{}: ok", config.display()))
             .map_err(Failure::from),
@@ -287,7 +227,7 @@ fn status(state_dir: &Path) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "local stack running (pid {pid})\n  STS                {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n\nUse it:\n  source {}\n  PGPASSWORD=\"$({} token)\" psql \"host=$RDS_PROXY_APPLICATION_ENDPOINT hostaddr={addr} port={port} sslmode=verify-full sslrootcert=$DB_CA_BUNDLE user=$DB_USERNAME dbname=$DBNAME\" -c 'SELECT * FROM customers'\nStop it: make local-down",
+        "local stack running (pid {pid})\n  STS                {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n  binary             {}\n\nUse it:\n  source {}\n  PGPASSWORD=\"$(cargo run -q -p rds-iam-auth -- generate-db-auth-token --hostname $RDS_PROXY_APPLICATION_ENDPOINT --port $DB_PORT --username $DB_USERNAME --role-arn $DATABASE_ACCOUNT_IAM_ROLE --external-id $EXTERNAL_ID)\" psql \"host=$RDS_PROXY_APPLICATION_ENDPOINT hostaddr={addr} port={port} sslmode=verify-full sslrootcert=$DB_CA_BUNDLE user=$DB_USERNAME dbname=$DBNAME\" -c 'SELECT * FROM customers'\nStop it: make local-down",
         get("AWS_ENDPOINT_URL_STS"),
         get("RDS_PROXY_APPLICATION_ENDPOINT"),
         get("DB_PORT"),
@@ -299,159 +239,10 @@ fn status(state_dir: &Path) -> ExitCode {
         get("DB_USERNAME"),
         get("DBNAME"),
         get("DB_CA_BUNDLE"),
-        env_path.display(),
-        std::env::current_exe()
+        std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "rds-proxy-emulator".into()),
+            .unwrap_or_else(|_| "?".into()),
+        env_path.display(),
     );
     ExitCode::SUCCESS
-}
-
-struct TokenArgs {
-    host: String,
-    port: u16,
-    user: String,
-    region: String,
-    role_arn: String,
-    external_id: String,
-    sts_url: Option<String>,
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-}
-
-fn xml_text(xml: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&format!("</{tag}>"))?;
-    Some(
-        xml[start..end]
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&amp;", "&"),
-    )
-}
-
-/// AssumeRole against a loopback STS URL with a hand-made SigV4 request.
-fn assume_role(args: &TokenArgs) -> Result<(String, String, String), Failure> {
-    let url = args.sts_url.as_deref().ok_or_else(|| {
-        Failure("AWS_ENDPOINT_URL_STS is not set (source .local/stack.env)".into())
-    })?;
-    let authority = url
-        .strip_prefix("http://")
-        .map(|a| a.trim_end_matches('/'))
-        .ok_or_else(|| Failure(format!("STS URL {url} is not http://HOST:PORT")))?;
-    let addr: std::net::SocketAddr = authority
-        .parse()
-        .map_err(|_| Failure(format!("STS URL {url} is not http://IP:PORT")))?;
-    if !addr.ip().is_loopback() {
-        return Err(Failure(format!(
-            "refusing to send credentials to non-loopback {addr}"
-        )));
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let amz_date = sigv4::format_amz_date(now);
-    let mut form = vec![
-        ("Action", "AssumeRole".to_string()),
-        ("Version", "2011-06-15".to_string()),
-        ("RoleArn", args.role_arn.clone()),
-        ("RoleSessionName", "rds-proxy-emulator-cli".to_string()),
-        ("DurationSeconds", "900".to_string()),
-    ];
-    if !args.external_id.is_empty() {
-        form.push(("ExternalId", args.external_id.clone()));
-    }
-    let body = form
-        .iter()
-        .map(|(k, v)| format!("{k}={}", sigv4::uri_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let content_type = "application/x-www-form-urlencoded";
-    let mut headers = vec![
-        ("content-type", content_type.to_string()),
-        ("host", authority.to_string()),
-        ("x-amz-date", amz_date.clone()),
-    ];
-    if let Some(t) = &args.session_token {
-        headers.push(("x-amz-security-token", t.clone()));
-    }
-    let signed: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
-    let signed = signed.join(";");
-    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let creq = format!(
-        "POST\n/\n\n{canonical_headers}\n{signed}\n{}",
-        sigv4::sha256_hex(body.as_bytes())
-    );
-    let scope = format!("{}/{}/sts/aws4_request", &amz_date[..8], args.region);
-    let key = sigv4::signing_key(&args.secret_access_key, &amz_date[..8], &args.region, "sts");
-    let signature = sigv4::signature(&key, &sigv4::string_to_sign(&amz_date, &scope, &creq));
-    let mut request = format!(
-        "POST / HTTP/1.1\r\nAuthorization: {} Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        sigv4::ALGORITHM,
-        args.access_key_id,
-        body.len()
-    );
-    for (k, v) in &headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(&body);
-
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
-        .map_err(|e| {
-            Failure(format!(
-                "cannot reach STS at {url}: {e} (is the stack running? make local-up)"
-            ))
-        })?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    if let Some(code) = xml_text(&response, "Code") {
-        return Err(Failure(format!(
-            "STS AssumeRole refused: {code}: {}",
-            xml_text(&response, "Message").unwrap_or_default()
-        )));
-    }
-    match (
-        xml_text(&response, "AccessKeyId"),
-        xml_text(&response, "SecretAccessKey"),
-        xml_text(&response, "SessionToken"),
-    ) {
-        (Some(a), Some(s), Some(t)) => Ok((a, s, t)),
-        _ => Err(Failure("STS answered without credentials".into())),
-    }
-}
-
-fn token(args: TokenArgs) -> Result<(), Failure> {
-    let (akid, secret, session) = if args.role_arn.is_empty() {
-        (
-            args.access_key_id.clone(),
-            args.secret_access_key.clone(),
-            args.session_token.clone(),
-        )
-    } else {
-        let (a, s, t) = assume_role(&args)?;
-        (a, s, Some(t))
-    };
-    let token = sign_token(
-        &TokenRequest {
-            host: &args.host,
-            port: args.port,
-            region: &args.region,
-            db_user: &args.user,
-            expires_in: 900,
-        },
-        &SigningCredentials {
-            access_key_id: &akid,
-            secret_access_key: &secret,
-            session_token: session.as_deref(),
-        },
-        time::OffsetDateTime::now_utc(),
-    );
-    println!("{token}");
-    Ok(())
 }

@@ -1,7 +1,8 @@
 //! The RDS Proxy stand-in: the PostgreSQL wire protocol with TLS required and IAM
 //! authentication, in front of a real PostgreSQL.
 //!
-//! One connection goes through these steps (DESIGN.md 5 has the messages):
+//! One connection goes through these steps (the messages are RDS Proxy's, as listed in
+//! AWS's "Troubleshooting for RDS Proxy"):
 //!
 //! 1. Plaintext: `SSLRequest` gets `S` and the TLS handshake (certificate for the endpoint
 //!    host names); `GSSENCRequest` gets `N`; a `CancelRequest` is forwarded to PostgreSQL;

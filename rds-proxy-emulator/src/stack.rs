@@ -12,7 +12,6 @@ use crate::pg::{PgOptions, PgServer};
 use crate::proxy::{serve_endpoint, EndpointSpec, ProxyShared};
 use crate::sts::{Sts, StsServer};
 use crate::tls::ProxyTls;
-use crate::token::{sign_token, SigningCredentials, TokenRequest};
 use crate::Error;
 
 /// A running proxy endpoint.
@@ -340,32 +339,7 @@ impl LocalStack {
             .ok_or_else(|| Error::Sts(format!("no role {role_arn}")))
     }
 
-    /// Signs a token with the emulator's own signer (for tests and demos).
-    pub fn sign_token(
-        &self,
-        endpoint: &Endpoint,
-        db_user: &str,
-        creds: &TemporaryCredentials,
-        at: OffsetDateTime,
-    ) -> String {
-        sign_token(
-            &TokenRequest {
-                host: &endpoint.hostname,
-                port: endpoint.port,
-                region: &self.config.region,
-                db_user,
-                expires_in: 900,
-            },
-            &SigningCredentials {
-                access_key_id: &creds.access_key_id,
-                secret_access_key: &creds.secret_access_key,
-                session_token: Some(&creds.session_token),
-            },
-            at,
-        )
-    }
-
-    /// The `stack.env` pairs: the Lambda's variables (DESIGN.md 7) for the application
+    /// The `stack.env` pairs: the Lambda's environment variables for the application
     /// endpoint, plus `AWS_REGION`, the application principal's keys and
     /// `AWS_ENDPOINT_URL_STS`.
     pub fn env(&self) -> Vec<(String, String)> {

@@ -75,17 +75,15 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
+/// ISO 8601 in UTC to the second, as STS writes `Expiration`.
+const ISO8601: &[time::format_description::FormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
 fn iso8601(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    // Cannot fail for the years credentials expire in (0..=9999).
+    t.to_offset(time::UtcOffset::UTC)
+        .format(ISO8601)
+        .unwrap_or_default()
 }
 
 /// One parsed HTTP request, reduced to what SigV4 and the Query protocol need.

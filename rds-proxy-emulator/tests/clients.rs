@@ -77,7 +77,13 @@ async fn psql_verify_full_with_a_token() -> TestResult {
     let stack = demo().await;
     let ep = stack.app_endpoint().clone();
     let creds = session(&stack, CONNECT_ROLE);
-    let token = stack.sign_token(&ep, "app_user", &creds, time::OffsetDateTime::now_utc());
+    let token = sign_token(
+        &stack,
+        &ep,
+        "app_user",
+        &creds,
+        time::OffsetDateTime::now_utc(),
+    );
 
     let out = psql(
         &stack,
@@ -131,7 +137,13 @@ async fn pgbench_through_the_proxy_has_no_failed_transactions() -> TestResult {
         .expect("READ_WRITE endpoint")
         .clone();
     let creds = session(&stack, CONNECT_ROLE);
-    let token = stack.sign_token(&rw, "app_user", &creds, time::OffsetDateTime::now_utc());
+    let token = sign_token(
+        &stack,
+        &rw,
+        "app_user",
+        &creds,
+        time::OffsetDateTime::now_utc(),
+    );
     let info = conninfo(&stack, &rw);
 
     // Initialisation through the proxy too (COPY, VACUUM, ALTER TABLE).
