@@ -77,6 +77,10 @@ pub struct StsConfig {
     /// Largest accepted difference between `X-Amz-Date` and the server clock.
     #[serde(default = "default_skew")]
     pub max_clock_skew_seconds: u32,
+    /// Issued credentials expire after this many seconds, whatever `DurationSeconds` asked
+    /// for (`None`: as asked). For testing credential rotation in long-running clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_lifetime_seconds: Option<u32>,
 }
 
 impl Default for StsConfig {
@@ -85,6 +89,7 @@ impl Default for StsConfig {
             listen: default_listen(),
             min_duration_seconds: default_min_duration(),
             max_clock_skew_seconds: default_skew(),
+            credentials_lifetime_seconds: None,
         }
     }
 }
@@ -153,6 +158,10 @@ pub struct ProxyConfig {
     /// Seconds to wait for PostgreSQL before telling the client it is unreachable.
     #[serde(default = "default_backend_timeout")]
     pub backend_connect_timeout_seconds: u64,
+    /// Tokens older than this (by their `X-Amz-Date`) are refused at login with the IAM
+    /// authentication message, whatever their `X-Amz-Expires` (AWS: 900, the tokens' life).
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_seconds: u32,
     /// Endpoints (each with its own listen address).
     pub endpoints: Vec<EndpointConfig>,
     /// Database users the proxy holds a secret for.
@@ -266,6 +275,9 @@ fn default_idle() -> u64 {
 }
 fn default_backend_timeout() -> u64 {
     10
+}
+fn default_token_lifetime() -> u32 {
+    900
 }
 fn default_pg_port() -> u16 {
     5432
@@ -397,6 +409,12 @@ impl StackConfig {
             if u.name.is_empty() || u.name.contains('\0') {
                 return err("a db user has an empty or invalid name".into());
             }
+        }
+        if self.proxy.token_lifetime_seconds == 0 {
+            return err("proxy.token_lifetime_seconds must be at least 1".into());
+        }
+        if self.sts.credentials_lifetime_seconds == Some(0) {
+            return err("sts.credentials_lifetime_seconds must be at least 1".into());
         }
         if self.proxy.max_client_connections == 0 {
             return err("proxy.max_client_connections must be at least 1".into());

@@ -45,6 +45,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod iam;
 pub mod pg;
 pub mod proxy;
@@ -55,6 +56,7 @@ pub mod tls;
 pub mod token;
 
 pub use config::{StackConfig, TargetRole};
+pub use control::{Counters, StsFault};
 pub use iam::TemporaryCredentials;
 pub use stack::{shell_quote, Endpoint, LocalStack, StartOptions};
 

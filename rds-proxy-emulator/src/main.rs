@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! rds-proxy-emulator serve  --config local-stack.toml --state-dir .local   # foreground
-//! rds-proxy-emulator status --state-dir .local                             # summary
+//! rds-proxy-emulator status --state-dir .local                             # summary, counters
+//! rds-proxy-emulator fault sts-hang|sts-refuse|proxy-stall|clear            # fault injection
 //! rds-proxy-emulator check-config --config local-stack.toml
 //! ```
 //!
@@ -44,12 +45,124 @@ enum Command {
         #[arg(long, default_value = ".local")]
         state_dir: PathBuf,
     },
+    /// Inject a fault into the running stack, or clear them: `sts-hang` (STS takes requests
+    /// in and does not answer), `sts-refuse` (STS answers 503 ServiceUnavailable),
+    /// `proxy-stall` (the proxy accepts connections and never answers), `clear`.
+    Fault {
+        /// The fault.
+        #[arg(value_enum)]
+        fault: FaultArg,
+        /// The state dir of `serve`.
+        #[arg(long, default_value = ".local")]
+        state_dir: PathBuf,
+    },
     /// Validate a configuration file.
     CheckConfig {
         /// Stack configuration (TOML).
         #[arg(long, default_value = "local-stack.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FaultArg {
+    StsHang,
+    StsRefuse,
+    ProxyStall,
+    Clear,
+}
+
+impl FaultArg {
+    fn command(self) -> &'static str {
+        match self {
+            FaultArg::StsHang => "fault sts-hang",
+            FaultArg::StsRefuse => "fault sts-refuse",
+            FaultArg::ProxyStall => "fault proxy-stall",
+            FaultArg::Clear => "fault clear",
+        }
+    }
+}
+
+/// The control socket of a running `serve` (one command line in, the answer out).
+const CONTROL_SOCKET: &str = "control.sock";
+
+/// Sends one command to the running stack's control socket.
+fn control(state_dir: &Path, command: &str) -> Result<String, Failure> {
+    use std::io::Read;
+    let path = state_dir.join(CONTROL_SOCKET);
+    let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        Failure(format!(
+            "no running stack at {} ({e}): start one with `make local-up`",
+            path.display()
+        ))
+    })?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    match answer.strip_prefix("error: ") {
+        Some(e) => Err(Failure(e.trim().to_string())),
+        None => Ok(answer),
+    }
+}
+
+/// Answers one control command.
+async fn control_command(stack: &LocalStack, command: &str) -> Result<String, String> {
+    use rds_proxy_emulator::StsFault;
+    match command.trim() {
+        "counters" => {
+            let c = stack.counters();
+            Ok(format!(
+                "assume_role_calls={}\nassume_role_succeeded={}\nlogins_accepted={}\nlogins_refused={}\nsessions_pinned={}\nsessions_closed_by_failover={}\nsts_fault={}\nproxy_stall={}\n",
+                c.assume_role_calls,
+                c.assume_role_succeeded,
+                c.logins_accepted,
+                c.logins_refused,
+                c.sessions_pinned,
+                c.sessions_closed_by_failover,
+                stack.control().sts_fault().as_str(),
+                stack.control().proxy_stall(),
+            ))
+        }
+        "fault sts-hang" => {
+            stack.set_sts_fault(StsFault::Hang);
+            Ok("STS: hanging every request until `fault clear`\n".into())
+        }
+        "fault sts-refuse" => {
+            stack.set_sts_fault(StsFault::Refuse);
+            Ok("STS: answering 503 ServiceUnavailable until `fault clear`\n".into())
+        }
+        "fault proxy-stall" => {
+            stack.set_proxy_stall(true);
+            Ok("proxy: stalling new connections until `fault clear`\n".into())
+        }
+        "fault clear" => {
+            stack.clear_faults();
+            Ok("faults cleared\n".into())
+        }
+        other => Err(format!("unknown control command {other:?}")),
+    }
+}
+
+async fn serve_control(listener: tokio::net::UnixListener, stack: &LocalStack) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, 1024));
+        if reader.read_line(&mut line).await.is_err() {
+            continue;
+        }
+        let answer = match control_command(stack, &line).await {
+            Ok(a) => a,
+            Err(e) => format!("error: {e}\n"),
+        };
+        let _ = write.write_all(answer.as_bytes()).await;
+        let _ = write.shutdown().await;
+    }
 }
 
 /// A one-line runtime failure.
@@ -73,6 +186,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, state_dir } => serve(&config, &state_dir),
         Command::Status { state_dir } => return status(&state_dir),
+        Command::Fault { fault, state_dir } => {
+            control(&state_dir, fault.command()).map(|answer| print!("{answer}"))
+        }
         Command::CheckConfig { config } => StackConfig::from_file(&config)
             .map(|_| println!("{}: ok", config.display()))
             .map_err(Failure::from),
@@ -169,15 +285,20 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
         write_atomically(&state_dir.join("stack.env"), &stack.env_file())?;
         tracing::info!("ready: source {}", state_dir.join("stack.env").display());
 
+        let socket_path = state_dir.join(CONTROL_SOCKET);
+        let _ = std::fs::remove_file(&socket_path);
+        let control_listener = tokio::net::UnixListener::bind(&socket_path)
+            .map_err(|e| Failure(format!("binding {}: {e}", socket_path.display())))?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
             _ = hup.recv() => {}
+            _ = serve_control(control_listener, &stack) => {}
         }
         tracing::info!("shutting down");
-        for f in ["stack.env", "backend.env", "postgres.pid", "postgres.dir"] {
+        for f in ["stack.env", "backend.env", "postgres.pid", "postgres.dir", CONTROL_SOCKET] {
             let _ = std::fs::remove_file(state_dir.join(f));
         }
         stack.shutdown().await;
@@ -244,5 +365,31 @@ fn status(state_dir: &Path) -> ExitCode {
             .unwrap_or_else(|_| "?".into()),
         env_path.display(),
     );
+    match control(state_dir, "counters") {
+        Ok(answer) => {
+            let kv: Vec<(&str, &str)> = answer.lines().filter_map(|l| l.split_once('=')).collect();
+            let c = |k: &str| {
+                kv.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| *v)
+                    .unwrap_or("?")
+            };
+            let _ = writeln!(
+                out,
+                "\nSince start:\n  STS AssumeRole     {} received, {} succeeded\n  proxy logins       {} accepted, {} refused\n  sessions pinned    {}\n  closed by failover {}\n  faults             STS {}, proxy stall {}",
+                c("assume_role_calls"),
+                c("assume_role_succeeded"),
+                c("logins_accepted"),
+                c("logins_refused"),
+                c("sessions_pinned"),
+                c("sessions_closed_by_failover"),
+                c("sts_fault"),
+                if c("proxy_stall") == "true" { "on" } else { "off" },
+            );
+        }
+        Err(Failure(e)) => {
+            let _ = writeln!(out, "\n(counters unavailable: {e})");
+        }
+    }
     ExitCode::SUCCESS
 }

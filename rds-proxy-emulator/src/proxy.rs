@@ -31,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::config::{StackConfig, TargetRole};
+use crate::control::Control;
 use crate::iam::Iam;
 use crate::token::{verify_token, Expected};
 
@@ -119,6 +120,7 @@ pub struct ProxyShared {
     tls: TlsAcceptor,
     clients: AtomicUsize,
     shutdown: watch::Sender<bool>,
+    control: Arc<Control>,
 }
 
 impl std::fmt::Debug for ProxyShared {
@@ -131,11 +133,13 @@ impl std::fmt::Debug for ProxyShared {
 }
 
 impl ProxyShared {
-    /// Shared state for a proxy relaying to `backend`.
+    /// Shared state for a proxy relaying to `backend`, obeying `control`'s faults and
+    /// counting there.
     pub fn new(
         iam: Arc<Iam>,
         backend: SocketAddr,
         tls: Arc<rustls::ServerConfig>,
+        control: Arc<Control>,
     ) -> Arc<ProxyShared> {
         let config = Arc::new(iam.config().clone());
         Arc::new(ProxyShared {
@@ -145,6 +149,7 @@ impl ProxyShared {
             tls: TlsAcceptor::from(tls),
             clients: AtomicUsize::new(0),
             shutdown: watch::channel(false).0,
+            control,
         })
     }
 
@@ -281,6 +286,17 @@ pub fn fatal_message(sqlstate: &str, message: &str) -> Vec<u8> {
     msg
 }
 
+/// Sends a FATAL refusal and counts it.
+async fn refuse<S: AsyncWrite + Unpin>(
+    shared: &ProxyShared,
+    s: &mut S,
+    sqlstate: &str,
+    message: &str,
+) {
+    Control::bump(&shared.control.logins_refused);
+    send_fatal(s, sqlstate, message).await;
+}
+
 async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, sqlstate: &str, message: &str) {
     let _ = s.write_all(&fatal_message(sqlstate, message)).await;
     let _ = s.flush().await;
@@ -300,6 +316,18 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
     let count = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
     let _slot = ClientSlot(&shared.clients);
     let mut stop = shared.shutdown.subscribe();
+    if shared.control.proxy_stall() {
+        tracing::warn!(endpoint = %spec.name, "proxy fault: stalling a new connection");
+        let drain = async {
+            let mut sink = [0u8; 1024];
+            while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        tokio::select! {
+            _ = drain => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        return;
+    }
     let handshake = async {
         loop {
             match read_startup(&mut tcp).await? {
@@ -314,7 +342,7 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
                 }
                 Startup::V3(_) | Startup::Other(_) => {
                     tracing::warn!(endpoint = %spec.name, "refused: startup packet without TLS");
-                    send_fatal(&mut tcp, SQLSTATE_AUTH_SPEC, MSG_TLS_REQUIRED).await;
+                    refuse(&shared, &mut tcp, SQLSTATE_AUTH_SPEC, MSG_TLS_REQUIRED).await;
                     return Ok(None);
                 }
             }
@@ -328,7 +356,7 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
             }
             Startup::Other(version) => {
                 tracing::warn!(endpoint = %spec.name, "refused: protocol {}.{}", version >> 16, version & 0xffff);
-                send_fatal(&mut tls, SQLSTATE_FEATURE, MSG_PROTOCOL).await;
+                refuse(&shared, &mut tls, SQLSTATE_FEATURE, MSG_PROTOCOL).await;
                 return Ok(None);
             }
             Startup::Ssl | Startup::GssEnc => {
@@ -373,7 +401,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     let max = shared.config.proxy.max_client_connections;
     if params.iter().any(|(k, _)| k == "replication") {
         tracing::warn!(endpoint = %spec.name, "refused: replication requested");
-        send_fatal(tls, SQLSTATE_FEATURE, MSG_REPLICATION).await;
+        refuse(shared, tls, SQLSTATE_FEATURE, MSG_REPLICATION).await;
         return Ok(None);
     }
     if let Some((k, _)) = params
@@ -381,7 +409,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         .find(|(k, _)| !ACCEPTED_PARAMETERS.contains(&k.as_str()))
     {
         tracing::warn!(endpoint = %spec.name, "refused: unsupported startup option {k}");
-        send_fatal(tls, SQLSTATE_FEATURE, &msg_option(k)).await;
+        refuse(shared, tls, SQLSTATE_FEATURE, &msg_option(k)).await;
         return Ok(None);
     }
     let get = |name: &str| {
@@ -392,12 +420,12 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let Some(user) = get("user").filter(|u| !u.is_empty()).map(str::to_string) else {
         tracing::warn!(endpoint = %spec.name, "refused: no user in the startup packet");
-        send_fatal(tls, SQLSTATE_AUTH_SPEC, MSG_NO_USER).await;
+        refuse(shared, tls, SQLSTATE_AUTH_SPEC, MSG_NO_USER).await;
         return Ok(None);
     };
     if count > max {
         tracing::warn!(endpoint = %spec.name, "refused: {count} client connections, limit {max}");
-        send_fatal(tls, SQLSTATE_TOO_MANY, &msg_too_many(max)).await;
+        refuse(shared, tls, SQLSTATE_TOO_MANY, &msg_too_many(max)).await;
         return Ok(None);
     }
     let database = get("database")
@@ -425,7 +453,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
 
     let Some(db_user) = shared.config.proxy.db_users.iter().find(|u| u.name == user) else {
         tracing::warn!(endpoint = %spec.name, %user, "refused: no secret (credentials) for this db user");
-        send_fatal(tls, SQLSTATE_IAM, &msg_no_credentials(&user)).await;
+        refuse(shared, tls, SQLSTATE_IAM, &msg_no_credentials(&user)).await;
         return Ok(None);
     };
     let expected = Expected {
@@ -445,8 +473,14 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             known
         })
     });
+    let lifetime = time::Duration::seconds(i64::from(shared.config.proxy.token_lifetime_seconds));
     let refusal = match (&verified, &caller) {
         (Err(reason), _) => Some(reason.to_string()),
+        (Ok(t), _) if expected.now - t.signed_at >= lifetime => Some(format!(
+            "token signed at {} is older than token_lifetime_seconds ({} s)",
+            t.signed_at,
+            lifetime.whole_seconds()
+        )),
         (Ok(_), Some(c)) => {
             let resource = shared.config.dbuser_arn(&user);
             if shared.iam.may_connect(c, &resource) {
@@ -462,7 +496,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if let Some(reason) = refusal {
         tracing::warn!(endpoint = %spec.name, %user, "refused: IAM authentication failed: {reason}");
-        send_fatal(tls, SQLSTATE_IAM, &msg_iam_failed(&user)).await;
+        refuse(shared, tls, SQLSTATE_IAM, &msg_iam_failed(&user)).await;
         return Ok(None);
     }
     if let Some(c) = &caller {
@@ -498,11 +532,13 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             // ReadyForQuery follow through the relay.
             tls.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await?;
             tls.flush().await?;
+            Control::bump(&shared.control.logins_accepted);
             Ok(Some((stream, user)))
         }
         Ok(Ok(BackendLogin::Refused(error_message))) => {
             // PostgreSQL's own refusal (e.g. unknown database): pass it on.
             tracing::warn!(endpoint = %spec.name, %user, "backend refused the session");
+            Control::bump(&shared.control.logins_refused);
             let _ = tls.write_all(&error_message).await;
             let _ = tls.flush().await;
             let _ = tls.shutdown().await;
@@ -510,12 +546,12 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Ok(Err(e)) => {
             tracing::error!(endpoint = %spec.name, backend = %shared.backend, "backend unreachable: {e}");
-            send_fatal(tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
+            refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
             Ok(None)
         }
         Err(_) => {
             tracing::error!(endpoint = %spec.name, backend = %shared.backend, "backend login timed out");
-            send_fatal(tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
+            refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
             Ok(None)
         }
     }

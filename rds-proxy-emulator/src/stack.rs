@@ -7,6 +7,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::config::{StackConfig, TargetRole};
+use crate::control::{Control, Counters, StsFault};
 use crate::iam::{Iam, TemporaryCredentials};
 use crate::pg::{PgOptions, PgServer};
 use crate::proxy::{serve_endpoint, EndpointSpec, ProxyShared};
@@ -69,6 +70,7 @@ pub struct LocalStack {
     pg: PgServer,
     sts: StsServer,
     proxy: Arc<ProxyShared>,
+    control: Arc<Control>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
     endpoints: Vec<Endpoint>,
     ca_pem: String,
@@ -178,8 +180,18 @@ impl LocalStack {
         .await?;
 
         let iam = Arc::new(Iam::new(Arc::clone(&config)));
-        let sts = StsServer::start(Sts::new(Arc::clone(&iam)), config.sts.listen).await?;
-        let proxy = ProxyShared::new(Arc::clone(&iam), pg.addr(), Arc::clone(&tls.server_config));
+        let control = Arc::new(Control::new());
+        let sts = StsServer::start(
+            Sts::with_control(Arc::clone(&iam), Arc::clone(&control)),
+            config.sts.listen,
+        )
+        .await?;
+        let proxy = ProxyShared::new(
+            Arc::clone(&iam),
+            pg.addr(),
+            Arc::clone(&tls.server_config),
+            Arc::clone(&control),
+        );
         let mut endpoints = Vec::new();
         let mut listeners = Vec::new();
         for e in &config.proxy.endpoints {
@@ -211,6 +223,7 @@ impl LocalStack {
             pg,
             sts,
             proxy,
+            control,
             listeners,
             endpoints,
             ca_pem: tls.ca_pem,
@@ -324,6 +337,34 @@ impl LocalStack {
     /// Number of client connections the proxy holds now.
     pub fn proxy_client_connections(&self) -> usize {
         self.proxy.client_connections()
+    }
+
+    /// Sets a fault of the STS stand-in ([`StsFault::None`] clears it).
+    pub fn set_sts_fault(&self, fault: StsFault) {
+        tracing::info!(fault = fault.as_str(), "STS fault set");
+        self.control.set_sts_fault(fault);
+    }
+
+    /// Makes the proxy accept new TCP connections and never answer on them (or stop).
+    pub fn set_proxy_stall(&self, stall: bool) {
+        tracing::info!(stall, "proxy stall set");
+        self.control.set_proxy_stall(stall);
+    }
+
+    /// Clears every fault.
+    pub fn clear_faults(&self) {
+        self.control.clear();
+    }
+
+    /// The stack's fault switches and counters.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// The counters now: STS `AssumeRole` calls, proxy logins accepted and refused, pinned
+    /// sessions, ...
+    pub fn counters(&self) -> Counters {
+        self.control.counters()
     }
 
     /// Issues session credentials for `role_arn` directly (no STS call, no trust check),

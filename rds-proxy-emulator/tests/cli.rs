@@ -149,6 +149,37 @@ async fn serve_and_clean_shutdown() -> TestResult {
     assert_eq!(n, 5);
     drop(client);
 
+    // Faults and counters through the control socket.
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--state-dir")
+            .arg(state.path())
+            .output()
+            .expect("run the CLI")
+    };
+    let out = cli(&["fault", "sts-refuse"]);
+    assert!(out.status.success(), "{out:?}");
+    let status = String::from_utf8(cli(&["status"]).stdout)?;
+    assert!(
+        status.contains("STS AssumeRole     1 received, 1 succeeded"),
+        "{status}"
+    );
+    assert!(
+        status.contains("proxy logins       1 accepted, 0 refused"),
+        "{status}"
+    );
+    assert!(
+        status.contains("faults             STS refuse, proxy stall off"),
+        "{status}"
+    );
+    assert!(cli(&["fault", "proxy-stall"]).status.success());
+    assert!(String::from_utf8(cli(&["status"]).stdout)?
+        .contains("faults             STS refuse, proxy stall on"));
+    assert!(cli(&["fault", "clear"]).status.success());
+    assert!(String::from_utf8(cli(&["status"]).stdout)?
+        .contains("faults             STS none, proxy stall off"));
+
     // A second serve on the same state dir refuses.
     let out = Command::new(BIN)
         .args(["serve", "--config"])
@@ -169,7 +200,13 @@ async fn serve_and_clean_shutdown() -> TestResult {
         "postgres still running"
     );
     assert!(!Path::new(&pg_dir).exists(), "{pg_dir} left behind");
-    for f in ["stack.env", "serve.pid", "postgres.pid", "backend.env"] {
+    for f in [
+        "stack.env",
+        "serve.pid",
+        "postgres.pid",
+        "backend.env",
+        "control.sock",
+    ] {
         assert!(!state.path().join(f).exists(), "{f} left behind");
     }
     Ok(())
@@ -188,6 +225,18 @@ fn errors_are_one_line_with_exit_codes() {
         err.starts_with("rds-proxy-emulator: configuration: cannot read /nonexistent.toml"),
         "{err}"
     );
+
+    // A control command without a running stack: one line, exit 1.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["fault", "clear", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no running stack at"), "{err}");
 
     let out = Command::new(BIN)
         .args(["serve", "--bogus"])
