@@ -244,6 +244,10 @@ pub struct DatabaseConfig {
     /// the built-in example tables ([`crate::pg::DEFAULT_SEED_SQL`]).
     #[serde(default)]
     pub seed_sql: Option<String>,
+    /// Hot standbys (readers) streaming from the writer: where `READ_ONLY` endpoints send
+    /// sessions. 0: no reader, so `READ_ONLY` logins time out as with RDS Proxy.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -251,8 +255,13 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             name: default_db_name(),
             seed_sql: None,
+            replicas: default_replicas(),
         }
     }
+}
+
+fn default_replicas() -> u32 {
+    1
 }
 
 fn default_listen() -> SocketAddr {
@@ -418,6 +427,9 @@ impl StackConfig {
         }
         if self.proxy.max_client_connections == 0 {
             return err("proxy.max_client_connections must be at least 1".into());
+        }
+        if self.database.replicas > 8 {
+            return err("database.replicas must be at most 8".into());
         }
         if self.database.name.is_empty() || self.database.name.contains('\0') {
             return err("database.name is empty or invalid".into());

@@ -44,10 +44,12 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod iam;
 pub mod pg;
+pub mod pinning;
 pub mod proxy;
 pub mod sigv4;
 mod stack;
@@ -55,6 +57,7 @@ pub mod sts;
 pub mod tls;
 pub mod token;
 
+pub use cluster::{FailoverReport, ServerRole, ServerStatus};
 pub use config::{StackConfig, TargetRole};
 pub use control::{Counters, StsFault};
 pub use iam::TemporaryCredentials;

@@ -4,6 +4,7 @@
 //! rds-proxy-emulator serve  --config local-stack.toml --state-dir .local   # foreground
 //! rds-proxy-emulator status --state-dir .local                             # summary, counters
 //! rds-proxy-emulator fault sts-hang|sts-refuse|proxy-stall|clear            # fault injection
+//! rds-proxy-emulator failover                                              # promote a reader
 //! rds-proxy-emulator check-config --config local-stack.toml
 //! ```
 //!
@@ -52,6 +53,13 @@ enum Command {
         /// The fault.
         #[arg(value_enum)]
         fault: FaultArg,
+        /// The state dir of `serve`.
+        #[arg(long, default_value = ".local")]
+        state_dir: PathBuf,
+    },
+    /// Fail over: stop the writer, promote a reader (sessions on both are closed; a new
+    /// reader is built from the new writer in the background).
+    Failover {
         /// The state dir of `serve`.
         #[arg(long, default_value = ".local")]
         state_dir: PathBuf,
@@ -124,6 +132,35 @@ async fn control_command(stack: &LocalStack, command: &str) -> Result<String, St
                 stack.control().proxy_stall(),
             ))
         }
+        "servers" => {
+            let mut out = String::new();
+            for s in stack.servers().await {
+                out.push_str(&format!(
+                    "{} {} {} {} {} {}\n",
+                    s.name,
+                    s.role.as_str(),
+                    s.addr,
+                    s.pid,
+                    s.lag_bytes
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.replay_lag_ms
+                        .map(|ms| format!("{ms:.1}"))
+                        .unwrap_or_else(|| "-".into()),
+                ));
+            }
+            Ok(out)
+        }
+        "failover" => {
+            let r = stack.failover().await.map_err(|e| e.to_string())?;
+            Ok(format!(
+                "failover: {} stopped, {} promoted to writer in {} ms; {} client session(s) closed; a new reader is being built\n",
+                r.old_writer,
+                r.new_writer,
+                r.took.as_millis(),
+                r.sessions_closed
+            ))
+        }
         "fault sts-hang" => {
             stack.set_sts_fault(StsFault::Hang);
             Ok("STS: hanging every request until `fault clear`\n".into())
@@ -144,7 +181,18 @@ async fn control_command(stack: &LocalStack, command: &str) -> Result<String, St
     }
 }
 
-async fn serve_control(listener: tokio::net::UnixListener, stack: &LocalStack) {
+/// `postgres.pid`: every running server's pid, one a line (for `make local-down` if
+/// `serve` dies without cleaning up).
+fn write_pids(state_dir: &Path, stack: &LocalStack) -> Result<(), Failure> {
+    let pids: String = stack
+        .postgres_pids()
+        .iter()
+        .map(|p| format!("{p}\n"))
+        .collect();
+    write_atomically(&state_dir.join("postgres.pid"), &pids)
+}
+
+async fn serve_control(listener: tokio::net::UnixListener, stack: &LocalStack, state_dir: &Path) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -162,6 +210,14 @@ async fn serve_control(listener: tokio::net::UnixListener, stack: &LocalStack) {
         };
         let _ = write.write_all(answer.as_bytes()).await;
         let _ = write.shutdown().await;
+        if line.trim() == "failover" {
+            // Record the running servers now, and again once the new reader is up.
+            let _ = write_pids(state_dir, stack);
+            stack
+                .wait_for_readers(1, std::time::Duration::from_secs(60))
+                .await;
+            let _ = write_pids(state_dir, stack);
+        }
     }
 }
 
@@ -188,6 +244,9 @@ fn main() -> ExitCode {
         Command::Status { state_dir } => return status(&state_dir),
         Command::Fault { fault, state_dir } => {
             control(&state_dir, fault.command()).map(|answer| print!("{answer}"))
+        }
+        Command::Failover { state_dir } => {
+            control(&state_dir, "failover").map(|answer| print!("{answer}"))
         }
         Command::CheckConfig { config } => StackConfig::from_file(&config)
             .map(|_| println!("{}: ok", config.display()))
@@ -263,7 +322,7 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
             }
         };
         let pg = stack.postgres();
-        write_atomically(&state_dir.join("postgres.pid"), &format!("{}\n", pg.pid()))?;
+        write_pids(&state_dir, &stack)?;
         write_atomically(&state_dir.join("postgres.dir"), &format!("{}\n", pg.dir().display()))?;
         let secret = stack
             .config()
@@ -274,8 +333,14 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
             .map(|u| u.backend_password.clone())
             .unwrap_or_default();
         let backend = format!(
-            "# Direct PostgreSQL access, bypassing the proxy (benchmarks, debugging).\nexport LOCAL_PG_HOST=127.0.0.1\nexport LOCAL_PG_PORT={}\nexport LOCAL_PG_USER={}\nexport LOCAL_PG_PASSWORD={}\nexport LOCAL_PG_DB={}\n",
-            pg.port(),
+            "# Direct PostgreSQL access, bypassing the proxy (benchmarks, debugging): the writer,\n# the first reader, TLS verified against the stack's CA (plaintext is accepted too).\nexport LOCAL_PG_HOST=127.0.0.1\nexport LOCAL_PG_PORT={}\nexport LOCAL_PG_READER_PORT={}\nexport LOCAL_PG_SSLMODE=verify-full\nexport LOCAL_PG_SSLROOTCERT={}\nexport LOCAL_PG_USER={}\nexport LOCAL_PG_PASSWORD={}\nexport LOCAL_PG_DB={}\n",
+            stack.backend_addr().port(),
+            stack
+                .reader_addrs()
+                .first()
+                .map(|a| a.port().to_string())
+                .unwrap_or_default(),
+            shell_quote(&stack.ca_path().display().to_string()),
             shell_quote(stack.db_user()),
             shell_quote(&secret),
             shell_quote(stack.db_name())
@@ -295,7 +360,7 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
             _ = hup.recv() => {}
-            _ = serve_control(control_listener, &stack) => {}
+            _ = serve_control(control_listener, &stack, &state_dir) => {}
         }
         tracing::info!("shutting down");
         for f in ["stack.env", "backend.env", "postgres.pid", "postgres.dir", CONTROL_SOCKET] {
@@ -365,6 +430,24 @@ fn status(state_dir: &Path) -> ExitCode {
             .unwrap_or_else(|_| "?".into()),
         env_path.display(),
     );
+    if let Ok(answer) = control(state_dir, "servers") {
+        let _ = writeln!(
+            out,
+            "\nPostgreSQL servers (name, role, address, pid, replication lag):"
+        );
+        for line in answer.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if let [name, role, addr, pid, bytes, ms] = f[..] {
+                let lag = match (role, bytes, ms) {
+                    ("reader", "-", _) => "lag unknown (not streaming)".to_string(),
+                    ("reader", b, "-") => format!("lag {b} bytes"),
+                    ("reader", b, ms) => format!("lag {b} bytes, replay lag {ms} ms"),
+                    _ => String::new(),
+                };
+                let _ = writeln!(out, "  {name:<6} {role:<8} {addr:<16} pid {pid:<8} {lag}");
+            }
+        }
+    }
     match control(state_dir, "counters") {
         Ok(answer) => {
             let kv: Vec<(&str, &str)> = answer.lines().filter_map(|l| l.split_once('=')).collect();
@@ -376,7 +459,7 @@ fn status(state_dir: &Path) -> ExitCode {
             };
             let _ = writeln!(
                 out,
-                "\nSince start:\n  STS AssumeRole     {} received, {} succeeded\n  proxy logins       {} accepted, {} refused\n  sessions pinned    {}\n  closed by failover {}\n  faults             STS {}, proxy stall {}",
+                "\nSince start:\n  STS AssumeRole     {} received, {} succeeded\n  proxy logins       {} accepted, {} refused\n  sessions pinned    {} pinned so far\n  closed by failover {}\n  faults             STS {}, proxy stall {}",
                 c("assume_role_calls"),
                 c("assume_role_succeeded"),
                 c("logins_accepted"),

@@ -15,8 +15,13 @@
 //!    Every refusal is logged (`tracing`, target `rds_proxy_emulator::proxy`) with its
 //!    precise reason; the client sees only the RDS Proxy text.
 //! 4. A backend session is opened as the db user with the proxy's secret (SCRAM-SHA-256),
-//!    read-only for `READ_ONLY` endpoints (`default_transaction_read_only=on`), and the
-//!    traffic is relayed both ways until either side closes or the client is idle too long.
+//!    on the writer for `READ_WRITE` endpoints and on a reader (a hot standby, round robin)
+//!    for `READ_ONLY` ones, following the [`Topology`] (which a failover changes). While
+//!    no suitable server is available the login waits, up to
+//!    `backend_connect_timeout_seconds`.
+//! 5. The traffic is relayed both ways until either side closes or the client is idle too
+//!    long. Client-to-database bytes are watched for pinning conditions
+//!    ([`crate::pinning`]) until the first one; nothing else is parsed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +38,7 @@ use tracing::Instrument;
 use crate::config::{StackConfig, TargetRole};
 use crate::control::Control;
 use crate::iam::Iam;
+use crate::pinning::PinWatch;
 use crate::token::{verify_token, Expected};
 
 /// SQLSTATE of IAM authentication failures.
@@ -57,6 +63,8 @@ pub const MSG_REPLICATION: &str =
 /// No user in the startup packet.
 pub const MSG_NO_USER: &str =
     "A user name is missing from the connection startup packet. Provide a user name for this connection.";
+/// No server of the endpoint's role became available in time (RDS Proxy's borrow timeout).
+pub const MSG_BORROW_TIMEOUT: &str = "Timed-out waiting to acquire database connection.";
 /// The message sent when PostgreSQL cannot be reached (not an AWS text: RDS Proxy would
 /// time out waiting for a database connection).
 pub const MSG_BACKEND_DOWN: &str =
@@ -112,11 +120,34 @@ pub struct EndpointSpec {
     pub target_role: TargetRole,
 }
 
+/// Where the proxy sends sessions: the database cluster as the proxy sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// The writer (for `READ_WRITE` endpoints); `None` while a failover is under way.
+    pub writer: Option<SocketAddr>,
+    /// The readers (for `READ_ONLY` endpoints, round robin); empty while none is ready.
+    pub readers: Vec<SocketAddr>,
+}
+
+impl Topology {
+    /// Every server address, writer first.
+    pub fn all(&self) -> Vec<SocketAddr> {
+        self.writer
+            .iter()
+            .chain(self.readers.iter())
+            .copied()
+            .collect()
+    }
+}
+
 /// State shared by all endpoints of one proxy.
 pub struct ProxyShared {
     iam: Arc<Iam>,
     config: Arc<StackConfig>,
-    backend: SocketAddr,
+    topology: watch::Receiver<Topology>,
+    next_reader: AtomicUsize,
+    sessions: std::sync::Mutex<std::collections::HashMap<u64, SocketAddr>>,
+    next_session: AtomicU64,
     tls: TlsAcceptor,
     clients: AtomicUsize,
     shutdown: watch::Sender<bool>,
@@ -126,18 +157,18 @@ pub struct ProxyShared {
 impl std::fmt::Debug for ProxyShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyShared")
-            .field("backend", &self.backend)
+            .field("topology", &*self.topology.borrow())
             .field("clients", &self.clients)
             .finish_non_exhaustive()
     }
 }
 
 impl ProxyShared {
-    /// Shared state for a proxy relaying to `backend`, obeying `control`'s faults and
-    /// counting there.
+    /// Shared state for a proxy relaying to the servers of `topology`, obeying `control`'s
+    /// faults and counting there.
     pub fn new(
         iam: Arc<Iam>,
-        backend: SocketAddr,
+        topology: watch::Receiver<Topology>,
         tls: Arc<rustls::ServerConfig>,
         control: Arc<Control>,
     ) -> Arc<ProxyShared> {
@@ -145,7 +176,10 @@ impl ProxyShared {
         Arc::new(ProxyShared {
             iam,
             config,
-            backend,
+            topology,
+            next_reader: AtomicUsize::new(0),
+            sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next_session: AtomicU64::new(1),
             tls: TlsAcceptor::from(tls),
             clients: AtomicUsize::new(0),
             shutdown: watch::channel(false).0,
@@ -156,6 +190,30 @@ impl ProxyShared {
     /// Number of client connections open now.
     pub fn client_connections(&self) -> usize {
         self.clients.load(Ordering::SeqCst)
+    }
+
+    /// Number of client sessions relayed to any of `servers` now.
+    pub fn sessions_on(&self, servers: &[SocketAddr]) -> usize {
+        self.sessions
+            .lock()
+            .map(|s| s.values().filter(|a| servers.contains(a)).count())
+            .unwrap_or(0)
+    }
+
+    /// A server for `role`, waiting up to `limit` for one to be available.
+    async fn pick_server(&self, role: TargetRole, limit: Duration) -> Option<SocketAddr> {
+        let pick = |t: &Topology, n: usize| match role {
+            TargetRole::ReadWrite => t.writer,
+            TargetRole::ReadOnly if t.readers.is_empty() => None,
+            TargetRole::ReadOnly => Some(t.readers[n % t.readers.len()]),
+        };
+        let n = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let mut rx = self.topology.clone();
+        let ready = tokio::time::timeout(limit, rx.wait_for(|t| pick(t, n).is_some())).await;
+        match ready {
+            Ok(Ok(t)) => pick(&t, n),
+            _ => None,
+        }
     }
 
     /// Closes every client connection and stops the listeners.
@@ -303,12 +361,16 @@ async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, sqlstate: &str, message: &
     let _ = s.shutdown().await;
 }
 
-async fn forward_cancel(backend: SocketAddr, packet: &[u8]) {
-    if let Ok(Ok(mut s)) =
-        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(backend)).await
-    {
-        let _ = s.write_all(packet).await;
-        let _ = s.shutdown().await;
+/// Forwards a CancelRequest to every server (only the one holding the key acts on it).
+async fn forward_cancel(shared: &ProxyShared, packet: &[u8]) {
+    let servers = shared.topology.borrow().all();
+    for backend in servers {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(backend)).await
+        {
+            let _ = s.write_all(packet).await;
+            let _ = s.shutdown().await;
+        }
     }
 }
 
@@ -337,7 +399,7 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
                 }
                 Startup::GssEnc => tcp.write_all(b"N").await?,
                 Startup::Cancel(packet) => {
-                    forward_cancel(shared.backend, &packet).await;
+                    forward_cancel(&shared, &packet).await;
                     return Ok(None);
                 }
                 Startup::V3(_) | Startup::Other(_) => {
@@ -351,7 +413,7 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
         let params = match read_startup(&mut tls).await? {
             Startup::V3(params) => params,
             Startup::Cancel(packet) => {
-                forward_cancel(shared.backend, &packet).await;
+                forward_cancel(&shared, &packet).await;
                 return Ok(None);
             }
             Startup::Other(version) => {
@@ -372,7 +434,7 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
         r = tokio::time::timeout(LOGIN_TIMEOUT, handshake) => r,
         _ = stop.wait_for(|s| *s) => return,
     };
-    let (tls, (backend, db_user)) = match outcome {
+    let (tls, (backend, db_user, server)) = match outcome {
         Ok(Ok(Some(ok))) => ok,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
@@ -384,10 +446,46 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
             return;
         }
     };
-    tracing::info!(endpoint = %spec.name, user = %db_user, "session started");
+    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let _registered = SessionEntry::register(&shared, session, server);
+    tracing::info!(endpoint = %spec.name, user = %db_user, session, %server, "session started");
     let idle = Duration::from_secs(shared.config.proxy.idle_client_timeout_seconds.max(1));
-    relay(tls, backend, idle, stop, &spec.name).await;
-    tracing::info!(endpoint = %spec.name, user = %db_user, "session ended");
+    relay(
+        tls,
+        backend,
+        idle,
+        stop,
+        SessionInfo {
+            shared: &shared,
+            endpoint: &spec.name,
+            session,
+        },
+    )
+    .await;
+    tracing::info!(endpoint = %spec.name, user = %db_user, session, "session ended");
+}
+
+/// A session's entry in the registry (removed on drop).
+struct SessionEntry<'a> {
+    shared: &'a ProxyShared,
+    id: u64,
+}
+
+impl<'a> SessionEntry<'a> {
+    fn register(shared: &'a ProxyShared, id: u64, server: SocketAddr) -> SessionEntry<'a> {
+        if let Ok(mut s) = shared.sessions.lock() {
+            s.insert(id, server);
+        }
+        SessionEntry { shared, id }
+    }
+}
+
+impl Drop for SessionEntry<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.sessions.lock() {
+            s.remove(&self.id);
+        }
+    }
 }
 
 /// Validates the startup packet, authenticates the token, opens the backend session.
@@ -397,7 +495,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     tls: &mut S,
     params: Vec<(String, String)>,
     count: usize,
-) -> Result<Option<(TcpStream, String)>, ConnError> {
+) -> Result<Option<(TcpStream, String, SocketAddr)>, ConnError> {
     let max = shared.config.proxy.max_client_connections;
     if params.iter().any(|(k, _)| k == "replication") {
         tracing::warn!(endpoint = %spec.name, "refused: replication requested");
@@ -503,22 +601,21 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         tracing::info!(endpoint = %spec.name, %user, principal = %c.arn, "IAM authentication succeeded");
     }
 
-    let mut forwarded: Vec<(String, String)> = params
+    let forwarded: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "user" | "database"))
         .cloned()
         .collect();
-    if spec.target_role == TargetRole::ReadOnly {
-        forwarded.push((
-            "options".into(),
-            "-c default_transaction_read_only=on".into(),
-        ));
-    }
     let timeout = Duration::from_secs(shared.config.proxy.backend_connect_timeout_seconds.max(1));
+    let Some(server) = shared.pick_server(spec.target_role, timeout).await else {
+        tracing::error!(endpoint = %spec.name, role = %spec.target_role, "no {} server available within {} s", spec.target_role, timeout.as_secs());
+        refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BORROW_TIMEOUT).await;
+        return Ok(None);
+    };
     match tokio::time::timeout(
         timeout,
         backend_login(
-            shared.backend,
+            server,
             &user,
             &database,
             &db_user.backend_password,
@@ -533,7 +630,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             tls.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await?;
             tls.flush().await?;
             Control::bump(&shared.control.logins_accepted);
-            Ok(Some((stream, user)))
+            Ok(Some((stream, user, server)))
         }
         Ok(Ok(BackendLogin::Refused(error_message))) => {
             // PostgreSQL's own refusal (e.g. unknown database): pass it on.
@@ -545,12 +642,12 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(None)
         }
         Ok(Err(e)) => {
-            tracing::error!(endpoint = %spec.name, backend = %shared.backend, "backend unreachable: {e}");
+            tracing::error!(endpoint = %spec.name, backend = %server, "backend unreachable: {e}");
             refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
             Ok(None)
         }
         Err(_) => {
-            tracing::error!(endpoint = %spec.name, backend = %shared.backend, "backend login timed out");
+            tracing::error!(endpoint = %spec.name, backend = %server, "backend login timed out");
             refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
             Ok(None)
         }
@@ -677,31 +774,61 @@ async fn backend_login(
     }
 }
 
+/// What the relay needs to know about its session.
+struct SessionInfo<'a> {
+    shared: &'a ProxyShared,
+    endpoint: &'a str,
+    session: u64,
+}
+
+/// Relay buffer size: large enough that a burst of results moves in few reads.
+const RELAY_BUFFER: usize = 64 * 1024;
+
 async fn relay<C: AsyncRead + AsyncWrite + Unpin>(
     client: C,
     backend: TcpStream,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
-    endpoint: &str,
+    info: SessionInfo<'_>,
 ) {
+    let endpoint = info.endpoint;
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut br, mut bw) = backend.into_split();
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let c2b = async {
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        let mut watch = PinWatch::new();
         loop {
             let n = cr.read(&mut buf).await?;
             if n == 0 {
+                bw.shutdown().await?;
                 return Ok::<_, std::io::Error>(());
             }
             touch();
+            if !watch.done() {
+                if let Some(reason) = watch.feed(&buf[..n]) {
+                    Control::bump(&info.shared.control.sessions_pinned);
+                    let digest: String = String::from_utf8_lossy(watch.last_statement())
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .chars()
+                        .take(120)
+                        .collect();
+                    tracing::warn!(
+                        target: "rds_proxy_emulator::pinning",
+                        "[{endpoint}] The client session was pinned to the database connection [session={}] for the remainder of the session. The proxy can't reuse this connection until the session ends. Reason: {reason}. Digest: \"{digest}\"",
+                        info.session
+                    );
+                }
+            }
             bw.write_all(&buf[..n]).await?;
         }
     };
     let b2c = async {
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; RELAY_BUFFER];
         loop {
             let n = br.read(&mut buf).await?;
             if n == 0 {

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+use crate::cluster::{Cluster, FailoverReport, ServerStatus};
 use crate::config::{StackConfig, TargetRole};
 use crate::control::{Control, Counters, StsFault};
 use crate::iam::{Iam, TemporaryCredentials};
-use crate::pg::{PgOptions, PgServer};
+use crate::pg::{PgOptions, PgServer, PgTls};
 use crate::proxy::{serve_endpoint, EndpointSpec, ProxyShared};
 use crate::sts::{Sts, StsServer};
 use crate::tls::ProxyTls;
@@ -67,7 +68,9 @@ pub struct StartOptions {
 pub struct LocalStack {
     config: Arc<StackConfig>,
     iam: Arc<Iam>,
-    pg: PgServer,
+    pg: Arc<PgServer>,
+    cluster: Arc<Cluster>,
+    runtime: tokio::runtime::Handle,
     sts: StsServer,
     proxy: Arc<ProxyShared>,
     control: Arc<Control>,
@@ -176,8 +179,17 @@ impl LocalStack {
                 .clone()
                 .or_else(|| std::env::var_os("RDS_PROXY_EMULATOR_PG_CACHE").map(PathBuf::from)),
             bin_dir: None,
+            tls: Some(PgTls {
+                cert_pem: tls.backend_cert_pem.clone(),
+                key_pem: tls.backend_key_pem.clone(),
+            }),
         })
         .await?;
+        let pg = Arc::new(pg);
+        let cluster = Cluster::new(Arc::clone(&pg));
+        for _ in 0..config.database.replicas {
+            cluster.add_reader().await?;
+        }
 
         let iam = Arc::new(Iam::new(Arc::clone(&config)));
         let control = Arc::new(Control::new());
@@ -188,7 +200,7 @@ impl LocalStack {
         .await?;
         let proxy = ProxyShared::new(
             Arc::clone(&iam),
-            pg.addr(),
+            cluster.topology(),
             Arc::clone(&tls.server_config),
             Arc::clone(&control),
         );
@@ -221,6 +233,8 @@ impl LocalStack {
             config,
             iam,
             pg,
+            cluster,
+            runtime: tokio::runtime::Handle::current(),
             sts,
             proxy,
             control,
@@ -324,14 +338,68 @@ impl LocalStack {
         &self.iam
     }
 
-    /// PostgreSQL's own address (bypassing the proxy; password: the db user's backend secret).
+    /// The writer's own address (bypassing the proxy; password: the db user's backend
+    /// secret; TLS with the stack's CA, or plaintext).
     pub fn backend_addr(&self) -> SocketAddr {
-        self.pg.addr()
+        self.cluster
+            .current_topology()
+            .writer
+            .unwrap_or_else(|| self.pg.addr())
     }
 
-    /// The PostgreSQL server.
+    /// The readers' addresses (hot standbys, bypassing the proxy).
+    pub fn reader_addrs(&self) -> Vec<SocketAddr> {
+        self.cluster.current_topology().readers
+    }
+
+    /// The first PostgreSQL server (the writer until a failover). Its directory holds
+    /// every server's.
     pub fn postgres(&self) -> &PgServer {
         &self.pg
+    }
+
+    /// Every PostgreSQL server with its role and, for readers, the replication lag.
+    pub async fn servers(&self) -> Vec<ServerStatus> {
+        let cluster = Arc::clone(&self.cluster);
+        self.runtime
+            .spawn(async move { cluster.status().await })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Process ids of every running PostgreSQL server.
+    pub fn postgres_pids(&self) -> Vec<u32> {
+        self.cluster
+            .servers()
+            .iter()
+            .filter(|(s, _)| s.is_running())
+            .map(|(s, _)| s.pid())
+            .collect()
+    }
+
+    /// Fails over like an Aurora cluster: stops the writer and promotes a reader. Client
+    /// sessions on both are closed (with PostgreSQL's shutdown error, 57P01), new
+    /// `READ_WRITE` sessions go to the new writer as soon as it accepts writes (logins
+    /// arriving meanwhile wait), and a new reader is built from it in the background
+    /// ([`LocalStack::wait_for_readers`]).
+    pub async fn failover(&self) -> Result<FailoverReport, Error> {
+        let fut = Arc::clone(&self.cluster).failover(
+            Arc::clone(&self.proxy),
+            Arc::clone(&self.control),
+            self.runtime.clone(),
+        );
+        self.runtime
+            .spawn(fut)
+            .await
+            .map_err(|e| Error::Postgres(format!("failover task: {e}")))?
+    }
+
+    /// Waits until at least `n` readers serve (e.g. after a failover), up to `limit`.
+    pub async fn wait_for_readers(&self, n: usize, limit: std::time::Duration) -> bool {
+        let mut rx = self.cluster.topology();
+        tokio::time::timeout(limit, rx.wait_for(|t| t.readers.len() >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Number of client connections the proxy holds now.
@@ -421,9 +489,11 @@ impl LocalStack {
         out
     }
 
-    /// Stops PostgreSQL (to test "backend down"); the proxy keeps running.
+    /// Stops every PostgreSQL server (to test "database down"); the proxy keeps running.
     pub async fn stop_backend(&self) {
-        self.pg.stop();
+        self.cluster
+            .wait_for_builds(std::time::Duration::from_secs(60));
+        self.cluster.stop_all();
     }
 
     /// Stops everything and removes the files the stack created.
@@ -439,6 +509,9 @@ impl Drop for LocalStack {
             l.abort();
         }
         self.sts.stop();
+        self.cluster
+            .wait_for_builds(std::time::Duration::from_secs(60));
+        self.cluster.stop_all();
         self.pg.remove();
         if self._temp_state.is_none() {
             let _ = std::fs::remove_file(&self.ca_path);

@@ -74,13 +74,22 @@ async fn serve_and_clean_shutdown() -> TestResult {
         "application-db-endpoint-read-only.endpoint.proxy-abc123xyz789.us-east-1.rds.amazonaws.com"
     );
     assert!(Path::new(&get("DB_CA_BUNDLE")).is_file());
-    let pg_pid: u32 = std::fs::read_to_string(state.path().join("postgres.pid"))?
-        .trim()
-        .parse()?;
+    let read_pids = || -> Vec<u32> {
+        std::fs::read_to_string(state.path().join("postgres.pid"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().parse().expect("a pid a line"))
+            .collect()
+    };
+    // The writer and one reader.
+    let mut pg_pids = read_pids();
+    assert_eq!(pg_pids.len(), 2, "{pg_pids:?}");
     let pg_dir = std::fs::read_to_string(state.path().join("postgres.dir"))?
         .trim()
         .to_string();
-    assert!(Path::new(&format!("/proc/{pg_pid}")).exists());
+    for pid in &pg_pids {
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+    }
 
     // AssumeRole through the STS stand-in with the stack.env keys (the AWS SDK), then a
     // token signed with the session credentials.
@@ -180,6 +189,48 @@ async fn serve_and_clean_shutdown() -> TestResult {
     assert!(String::from_utf8(cli(&["status"]).stdout)?
         .contains("faults             STS none, proxy stall off"));
 
+    // Servers with their roles, the pinned count; then a failover from the CLI.
+    let status = String::from_utf8(cli(&["status"]).stdout)?;
+    assert!(status.contains("  pg-1   writer "), "{status}");
+    assert!(status.contains("  pg-2   reader "), "{status}");
+    assert!(status.contains(" lag "), "{status}");
+    assert!(
+        status.contains("sessions pinned    0 pinned so far"),
+        "{status}"
+    );
+    let out = cli(&["failover"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8(out.stdout)?;
+    assert!(
+        said.starts_with("failover: pg-1 stopped, pg-2 promoted to writer in "),
+        "{said}"
+    );
+    let started = Instant::now();
+    loop {
+        let status = String::from_utf8(cli(&["status"]).stdout)?;
+        if status.contains("  pg-3   reader ") {
+            assert!(status.contains("  pg-2   writer "), "{status}");
+            assert!(status.contains("  pg-1   stopped "), "{status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no new reader: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // postgres.pid follows: the new writer and the new reader.
+    let started = Instant::now();
+    while read_pids().len() != 2 || read_pids() == pg_pids {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            read_pids()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg_pids.extend(read_pids());
+
     // A second serve on the same state dir refuses.
     let out = Command::new(BIN)
         .args(["serve", "--config"])
@@ -195,10 +246,12 @@ async fn serve_and_clean_shutdown() -> TestResult {
     unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) };
     let status = tokio::task::spawn_blocking(move || serve.wait()).await??;
     assert!(status.success(), "{status}");
-    assert!(
-        !Path::new(&format!("/proc/{pg_pid}")).exists(),
-        "postgres still running"
-    );
+    for pid in &pg_pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "postgres {pid} still running"
+        );
+    }
     assert!(!Path::new(&pg_dir).exists(), "{pg_dir} left behind");
     for f in [
         "stack.env",

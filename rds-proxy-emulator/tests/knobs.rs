@@ -179,6 +179,8 @@ async fn sts_faults_hang_and_refuse() -> TestResult {
     )
     .await;
     assert!(sdk.is_err(), "AssumeRole returned during a hang");
+    assert_eq!(stack.counters().assume_role_calls, 2);
+    assert_eq!(stack.counters().assume_role_succeeded, 0);
     stack.set_sts_fault(StsFault::None);
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(5), held.read_to_string(&mut answer)).await??;
@@ -205,8 +207,12 @@ async fn sts_faults_hang_and_refuse() -> TestResult {
     let creds = assume(&stack, 900).await;
     assert!(creds.access_key_id.starts_with("ASIA"));
     let c = stack.counters();
-    // hung raw request, SDK request cut off by its deadline, refused, succeeded.
-    assert_eq!((c.assume_role_calls, c.assume_role_succeeded), (4, 1));
+    // Received: the hung raw request, the SDK request cut off by its deadline, the
+    // refused one, the last one. Succeeded: the last one, and the SDK request the client
+    // gave up on if the server got to answer it after the fault was cleared (its client
+    // had closed the connection; whether the server notices first is a race).
+    assert_eq!(c.assume_role_calls, 4);
+    assert!((1..=2).contains(&c.assume_role_succeeded), "{c:?}");
     Ok(())
 }
 
