@@ -96,10 +96,16 @@ impl std::fmt::Display for PinReason {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Longest word kept for keyword matching (longer identifiers are no keyword we need).
+const WORD: usize = 28;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
-    /// A keyword or unquoted identifier, lower-cased.
-    Word(String),
+    /// A keyword or unquoted ASCII identifier of at most [`WORD`] bytes, lower-cased
+    /// (no allocation: this runs on every statement of an unpinned session).
+    Word([u8; WORD], u8),
+    /// A longer or non-ASCII identifier.
+    LongWord,
     /// A quoted identifier (never a keyword).
     Quoted,
     /// A string, number, parameter or operator.
@@ -208,9 +214,15 @@ fn tokens(sql: &[u8]) -> Vec<Token> {
                         continue;
                     }
                 }
-                out.push(Token::Word(
-                    String::from_utf8_lossy(word).to_ascii_lowercase(),
-                ));
+                if word.len() <= WORD && word.is_ascii() {
+                    let mut lower = [0u8; WORD];
+                    for (d, s) in lower.iter_mut().zip(word) {
+                        *d = s.to_ascii_lowercase();
+                    }
+                    out.push(Token::Word(lower, word.len() as u8));
+                } else {
+                    out.push(Token::LongWord);
+                }
             }
             _ => {
                 out.push(Token::Other);
@@ -252,7 +264,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn word(t: Option<&Token>) -> Option<&str> {
     match t {
-        Some(Token::Word(w)) => Some(w.as_str()),
+        Some(Token::Word(w, len)) => std::str::from_utf8(&w[..usize::from(*len)]).ok(),
         _ => None,
     }
 }

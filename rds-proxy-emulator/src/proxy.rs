@@ -265,13 +265,18 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
-/// A startup-phase packet.
-#[derive(Debug)]
-enum Startup {
+/// A startup-phase packet, as the proxy reads it from an untrusted client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// `SSLRequest`.
     Ssl,
+    /// `GSSENCRequest`.
     GssEnc,
+    /// `CancelRequest` (the whole packet, to forward).
     Cancel(Vec<u8>),
+    /// A protocol 3.0 `StartupMessage` and its parameters.
     V3(Vec<(String, String)>),
+    /// Another protocol version.
     Other(u32),
 }
 
@@ -288,34 +293,62 @@ async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> Result<Startup, ConnEr
     if !(8..=MAX_STARTUP).contains(&len) {
         return Err(ConnError::Protocol(format!("startup packet length {len}")));
     }
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body).await?;
+    let mut packet = vec![0u8; len];
+    packet[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    s.read_exact(&mut packet[4..]).await?;
+    parse_startup_packet(&packet).map_err(ConnError::Protocol)
+}
+
+/// Parses one startup-phase packet (length prefix included), as sent by a client.
+///
+/// ```
+/// use rds_proxy_emulator::proxy::{parse_startup_packet, Startup};
+/// assert!(parse_startup_packet(&[0, 0, 0, 8, 4, 210, 22, 47]) == Ok(Startup::Ssl));
+/// assert!(parse_startup_packet(&[0, 0, 0, 9, 0, 3, 0, 0, b'x']).is_err());
+/// let v3 = parse_startup_packet(&[0, 0, 0, 15, 0, 3, 0, 0, b'u', b's', b'e', b'r', 0, b'a', 0]);
+/// assert!(v3.is_err()); // no terminating NUL after the parameters
+/// let v3 = parse_startup_packet(&[0, 0, 0, 16, 0, 3, 0, 0, b'u', b's', b'e', b'r', 0, b'a', 0, 0]);
+/// assert!(v3 == Ok(Startup::V3(vec![("user".into(), "a".into())])));
+/// ```
+pub fn parse_startup_packet(packet: &[u8]) -> Result<Startup, String> {
+    if packet.len() < 8 || packet.len() > MAX_STARTUP {
+        return Err(format!("startup packet of {} bytes", packet.len()));
+    }
+    let len = u32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]) as usize;
+    if len != packet.len() {
+        return Err(format!(
+            "startup packet length {len}, {} bytes given",
+            packet.len()
+        ));
+    }
+    let body = &packet[4..];
     let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
     Ok(match code {
         SSL_REQUEST => Startup::Ssl,
         GSSENC_REQUEST => Startup::GssEnc,
-        CANCEL_REQUEST => {
-            let mut packet = (len as u32).to_be_bytes().to_vec();
-            packet.extend_from_slice(&body);
-            Startup::Cancel(packet)
-        }
+        CANCEL_REQUEST => Startup::Cancel(packet.to_vec()),
         PROTOCOL_3 => {
+            // key\0value\0 ... \0: NUL-terminated strings, an empty key ends the list.
             let mut params = Vec::new();
-            let mut fields = body[4..].split(|b| *b == 0);
+            let mut rest = &body[4..];
+            let next = |rest: &mut &[u8]| -> Result<String, String> {
+                let end = rest
+                    .iter()
+                    .position(|b| *b == 0)
+                    .ok_or_else(|| "unterminated startup packet".to_string())?;
+                let field = String::from_utf8_lossy(&rest[..end]).into_owned();
+                *rest = &rest[end + 1..];
+                Ok(field)
+            };
             loop {
-                let Some(k) = fields.next() else {
-                    return Err(ConnError::Protocol("unterminated startup packet".into()));
-                };
+                let k = next(&mut rest)?;
                 if k.is_empty() {
+                    if !rest.is_empty() {
+                        return Err("data after the end of the startup parameters".into());
+                    }
                     break;
                 }
-                let Some(v) = fields.next() else {
-                    return Err(ConnError::Protocol(
-                        "startup parameter without value".into(),
-                    ));
-                };
-                let k = String::from_utf8_lossy(k).into_owned();
-                let v = String::from_utf8_lossy(v).into_owned();
+                let v = next(&mut rest)?;
                 params.push((k, v));
             }
             Startup::V3(params)

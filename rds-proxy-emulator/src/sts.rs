@@ -102,7 +102,15 @@ pub struct StsRequest {
     pub body: Vec<u8>,
 }
 
-fn parse_form(s: &str) -> Option<Vec<(String, String)>> {
+/// Parses a query string or `application/x-www-form-urlencoded` body (`+` is a space);
+/// `None` on a malformed escape or a value that is not UTF-8.
+///
+/// ```
+/// let p = rds_proxy_emulator::sts::parse_form("Action=AssumeRole&RoleSessionName=a+b%2F").unwrap();
+/// assert_eq!(p[1], ("RoleSessionName".to_string(), "a b/".to_string()));
+/// assert!(rds_proxy_emulator::sts::parse_form("a=%zz").is_none());
+/// ```
+pub fn parse_form(s: &str) -> Option<Vec<(String, String)>> {
     s.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
