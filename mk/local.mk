@@ -1,7 +1,7 @@
-# Local stack (issue 3): a real PostgreSQL behind local stand-ins for STS and RDS Proxy.
+# Local stack: a real PostgreSQL behind local stand-ins for STS and RDS Proxy.
 # State lives in .local/ (stack.env, ca.pem, backend.env, serve.log, pid files).
 LOCAL_DIR    := $(ROOT)/.local
-LOCAL_CONFIG ?= $(ROOT)/local-stack.toml
+LOCAL_CONFIG ?= $(ROOT)/rds-proxy-emulator/local-stack.toml
 # LOCAL_PROFILE=release runs an optimised stand-in (slower to build; use it for benchmarks).
 LOCAL_PROFILE ?= debug
 EMULATOR     := $(ROOT)/target/$(LOCAL_PROFILE)/rds-proxy-emulator
@@ -32,7 +32,8 @@ local-status: ## Show the running local stack (endpoints, how to connect)
 	@if [ -x "$(EMULATOR)" ]; then "$(EMULATOR)" status --state-dir "$(LOCAL_DIR)"; else echo "local stack: not running"; exit 3; fi
 
 # Stops `serve` (SIGTERM: it stops PostgreSQL and removes its files); if it died without
-# cleaning up, stops the PostgreSQL it recorded and removes its directory. A pid is only
+# cleaning up, stops the PostgreSQL servers it recorded (writer and readers, one pid a
+# line) and removes their directory. A pid is only
 # signalled if /proc says it is still the program we started.
 local-down: ## Stop the local stack and remove .local
 	@stop() { pid=$$1; name=$$2; sig=$$3; \
@@ -42,7 +43,7 @@ local-down: ## Stop the local stack and remove .local
 	  echo "pid $$pid did not stop: SIGKILL"; kill -KILL $$pid 2>/dev/null; return 0; }; \
 	if [ -d "$(LOCAL_DIR)" ]; then \
 	  stop "$$(cat "$(LOCAL_DIR)/serve.pid" 2>/dev/null)" rds-proxy-emulator TERM; \
-	  stop "$$(cat "$(LOCAL_DIR)/postgres.pid" 2>/dev/null)" postgres INT; \
+	  for pgpid in $$(cat "$(LOCAL_DIR)/postgres.pid" 2>/dev/null); do stop "$$pgpid" postgres INT; done; \
 	  pgdir="$$(cat "$(LOCAL_DIR)/postgres.dir" 2>/dev/null)"; \
 	  case "$$pgdir" in */rds-proxy-emulator-pg-*) rm -rf "$$pgdir";; esac; \
 	  rm -rf "$(LOCAL_DIR)"; echo "local stack stopped"; \

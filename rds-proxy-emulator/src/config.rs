@@ -1,7 +1,8 @@
 //! The stack's configuration: accounts, principals, roles, the proxy, its endpoints and
 //! its db users, in one TOML file.
 //!
-//! `local-stack.toml` at the repository root is the demo configuration; it is compiled in
+//! `rds-proxy-emulator/local-stack.toml` (the repository root's `local-stack.toml` is a
+//! symbolic link to it) is the demo configuration; it is compiled in
 //! and available as [`StackConfig::demo`].
 //!
 //! ```
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 
 /// The demo configuration, byte for byte `local-stack.toml`.
-pub const DEMO_TOML: &str = include_str!("../../local-stack.toml");
+pub const DEMO_TOML: &str = include_str!("../local-stack.toml");
 
 /// The whole stack: what the STS stand-in knows, what the proxy serves, what PostgreSQL holds.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -76,6 +77,10 @@ pub struct StsConfig {
     /// Largest accepted difference between `X-Amz-Date` and the server clock.
     #[serde(default = "default_skew")]
     pub max_clock_skew_seconds: u32,
+    /// Issued credentials expire after this many seconds, whatever `DurationSeconds` asked
+    /// for (`None`: as asked). For testing credential rotation in long-running clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_lifetime_seconds: Option<u32>,
 }
 
 impl Default for StsConfig {
@@ -84,6 +89,7 @@ impl Default for StsConfig {
             listen: default_listen(),
             min_duration_seconds: default_min_duration(),
             max_clock_skew_seconds: default_skew(),
+            credentials_lifetime_seconds: None,
         }
     }
 }
@@ -152,6 +158,10 @@ pub struct ProxyConfig {
     /// Seconds to wait for PostgreSQL before telling the client it is unreachable.
     #[serde(default = "default_backend_timeout")]
     pub backend_connect_timeout_seconds: u64,
+    /// Tokens older than this (by their `X-Amz-Date`) are refused at login with the IAM
+    /// authentication message, whatever their `X-Amz-Expires` (AWS: 900, the tokens' life).
+    #[serde(default = "default_token_lifetime")]
+    pub token_lifetime_seconds: u32,
     /// Endpoints (each with its own listen address).
     pub endpoints: Vec<EndpointConfig>,
     /// Database users the proxy holds a secret for.
@@ -234,6 +244,10 @@ pub struct DatabaseConfig {
     /// the built-in example tables ([`crate::pg::DEFAULT_SEED_SQL`]).
     #[serde(default)]
     pub seed_sql: Option<String>,
+    /// Hot standbys (readers) streaming from the writer: where `READ_ONLY` endpoints send
+    /// sessions. 0: no reader, so `READ_ONLY` logins time out as with RDS Proxy.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -241,8 +255,13 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             name: default_db_name(),
             seed_sql: None,
+            replicas: default_replicas(),
         }
     }
+}
+
+fn default_replicas() -> u32 {
+    1
 }
 
 fn default_listen() -> SocketAddr {
@@ -265,6 +284,9 @@ fn default_idle() -> u64 {
 }
 fn default_backend_timeout() -> u64 {
     10
+}
+fn default_token_lifetime() -> u32 {
+    900
 }
 fn default_pg_port() -> u16 {
     5432
@@ -397,8 +419,17 @@ impl StackConfig {
                 return err("a db user has an empty or invalid name".into());
             }
         }
+        if self.proxy.token_lifetime_seconds == 0 {
+            return err("proxy.token_lifetime_seconds must be at least 1".into());
+        }
+        if self.sts.credentials_lifetime_seconds == Some(0) {
+            return err("sts.credentials_lifetime_seconds must be at least 1".into());
+        }
         if self.proxy.max_client_connections == 0 {
             return err("proxy.max_client_connections must be at least 1".into());
+        }
+        if self.database.replicas > 8 {
+            return err("database.replicas must be at most 8".into());
         }
         if self.database.name.is_empty() || self.database.name.contains('\0') {
             return err("database.name is empty or invalid".into());

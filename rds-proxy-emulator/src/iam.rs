@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ring::rand::{SecureRandom, SystemRandom};
+use base64::Engine as _;
 use time::OffsetDateTime;
 
 use crate::config::{account_of_arn, role_name_of_arn, RoleConfig, StackConfig};
@@ -60,7 +60,6 @@ pub struct Caller {
 pub struct Iam {
     config: Arc<StackConfig>,
     sessions: Mutex<HashMap<String, TemporaryCredentials>>,
-    rng: SystemRandom,
 }
 
 const UPPER_ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -71,7 +70,6 @@ impl Iam {
         Iam {
             config,
             sessions: Mutex::new(HashMap::new()),
-            rng: SystemRandom::new(),
         }
     }
 
@@ -82,7 +80,7 @@ impl Iam {
 
     fn random_bytes(&self, n: usize) -> Vec<u8> {
         let mut buf = vec![0u8; n];
-        if self.rng.fill(&mut buf).is_err() {
+        if aws_lc_rs::rand::fill(&mut buf).is_err() {
             // The system RNG does not fail on Linux; fall back to the clock rather than panic.
             let seed = OffsetDateTime::now_utc().unix_timestamp_nanos();
             for (i, b) in buf.iter_mut().enumerate() {
@@ -219,29 +217,7 @@ pub fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
 
 /// Standard base64 with padding.
 pub(crate) fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        out.push(char::from(A[(n >> 18) as usize & 63]));
-        out.push(char::from(A[(n >> 12) as usize & 63]));
-        out.push(if chunk.len() > 1 {
-            char::from(A[(n >> 6) as usize & 63])
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            char::from(A[n as usize & 63])
-        } else {
-            '='
-        });
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! authentication and TLS required), in front of a real, throwaway PostgreSQL server.
 //!
 //! It exists so that everything in this project — end-to-end tests, `make demo`, a user's
-//! own service — can run the whole connection path of DESIGN.md 2 on one machine, with no
+//! own service — can run the whole connection path (STS `AssumeRole`, an IAM token, a TLS
+//! login through RDS Proxy to PostgreSQL) on one machine, with no
 //! AWS account and no network beyond 127.0.0.1:
 //!
 //! 1. [`pg`]: `initdb` in a temp dir, PostgreSQL on a free loopback port, SCRAM
@@ -13,7 +14,7 @@
 //!    as RDS Proxy checks it ([`token`]), the RDS Proxy refusal messages, then a SCRAM
 //!    login to PostgreSQL and a byte relay.
 //!
-//! The verifier is written from the AWS specification and DESIGN.md 3 and does not
+//! The verifier is written from the AWS SigV4 specification and does not
 //! depend on the `rds-iam-auth` crate, so a signing bug there cannot be mirrored here.
 //!
 //! # Example
@@ -43,9 +44,12 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod iam;
 pub mod pg;
+pub mod pinning;
 pub mod proxy;
 pub mod sigv4;
 mod stack;
@@ -53,7 +57,9 @@ pub mod sts;
 pub mod tls;
 pub mod token;
 
+pub use cluster::{FailoverReport, ServerRole, ServerStatus};
 pub use config::{StackConfig, TargetRole};
+pub use control::{Counters, StsFault};
 pub use iam::TemporaryCredentials;
 pub use stack::{shell_quote, Endpoint, LocalStack, StartOptions};
 

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! rds-proxy-emulator serve  --config local-stack.toml --state-dir .local   # foreground
-//! rds-proxy-emulator status --state-dir .local                             # summary
-//! rds-proxy-emulator token                                                 # IAM token from stack.env variables
+//! rds-proxy-emulator status --state-dir .local                             # summary, counters
+//! rds-proxy-emulator fault sts-hang|sts-refuse|proxy-stall|clear            # fault injection
+//! rds-proxy-emulator failover                                              # promote a reader
 //! rds-proxy-emulator check-config --config local-stack.toml
 //! ```
 //!
@@ -15,8 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rds_proxy_emulator::sigv4;
-use rds_proxy_emulator::token::{sign_token, SigningCredentials, TokenRequest};
 use rds_proxy_emulator::{shell_quote, LocalStack, StackConfig, StartOptions};
 
 #[derive(Parser, Debug)]
@@ -47,39 +46,23 @@ enum Command {
         #[arg(long, default_value = ".local")]
         state_dir: PathBuf,
     },
-    /// Print an IAM auth token: assume the role through the STS stand-in with the
-    /// application's keys, then sign for the endpoint (all from `source .local/stack.env`).
-    Token {
-        /// Proxy endpoint host name to sign for.
-        #[arg(long, env = "RDS_PROXY_APPLICATION_ENDPOINT")]
-        host: String,
-        /// Advertised port to sign for.
-        #[arg(long, env = "DB_PORT", default_value_t = 5432)]
-        port: u16,
-        /// Database user.
-        #[arg(long, env = "DB_USERNAME")]
-        user: String,
-        /// Region.
-        #[arg(long, env = "AWS_REGION")]
-        region: String,
-        /// Role to assume first (empty: sign with the keys themselves).
-        #[arg(long, env = "DATABASE_ACCOUNT_IAM_ROLE", default_value = "")]
-        role_arn: String,
-        /// External id for AssumeRole.
-        #[arg(long, env = "EXTERNAL_ID", default_value = "")]
-        external_id: String,
-        /// STS endpoint URL (http://127.0.0.1:PORT).
-        #[arg(long, env = "AWS_ENDPOINT_URL_STS")]
-        sts_url: Option<String>,
-        /// Access key id.
-        #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
-        access_key_id: String,
-        /// Secret access key.
-        #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-        secret_access_key: String,
-        /// Session token of the keys, if any.
-        #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
-        session_token: Option<String>,
+    /// Inject a fault into the running stack, or clear them: `sts-hang` (STS takes requests
+    /// in and does not answer), `sts-refuse` (STS answers 503 ServiceUnavailable),
+    /// `proxy-stall` (the proxy accepts connections and never answers), `clear`.
+    Fault {
+        /// The fault.
+        #[arg(value_enum)]
+        fault: FaultArg,
+        /// The state dir of `serve`.
+        #[arg(long, default_value = ".local")]
+        state_dir: PathBuf,
+    },
+    /// Fail over: stop the writer, promote a reader (sessions on both are closed; a new
+    /// reader is built from the new writer in the background).
+    Failover {
+        /// The state dir of `serve`.
+        #[arg(long, default_value = ".local")]
+        state_dir: PathBuf,
     },
     /// Validate a configuration file.
     CheckConfig {
@@ -87,6 +70,155 @@ enum Command {
         #[arg(long, default_value = "local-stack.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FaultArg {
+    StsHang,
+    StsRefuse,
+    ProxyStall,
+    Clear,
+}
+
+impl FaultArg {
+    fn command(self) -> &'static str {
+        match self {
+            FaultArg::StsHang => "fault sts-hang",
+            FaultArg::StsRefuse => "fault sts-refuse",
+            FaultArg::ProxyStall => "fault proxy-stall",
+            FaultArg::Clear => "fault clear",
+        }
+    }
+}
+
+/// The control socket of a running `serve` (one command line in, the answer out).
+const CONTROL_SOCKET: &str = "control.sock";
+
+/// Sends one command to the running stack's control socket.
+fn control(state_dir: &Path, command: &str) -> Result<String, Failure> {
+    use std::io::Read;
+    let path = state_dir.join(CONTROL_SOCKET);
+    let mut s = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        Failure(format!(
+            "no running stack at {} ({e}): start one with `make local-up`",
+            path.display()
+        ))
+    })?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    match answer.strip_prefix("error: ") {
+        Some(e) => Err(Failure(e.trim().to_string())),
+        None => Ok(answer),
+    }
+}
+
+/// Answers one control command.
+async fn control_command(stack: &LocalStack, command: &str) -> Result<String, String> {
+    use rds_proxy_emulator::StsFault;
+    match command.trim() {
+        "counters" => {
+            let c = stack.counters();
+            Ok(format!(
+                "assume_role_calls={}\nassume_role_succeeded={}\nlogins_accepted={}\nlogins_refused={}\nsessions_pinned={}\nsessions_closed_by_failover={}\nsts_fault={}\nproxy_stall={}\n",
+                c.assume_role_calls,
+                c.assume_role_succeeded,
+                c.logins_accepted,
+                c.logins_refused,
+                c.sessions_pinned,
+                c.sessions_closed_by_failover,
+                stack.control().sts_fault().as_str(),
+                stack.control().proxy_stall(),
+            ))
+        }
+        "servers" => {
+            let mut out = String::new();
+            for s in stack.servers().await {
+                out.push_str(&format!(
+                    "{} {} {} {} {} {}\n",
+                    s.name,
+                    s.role.as_str(),
+                    s.addr,
+                    s.pid,
+                    s.lag_bytes
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.replay_lag_ms
+                        .map(|ms| format!("{ms:.1}"))
+                        .unwrap_or_else(|| "-".into()),
+                ));
+            }
+            Ok(out)
+        }
+        "failover" => {
+            let r = stack.failover().await.map_err(|e| e.to_string())?;
+            Ok(format!(
+                "failover: {} stopped, {} promoted to writer in {} ms; {} client session(s) closed; a new reader is being built\n",
+                r.old_writer,
+                r.new_writer,
+                r.took.as_millis(),
+                r.sessions_closed
+            ))
+        }
+        "fault sts-hang" => {
+            stack.set_sts_fault(StsFault::Hang);
+            Ok("STS: hanging every request until `fault clear`\n".into())
+        }
+        "fault sts-refuse" => {
+            stack.set_sts_fault(StsFault::Refuse);
+            Ok("STS: answering 503 ServiceUnavailable until `fault clear`\n".into())
+        }
+        "fault proxy-stall" => {
+            stack.set_proxy_stall(true);
+            Ok("proxy: stalling new connections until `fault clear`\n".into())
+        }
+        "fault clear" => {
+            stack.clear_faults();
+            Ok("faults cleared\n".into())
+        }
+        other => Err(format!("unknown control command {other:?}")),
+    }
+}
+
+/// `postgres.pid`: every running server's pid, one a line (for `make local-down` if
+/// `serve` dies without cleaning up).
+fn write_pids(state_dir: &Path, stack: &LocalStack) -> Result<(), Failure> {
+    let pids: String = stack
+        .postgres_pids()
+        .iter()
+        .map(|p| format!("{p}\n"))
+        .collect();
+    write_atomically(&state_dir.join("postgres.pid"), &pids)
+}
+
+async fn serve_control(listener: tokio::net::UnixListener, stack: &LocalStack, state_dir: &Path) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, 1024));
+        if reader.read_line(&mut line).await.is_err() {
+            continue;
+        }
+        let answer = match control_command(stack, &line).await {
+            Ok(a) => a,
+            Err(e) => format!("error: {e}\n"),
+        };
+        let _ = write.write_all(answer.as_bytes()).await;
+        let _ = write.shutdown().await;
+        if line.trim() == "failover" {
+            // Record the running servers now, and again once the new reader is up.
+            let _ = write_pids(state_dir, stack);
+            stack
+                .wait_for_readers(1, std::time::Duration::from_secs(60))
+                .await;
+            let _ = write_pids(state_dir, stack);
+        }
+    }
 }
 
 /// A one-line runtime failure.
@@ -110,29 +242,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, state_dir } => serve(&config, &state_dir),
         Command::Status { state_dir } => return status(&state_dir),
-        Command::Token {
-            host,
-            port,
-            user,
-            region,
-            role_arn,
-            external_id,
-            sts_url,
-            access_key_id,
-            secret_access_key,
-            session_token,
-        } => token(TokenArgs {
-            host,
-            port,
-            user,
-            region,
-            role_arn,
-            external_id,
-            sts_url,
-            access_key_id,
-            secret_access_key,
-            session_token: session_token.filter(|t| !t.is_empty()),
-        }),
+        Command::Fault { fault, state_dir } => {
+            control(&state_dir, fault.command()).map(|answer| print!("{answer}"))
+        }
+        Command::Failover { state_dir } => {
+            control(&state_dir, "failover").map(|answer| print!("{answer}"))
+        }
         Command::CheckConfig { config } => StackConfig::from_file(&config)
             .map(|_| println!("{}: ok", config.display()))
             .map_err(Failure::from),
@@ -207,7 +322,7 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
             }
         };
         let pg = stack.postgres();
-        write_atomically(&state_dir.join("postgres.pid"), &format!("{}\n", pg.pid()))?;
+        write_pids(&state_dir, &stack)?;
         write_atomically(&state_dir.join("postgres.dir"), &format!("{}\n", pg.dir().display()))?;
         let secret = stack
             .config()
@@ -218,8 +333,14 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
             .map(|u| u.backend_password.clone())
             .unwrap_or_default();
         let backend = format!(
-            "# Direct PostgreSQL access, bypassing the proxy (benchmarks, debugging).\nexport LOCAL_PG_HOST=127.0.0.1\nexport LOCAL_PG_PORT={}\nexport LOCAL_PG_USER={}\nexport LOCAL_PG_PASSWORD={}\nexport LOCAL_PG_DB={}\n",
-            pg.port(),
+            "# Direct PostgreSQL access, bypassing the proxy (benchmarks, debugging): the writer,\n# the first reader, TLS verified against the stack's CA (plaintext is accepted too).\nexport LOCAL_PG_HOST=127.0.0.1\nexport LOCAL_PG_PORT={}\nexport LOCAL_PG_READER_PORT={}\nexport LOCAL_PG_SSLMODE=verify-full\nexport LOCAL_PG_SSLROOTCERT={}\nexport LOCAL_PG_USER={}\nexport LOCAL_PG_PASSWORD={}\nexport LOCAL_PG_DB={}\n",
+            stack.backend_addr().port(),
+            stack
+                .reader_addrs()
+                .first()
+                .map(|a| a.port().to_string())
+                .unwrap_or_default(),
+            shell_quote(&stack.ca_path().display().to_string()),
             shell_quote(stack.db_user()),
             shell_quote(&secret),
             shell_quote(stack.db_name())
@@ -229,15 +350,20 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
         write_atomically(&state_dir.join("stack.env"), &stack.env_file())?;
         tracing::info!("ready: source {}", state_dir.join("stack.env").display());
 
+        let socket_path = state_dir.join(CONTROL_SOCKET);
+        let _ = std::fs::remove_file(&socket_path);
+        let control_listener = tokio::net::UnixListener::bind(&socket_path)
+            .map_err(|e| Failure(format!("binding {}: {e}", socket_path.display())))?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
             _ = hup.recv() => {}
+            _ = serve_control(control_listener, &stack, &state_dir) => {}
         }
         tracing::info!("shutting down");
-        for f in ["stack.env", "backend.env", "postgres.pid", "postgres.dir"] {
+        for f in ["stack.env", "backend.env", "postgres.pid", "postgres.dir", CONTROL_SOCKET] {
             let _ = std::fs::remove_file(state_dir.join(f));
         }
         stack.shutdown().await;
@@ -287,7 +413,7 @@ fn status(state_dir: &Path) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "local stack running (pid {pid})\n  STS                {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n\nUse it:\n  source {}\n  PGPASSWORD=\"$({} token)\" psql \"host=$RDS_PROXY_APPLICATION_ENDPOINT hostaddr={addr} port={port} sslmode=verify-full sslrootcert=$DB_CA_BUNDLE user=$DB_USERNAME dbname=$DBNAME\" -c 'SELECT * FROM customers'\nStop it: make local-down",
+        "local stack running (pid {pid})\n  STS                {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n  binary             {}\n\nUse it:\n  source {}\n  PGPASSWORD=\"$(cargo run -q -p rds-iam-auth -- generate-db-auth-token --hostname $RDS_PROXY_APPLICATION_ENDPOINT --port $DB_PORT --username $DB_USERNAME --role-arn $DATABASE_ACCOUNT_IAM_ROLE --external-id $EXTERNAL_ID)\" psql \"host=$RDS_PROXY_APPLICATION_ENDPOINT hostaddr={addr} port={port} sslmode=verify-full sslrootcert=$DB_CA_BUNDLE user=$DB_USERNAME dbname=$DBNAME\" -c 'SELECT * FROM customers'\nStop it: make local-down",
         get("AWS_ENDPOINT_URL_STS"),
         get("RDS_PROXY_APPLICATION_ENDPOINT"),
         get("DB_PORT"),
@@ -299,159 +425,54 @@ fn status(state_dir: &Path) -> ExitCode {
         get("DB_USERNAME"),
         get("DBNAME"),
         get("DB_CA_BUNDLE"),
-        env_path.display(),
-        std::env::current_exe()
+        std::fs::read_link(format!("/proc/{pid}/exe"))
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "rds-proxy-emulator".into()),
+            .unwrap_or_else(|_| "?".into()),
+        env_path.display(),
     );
+    if let Ok(answer) = control(state_dir, "servers") {
+        let _ = writeln!(
+            out,
+            "\nPostgreSQL servers (name, role, address, pid, replication lag):"
+        );
+        for line in answer.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if let [name, role, addr, pid, bytes, ms] = f[..] {
+                let lag = match (role, bytes, ms) {
+                    ("reader", "-", _) => "lag unknown (not streaming)".to_string(),
+                    ("reader", b, "-") => format!("lag {b} bytes"),
+                    ("reader", b, ms) => format!("lag {b} bytes, replay lag {ms} ms"),
+                    _ => String::new(),
+                };
+                let _ = writeln!(out, "  {name:<6} {role:<8} {addr:<16} pid {pid:<8} {lag}");
+            }
+        }
+    }
+    match control(state_dir, "counters") {
+        Ok(answer) => {
+            let kv: Vec<(&str, &str)> = answer.lines().filter_map(|l| l.split_once('=')).collect();
+            let c = |k: &str| {
+                kv.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| *v)
+                    .unwrap_or("?")
+            };
+            let _ = writeln!(
+                out,
+                "\nSince start:\n  STS AssumeRole     {} received, {} succeeded\n  proxy logins       {} accepted, {} refused\n  sessions pinned    {} pinned so far\n  closed by failover {}\n  faults             STS {}, proxy stall {}",
+                c("assume_role_calls"),
+                c("assume_role_succeeded"),
+                c("logins_accepted"),
+                c("logins_refused"),
+                c("sessions_pinned"),
+                c("sessions_closed_by_failover"),
+                c("sts_fault"),
+                if c("proxy_stall") == "true" { "on" } else { "off" },
+            );
+        }
+        Err(Failure(e)) => {
+            let _ = writeln!(out, "\n(counters unavailable: {e})");
+        }
+    }
     ExitCode::SUCCESS
-}
-
-struct TokenArgs {
-    host: String,
-    port: u16,
-    user: String,
-    region: String,
-    role_arn: String,
-    external_id: String,
-    sts_url: Option<String>,
-    access_key_id: String,
-    secret_access_key: String,
-    session_token: Option<String>,
-}
-
-fn xml_text(xml: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&format!("</{tag}>"))?;
-    Some(
-        xml[start..end]
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&amp;", "&"),
-    )
-}
-
-/// AssumeRole against a loopback STS URL with a hand-made SigV4 request.
-fn assume_role(args: &TokenArgs) -> Result<(String, String, String), Failure> {
-    let url = args.sts_url.as_deref().ok_or_else(|| {
-        Failure("AWS_ENDPOINT_URL_STS is not set (source .local/stack.env)".into())
-    })?;
-    let authority = url
-        .strip_prefix("http://")
-        .map(|a| a.trim_end_matches('/'))
-        .ok_or_else(|| Failure(format!("STS URL {url} is not http://HOST:PORT")))?;
-    let addr: std::net::SocketAddr = authority
-        .parse()
-        .map_err(|_| Failure(format!("STS URL {url} is not http://IP:PORT")))?;
-    if !addr.ip().is_loopback() {
-        return Err(Failure(format!(
-            "refusing to send credentials to non-loopback {addr}"
-        )));
-    }
-    let now = time::OffsetDateTime::now_utc();
-    let amz_date = sigv4::format_amz_date(now);
-    let mut form = vec![
-        ("Action", "AssumeRole".to_string()),
-        ("Version", "2011-06-15".to_string()),
-        ("RoleArn", args.role_arn.clone()),
-        ("RoleSessionName", "rds-proxy-emulator-cli".to_string()),
-        ("DurationSeconds", "900".to_string()),
-    ];
-    if !args.external_id.is_empty() {
-        form.push(("ExternalId", args.external_id.clone()));
-    }
-    let body = form
-        .iter()
-        .map(|(k, v)| format!("{k}={}", sigv4::uri_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let content_type = "application/x-www-form-urlencoded";
-    let mut headers = vec![
-        ("content-type", content_type.to_string()),
-        ("host", authority.to_string()),
-        ("x-amz-date", amz_date.clone()),
-    ];
-    if let Some(t) = &args.session_token {
-        headers.push(("x-amz-security-token", t.clone()));
-    }
-    let signed: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
-    let signed = signed.join(";");
-    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let creq = format!(
-        "POST\n/\n\n{canonical_headers}\n{signed}\n{}",
-        sigv4::sha256_hex(body.as_bytes())
-    );
-    let scope = format!("{}/{}/sts/aws4_request", &amz_date[..8], args.region);
-    let key = sigv4::signing_key(&args.secret_access_key, &amz_date[..8], &args.region, "sts");
-    let signature = sigv4::signature(&key, &sigv4::string_to_sign(&amz_date, &scope, &creq));
-    let mut request = format!(
-        "POST / HTTP/1.1\r\nAuthorization: {} Credential={}/{scope}, SignedHeaders={signed}, Signature={signature}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        sigv4::ALGORITHM,
-        args.access_key_id,
-        body.len()
-    );
-    for (k, v) in &headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(&body);
-
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
-        .map_err(|e| {
-            Failure(format!(
-                "cannot reach STS at {url}: {e} (is the stack running? make local-up)"
-            ))
-        })?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    if let Some(code) = xml_text(&response, "Code") {
-        return Err(Failure(format!(
-            "STS AssumeRole refused: {code}: {}",
-            xml_text(&response, "Message").unwrap_or_default()
-        )));
-    }
-    match (
-        xml_text(&response, "AccessKeyId"),
-        xml_text(&response, "SecretAccessKey"),
-        xml_text(&response, "SessionToken"),
-    ) {
-        (Some(a), Some(s), Some(t)) => Ok((a, s, t)),
-        _ => Err(Failure("STS answered without credentials".into())),
-    }
-}
-
-fn token(args: TokenArgs) -> Result<(), Failure> {
-    let (akid, secret, session) = if args.role_arn.is_empty() {
-        (
-            args.access_key_id.clone(),
-            args.secret_access_key.clone(),
-            args.session_token.clone(),
-        )
-    } else {
-        let (a, s, t) = assume_role(&args)?;
-        (a, s, Some(t))
-    };
-    let token = sign_token(
-        &TokenRequest {
-            host: &args.host,
-            port: args.port,
-            region: &args.region,
-            db_user: &args.user,
-            expires_in: 900,
-        },
-        &SigningCredentials {
-            access_key_id: &akid,
-            secret_access_key: &secret,
-            session_token: session.as_deref(),
-        },
-        time::OffsetDateTime::now_utc(),
-    );
-    println!("{token}");
-    Ok(())
 }

@@ -85,6 +85,23 @@ pub struct PgOptions {
     /// Directory of `initdb`/`postgres` (default: `$PG_BIN`, else the newest
     /// `/usr/lib/postgresql/*/bin`, else `pg_config --bindir`, else `PATH`).
     pub bin_dir: Option<PathBuf>,
+    /// Serve TLS with this certificate (`ssl=on`; plaintext stays allowed).
+    pub tls: Option<PgTls>,
+}
+
+/// A server certificate and its key, PEM.
+#[derive(Clone)]
+pub struct PgTls {
+    /// Certificate chain (PEM).
+    pub cert_pem: String,
+    /// Private key (PEM).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for PgTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTls").finish_non_exhaustive()
+    }
 }
 
 impl Default for PgOptions {
@@ -96,19 +113,115 @@ impl Default for PgOptions {
             base_dir: None,
             template_cache: None,
             bin_dir: None,
+            tls: None,
         }
     }
 }
 
-/// A running throwaway PostgreSQL server.
+/// A running throwaway PostgreSQL server: the primary made by [`PgServer::start`], or a
+/// streaming-replication hot standby made by [`PgServer::start_standby`].
 #[derive(Debug)]
 pub struct PgServer {
+    name: String,
+    /// The temp dir of the whole cluster (held by the first server).
     dir: Mutex<Option<tempfile::TempDir>>,
+    /// The cluster's directory: every server of the cluster lives under it.
+    cluster_root: PathBuf,
+    /// This server's directory (data, socket, log).
     dir_path: PathBuf,
     child: Mutex<Option<Child>>,
     port: u16,
     socket_dir: PathBuf,
     pid: u32,
+    bin: PathBuf,
+    who: Option<RunAs>,
+    /// `-c` settings shared by every server of the cluster (TLS, durability, replication).
+    settings: Vec<String>,
+}
+
+/// One standby's replication state, as its primary reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaLag {
+    /// The standby's name.
+    pub name: String,
+    /// WAL bytes written on the primary and not yet replayed on the standby.
+    pub lag_bytes: Option<u64>,
+    /// `replay_lag` in milliseconds (`None` when idle: PostgreSQL clears it).
+    pub replay_lag_ms: Option<f64>,
+    /// `streaming`, `catchup`, ...
+    pub state: String,
+}
+
+/// Starts `postgres` on a free port (retrying on a port race) and waits until it listens.
+fn spawn_server(
+    bin: &Path,
+    who: Option<RunAs>,
+    root: &Path,
+    data: &Path,
+    socket_dir: &Path,
+    settings: &[String],
+    name: &str,
+) -> Result<(Child, u16, u32), Error> {
+    let mut last_error = String::new();
+    for _attempt in 0..5 {
+        let port = free_port()?;
+        let log_path = root.join("postgres.log");
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| Error::io("creating postgres.log", e))?;
+        if let Some(w) = who {
+            chown_tree(&log_path, w)?;
+        }
+        let log_err = log
+            .try_clone()
+            .map_err(|e| Error::io("creating postgres.log", e))?;
+        let mut cmd = command(bin.join("postgres"), who, root);
+        cmd.arg("-D")
+            .arg(data)
+            .arg("-c")
+            .arg("listen_addresses=127.0.0.1")
+            .arg("-c")
+            .arg(format!("port={port}"))
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", socket_dir.display()))
+            .arg("-c")
+            .arg(format!("cluster_name={name}"));
+        for setting in settings {
+            cmd.arg("-c").arg(setting);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| Error::io("starting postgres", e))?;
+        let pid = child.id();
+        let socket = socket_dir.join(format!(".s.PGSQL.{port}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                last_error = format!(
+                    "postgres exited ({status}): {}",
+                    std::fs::read_to_string(&log_path)
+                        .unwrap_or_default()
+                        .lines()
+                        .rev()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                );
+                break;
+            }
+            if socket.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok((child, port, pid));
+            }
+            if Instant::now() > deadline {
+                stop_child(&mut child);
+                return Err(pg_err("postgres did not start within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Err(pg_err(last_error))
 }
 
 /// The OS user PostgreSQL runs as when we are root.
@@ -349,89 +462,204 @@ impl PgServer {
         let data = root.join("data");
         let socket_dir = root.join("socket");
         std::fs::create_dir(&socket_dir).map_err(|e| Error::io("creating the socket dir", e))?;
+        let mut settings: Vec<String> = [
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+            "max_connections=200",
+            "password_encryption=scram-sha-256",
+            "logging_collector=off",
+            // Streaming replication to hot standbys (the READ_ONLY endpoints' readers).
+            "wal_level=replica",
+            "max_wal_senders=10",
+            "max_replication_slots=10",
+            "hot_standby=on",
+            "hot_standby_feedback=on",
+            "wal_receiver_status_interval=1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(tls) = &opts.tls {
+            let tls_dir = root.join("tls");
+            std::fs::create_dir(&tls_dir).map_err(|e| Error::io("creating the TLS dir", e))?;
+            let cert = tls_dir.join("server.crt");
+            let key = tls_dir.join("server.key");
+            std::fs::write(&cert, &tls.cert_pem)
+                .map_err(|e| Error::io("writing the server certificate", e))?;
+            std::fs::write(&key, &tls.key_pem)
+                .map_err(|e| Error::io("writing the server key", e))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io("protecting the server key", e))?;
+            settings.push("ssl=on".into());
+            settings.push(format!("ssl_cert_file={}", cert.display()));
+            settings.push(format!("ssl_key_file={}", key.display()));
+        }
         if let Some(w) = who {
             chown_tree(&root, w)?;
         }
         prepare_data_dir(&bin, &data, who, &root, opts.template_cache.as_deref())?;
-
-        let mut last_error = String::new();
-        for _attempt in 0..5 {
-            let port = free_port()?;
-            let log_path = root.join("postgres.log");
-            let log = std::fs::File::create(&log_path)
-                .map_err(|e| Error::io("creating postgres.log", e))?;
-            if let Some(w) = who {
-                chown_tree(&log_path, w)?;
-            }
-            let log_err = log
-                .try_clone()
-                .map_err(|e| Error::io("creating postgres.log", e))?;
-            let mut child = command(bin.join("postgres"), who, &root)
-                .arg("-D")
-                .arg(&data)
-                .arg("-c")
-                .arg("listen_addresses=127.0.0.1")
-                .arg("-c")
-                .arg(format!("port={port}"))
-                .arg("-c")
-                .arg(format!("unix_socket_directories={}", socket_dir.display()))
-                .args([
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=200",
-                    "-c",
-                    "password_encryption=scram-sha-256",
-                    "-c",
-                    "logging_collector=off",
-                ])
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err)
-                .spawn()
-                .map_err(|e| Error::io("starting postgres", e))?;
-            let pid = child.id();
-            let socket = socket_dir.join(format!(".s.PGSQL.{port}"));
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    last_error = format!(
-                        "postgres exited ({status}): {}",
-                        std::fs::read_to_string(&log_path)
-                            .unwrap_or_default()
-                            .lines()
-                            .rev()
-                            .take(3)
-                            .collect::<Vec<_>>()
-                            .join(" | ")
-                    );
-                    break;
-                }
-                if socket.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Ok(PgServer {
-                        dir: Mutex::new(Some(dir)),
-                        dir_path: root,
-                        child: Mutex::new(Some(child)),
-                        port,
-                        socket_dir,
-                        pid,
-                    });
-                }
-                if Instant::now() > deadline {
-                    stop_child(&mut child);
-                    return Err(pg_err("postgres did not start within 30 s"));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Err(pg_err(last_error))
+        let name = "pg-1".to_string();
+        let (child, port, pid) =
+            spawn_server(&bin, who, &root, &data, &socket_dir, &settings, &name)?;
+        Ok(PgServer {
+            name,
+            dir: Mutex::new(Some(dir)),
+            cluster_root: root.clone(),
+            dir_path: root,
+            child: Mutex::new(Some(child)),
+            port,
+            socket_dir,
+            pid,
+            bin,
+            who,
+            settings,
+        })
     }
 
-    async fn superuser(&self, db: &str) -> Result<tokio_postgres::Client, Error> {
+    /// Makes a hot standby of this server named `name` (unique in the cluster):
+    /// `pg_basebackup` with a replication slot, `standby.signal`, streaming replication
+    /// over this server's Unix socket. Returns once the standby accepts read-only queries.
+    pub async fn start_standby(&self, name: &str) -> Result<PgServer, Error> {
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || name.is_empty() {
+            return Err(pg_err(format!("bad server name {name:?}")));
+        }
+        let (bin, who, settings) = (self.bin.clone(), self.who, self.settings.clone());
+        let cluster_root = self.cluster_root.clone();
+        let (source_socket, source_port) = (self.socket_dir.clone(), self.port);
+        let name = name.to_string();
+        let server = tokio::task::spawn_blocking(move || {
+            let root = cluster_root.join(&name);
+            let data = root.join("data");
+            let socket_dir = root.join("socket");
+            std::fs::create_dir_all(&socket_dir)
+                .map_err(|e| Error::io(format!("creating {}", socket_dir.display()), e))?;
+            if let Some(w) = who {
+                chown_tree(&root, w)?;
+            }
+            let slot = name.replace('-', "_");
+            let out = command(bin.join("pg_basebackup"), who, &root)
+                .arg("-h")
+                .arg(&source_socket)
+                .arg("-p")
+                .arg(source_port.to_string())
+                .args(["-U", "postgres", "-D"])
+                .arg(&data)
+                .args([
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "-R",
+                    "-C",
+                    "-S",
+                    &slot,
+                    "--no-sync",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| Error::io("running pg_basebackup", e))?;
+            if !out.status.success() {
+                return Err(pg_err(format!(
+                    "pg_basebackup failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            let (child, port, pid) =
+                spawn_server(&bin, who, &root, &data, &socket_dir, &settings, &name)?;
+            Ok(PgServer {
+                name,
+                dir: Mutex::new(None),
+                cluster_root,
+                dir_path: root,
+                child: Mutex::new(Some(child)),
+                port,
+                socket_dir,
+                pid,
+                bin,
+                who,
+                settings,
+            })
+        })
+        .await
+        .map_err(|e| pg_err(format!("standby task failed: {e}")))??;
+        // Hot standby accepts connections once it has replayed to a consistent point.
+        let client = server.superuser("postgres").await?;
+        let in_recovery: bool = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| pg_err(format!("checking the standby: {e}")))?
+            .get(0);
+        if !in_recovery {
+            return Err(pg_err("the new standby is not in recovery"));
+        }
+        Ok(server)
+    }
+
+    /// Promotes this standby to a primary (`pg_promote`), returning once it accepts writes.
+    pub async fn promote(&self) -> Result<(), Error> {
+        let client = self.superuser("postgres").await?;
+        let promoted: bool = client
+            .query_one("SELECT pg_promote(true, 30)", &[])
+            .await
+            .map_err(|e| pg_err(format!("promoting {}: {e}", self.name)))?
+            .get(0);
+        if !promoted {
+            return Err(pg_err(format!(
+                "{} was not promoted within 30 s",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Ends every client session on this server (as a restarting instance does), returning
+    /// how many there were.
+    pub async fn terminate_client_sessions(&self) -> Result<u64, Error> {
+        let client = self.superuser("postgres").await?;
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err(format!("ending sessions on {}: {e}", self.name)))?
+            .get(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Replication as this (primary) server sees it: per standby (its name), the bytes of
+    /// WAL it has not replayed yet and its replay lag.
+    pub async fn replication(&self) -> Result<Vec<ReplicaLag>, Error> {
+        let client = self.superuser("postgres").await?;
+        let rows = client
+            .query(
+                "SELECT application_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, (extract(epoch FROM replay_lag) * 1000)::float8, state::text FROM pg_stat_replication ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_err(format!("reading pg_stat_replication: {e}")))?;
+        Ok(rows
+            .iter()
+            .map(|r| ReplicaLag {
+                name: r.get(0),
+                lag_bytes: r.get::<_, Option<i64>>(1).map(|b| b.max(0) as u64),
+                replay_lag_ms: r.get(2),
+                state: r.get(3),
+            })
+            .collect())
+    }
+
+    /// The server's name in the cluster (`pg-1`, `pg-2`, ...): its `cluster_name`, and the
+    /// `application_name` its walreceiver reports to the primary.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A session as the superuser `postgres` over the Unix socket (retrying for up to 5 s
+    /// while the server starts).
+    pub async fn superuser(&self, db: &str) -> Result<tokio_postgres::Client, Error> {
         let mut cfg = tokio_postgres::Config::new();
         cfg.host_path(&self.socket_dir)
             .port(self.port)
@@ -547,7 +775,8 @@ impl PgServer {
         }
     }
 
-    /// Stops the server and removes its directory.
+    /// Stops the server and, for the cluster's first server, removes the cluster's
+    /// directory (stop the other servers first).
     pub fn remove(&self) {
         self.stop();
         if let Ok(mut dir) = self.dir.lock() {

@@ -1,7 +1,8 @@
 //! The RDS Proxy stand-in: the PostgreSQL wire protocol with TLS required and IAM
 //! authentication, in front of a real PostgreSQL.
 //!
-//! One connection goes through these steps (DESIGN.md 5 has the messages):
+//! One connection goes through these steps (the messages are RDS Proxy's, as listed in
+//! AWS's "Troubleshooting for RDS Proxy"):
 //!
 //! 1. Plaintext: `SSLRequest` gets `S` and the TLS handshake (certificate for the endpoint
 //!    host names); `GSSENCRequest` gets `N`; a `CancelRequest` is forwarded to PostgreSQL;
@@ -14,8 +15,13 @@
 //!    Every refusal is logged (`tracing`, target `rds_proxy_emulator::proxy`) with its
 //!    precise reason; the client sees only the RDS Proxy text.
 //! 4. A backend session is opened as the db user with the proxy's secret (SCRAM-SHA-256),
-//!    read-only for `READ_ONLY` endpoints (`default_transaction_read_only=on`), and the
-//!    traffic is relayed both ways until either side closes or the client is idle too long.
+//!    on the writer for `READ_WRITE` endpoints and on a reader (a hot standby, round robin)
+//!    for `READ_ONLY` ones, following the [`Topology`] (which a failover changes). While
+//!    no suitable server is available the login waits, up to
+//!    `backend_connect_timeout_seconds`.
+//! 5. The traffic is relayed both ways until either side closes or the client is idle too
+//!    long. Client-to-database bytes are watched for pinning conditions
+//!    ([`crate::pinning`]) until the first one; nothing else is parsed.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,7 +36,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::config::{StackConfig, TargetRole};
+use crate::control::Control;
 use crate::iam::Iam;
+use crate::pinning::PinWatch;
 use crate::token::{verify_token, Expected};
 
 /// SQLSTATE of IAM authentication failures.
@@ -55,6 +63,8 @@ pub const MSG_REPLICATION: &str =
 /// No user in the startup packet.
 pub const MSG_NO_USER: &str =
     "A user name is missing from the connection startup packet. Provide a user name for this connection.";
+/// No server of the endpoint's role became available in time (RDS Proxy's borrow timeout).
+pub const MSG_BORROW_TIMEOUT: &str = "Timed-out waiting to acquire database connection.";
 /// The message sent when PostgreSQL cannot be reached (not an AWS text: RDS Proxy would
 /// time out waiting for a database connection).
 pub const MSG_BACKEND_DOWN: &str =
@@ -110,46 +120,100 @@ pub struct EndpointSpec {
     pub target_role: TargetRole,
 }
 
+/// Where the proxy sends sessions: the database cluster as the proxy sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// The writer (for `READ_WRITE` endpoints); `None` while a failover is under way.
+    pub writer: Option<SocketAddr>,
+    /// The readers (for `READ_ONLY` endpoints, round robin); empty while none is ready.
+    pub readers: Vec<SocketAddr>,
+}
+
+impl Topology {
+    /// Every server address, writer first.
+    pub fn all(&self) -> Vec<SocketAddr> {
+        self.writer
+            .iter()
+            .chain(self.readers.iter())
+            .copied()
+            .collect()
+    }
+}
+
 /// State shared by all endpoints of one proxy.
 pub struct ProxyShared {
     iam: Arc<Iam>,
     config: Arc<StackConfig>,
-    backend: SocketAddr,
+    topology: watch::Receiver<Topology>,
+    next_reader: AtomicUsize,
+    sessions: std::sync::Mutex<std::collections::HashMap<u64, SocketAddr>>,
+    next_session: AtomicU64,
     tls: TlsAcceptor,
     clients: AtomicUsize,
     shutdown: watch::Sender<bool>,
+    control: Arc<Control>,
 }
 
 impl std::fmt::Debug for ProxyShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyShared")
-            .field("backend", &self.backend)
+            .field("topology", &*self.topology.borrow())
             .field("clients", &self.clients)
             .finish_non_exhaustive()
     }
 }
 
 impl ProxyShared {
-    /// Shared state for a proxy relaying to `backend`.
+    /// Shared state for a proxy relaying to the servers of `topology`, obeying `control`'s
+    /// faults and counting there.
     pub fn new(
         iam: Arc<Iam>,
-        backend: SocketAddr,
+        topology: watch::Receiver<Topology>,
         tls: Arc<rustls::ServerConfig>,
+        control: Arc<Control>,
     ) -> Arc<ProxyShared> {
         let config = Arc::new(iam.config().clone());
         Arc::new(ProxyShared {
             iam,
             config,
-            backend,
+            topology,
+            next_reader: AtomicUsize::new(0),
+            sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next_session: AtomicU64::new(1),
             tls: TlsAcceptor::from(tls),
             clients: AtomicUsize::new(0),
             shutdown: watch::channel(false).0,
+            control,
         })
     }
 
     /// Number of client connections open now.
     pub fn client_connections(&self) -> usize {
         self.clients.load(Ordering::SeqCst)
+    }
+
+    /// Number of client sessions relayed to any of `servers` now.
+    pub fn sessions_on(&self, servers: &[SocketAddr]) -> usize {
+        self.sessions
+            .lock()
+            .map(|s| s.values().filter(|a| servers.contains(a)).count())
+            .unwrap_or(0)
+    }
+
+    /// A server for `role`, waiting up to `limit` for one to be available.
+    async fn pick_server(&self, role: TargetRole, limit: Duration) -> Option<SocketAddr> {
+        let pick = |t: &Topology, n: usize| match role {
+            TargetRole::ReadWrite => t.writer,
+            TargetRole::ReadOnly if t.readers.is_empty() => None,
+            TargetRole::ReadOnly => Some(t.readers[n % t.readers.len()]),
+        };
+        let n = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let mut rx = self.topology.clone();
+        let ready = tokio::time::timeout(limit, rx.wait_for(|t| pick(t, n).is_some())).await;
+        match ready {
+            Ok(Ok(t)) => pick(&t, n),
+            _ => None,
+        }
     }
 
     /// Closes every client connection and stops the listeners.
@@ -201,13 +265,18 @@ impl Drop for ClientSlot<'_> {
     }
 }
 
-/// A startup-phase packet.
-#[derive(Debug)]
-enum Startup {
+/// A startup-phase packet, as the proxy reads it from an untrusted client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Startup {
+    /// `SSLRequest`.
     Ssl,
+    /// `GSSENCRequest`.
     GssEnc,
+    /// `CancelRequest` (the whole packet, to forward).
     Cancel(Vec<u8>),
+    /// A protocol 3.0 `StartupMessage` and its parameters.
     V3(Vec<(String, String)>),
+    /// Another protocol version.
     Other(u32),
 }
 
@@ -224,34 +293,62 @@ async fn read_startup<S: AsyncRead + Unpin>(s: &mut S) -> Result<Startup, ConnEr
     if !(8..=MAX_STARTUP).contains(&len) {
         return Err(ConnError::Protocol(format!("startup packet length {len}")));
     }
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body).await?;
+    let mut packet = vec![0u8; len];
+    packet[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    s.read_exact(&mut packet[4..]).await?;
+    parse_startup_packet(&packet).map_err(ConnError::Protocol)
+}
+
+/// Parses one startup-phase packet (length prefix included), as sent by a client.
+///
+/// ```
+/// use rds_proxy_emulator::proxy::{parse_startup_packet, Startup};
+/// assert!(parse_startup_packet(&[0, 0, 0, 8, 4, 210, 22, 47]) == Ok(Startup::Ssl));
+/// assert!(parse_startup_packet(&[0, 0, 0, 9, 0, 3, 0, 0, b'x']).is_err());
+/// let v3 = parse_startup_packet(&[0, 0, 0, 15, 0, 3, 0, 0, b'u', b's', b'e', b'r', 0, b'a', 0]);
+/// assert!(v3.is_err()); // no terminating NUL after the parameters
+/// let v3 = parse_startup_packet(&[0, 0, 0, 16, 0, 3, 0, 0, b'u', b's', b'e', b'r', 0, b'a', 0, 0]);
+/// assert!(v3 == Ok(Startup::V3(vec![("user".into(), "a".into())])));
+/// ```
+pub fn parse_startup_packet(packet: &[u8]) -> Result<Startup, String> {
+    if packet.len() < 8 || packet.len() > MAX_STARTUP {
+        return Err(format!("startup packet of {} bytes", packet.len()));
+    }
+    let len = u32::from_be_bytes([packet[0], packet[1], packet[2], packet[3]]) as usize;
+    if len != packet.len() {
+        return Err(format!(
+            "startup packet length {len}, {} bytes given",
+            packet.len()
+        ));
+    }
+    let body = &packet[4..];
     let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
     Ok(match code {
         SSL_REQUEST => Startup::Ssl,
         GSSENC_REQUEST => Startup::GssEnc,
-        CANCEL_REQUEST => {
-            let mut packet = (len as u32).to_be_bytes().to_vec();
-            packet.extend_from_slice(&body);
-            Startup::Cancel(packet)
-        }
+        CANCEL_REQUEST => Startup::Cancel(packet.to_vec()),
         PROTOCOL_3 => {
+            // key\0value\0 ... \0: NUL-terminated strings, an empty key ends the list.
             let mut params = Vec::new();
-            let mut fields = body[4..].split(|b| *b == 0);
+            let mut rest = &body[4..];
+            let next = |rest: &mut &[u8]| -> Result<String, String> {
+                let end = rest
+                    .iter()
+                    .position(|b| *b == 0)
+                    .ok_or_else(|| "unterminated startup packet".to_string())?;
+                let field = String::from_utf8_lossy(&rest[..end]).into_owned();
+                *rest = &rest[end + 1..];
+                Ok(field)
+            };
             loop {
-                let Some(k) = fields.next() else {
-                    return Err(ConnError::Protocol("unterminated startup packet".into()));
-                };
+                let k = next(&mut rest)?;
                 if k.is_empty() {
+                    if !rest.is_empty() {
+                        return Err("data after the end of the startup parameters".into());
+                    }
                     break;
                 }
-                let Some(v) = fields.next() else {
-                    return Err(ConnError::Protocol(
-                        "startup parameter without value".into(),
-                    ));
-                };
-                let k = String::from_utf8_lossy(k).into_owned();
-                let v = String::from_utf8_lossy(v).into_owned();
+                let v = next(&mut rest)?;
                 params.push((k, v));
             }
             Startup::V3(params)
@@ -280,18 +377,33 @@ pub fn fatal_message(sqlstate: &str, message: &str) -> Vec<u8> {
     msg
 }
 
+/// Sends a FATAL refusal and counts it.
+async fn refuse<S: AsyncWrite + Unpin>(
+    shared: &ProxyShared,
+    s: &mut S,
+    sqlstate: &str,
+    message: &str,
+) {
+    Control::bump(&shared.control.logins_refused);
+    send_fatal(s, sqlstate, message).await;
+}
+
 async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, sqlstate: &str, message: &str) {
     let _ = s.write_all(&fatal_message(sqlstate, message)).await;
     let _ = s.flush().await;
     let _ = s.shutdown().await;
 }
 
-async fn forward_cancel(backend: SocketAddr, packet: &[u8]) {
-    if let Ok(Ok(mut s)) =
-        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(backend)).await
-    {
-        let _ = s.write_all(packet).await;
-        let _ = s.shutdown().await;
+/// Forwards a CancelRequest to every server (only the one holding the key acts on it).
+async fn forward_cancel(shared: &ProxyShared, packet: &[u8]) {
+    let servers = shared.topology.borrow().all();
+    for backend in servers {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(backend)).await
+        {
+            let _ = s.write_all(packet).await;
+            let _ = s.shutdown().await;
+        }
     }
 }
 
@@ -299,6 +411,18 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
     let count = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
     let _slot = ClientSlot(&shared.clients);
     let mut stop = shared.shutdown.subscribe();
+    if shared.control.proxy_stall() {
+        tracing::warn!(endpoint = %spec.name, "proxy fault: stalling a new connection");
+        let drain = async {
+            let mut sink = [0u8; 1024];
+            while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        tokio::select! {
+            _ = drain => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        return;
+    }
     let handshake = async {
         loop {
             match read_startup(&mut tcp).await? {
@@ -308,12 +432,12 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
                 }
                 Startup::GssEnc => tcp.write_all(b"N").await?,
                 Startup::Cancel(packet) => {
-                    forward_cancel(shared.backend, &packet).await;
+                    forward_cancel(&shared, &packet).await;
                     return Ok(None);
                 }
                 Startup::V3(_) | Startup::Other(_) => {
                     tracing::warn!(endpoint = %spec.name, "refused: startup packet without TLS");
-                    send_fatal(&mut tcp, SQLSTATE_AUTH_SPEC, MSG_TLS_REQUIRED).await;
+                    refuse(&shared, &mut tcp, SQLSTATE_AUTH_SPEC, MSG_TLS_REQUIRED).await;
                     return Ok(None);
                 }
             }
@@ -322,12 +446,12 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
         let params = match read_startup(&mut tls).await? {
             Startup::V3(params) => params,
             Startup::Cancel(packet) => {
-                forward_cancel(shared.backend, &packet).await;
+                forward_cancel(&shared, &packet).await;
                 return Ok(None);
             }
             Startup::Other(version) => {
                 tracing::warn!(endpoint = %spec.name, "refused: protocol {}.{}", version >> 16, version & 0xffff);
-                send_fatal(&mut tls, SQLSTATE_FEATURE, MSG_PROTOCOL).await;
+                refuse(&shared, &mut tls, SQLSTATE_FEATURE, MSG_PROTOCOL).await;
                 return Ok(None);
             }
             Startup::Ssl | Startup::GssEnc => {
@@ -343,7 +467,7 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
         r = tokio::time::timeout(LOGIN_TIMEOUT, handshake) => r,
         _ = stop.wait_for(|s| *s) => return,
     };
-    let (tls, (backend, db_user)) = match outcome {
+    let (tls, (backend, db_user, server)) = match outcome {
         Ok(Ok(Some(ok))) => ok,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
@@ -355,10 +479,46 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
             return;
         }
     };
-    tracing::info!(endpoint = %spec.name, user = %db_user, "session started");
+    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let _registered = SessionEntry::register(&shared, session, server);
+    tracing::info!(endpoint = %spec.name, user = %db_user, session, %server, "session started");
     let idle = Duration::from_secs(shared.config.proxy.idle_client_timeout_seconds.max(1));
-    relay(tls, backend, idle, stop, &spec.name).await;
-    tracing::info!(endpoint = %spec.name, user = %db_user, "session ended");
+    relay(
+        tls,
+        backend,
+        idle,
+        stop,
+        SessionInfo {
+            shared: &shared,
+            endpoint: &spec.name,
+            session,
+        },
+    )
+    .await;
+    tracing::info!(endpoint = %spec.name, user = %db_user, session, "session ended");
+}
+
+/// A session's entry in the registry (removed on drop).
+struct SessionEntry<'a> {
+    shared: &'a ProxyShared,
+    id: u64,
+}
+
+impl<'a> SessionEntry<'a> {
+    fn register(shared: &'a ProxyShared, id: u64, server: SocketAddr) -> SessionEntry<'a> {
+        if let Ok(mut s) = shared.sessions.lock() {
+            s.insert(id, server);
+        }
+        SessionEntry { shared, id }
+    }
+}
+
+impl Drop for SessionEntry<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.sessions.lock() {
+            s.remove(&self.id);
+        }
+    }
 }
 
 /// Validates the startup packet, authenticates the token, opens the backend session.
@@ -368,11 +528,11 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     tls: &mut S,
     params: Vec<(String, String)>,
     count: usize,
-) -> Result<Option<(TcpStream, String)>, ConnError> {
+) -> Result<Option<(TcpStream, String, SocketAddr)>, ConnError> {
     let max = shared.config.proxy.max_client_connections;
     if params.iter().any(|(k, _)| k == "replication") {
         tracing::warn!(endpoint = %spec.name, "refused: replication requested");
-        send_fatal(tls, SQLSTATE_FEATURE, MSG_REPLICATION).await;
+        refuse(shared, tls, SQLSTATE_FEATURE, MSG_REPLICATION).await;
         return Ok(None);
     }
     if let Some((k, _)) = params
@@ -380,7 +540,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         .find(|(k, _)| !ACCEPTED_PARAMETERS.contains(&k.as_str()))
     {
         tracing::warn!(endpoint = %spec.name, "refused: unsupported startup option {k}");
-        send_fatal(tls, SQLSTATE_FEATURE, &msg_option(k)).await;
+        refuse(shared, tls, SQLSTATE_FEATURE, &msg_option(k)).await;
         return Ok(None);
     }
     let get = |name: &str| {
@@ -391,12 +551,12 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let Some(user) = get("user").filter(|u| !u.is_empty()).map(str::to_string) else {
         tracing::warn!(endpoint = %spec.name, "refused: no user in the startup packet");
-        send_fatal(tls, SQLSTATE_AUTH_SPEC, MSG_NO_USER).await;
+        refuse(shared, tls, SQLSTATE_AUTH_SPEC, MSG_NO_USER).await;
         return Ok(None);
     };
     if count > max {
         tracing::warn!(endpoint = %spec.name, "refused: {count} client connections, limit {max}");
-        send_fatal(tls, SQLSTATE_TOO_MANY, &msg_too_many(max)).await;
+        refuse(shared, tls, SQLSTATE_TOO_MANY, &msg_too_many(max)).await;
         return Ok(None);
     }
     let database = get("database")
@@ -424,7 +584,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
 
     let Some(db_user) = shared.config.proxy.db_users.iter().find(|u| u.name == user) else {
         tracing::warn!(endpoint = %spec.name, %user, "refused: no secret (credentials) for this db user");
-        send_fatal(tls, SQLSTATE_IAM, &msg_no_credentials(&user)).await;
+        refuse(shared, tls, SQLSTATE_IAM, &msg_no_credentials(&user)).await;
         return Ok(None);
     };
     let expected = Expected {
@@ -444,8 +604,14 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             known
         })
     });
+    let lifetime = time::Duration::seconds(i64::from(shared.config.proxy.token_lifetime_seconds));
     let refusal = match (&verified, &caller) {
         (Err(reason), _) => Some(reason.to_string()),
+        (Ok(t), _) if expected.now - t.signed_at >= lifetime => Some(format!(
+            "token signed at {} is older than token_lifetime_seconds ({} s)",
+            t.signed_at,
+            lifetime.whole_seconds()
+        )),
         (Ok(_), Some(c)) => {
             let resource = shared.config.dbuser_arn(&user);
             if shared.iam.may_connect(c, &resource) {
@@ -461,29 +627,28 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if let Some(reason) = refusal {
         tracing::warn!(endpoint = %spec.name, %user, "refused: IAM authentication failed: {reason}");
-        send_fatal(tls, SQLSTATE_IAM, &msg_iam_failed(&user)).await;
+        refuse(shared, tls, SQLSTATE_IAM, &msg_iam_failed(&user)).await;
         return Ok(None);
     }
     if let Some(c) = &caller {
         tracing::info!(endpoint = %spec.name, %user, principal = %c.arn, "IAM authentication succeeded");
     }
 
-    let mut forwarded: Vec<(String, String)> = params
+    let forwarded: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "user" | "database"))
         .cloned()
         .collect();
-    if spec.target_role == TargetRole::ReadOnly {
-        forwarded.push((
-            "options".into(),
-            "-c default_transaction_read_only=on".into(),
-        ));
-    }
     let timeout = Duration::from_secs(shared.config.proxy.backend_connect_timeout_seconds.max(1));
+    let Some(server) = shared.pick_server(spec.target_role, timeout).await else {
+        tracing::error!(endpoint = %spec.name, role = %spec.target_role, "no {} server available within {} s", spec.target_role, timeout.as_secs());
+        refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BORROW_TIMEOUT).await;
+        return Ok(None);
+    };
     match tokio::time::timeout(
         timeout,
         backend_login(
-            shared.backend,
+            server,
             &user,
             &database,
             &db_user.backend_password,
@@ -497,24 +662,26 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             // ReadyForQuery follow through the relay.
             tls.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await?;
             tls.flush().await?;
-            Ok(Some((stream, user)))
+            Control::bump(&shared.control.logins_accepted);
+            Ok(Some((stream, user, server)))
         }
         Ok(Ok(BackendLogin::Refused(error_message))) => {
             // PostgreSQL's own refusal (e.g. unknown database): pass it on.
             tracing::warn!(endpoint = %spec.name, %user, "backend refused the session");
+            Control::bump(&shared.control.logins_refused);
             let _ = tls.write_all(&error_message).await;
             let _ = tls.flush().await;
             let _ = tls.shutdown().await;
             Ok(None)
         }
         Ok(Err(e)) => {
-            tracing::error!(endpoint = %spec.name, backend = %shared.backend, "backend unreachable: {e}");
-            send_fatal(tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
+            tracing::error!(endpoint = %spec.name, backend = %server, "backend unreachable: {e}");
+            refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
             Ok(None)
         }
         Err(_) => {
-            tracing::error!(endpoint = %spec.name, backend = %shared.backend, "backend login timed out");
-            send_fatal(tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
+            tracing::error!(endpoint = %spec.name, backend = %server, "backend login timed out");
+            refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
             Ok(None)
         }
     }
@@ -640,31 +807,61 @@ async fn backend_login(
     }
 }
 
+/// What the relay needs to know about its session.
+struct SessionInfo<'a> {
+    shared: &'a ProxyShared,
+    endpoint: &'a str,
+    session: u64,
+}
+
+/// Relay buffer size: large enough that a burst of results moves in few reads.
+const RELAY_BUFFER: usize = 64 * 1024;
+
 async fn relay<C: AsyncRead + AsyncWrite + Unpin>(
     client: C,
     backend: TcpStream,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
-    endpoint: &str,
+    info: SessionInfo<'_>,
 ) {
+    let endpoint = info.endpoint;
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut br, mut bw) = backend.into_split();
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let c2b = async {
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; RELAY_BUFFER];
+        let mut watch = PinWatch::new();
         loop {
             let n = cr.read(&mut buf).await?;
             if n == 0 {
+                bw.shutdown().await?;
                 return Ok::<_, std::io::Error>(());
             }
             touch();
+            if !watch.done() {
+                if let Some(reason) = watch.feed(&buf[..n]) {
+                    Control::bump(&info.shared.control.sessions_pinned);
+                    let digest: String = String::from_utf8_lossy(watch.last_statement())
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .chars()
+                        .take(120)
+                        .collect();
+                    tracing::warn!(
+                        target: "rds_proxy_emulator::pinning",
+                        "[{endpoint}] The client session was pinned to the database connection [session={}] for the remainder of the session. The proxy can't reuse this connection until the session ends. Reason: {reason}. Digest: \"{digest}\"",
+                        info.session
+                    );
+                }
+            }
             bw.write_all(&buf[..n]).await?;
         }
     };
     let b2c = async {
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; RELAY_BUFFER];
         loop {
             let n = br.read(&mut buf).await?;
             if n == 0 {

@@ -2,11 +2,14 @@
 //! verifier (query-presigned URLs). Written from the AWS specification, independent of any
 //! signing library in this workspace.
 
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
+use aws_lc_rs::{digest, hmac};
+use time::format_description::FormatItem;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
 
-type HmacSha256 = Hmac<Sha256>;
+/// `YYYYMMDDTHHMMSSZ` (SigV4's `X-Amz-Date`).
+const AMZ_DATE: &[FormatItem<'static>] =
+    format_description!("[year][month][day]T[hour][minute][second]Z");
 
 /// Hex SHA-256 of the empty payload.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -77,17 +80,12 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// Hex SHA-256.
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+    hex::encode(digest::digest(&digest::SHA256, data))
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = match HmacSha256::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => unreachable!("HMAC takes any key length"),
-    };
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    hmac::sign(&key, data).as_ref().to_vec()
 }
 
 /// The SigV4 signing key for `secret`, `date` (`YYYYMMDD`), region and service.
@@ -140,41 +138,19 @@ pub fn canonical_query(params: &[(String, String)]) -> String {
 /// `YYYYMMDDTHHMMSSZ`.
 pub fn format_amz_date(t: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    // Formatting a UTC date-time with numeric components only fails for years outside
+    // 0..=9999, which SigV4 cannot express either.
+    t.format(AMZ_DATE).unwrap_or_default()
 }
 
-/// Parses `YYYYMMDDTHHMMSSZ`.
+/// Parses `YYYYMMDDTHHMMSSZ` (exactly: 16 ASCII characters, digits where digits belong).
 pub fn parse_amz_date(s: &str) -> Option<OffsetDateTime> {
-    let b = s.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    if s.len() != 16 || !s.is_ascii() {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let part = s.get(r)?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    let year = i32::try_from(num(0..4)?).ok()?;
-    let month = time::Month::try_from(u8::try_from(num(4..6)?).ok()?).ok()?;
-    let day = u8::try_from(num(6..8)?).ok()?;
-    let date = time::Date::from_calendar_date(year, month, day).ok()?;
-    let t = time::Time::from_hms(
-        u8::try_from(num(9..11)?).ok()?,
-        u8::try_from(num(11..13)?).ok()?,
-        u8::try_from(num(13..15)?).ok()?,
-    )
-    .ok()?;
-    Some(date.with_time(t).assume_utc())
+    PrimitiveDateTime::parse(s, AMZ_DATE)
+        .ok()
+        .map(PrimitiveDateTime::assume_utc)
 }
 
 /// A parsed `X-Amz-Credential` / `Credential=` value: `AKID/DATE/REGION/SERVICE/aws4_request`.

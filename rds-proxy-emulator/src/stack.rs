@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+use crate::cluster::{Cluster, FailoverReport, ServerStatus};
 use crate::config::{StackConfig, TargetRole};
+use crate::control::{Control, Counters, StsFault};
 use crate::iam::{Iam, TemporaryCredentials};
-use crate::pg::{PgOptions, PgServer};
+use crate::pg::{PgOptions, PgServer, PgTls};
 use crate::proxy::{serve_endpoint, EndpointSpec, ProxyShared};
 use crate::sts::{Sts, StsServer};
 use crate::tls::ProxyTls;
-use crate::token::{sign_token, SigningCredentials, TokenRequest};
 use crate::Error;
 
 /// A running proxy endpoint.
@@ -67,9 +68,12 @@ pub struct StartOptions {
 pub struct LocalStack {
     config: Arc<StackConfig>,
     iam: Arc<Iam>,
-    pg: PgServer,
+    pg: Arc<PgServer>,
+    cluster: Arc<Cluster>,
+    runtime: tokio::runtime::Handle,
     sts: StsServer,
     proxy: Arc<ProxyShared>,
+    control: Arc<Control>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
     endpoints: Vec<Endpoint>,
     ca_pem: String,
@@ -175,12 +179,31 @@ impl LocalStack {
                 .clone()
                 .or_else(|| std::env::var_os("RDS_PROXY_EMULATOR_PG_CACHE").map(PathBuf::from)),
             bin_dir: None,
+            tls: Some(PgTls {
+                cert_pem: tls.backend_cert_pem.clone(),
+                key_pem: tls.backend_key_pem.clone(),
+            }),
         })
         .await?;
+        let pg = Arc::new(pg);
+        let cluster = Cluster::new(Arc::clone(&pg));
+        for _ in 0..config.database.replicas {
+            cluster.add_reader().await?;
+        }
 
         let iam = Arc::new(Iam::new(Arc::clone(&config)));
-        let sts = StsServer::start(Sts::new(Arc::clone(&iam)), config.sts.listen).await?;
-        let proxy = ProxyShared::new(Arc::clone(&iam), pg.addr(), Arc::clone(&tls.server_config));
+        let control = Arc::new(Control::new());
+        let sts = StsServer::start(
+            Sts::with_control(Arc::clone(&iam), Arc::clone(&control)),
+            config.sts.listen,
+        )
+        .await?;
+        let proxy = ProxyShared::new(
+            Arc::clone(&iam),
+            cluster.topology(),
+            Arc::clone(&tls.server_config),
+            Arc::clone(&control),
+        );
         let mut endpoints = Vec::new();
         let mut listeners = Vec::new();
         for e in &config.proxy.endpoints {
@@ -210,8 +233,11 @@ impl LocalStack {
             config,
             iam,
             pg,
+            cluster,
+            runtime: tokio::runtime::Handle::current(),
             sts,
             proxy,
+            control,
             listeners,
             endpoints,
             ca_pem: tls.ca_pem,
@@ -312,19 +338,101 @@ impl LocalStack {
         &self.iam
     }
 
-    /// PostgreSQL's own address (bypassing the proxy; password: the db user's backend secret).
+    /// The writer's own address (bypassing the proxy; password: the db user's backend
+    /// secret; TLS with the stack's CA, or plaintext).
     pub fn backend_addr(&self) -> SocketAddr {
-        self.pg.addr()
+        self.cluster
+            .current_topology()
+            .writer
+            .unwrap_or_else(|| self.pg.addr())
     }
 
-    /// The PostgreSQL server.
+    /// The readers' addresses (hot standbys, bypassing the proxy).
+    pub fn reader_addrs(&self) -> Vec<SocketAddr> {
+        self.cluster.current_topology().readers
+    }
+
+    /// The first PostgreSQL server (the writer until a failover). Its directory holds
+    /// every server's.
     pub fn postgres(&self) -> &PgServer {
         &self.pg
+    }
+
+    /// Every PostgreSQL server with its role and, for readers, the replication lag.
+    pub async fn servers(&self) -> Vec<ServerStatus> {
+        let cluster = Arc::clone(&self.cluster);
+        self.runtime
+            .spawn(async move { cluster.status().await })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Process ids of every running PostgreSQL server.
+    pub fn postgres_pids(&self) -> Vec<u32> {
+        self.cluster
+            .servers()
+            .iter()
+            .filter(|(s, _)| s.is_running())
+            .map(|(s, _)| s.pid())
+            .collect()
+    }
+
+    /// Fails over like an Aurora cluster: stops the writer and promotes a reader. Client
+    /// sessions on both are closed (with PostgreSQL's shutdown error, 57P01), new
+    /// `READ_WRITE` sessions go to the new writer as soon as it accepts writes (logins
+    /// arriving meanwhile wait), and a new reader is built from it in the background
+    /// ([`LocalStack::wait_for_readers`]).
+    pub async fn failover(&self) -> Result<FailoverReport, Error> {
+        let fut = Arc::clone(&self.cluster).failover(
+            Arc::clone(&self.proxy),
+            Arc::clone(&self.control),
+            self.runtime.clone(),
+        );
+        self.runtime
+            .spawn(fut)
+            .await
+            .map_err(|e| Error::Postgres(format!("failover task: {e}")))?
+    }
+
+    /// Waits until at least `n` readers serve (e.g. after a failover), up to `limit`.
+    pub async fn wait_for_readers(&self, n: usize, limit: std::time::Duration) -> bool {
+        let mut rx = self.cluster.topology();
+        tokio::time::timeout(limit, rx.wait_for(|t| t.readers.len() >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Number of client connections the proxy holds now.
     pub fn proxy_client_connections(&self) -> usize {
         self.proxy.client_connections()
+    }
+
+    /// Sets a fault of the STS stand-in ([`StsFault::None`] clears it).
+    pub fn set_sts_fault(&self, fault: StsFault) {
+        tracing::info!(fault = fault.as_str(), "STS fault set");
+        self.control.set_sts_fault(fault);
+    }
+
+    /// Makes the proxy accept new TCP connections and never answer on them (or stop).
+    pub fn set_proxy_stall(&self, stall: bool) {
+        tracing::info!(stall, "proxy stall set");
+        self.control.set_proxy_stall(stall);
+    }
+
+    /// Clears every fault.
+    pub fn clear_faults(&self) {
+        self.control.clear();
+    }
+
+    /// The stack's fault switches and counters.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// The counters now: STS `AssumeRole` calls, proxy logins accepted and refused, pinned
+    /// sessions, ...
+    pub fn counters(&self) -> Counters {
+        self.control.counters()
     }
 
     /// Issues session credentials for `role_arn` directly (no STS call, no trust check),
@@ -340,32 +448,7 @@ impl LocalStack {
             .ok_or_else(|| Error::Sts(format!("no role {role_arn}")))
     }
 
-    /// Signs a token with the emulator's own signer (for tests and demos).
-    pub fn sign_token(
-        &self,
-        endpoint: &Endpoint,
-        db_user: &str,
-        creds: &TemporaryCredentials,
-        at: OffsetDateTime,
-    ) -> String {
-        sign_token(
-            &TokenRequest {
-                host: &endpoint.hostname,
-                port: endpoint.port,
-                region: &self.config.region,
-                db_user,
-                expires_in: 900,
-            },
-            &SigningCredentials {
-                access_key_id: &creds.access_key_id,
-                secret_access_key: &creds.secret_access_key,
-                session_token: Some(&creds.session_token),
-            },
-            at,
-        )
-    }
-
-    /// The `stack.env` pairs: the Lambda's variables (DESIGN.md 7) for the application
+    /// The `stack.env` pairs: the Lambda's environment variables for the application
     /// endpoint, plus `AWS_REGION`, the application principal's keys and
     /// `AWS_ENDPOINT_URL_STS`.
     pub fn env(&self) -> Vec<(String, String)> {
@@ -406,9 +489,11 @@ impl LocalStack {
         out
     }
 
-    /// Stops PostgreSQL (to test "backend down"); the proxy keeps running.
+    /// Stops every PostgreSQL server (to test "database down"); the proxy keeps running.
     pub async fn stop_backend(&self) {
-        self.pg.stop();
+        self.cluster
+            .wait_for_builds(std::time::Duration::from_secs(60));
+        self.cluster.stop_all();
     }
 
     /// Stops everything and removes the files the stack created.
@@ -424,6 +509,9 @@ impl Drop for LocalStack {
             l.abort();
         }
         self.sts.stop();
+        self.cluster
+            .wait_for_builds(std::time::Duration::from_secs(60));
+        self.cluster.stop_all();
         self.pg.remove();
         if self._temp_state.is_none() {
             let _ = std::fs::remove_file(&self.ca_path);

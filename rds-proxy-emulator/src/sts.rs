@@ -29,6 +29,7 @@ use hyper::{Request, Response, StatusCode};
 use time::{Duration, OffsetDateTime};
 use tokio::net::TcpListener;
 
+use crate::control::{Control, StsFault};
 use crate::iam::{Caller, Iam};
 use crate::sigv4::{self, CredentialScope, ALGORITHM};
 
@@ -75,17 +76,15 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
+/// ISO 8601 in UTC to the second, as STS writes `Expiration`.
+const ISO8601: &[time::format_description::FormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
 fn iso8601(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    // Cannot fail for the years credentials expire in (0..=9999).
+    t.to_offset(time::UtcOffset::UTC)
+        .format(ISO8601)
+        .unwrap_or_default()
 }
 
 /// One parsed HTTP request, reduced to what SigV4 and the Query protocol need.
@@ -103,7 +102,15 @@ pub struct StsRequest {
     pub body: Vec<u8>,
 }
 
-fn parse_form(s: &str) -> Option<Vec<(String, String)>> {
+/// Parses a query string or `application/x-www-form-urlencoded` body (`+` is a space);
+/// `None` on a malformed escape or a value that is not UTF-8.
+///
+/// ```
+/// let p = rds_proxy_emulator::sts::parse_form("Action=AssumeRole&RoleSessionName=a+b%2F").unwrap();
+/// assert_eq!(p[1], ("RoleSessionName".to_string(), "a b/".to_string()));
+/// assert!(rds_proxy_emulator::sts::parse_form("a=%zz").is_none());
+/// ```
+pub fn parse_form(s: &str) -> Option<Vec<(String, String)>> {
     s.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -191,12 +198,18 @@ const SIGNATURE_MISMATCH: &str = "The request signature we calculated does not m
 #[derive(Debug, Clone)]
 pub struct Sts {
     iam: Arc<Iam>,
+    control: Arc<Control>,
 }
 
 impl Sts {
-    /// STS over the given identity store.
+    /// STS over the given identity store (no faults, its own counters).
     pub fn new(iam: Arc<Iam>) -> Sts {
-        Sts { iam }
+        Sts::with_control(iam, Arc::new(Control::new()))
+    }
+
+    /// STS over the given identity store, obeying `control`'s faults and counting there.
+    pub fn with_control(iam: Arc<Iam>, control: Arc<Control>) -> Sts {
+        Sts { iam, control }
     }
 
     /// Verifies the request's SigV4 signature and returns the caller.
@@ -446,8 +459,16 @@ impl Sts {
                 d
             }
         };
+        // `[sts] credentials_lifetime_seconds` overrides what was asked for (tests of
+        // long-running clients need credentials that expire within the test).
+        let lifetime = self
+            .iam
+            .config()
+            .sts
+            .credentials_lifetime_seconds
+            .unwrap_or(duration);
         let expiration =
-            now.replace_nanosecond(0).unwrap_or(now) + Duration::seconds(i64::from(duration));
+            now.replace_nanosecond(0).unwrap_or(now) + Duration::seconds(i64::from(lifetime));
         let creds = self
             .iam
             .issue(role_arn, session_name, expiration)
@@ -560,8 +581,43 @@ async fn serve_one(sts: &Sts, req: Request<Incoming>) -> Response<Full<Bytes>> {
         headers,
         body,
     };
+    let is_assume_role = sreq
+        .params()
+        .is_ok_and(|p| p.iter().any(|(k, v)| k == "Action" && v == "AssumeRole"));
+    if is_assume_role {
+        Control::bump(&sts.control.assume_role_calls);
+    }
+    let mut fault = sts.control.sts_watch();
+    let current = *fault.borrow_and_update();
+    match current {
+        StsFault::None => {}
+        StsFault::Hang => {
+            tracing::warn!("STS fault: holding a request until the fault is cleared");
+            // Waits until the fault changes; if the stack goes away the task is dropped.
+            if fault.wait_for(|f| *f != StsFault::Hang).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        StsFault::Refuse => {
+            tracing::warn!("STS fault: answering 503 ServiceUnavailable");
+            return respond(503, service_unavailable(&rid), &rid);
+        }
+    }
+    if sts.control.sts_fault() == StsFault::Refuse {
+        return respond(503, service_unavailable(&rid), &rid);
+    }
     let (status, xml) = sts.handle(&sreq, OffsetDateTime::now_utc(), &rid);
+    if is_assume_role && status == 200 {
+        Control::bump(&sts.control.assume_role_succeeded);
+    }
     respond(status, xml, &rid)
+}
+
+/// The Query protocol's answer of an overloaded service (HTTP 503).
+fn service_unavailable(request_id: &str) -> String {
+    format!(
+        "<ErrorResponse xmlns=\"{XMLNS}\">\n  <Error>\n    <Type>Receiver</Type>\n    <Code>ServiceUnavailable</Code>\n    <Message>Service is unable to handle request.</Message>\n  </Error>\n  <RequestId>{request_id}</RequestId>\n</ErrorResponse>\n"
+    )
 }
 
 fn respond(status: u16, body: String, rid: &str) -> Response<Full<Bytes>> {

@@ -29,6 +29,11 @@ pub struct ProxyTls {
     pub ca_der: CertificateDer<'static>,
     /// Server configuration for the proxy listeners.
     pub server_config: Arc<rustls::ServerConfig>,
+    /// A certificate for PostgreSQL itself (`localhost`, `127.0.0.1`), from the same CA, so
+    /// that direct connections can be verified (`sslmode=verify-full`) like proxy ones.
+    pub backend_cert_pem: String,
+    /// Its private key (PEM).
+    pub backend_key_pem: String,
 }
 
 impl std::fmt::Debug for ProxyTls {
@@ -82,8 +87,24 @@ impl ProxyTls {
             .signed_by(&leaf_key, &ca_cert, &ca_key)
             .map_err(tls_err)?;
 
+        let backend_key = KeyPair::generate().map_err(tls_err)?;
+        let mut backend_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .map_err(tls_err)?;
+        backend_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        backend_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        backend_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        backend_params.use_authority_key_identifier_extension = true;
+        backend_params.not_before = not_before;
+        backend_params.not_after = not_after;
+        let backend = backend_params
+            .signed_by(&backend_key, &ca_cert, &ca_key)
+            .map_err(tls_err)?;
+
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let server_config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
@@ -94,6 +115,8 @@ impl ProxyTls {
             ca_pem: ca_cert.pem(),
             ca_der: ca_cert.der().clone(),
             server_config: Arc::new(server_config),
+            backend_cert_pem: backend.pem(),
+            backend_key_pem: backend_key.serialize_pem(),
         })
     }
 }

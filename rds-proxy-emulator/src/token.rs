@@ -1,23 +1,29 @@
-//! RDS IAM auth tokens: an independent verifier (what the proxy stand-in runs) and a small
-//! signer for the emulator's own tests and demos.
+//! RDS IAM auth tokens: the independent verifier the proxy stand-in runs.
 //!
-//! Both follow DESIGN.md 3 and are checked against its golden vectors. The verifier
-//! recomputes the SigV4 query-presign signature from the token's own parameters (in any
-//! order), so it accepts exactly the tokens AWS would accept for the same credentials.
+//! It follows AWS's SigV4 query-signing specification ("Create a signed AWS API request",
+//! "Authenticating requests: using query parameters") for the `rds-db` service, as the AWS
+//! SDKs' RDS auth token generators sign (`generate-db-auth-token`), and is checked against
+//! golden tokens from those generators. It recomputes the signature from the token's own
+//! parameters (in any order), so it accepts exactly the tokens AWS would accept for the
+//! same credentials. The emulator has no signer of its own: its tests sign with the AWS
+//! SDK's `aws-sigv4` crate.
 //!
 //! ```
-//! use rds_proxy_emulator::token::{sign_token, verify_token, KnownCredential, SigningCredentials, TokenRequest, Expected};
+//! use rds_proxy_emulator::token::{verify_token, Expected, KnownCredential};
 //! use time::macros::datetime;
 //!
-//! let now = datetime!(2016-11-07 17:39:33 UTC);
-//! let creds = SigningCredentials { access_key_id: "akid", secret_access_key: "skid", session_token: None };
-//! let req = TokenRequest { host: "prod-instance.us-east-1.rds.amazonaws.com", port: 3306, region: "us-east-1", db_user: "someusername", expires_in: 900 };
-//! let token = sign_token(&req, &creds, now);
-//! assert!(token.ends_with("X-Amz-Signature=d1138cdbc0ca63eec012ec0fc6c2267e03642168f5884a7795320d4c18374c61"));
-//!
-//! let expected = Expected { hostname: req.host, port: 3306, region: "us-east-1", db_user: "someusername", now, max_clock_skew: time::Duration::minutes(5) };
+//! // `aws rds generate-db-auth-token` for key akid/skid at 2016-11-07T17:39:33Z.
+//! let token = "prod-instance.us-east-1.rds.amazonaws.com:3306/?Action=connect&DBUser=someusername&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=akid%2F20161107%2Fus-east-1%2Frds-db%2Faws4_request&X-Amz-Date=20161107T173933Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host&X-Amz-Signature=d1138cdbc0ca63eec012ec0fc6c2267e03642168f5884a7795320d4c18374c61";
+//! let expected = Expected {
+//!     hostname: "prod-instance.us-east-1.rds.amazonaws.com",
+//!     port: 3306,
+//!     region: "us-east-1",
+//!     db_user: "someusername",
+//!     now: datetime!(2016-11-07 17:40:00 UTC),
+//!     max_clock_skew: time::Duration::minutes(5),
+//! };
 //! let lookup = |akid: &str| (akid == "akid").then(|| KnownCredential { secret_access_key: "skid".into(), session_token: None, expires_at: None });
-//! assert!(verify_token(&token, &expected, lookup).is_ok());
+//! assert!(verify_token(token, &expected, lookup).is_ok());
 //! ```
 
 use time::{Duration, OffsetDateTime};
@@ -28,42 +34,6 @@ use crate::sigv4::{self, CredentialScope, ALGORITHM, EMPTY_SHA256};
 pub const SERVICE: &str = "rds-db";
 /// Largest `X-Amz-Expires` RDS accepts.
 pub const MAX_EXPIRES: u32 = 900;
-
-/// Credentials to sign with.
-#[derive(Clone, Copy)]
-pub struct SigningCredentials<'a> {
-    /// Access key id.
-    pub access_key_id: &'a str,
-    /// Secret access key.
-    pub secret_access_key: &'a str,
-    /// Session token of temporary credentials.
-    pub session_token: Option<&'a str>,
-}
-
-impl std::fmt::Debug for SigningCredentials<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field("session_token", &self.session_token.map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-/// What a token is for.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenRequest<'a> {
-    /// Host name as the caller writes it (signed lowercased).
-    pub host: &'a str,
-    /// Port signed into the token (5432 for a PostgreSQL proxy).
-    pub port: u16,
-    /// Region of the credential scope.
-    pub region: &'a str,
-    /// Database user.
-    pub db_user: &'a str,
-    /// `X-Amz-Expires` (RDS accepts at most 900).
-    pub expires_in: u32,
-}
 
 /// The value of the signed `host` header: lowercased host, `:port` unless 443 (botocore).
 fn host_header(host: &str, port: u16) -> String {
@@ -76,48 +46,6 @@ fn host_header(host: &str, port: u16) -> String {
 
 fn canonical_request(canonical_query: &str, host_header: &str) -> String {
     format!("GET\n/\n{canonical_query}\nhost:{host_header}\n\nhost\n{EMPTY_SHA256}")
-}
-
-/// Signs a token, byte for byte as `aws rds generate-db-auth-token` prints it.
-pub fn sign_token(
-    req: &TokenRequest<'_>,
-    creds: &SigningCredentials<'_>,
-    now: OffsetDateTime,
-) -> String {
-    let amz_date = sigv4::format_amz_date(now);
-    let date = &amz_date[..8];
-    let scope = format!("{date}/{}/{SERVICE}/aws4_request", req.region);
-    let mut params: Vec<(String, String)> = vec![
-        ("Action".into(), "connect".into()),
-        ("DBUser".into(), req.db_user.into()),
-        ("X-Amz-Algorithm".into(), ALGORITHM.into()),
-        (
-            "X-Amz-Credential".into(),
-            format!("{}/{scope}", creds.access_key_id),
-        ),
-        ("X-Amz-Date".into(), amz_date.clone()),
-        ("X-Amz-Expires".into(), req.expires_in.to_string()),
-        ("X-Amz-SignedHeaders".into(), "host".into()),
-    ];
-    if let Some(t) = creds.session_token {
-        params.push(("X-Amz-Security-Token".into(), t.into()));
-    }
-    let creq = canonical_request(
-        &sigv4::canonical_query(&params),
-        &host_header(req.host, req.port),
-    );
-    let key = sigv4::signing_key(creds.secret_access_key, date, req.region, SERVICE);
-    let sig = sigv4::signature(&key, &sigv4::string_to_sign(&amz_date, &scope, &creq));
-    let query: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("{}={}", sigv4::uri_encode(k), sigv4::uri_encode(v)))
-        .collect();
-    format!(
-        "{}:{}/?{}&X-Amz-Signature={sig}",
-        req.host,
-        req.port,
-        query.join("&")
-    )
 }
 
 /// A credential the verifier knows (from the STS stand-in's records).

@@ -1,5 +1,6 @@
-//! The `rds-proxy-emulator` binary: `serve` writes its state, `token` signs tokens the
-//! proxy accepts, SIGTERM stops PostgreSQL and removes everything; errors are one line.
+//! The `rds-proxy-emulator` binary: `serve` writes its state (a client using only
+//! `stack.env` gets in), SIGTERM stops PostgreSQL and removes everything; errors are one
+//! line; the root `local-stack.toml` is the package's.
 
 mod common;
 
@@ -22,9 +23,9 @@ fn read_env(path: &Path) -> Vec<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_token_and_clean_shutdown() -> TestResult {
+async fn serve_and_clean_shutdown() -> TestResult {
     let state = tempfile::tempdir()?;
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../local-stack.toml");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("local-stack.toml");
     let mut serve = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(&config)
@@ -73,31 +74,56 @@ async fn serve_token_and_clean_shutdown() -> TestResult {
         "application-db-endpoint-read-only.endpoint.proxy-abc123xyz789.us-east-1.rds.amazonaws.com"
     );
     assert!(Path::new(&get("DB_CA_BUNDLE")).is_file());
-    let pg_pid: u32 = std::fs::read_to_string(state.path().join("postgres.pid"))?
-        .trim()
-        .parse()?;
+    let read_pids = || -> Vec<u32> {
+        std::fs::read_to_string(state.path().join("postgres.pid"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().parse().expect("a pid a line"))
+            .collect()
+    };
+    // The writer and one reader.
+    let mut pg_pids = read_pids();
+    assert_eq!(pg_pids.len(), 2, "{pg_pids:?}");
     let pg_dir = std::fs::read_to_string(state.path().join("postgres.dir"))?
         .trim()
         .to_string();
-    assert!(Path::new(&format!("/proc/{pg_pid}")).exists());
+    for pid in &pg_pids {
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+    }
 
-    // `token` with the stack.env variables: AssumeRole through STS, then sign.
-    let out = Command::new(BIN)
-        .arg("token")
-        .env_clear()
-        .envs(env.iter().cloned())
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout)?.trim().to_string();
-    assert!(token.starts_with(&format!(
-        "{}:5432/?Action=connect&DBUser=app_user&",
-        get("RDS_PROXY_APPLICATION_ENDPOINT")
-    )));
-    assert!(token.contains("X-Amz-Security-Token="));
+    // AssumeRole through the STS stand-in with the stack.env keys (the AWS SDK), then a
+    // token signed with the session credentials.
+    let sts_conf = aws_sdk_sts::Config::builder()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .region(aws_sdk_sts::config::Region::new(get("AWS_REGION")))
+        .endpoint_url(get("AWS_ENDPOINT_URL_STS"))
+        .credentials_provider(aws_sdk_sts::config::Credentials::new(
+            get("AWS_ACCESS_KEY_ID"),
+            get("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "stack.env",
+        ))
+        .build();
+    let assumed = aws_sdk_sts::Client::from_conf(sts_conf)
+        .assume_role()
+        .role_arn(get("DATABASE_ACCOUNT_IAM_ROLE"))
+        .external_id(get("EXTERNAL_ID"))
+        .role_session_name("cli-test")
+        .send()
+        .await?;
+    let c = assumed.credentials().expect("credentials");
+    let token = TokenSpec {
+        host: &get("RDS_PROXY_APPLICATION_ENDPOINT"),
+        port: get("DB_PORT").parse()?,
+        region: &get("AWS_REGION"),
+        user: &get("DB_USERNAME"),
+        access_key_id: c.access_key_id(),
+        secret_access_key: c.secret_access_key(),
+        session_token: Some(c.session_token()),
+        expires_in: 900,
+    }
+    .sign(time::OffsetDateTime::now_utc());
 
     // The token works through the proxy (tokio-postgres, verified TLS).
     let listen: std::net::SocketAddr = get("DB_CONNECT_HOST").parse()?;
@@ -108,7 +134,7 @@ async fn serve_token_and_clean_shutdown() -> TestResult {
         roots.add(c?)?;
     }
     let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
@@ -132,18 +158,78 @@ async fn serve_token_and_clean_shutdown() -> TestResult {
     assert_eq!(n, 5);
     drop(client);
 
-    // A wrong external id: one line, exit 1.
-    let out = Command::new(BIN)
-        .arg("token")
-        .env_clear()
-        .envs(env.iter().cloned())
-        .env("EXTERNAL_ID", "wrong")
-        .output()?;
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8(out.stderr)?,
-        "rds-proxy-emulator: STS AssumeRole refused: AccessDenied: User: arn:aws:iam::111111111111:role/connectiontest-lambda-role is not authorized to perform: sts:AssumeRole on resource: arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role\n"
+    // Faults and counters through the control socket.
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--state-dir")
+            .arg(state.path())
+            .output()
+            .expect("run the CLI")
+    };
+    let out = cli(&["fault", "sts-refuse"]);
+    assert!(out.status.success(), "{out:?}");
+    let status = String::from_utf8(cli(&["status"]).stdout)?;
+    assert!(
+        status.contains("STS AssumeRole     1 received, 1 succeeded"),
+        "{status}"
     );
+    assert!(
+        status.contains("proxy logins       1 accepted, 0 refused"),
+        "{status}"
+    );
+    assert!(
+        status.contains("faults             STS refuse, proxy stall off"),
+        "{status}"
+    );
+    assert!(cli(&["fault", "proxy-stall"]).status.success());
+    assert!(String::from_utf8(cli(&["status"]).stdout)?
+        .contains("faults             STS refuse, proxy stall on"));
+    assert!(cli(&["fault", "clear"]).status.success());
+    assert!(String::from_utf8(cli(&["status"]).stdout)?
+        .contains("faults             STS none, proxy stall off"));
+
+    // Servers with their roles, the pinned count; then a failover from the CLI.
+    let status = String::from_utf8(cli(&["status"]).stdout)?;
+    assert!(status.contains("  pg-1   writer "), "{status}");
+    assert!(status.contains("  pg-2   reader "), "{status}");
+    assert!(status.contains(" lag "), "{status}");
+    assert!(
+        status.contains("sessions pinned    0 pinned so far"),
+        "{status}"
+    );
+    let out = cli(&["failover"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8(out.stdout)?;
+    assert!(
+        said.starts_with("failover: pg-1 stopped, pg-2 promoted to writer in "),
+        "{said}"
+    );
+    let started = Instant::now();
+    loop {
+        let status = String::from_utf8(cli(&["status"]).stdout)?;
+        if status.contains("  pg-3   reader ") {
+            assert!(status.contains("  pg-2   writer "), "{status}");
+            assert!(status.contains("  pg-1   stopped "), "{status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no new reader: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // postgres.pid follows: the new writer and the new reader.
+    let started = Instant::now();
+    while read_pids().len() != 2 || read_pids() == pg_pids {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            read_pids()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg_pids.extend(read_pids());
 
     // A second serve on the same state dir refuses.
     let out = Command::new(BIN)
@@ -160,12 +246,20 @@ async fn serve_token_and_clean_shutdown() -> TestResult {
     unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) };
     let status = tokio::task::spawn_blocking(move || serve.wait()).await??;
     assert!(status.success(), "{status}");
-    assert!(
-        !Path::new(&format!("/proc/{pg_pid}")).exists(),
-        "postgres still running"
-    );
+    for pid in &pg_pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "postgres {pid} still running"
+        );
+    }
     assert!(!Path::new(&pg_dir).exists(), "{pg_dir} left behind");
-    for f in ["stack.env", "serve.pid", "postgres.pid", "backend.env"] {
+    for f in [
+        "stack.env",
+        "serve.pid",
+        "postgres.pid",
+        "backend.env",
+        "control.sock",
+    ] {
         assert!(!state.path().join(f).exists(), "{f} left behind");
     }
     Ok(())
@@ -184,6 +278,18 @@ fn errors_are_one_line_with_exit_codes() {
         err.starts_with("rds-proxy-emulator: configuration: cannot read /nonexistent.toml"),
         "{err}"
     );
+
+    // A control command without a running stack: one line, exit 1.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["fault", "clear", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no running stack at"), "{err}");
 
     let out = Command::new(BIN)
         .args(["serve", "--bogus"])
@@ -211,9 +317,24 @@ fn errors_are_one_line_with_exit_codes() {
     );
     let out = Command::new(BIN)
         .args(["check-config", "--config"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../local-stack.toml"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("local-stack.toml"))
         .output()
         .unwrap();
     assert!(out.status.success());
     let _ = TestResult::Ok(());
+}
+
+/// One source of truth: the repository root's `local-stack.toml` (what `make local-up` and
+/// the README point at) is the package's file, which `StackConfig::demo()` compiles in.
+#[test]
+fn root_config_is_the_package_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../local-stack.toml");
+    let text = std::fs::read_to_string(&root).expect("root local-stack.toml");
+    assert_eq!(text, rds_proxy_emulator::config::DEMO_TOML);
+    let package = Path::new(env!("CARGO_MANIFEST_DIR")).join("local-stack.toml");
+    assert_eq!(
+        std::fs::canonicalize(&root).unwrap(),
+        std::fs::canonicalize(&package).unwrap(),
+        "the root file must be a link to the package's, not a copy"
+    );
 }

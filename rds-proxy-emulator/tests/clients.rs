@@ -77,7 +77,13 @@ async fn psql_verify_full_with_a_token() -> TestResult {
     let stack = demo().await;
     let ep = stack.app_endpoint().clone();
     let creds = session(&stack, CONNECT_ROLE);
-    let token = stack.sign_token(&ep, "app_user", &creds, time::OffsetDateTime::now_utc());
+    let token = sign_token(
+        &stack,
+        &ep,
+        "app_user",
+        &creds,
+        time::OffsetDateTime::now_utc(),
+    );
 
     let out = psql(
         &stack,
@@ -95,6 +101,25 @@ async fn psql_verify_full_with_a_token() -> TestResult {
         String::from_utf8_lossy(&out.stdout),
         "Ada Lovelace\nGrace Hopper\nAlan Turing\nKatherine Johnson\n"
     );
+
+    // Both endpoints: the READ_ONLY one lands on the reader, READ_WRITE on the writer.
+    let out = psql(&stack, &ep, &token, "SELECT pg_is_in_recovery()").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "t\n");
+    let rw = stack.endpoint("READ_WRITE").expect("READ_WRITE").clone();
+    let rw_token = sign_token(
+        &stack,
+        &rw,
+        "app_user",
+        &creds,
+        time::OffsetDateTime::now_utc(),
+    );
+    let out = psql(&stack, &rw, &rw_token, "SELECT pg_is_in_recovery()").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "f\n");
 
     let out = psql(&stack, &ep, "not-a-token", "SELECT 1").await;
     assert!(!out.status.success());
@@ -131,7 +156,13 @@ async fn pgbench_through_the_proxy_has_no_failed_transactions() -> TestResult {
         .expect("READ_WRITE endpoint")
         .clone();
     let creds = session(&stack, CONNECT_ROLE);
-    let token = stack.sign_token(&rw, "app_user", &creds, time::OffsetDateTime::now_utc());
+    let token = sign_token(
+        &stack,
+        &rw,
+        "app_user",
+        &creds,
+        time::OffsetDateTime::now_utc(),
+    );
     let info = conninfo(&stack, &rw);
 
     // Initialisation through the proxy too (COPY, VACUUM, ALTER TABLE).
@@ -170,6 +201,66 @@ async fn pgbench_through_the_proxy_has_no_failed_transactions() -> TestResult {
         .and_then(|v| v.trim().parse().ok())
         .expect("processed count");
     assert!(processed > 100, "{stdout}");
+    // Select-only through the READ_ONLY endpoint, on the reader, once the tables have
+    // replicated there.
+    let ro = stack
+        .endpoint("READ_ONLY")
+        .expect("READ_ONLY endpoint")
+        .clone();
+    let ro_token = sign_token(
+        &stack,
+        &ro,
+        "app_user",
+        &creds,
+        time::OffsetDateTime::now_utc(),
+    );
+    let client = connect(&stack, &ro, "app_user", &ro_token).await?;
+    let started = Instant::now();
+    loop {
+        let n: Option<i64> = client
+            .query_one(
+                "SELECT CASE WHEN to_regclass('pgbench_accounts') IS NULL THEN NULL ELSE (SELECT count(*) FROM pgbench_accounts) END",
+                &[],
+            )
+            .await?
+            .get(0);
+        if n == Some(100_000) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not replicated: {n:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(client);
+    let mut select = Command::new("pgbench");
+    select
+        .args([
+            "-n",
+            "-S",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-T",
+            "2",
+            &conninfo(&stack, &ro),
+        ])
+        .env("PGPASSWORD", &ro_token);
+    let out =
+        tokio::task::spawn_blocking(move || run_bounded(select, Duration::from_secs(60))).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("number of failed transactions: 0 (0.000%)"),
+        "{stdout}"
+    );
+
     // The proxy released every client connection.
     for _ in 0..100 {
         if stack.proxy_client_connections() == 0 {

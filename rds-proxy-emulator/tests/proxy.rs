@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use rds_proxy_emulator::{StackConfig, TemporaryCredentials};
+use rds_proxy_emulator::StackConfig;
 use time::OffsetDateTime;
 
 fn now() -> OffsetDateTime {
@@ -20,7 +20,7 @@ async fn happy_path_reads_seeded_rows_over_verified_tls() -> TestResult {
     assert_eq!(ep.port, 5432);
     assert!(ep.listen.ip().is_loopback());
     let creds = session(&stack, CONNECT_ROLE);
-    let token = stack.sign_token(&ep, "app_user", &creds, now());
+    let token = sign_token(&stack, &ep, "app_user", &creds, now());
     let client = connect(&stack, &ep, "app_user", &token).await?;
     let rows = client
         .query("SELECT name FROM customers ORDER BY id", &[])
@@ -67,7 +67,7 @@ async fn read_only_endpoint_refuses_writes_and_read_write_allows_them() -> TestR
         &stack,
         &ro,
         "app_user",
-        &stack.sign_token(&ro, "app_user", &creds, now()),
+        &sign_token(&stack, &ro, "app_user", &creds, now()),
     )
     .await?;
     let err = client
@@ -88,7 +88,7 @@ async fn read_only_endpoint_refuses_writes_and_read_write_allows_them() -> TestR
         &stack,
         &rw,
         "app_user",
-        &stack.sign_token(&rw, "app_user", &creds, now()),
+        &sign_token(&stack, &rw, "app_user", &creds, now()),
     )
     .await?;
     let n = client
@@ -121,14 +121,14 @@ async fn token_for_another_user_host_port_or_region_is_refused() -> TestResult {
     let ep = stack.app_endpoint().clone();
     let creds = session(&stack, CONNECT_ROLE);
     // Another db user (one the role may connect as would be refused just the same).
-    let token = stack.sign_token(&ep, "someone_else", &creds, now());
+    let token = sign_token(&stack, &ep, "someone_else", &creds, now());
     assert_iam_refused(&stack, "app_user", &token).await;
     // The other endpoint's host.
     let rw = stack.endpoint("READ_WRITE").unwrap().clone();
     assert_iam_refused(
         &stack,
         "app_user",
-        &stack.sign_token(&rw, "app_user", &creds, now()),
+        &sign_token(&stack, &rw, "app_user", &creds, now()),
     )
     .await;
     // The real listen port instead of the advertised 5432.
@@ -137,11 +137,11 @@ async fn token_for_another_user_host_port_or_region_is_refused() -> TestResult {
     assert_iam_refused(
         &stack,
         "app_user",
-        &stack.sign_token(&wrong_port, "app_user", &creds, now()),
+        &sign_token(&stack, &wrong_port, "app_user", &creds, now()),
     )
     .await;
     // Another region.
-    let token = sign(
+    let token = sign_for(
         &ep.hostname,
         ep.port,
         "us-west-2",
@@ -150,42 +150,13 @@ async fn token_for_another_user_host_port_or_region_is_refused() -> TestResult {
         now(),
     );
     assert_iam_refused(&stack, "app_user", &token).await;
-    // Upper-case host name is the same host.
-    let token = sign(
-        &ep.hostname.to_uppercase(),
-        ep.port,
-        "us-east-1",
-        "app_user",
-        &creds,
-        now(),
-    );
+    // Upper-case host name is the same host: botocore signs the lower-cased host and
+    // prints the host as the caller wrote it.
+    let token = sign_token(&stack, &ep, "app_user", &creds, now());
+    let token = token.replacen(&ep.hostname, &ep.hostname.to_uppercase(), 1);
+    assert!(token.starts_with("APPLICATION-DB-ENDPOINT-READ-ONLY."));
     connect(&stack, &ep, "app_user", &token).await?;
     Ok(())
-}
-
-fn sign(
-    host: &str,
-    port: u16,
-    region: &str,
-    user: &str,
-    c: &TemporaryCredentials,
-    at: OffsetDateTime,
-) -> String {
-    rds_proxy_emulator::token::sign_token(
-        &rds_proxy_emulator::token::TokenRequest {
-            host,
-            port,
-            region,
-            db_user: user,
-            expires_in: 900,
-        },
-        &rds_proxy_emulator::token::SigningCredentials {
-            access_key_id: &c.access_key_id,
-            secret_access_key: &c.secret_access_key,
-            session_token: Some(&c.session_token),
-        },
-        at,
-    )
 }
 
 #[tokio::test]
@@ -194,15 +165,33 @@ async fn expired_tampered_and_foreign_credential_tokens_are_refused() -> TestRes
     let ep = stack.app_endpoint().clone();
     let creds = session(&stack, CONNECT_ROLE);
     // Expired: signed 16 minutes ago.
-    let old = stack.sign_token(&ep, "app_user", &creds, now() - time::Duration::minutes(16));
+    let old = sign_token(
+        &stack,
+        &ep,
+        "app_user",
+        &creds,
+        now() - time::Duration::minutes(16),
+    );
     assert_iam_refused(&stack, "app_user", &old).await;
     // From the future beyond the 5-minute skew allowance; within it is fine.
-    let future = stack.sign_token(&ep, "app_user", &creds, now() + time::Duration::minutes(6));
+    let future = sign_token(
+        &stack,
+        &ep,
+        "app_user",
+        &creds,
+        now() + time::Duration::minutes(6),
+    );
     assert_iam_refused(&stack, "app_user", &future).await;
-    let skewed = stack.sign_token(&ep, "app_user", &creds, now() + time::Duration::minutes(4));
+    let skewed = sign_token(
+        &stack,
+        &ep,
+        "app_user",
+        &creds,
+        now() + time::Duration::minutes(4),
+    );
     connect(&stack, &ep, "app_user", &skewed).await?;
     // Tampered: one signature digit changed.
-    let good = stack.sign_token(&ep, "app_user", &creds, now());
+    let good = sign_token(&stack, &ep, "app_user", &creds, now());
     let mut tampered = good.clone().into_bytes();
     let last = tampered.len() - 1;
     tampered[last] = if tampered[last] == b'0' { b'1' } else { b'0' };
@@ -215,7 +204,7 @@ async fn expired_tampered_and_foreign_credential_tokens_are_refused() -> TestRes
     assert_iam_refused(
         &stack,
         "app_user",
-        &stack.sign_token(&ep, "app_user", &expired, now()),
+        &sign_token(&stack, &ep, "app_user", &expired, now()),
     )
     .await;
     // Issued key with a session token STS never issued.
@@ -224,7 +213,7 @@ async fn expired_tampered_and_foreign_credential_tokens_are_refused() -> TestRes
     assert_iam_refused(
         &stack,
         "app_user",
-        &stack.sign_token(&ep, "app_user", &forged, now()),
+        &sign_token(&stack, &ep, "app_user", &forged, now()),
     )
     .await;
     // Unknown access key.
@@ -233,26 +222,22 @@ async fn expired_tampered_and_foreign_credential_tokens_are_refused() -> TestRes
     assert_iam_refused(
         &stack,
         "app_user",
-        &stack.sign_token(&ep, "app_user", &unknown, now()),
+        &sign_token(&stack, &ep, "app_user", &unknown, now()),
     )
     .await;
     // The application principal's own long-term keys (not the assumed role).
     let (akid, secret) = stack.app_credentials();
-    let token = rds_proxy_emulator::token::sign_token(
-        &rds_proxy_emulator::token::TokenRequest {
-            host: &ep.hostname,
-            port: 5432,
-            region: "us-east-1",
-            db_user: "app_user",
-            expires_in: 900,
-        },
-        &rds_proxy_emulator::token::SigningCredentials {
-            access_key_id: &akid,
-            secret_access_key: &secret,
-            session_token: None,
-        },
-        now(),
-    );
+    let token = TokenSpec {
+        host: &ep.hostname,
+        port: 5432,
+        region: "us-east-1",
+        user: "app_user",
+        access_key_id: &akid,
+        secret_access_key: &secret,
+        session_token: None,
+        expires_in: 900,
+    }
+    .sign(now());
     assert_iam_refused(&stack, "app_user", &token).await;
     // After all that, the good token still works.
     connect(&stack, &ep, "app_user", &good).await?;
@@ -267,7 +252,7 @@ async fn role_without_rds_db_connect_is_refused() -> TestResult {
     assert_iam_refused(
         &stack,
         "app_user",
-        &stack.sign_token(&ep, "app_user", &creds, now()),
+        &sign_token(&stack, &ep, "app_user", &creds, now()),
     )
     .await;
     Ok(())
@@ -278,7 +263,7 @@ async fn db_user_without_a_secret_gets_the_no_credentials_message() -> TestResul
     let stack = demo().await;
     let ep = stack.app_endpoint().clone();
     let creds = session(&stack, CONNECT_ROLE);
-    let token = stack.sign_token(&ep, "nobody", &creds, now());
+    let token = sign_token(&stack, &ep, "nobody", &creds, now());
     let err = connect(&stack, &ep, "nobody", &token)
         .await
         .map(|_| ())
@@ -377,7 +362,7 @@ async fn tls_is_verified_against_the_endpoint_name() -> TestResult {
     let stack = demo().await;
     let ep = stack.app_endpoint().clone();
     let creds = session(&stack, CONNECT_ROLE);
-    let token = stack.sign_token(&ep, "app_user", &creds, now());
+    let token = sign_token(&stack, &ep, "app_user", &creds, now());
     // A name not on the certificate.
     let err = connect_as(
         &stack,
@@ -404,7 +389,7 @@ async fn tls_is_verified_against_the_endpoint_name() -> TestResult {
         .ssl_mode(tokio_postgres::config::SslMode::Require);
     let roots = rustls::RootCertStore::empty();
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
@@ -425,7 +410,7 @@ async fn client_connection_limit() -> TestResult {
     let stack = start(config).await;
     let ep = stack.app_endpoint().clone();
     let creds = session(&stack, CONNECT_ROLE);
-    let token = stack.sign_token(&ep, "app_user", &creds, now());
+    let token = sign_token(&stack, &ep, "app_user", &creds, now());
     let a = connect(&stack, &ep, "app_user", &token).await?;
     let b = connect(&stack, &ep, "app_user", &token).await?;
     let err = connect(&stack, &ep, "app_user", &token)
@@ -464,7 +449,7 @@ async fn idle_client_timeout_closes_the_session() -> TestResult {
         &stack,
         &ep,
         "app_user",
-        &stack.sign_token(&ep, "app_user", &creds, now()),
+        &sign_token(&stack, &ep, "app_user", &creds, now()),
     )
     .await?;
     client.query_one("SELECT 1", &[]).await?;
@@ -478,7 +463,7 @@ async fn backend_down_gives_a_fatal_error_not_a_hang() -> TestResult {
     let stack = demo().await;
     let ep = stack.app_endpoint().clone();
     let creds = session(&stack, CONNECT_ROLE);
-    let token = stack.sign_token(&ep, "app_user", &creds, now());
+    let token = sign_token(&stack, &ep, "app_user", &creds, now());
     let client = connect(&stack, &ep, "app_user", &token).await?;
     stack.stop_backend().await;
     assert!(!stack.postgres().is_running());

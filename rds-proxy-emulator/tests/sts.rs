@@ -92,7 +92,13 @@ async fn assume_role_with_external_id_then_connect_through_the_proxy() -> TestRe
         assumed_role_id: user.assumed_role_id().into(),
     };
     let ep = stack.app_endpoint().clone();
-    let token = stack.sign_token(&ep, "app_user", &issued, time::OffsetDateTime::now_utc());
+    let token = sign_token(
+        &stack,
+        &ep,
+        "app_user",
+        &issued,
+        time::OffsetDateTime::now_utc(),
+    );
     let db = connect(&stack, &ep, "app_user", &token).await?;
     let n: i64 = db
         .query_one("SELECT count(*) FROM customers", &[])
@@ -273,7 +279,13 @@ async fn short_durations_and_expired_sessions() -> TestResult {
         assumed_role_id: String::new(),
     };
     let ep = stack.app_endpoint().clone();
-    let token = stack.sign_token(&ep, "app_user", &issued, time::OffsetDateTime::now_utc());
+    let token = sign_token(
+        &stack,
+        &ep,
+        "app_user",
+        &issued,
+        time::OffsetDateTime::now_utc(),
+    );
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let e = session_sts.get_caller_identity().send().await.unwrap_err();
     let (status, code, message) = sts_error(e);

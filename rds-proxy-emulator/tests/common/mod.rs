@@ -17,6 +17,120 @@ pub const CONNECT_ROLE: &str =
 pub const NO_CONNECT_ROLE: &str = "arn:aws:iam::222222222222:role/proxy-no-connect-role";
 pub const UNTRUSTED: &str = "arn:aws:iam::111111111111:role/some-other-lambda-role";
 
+/// What a test token is signed for and with.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenSpec<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub region: &'a str,
+    pub user: &'a str,
+    pub access_key_id: &'a str,
+    pub secret_access_key: &'a str,
+    pub session_token: Option<&'a str>,
+    /// `X-Amz-Expires` (the SDK generator uses 900).
+    pub expires_in: u64,
+}
+
+impl TokenSpec<'_> {
+    /// Signs an IAM auth token with the AWS SDK's SigV4 crate, the way the SDK's own RDS
+    /// auth token generator does: presign `https://HOST:PORT/?Action=connect&DBUser=USER`
+    /// in the query string for service `rds-db`, then drop the scheme. Independent of the
+    /// emulator's verifier.
+    pub fn sign(&self, at: OffsetDateTime) -> String {
+        use aws_sigv4::http_request::{
+            sign as sigv4_sign, SignableBody, SignableRequest, SignatureLocation, SigningSettings,
+        };
+        let creds = aws_credential_types::Credentials::new(
+            self.access_key_id,
+            self.secret_access_key,
+            self.session_token.map(str::to_string),
+            None,
+            "test",
+        );
+        let identity = creds.into();
+        let mut settings = SigningSettings::default();
+        settings.signature_location = SignatureLocation::QueryParams;
+        settings.expires_in = Some(std::time::Duration::from_secs(self.expires_in));
+        let at = std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(
+                u64::try_from(at.unix_timestamp()).expect("after 1970"),
+            );
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(self.region)
+            .name("rds-db")
+            .time(at)
+            .settings(settings)
+            .build()
+            .expect("signing params")
+            .into();
+        let mut user = String::new();
+        for &b in self.user.as_bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                user.push(char::from(b));
+            } else {
+                user.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let url = format!(
+            "https://{}:{}/?Action=connect&DBUser={user}",
+            self.host, self.port
+        );
+        let signable =
+            SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[]))
+                .expect("signable request");
+        let (instructions, _signature) =
+            sigv4_sign(signable, &params).expect("signing").into_parts();
+        let mut request = http::Request::builder()
+            .uri(&url)
+            .body(())
+            .expect("request");
+        instructions.apply_to_request_http1x(&mut request);
+        let uri = request.uri().to_string();
+        uri.strip_prefix("https://").expect("https URL").to_string()
+    }
+}
+
+/// A token signed (with [`TokenSpec::sign`]) for `host:port` in `region`, 900 s.
+pub fn sign_for(
+    host: &str,
+    port: u16,
+    region: &str,
+    user: &str,
+    creds: &TemporaryCredentials,
+    at: OffsetDateTime,
+) -> String {
+    TokenSpec {
+        host,
+        port,
+        region,
+        user,
+        access_key_id: &creds.access_key_id,
+        secret_access_key: &creds.secret_access_key,
+        session_token: Some(&creds.session_token),
+        expires_in: 900,
+    }
+    .sign(at)
+}
+
+/// [`TokenSpec::sign`] for an endpoint of `stack` with temporary credentials.
+pub fn sign_token(
+    stack: &LocalStack,
+    endpoint: &Endpoint,
+    user: &str,
+    creds: &TemporaryCredentials,
+    at: OffsetDateTime,
+) -> String {
+    sign_for(
+        &endpoint.hostname,
+        endpoint.port,
+        stack.region(),
+        user,
+        creds,
+        at,
+    )
+}
+
 /// Starts a stack, caching initdb's output under target/tmp.
 pub async fn start(config: StackConfig) -> LocalStack {
     let _ = tracing_subscriber::fmt()
@@ -59,11 +173,13 @@ pub fn client_config(stack: &LocalStack) -> rustls::ClientConfig {
             .add(cert.expect("CA PEM parses"))
             .expect("CA is valid");
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth()
 }
 
 /// tokio-postgres over verified TLS: SNI and verification against `tls_name`, dialing

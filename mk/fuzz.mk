@@ -1,0 +1,30 @@
+# Fuzzing the stand-ins' parsers of untrusted input (startup packet, client messages and
+# the pinning watch, the IAM token verifier, STS requests) with libFuzzer on the stable
+# toolchain: the coverage instrumentation is rustc's sanitizer-coverage pass (stable -C
+# flags), libFuzzer comes from the libfuzzer-sys crate (crates.io; needs a C++ compiler).
+# Seeds: rds-proxy-emulator/fuzz/corpus/<target>/ (in git); what a run learns goes to
+# rds-proxy-emulator/fuzz/work/<target>/, crashes to rds-proxy-emulator/fuzz/artifacts/.
+FUZZ_DIR     := $(ROOT)/rds-proxy-emulator/fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= startup_packet client_messages token_verifier sts_request
+FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks
+
+.PHONY: fuzz fuzz-build
+
+fuzz-build:
+	@command -v c++ >/dev/null || { echo "make fuzz: a C++ compiler is needed to build libFuzzer: apt-get install g++"; exit 1; }
+	@cd "$(FUZZ_DIR)" && RUSTFLAGS="$(FUZZ_RUSTFLAGS)" CARGO_TARGET_DIR="$(FUZZ_DIR)/target" \
+	  $(CARGO) build --quiet --release --locked --bins || { echo "make fuzz: building the fuzz targets failed (see above)"; exit 1; }
+
+fuzz: fuzz-build ## Fuzz the stand-ins' parsers, FUZZ_SECONDS (default 60) per target; stops at the first crash
+	@mkdir -p "$(FUZZ_DIR)/artifacts"; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p "$(FUZZ_DIR)/work/$$t"; \
+	  echo "fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  "$(FUZZ_DIR)/target/release/$$t" -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix="$(FUZZ_DIR)/artifacts/$$t-" "$(FUZZ_DIR)/work/$$t" "$(FUZZ_DIR)/corpus/$$t" \
+	    2>"$(FUZZ_DIR)/work/$$t.log" || { tail -n 30 "$(FUZZ_DIR)/work/$$t.log"; echo "make fuzz: $$t found a crash: $(FUZZ_DIR)/artifacts/"; exit 1; }; \
+	  grep -E '^stat::number_of_executed_units|^Done' "$(FUZZ_DIR)/work/$$t.log" | tr '\n' ' '; echo; \
+	done
