@@ -3,7 +3,7 @@ CARGO ?= cargo
 # The benchmark crate pulls in aws-sdk-rds (minutes to compile): kept out of lint and test.
 RUST_EXCLUDE := --workspace --exclude token-bench
 
-.PHONY: lint-rust test-rust bench bench-connect
+.PHONY: lint-rust test-rust soak bench bench-connect
 lint-rust:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(RUST_EXCLUDE) --all-targets -- -D warnings
@@ -16,6 +16,12 @@ test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, 
 	$(CARGO) build -p connection-test
 	$(CARGO) nextest run $(RUST_EXCLUDE) --no-fail-fast
 	$(CARGO) test $(RUST_EXCLUDE) --doc
+	@# Alone, after the rest: it measures what nothing else may disturb.
+	@$(MAKE) --no-print-directory soak
+
+SOAK_SECONDS ?= 120
+soak: ## Soak (SOAK_SECONDS=120): pool of 8 under 32 tasks + a connect every 250 ms, 30 s credentials, 20 s tokens
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) nextest run -p rds-iam-auth --test soak --run-ignored only --no-capture
 
 bench: ## Token benchmark: this crate against aws-sdk-rds (criterion)
 	$(CARGO) bench --bench token

@@ -53,7 +53,7 @@ pub const HARD_MARGIN: Duration = Duration::from_secs(30);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The longest one refresh (base chain plus STS) may take before it counts as failed.
-pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(15);
+pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Validated settings of `sts:AssumeRole` into the database account.
 ///

@@ -1,0 +1,173 @@
+//! Faults a long-running service meets, injected at the local stack: credentials that
+//! expire in seconds, STS hung or refusing, a hundred connects at once. Each test checks
+//! what the service sees (connects, their errors, their latency) and what STS sees.
+
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use rds_iam_auth::{CaBundle, Config, Connector, Stage};
+use rds_proxy_emulator::control::StsFault;
+use rds_proxy_emulator::{LocalStack, StackConfig};
+
+async fn stack_with(edit: impl FnOnce(&mut StackConfig)) -> LocalStack {
+    let mut config = StackConfig::demo();
+    edit(&mut config);
+    LocalStack::start(config).await.expect("local stack")
+}
+
+async fn connector(stack: &LocalStack) -> Connector {
+    let ep = stack.endpoint("READ_ONLY").expect("READ_ONLY endpoint");
+    let (akid, secret) = stack.app_credentials();
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(stack.region().to_owned()))
+        .endpoint_url(stack.sts_endpoint_url())
+        .credentials_provider(Credentials::from_keys(akid, secret, None))
+        .load()
+        .await;
+    Config::new()
+        .hostname(&ep.hostname)
+        .port(ep.port)
+        .user(stack.db_user())
+        .database(stack.db_name())
+        .assume_role(stack.role_arn())
+        .external_id(stack.external_id())
+        .connect_address(ep.listen.to_string())
+        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
+        .connect_timeout(Duration::from_secs(30))
+        .sdk_config(sdk)
+        .connector()
+        .await
+        .expect("connector")
+}
+
+/// Connects and runs one query; the error's stage and text on failure.
+async fn probe(connector: &Connector) -> Result<(), rds_iam_auth::Error> {
+    let client = connector.connect().await?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(rds_iam_auth::Error::from_query)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_first_connects_make_one_assume_role_call() {
+    let stack = stack_with(|c| c.proxy.max_client_connections = 200).await;
+    // A hundred logins at once queue up in the stand-in: give them time.
+    let connector = connector(&stack).await;
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let connector = connector.clone();
+            tokio::spawn(async move { probe(&connector).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("join").expect("connects");
+    }
+    let counters = stack.counters();
+    assert_eq!(counters.assume_role_calls, 1, "{counters:?}");
+    assert_eq!(counters.logins_accepted, 100, "{counters:?}");
+}
+
+#[tokio::test]
+async fn a_hung_sts_costs_no_connect_anything_while_credentials_are_valid() {
+    // 8 s credentials: a refresh starts at 4 s and hangs; they stay usable until ~6.7 s.
+    let stack = stack_with(|c| c.sts.credentials_lifetime_seconds = Some(8)).await;
+    let connector = connector(&stack).await;
+    let issued = Instant::now();
+    probe(&connector).await.expect("first connect");
+    stack.set_sts_fault(StsFault::Hang);
+    let mut slowest = Duration::ZERO;
+    let mut connects = 0;
+    while issued.elapsed() < Duration::from_secs(6) {
+        let t = Instant::now();
+        probe(&connector)
+            .await
+            .expect("cached credentials are still valid");
+        slowest = slowest.max(t.elapsed());
+        connects += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let counters = stack.counters();
+    assert_eq!(
+        counters.assume_role_calls, 2,
+        "one refresh, hung: {counters:?}"
+    );
+    assert_eq!(counters.assume_role_succeeded, 1, "{counters:?}");
+    assert!(connects >= 4, "{connects}");
+    // Waiting for the hung refresh would take the whole 30 s connect timeout.
+    assert!(
+        slowest < Duration::from_secs(3),
+        "no connect waited for the hung refresh: slowest {slowest:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_sts_outage_fails_connects_only_at_expiry_costs_few_calls_and_heals_quickly() {
+    // 8 s credentials: refreshing starts at 4 s; they are used until 8 s less a sixth.
+    let stack = stack_with(|c| c.sts.credentials_lifetime_seconds = Some(8)).await;
+    let connector = connector(&stack).await;
+    let issued = Instant::now();
+    probe(&connector).await.expect("first connect");
+    let expiry = connector
+        .credentials()
+        .credentials()
+        .await
+        .expect("cached")
+        .expiry()
+        .expect("role credentials expire");
+    stack.set_sts_fault(StsFault::Refuse);
+
+    // 14 s of connects every 100 ms while STS answers 503.
+    let mut first_failure = None;
+    let mut failures = Vec::new();
+    while issued.elapsed() < Duration::from_secs(14) {
+        let attempt = std::time::SystemTime::now();
+        match probe(&connector).await {
+            Ok(()) => assert!(
+                first_failure.is_none(),
+                "a connect worked again after failing during the outage"
+            ),
+            Err(err) => {
+                first_failure.get_or_insert(attempt);
+                failures.push(err);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_failure = first_failure.expect("connects fail once the credentials expire");
+    // Credentials are used until a sixth of their life is left (1.3 s of 8 s), no earlier.
+    let before_expiry = expiry
+        .duration_since(first_failure)
+        .unwrap_or(Duration::ZERO);
+    assert!(
+        before_expiry <= Duration::from_millis(1500),
+        "a connect failed {before_expiry:?} before the credentials expired"
+    );
+    for err in &failures {
+        assert_eq!(err.stage(), Stage::AssumeRole, "{err}");
+        assert!(err.to_string().contains("ServiceUnavailable"), "{err}");
+    }
+    let calls = stack.counters().assume_role_calls - 1;
+    // The SDK's standard retry makes up to 3 HTTP calls per refresh; refreshes back off.
+    let per_second = calls as f64 / 10.0;
+    assert!(
+        per_second <= 1.5,
+        "{calls} AssumeRole calls in the 10 s since refreshing started, for {} failed connects",
+        failures.len()
+    );
+
+    // STS answers again: connects work within 10 s.
+    stack.clear_faults();
+    let back = Instant::now();
+    while probe(&connector).await.is_err() {
+        assert!(back.elapsed() < Duration::from_secs(10), "not recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "outage: first failure {before_expiry:?} before expiry, {calls} STS calls, {} failed connects, recovered {:?} after STS returned",
+        failures.len(),
+        back.elapsed()
+    );
+}

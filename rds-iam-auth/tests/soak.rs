@@ -1,0 +1,119 @@
+//! Soak: a service's life compressed into minutes. A pool of 8 under 32 busy tasks plus a
+//! fresh connect every 250 ms, with role credentials that expire every 30 s and tokens the
+//! proxy accepts for only 20 s. Nothing may fail, and STS must see the rotations, not the
+//! connects.
+//!
+//! Ignored by plain test runs (it takes minutes); `make soak` runs it, and `make test` runs
+//! it after the other suites. `SOAK_SECONDS` sets the length (default 120).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region};
+use aws_credential_types::Credentials;
+use rds_iam_auth::pool::{Manager, Pool};
+use rds_iam_auth::{CaBundle, Config};
+use rds_proxy_emulator::{LocalStack, StackConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "minutes long: make soak"]
+async fn soak_pool_and_connects_through_rotating_credentials_and_short_tokens() {
+    let seconds: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .map(|v| v.parse().expect("SOAK_SECONDS is a whole number"))
+        .unwrap_or(120);
+    let mut config = StackConfig::demo();
+    config.sts.credentials_lifetime_seconds = Some(30);
+    config.proxy.token_lifetime_seconds = 20;
+    let stack = LocalStack::start(config).await.expect("local stack");
+    let ep = stack.endpoint("READ_ONLY").expect("READ_ONLY endpoint");
+    let (akid, secret) = stack.app_credentials();
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(stack.region().to_owned()))
+        .endpoint_url(stack.sts_endpoint_url())
+        .credentials_provider(Credentials::from_keys(akid, secret, None))
+        .load()
+        .await;
+    let connector = Config::new()
+        .hostname(&ep.hostname)
+        .port(ep.port)
+        .user(stack.db_user())
+        .database(stack.db_name())
+        .assume_role(stack.role_arn())
+        .external_id(stack.external_id())
+        .connect_address(ep.listen.to_string())
+        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
+        .connect_timeout(Duration::from_secs(10))
+        .sdk_config(sdk)
+        .connector()
+        .await
+        .expect("connector");
+    // Connections live 10 s: the pool keeps logging in, with new tokens, all along.
+    let pool =
+        Pool::builder(Manager::new(connector.clone()).max_lifetime(Some(Duration::from_secs(10))))
+            .max_size(8)
+            .build()
+            .expect("pool");
+
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let queries = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..32)
+        .map(|_| {
+            let (pool, queries) = (pool.clone(), queries.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while Instant::now() < until {
+                    match pool.get().await {
+                        Ok(client) => match client.simple_query("SELECT 1").await {
+                            Ok(_) => {
+                                queries.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => failures.push(format!("query: {e}")),
+                        },
+                        Err(e) => failures.push(format!("pool: {e}")),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    let (mut connects, mut connect_failures) = (0u64, Vec::new());
+    while Instant::now() < until {
+        let started = Instant::now();
+        match connector.connect().await {
+            Ok(client) => match client.simple_query("SELECT 1").await {
+                Ok(_) => connects += 1,
+                Err(e) => connect_failures.push(format!("query: {e}")),
+            },
+            Err(e) => connect_failures.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(250).saturating_sub(started.elapsed())).await;
+    }
+    let mut query_failures = Vec::new();
+    for worker in workers {
+        query_failures.extend(worker.await.expect("join"));
+    }
+    let counters = stack.counters();
+    let queries = queries.load(Ordering::Relaxed);
+    eprintln!(
+        "soak {seconds} s: {queries} pooled queries, {connects} fresh connects, {} logins, {} AssumeRole calls, {} failed queries, {} failed connects",
+        counters.logins_accepted,
+        counters.assume_role_calls,
+        query_failures.len(),
+        connect_failures.len()
+    );
+    assert!(query_failures.is_empty(), "{query_failures:?}");
+    assert!(connect_failures.is_empty(), "{connect_failures:?}");
+    assert!(connects >= seconds * 2, "{connects} connects");
+    assert!(queries >= seconds * 10, "{queries} queries");
+    // A refresh every half life (15 s), not per connect: about seconds/15 + 1.
+    let rotations = seconds / 15 + 1;
+    assert!(
+        counters.assume_role_calls <= rotations + 2,
+        "{} AssumeRole calls for {rotations} rotations and {} logins",
+        counters.assume_role_calls,
+        counters.logins_accepted
+    );
+    assert!(counters.assume_role_calls >= rotations - 1, "{counters:?}");
+}
