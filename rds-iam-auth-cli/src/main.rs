@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
-use rds_iam_auth::{CaBundle, Config, Error, Stage};
+use rds_iam_auth::{CaBundle, CheckReport, Config, Error, Stage};
 
 #[derive(Parser)]
 #[command(
@@ -129,6 +129,9 @@ struct CheckArgs {
     /// Limit for the whole check (every stage shares it), in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     connect_timeout: u64,
+    /// Print the report as one JSON object (stages, verdict, error with stage and hint).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     aws: CheckAwsArgs,
 }
@@ -194,11 +197,46 @@ async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
         config = config.ca_bundle(CaBundle::from_pem_file(path)?);
     }
     let report = config.connector().await?.check().await;
-    println!("{report}");
+    if args.json {
+        println!("{}", report_json(&report));
+    } else {
+        println!("{report}");
+    }
     Ok(if report.is_success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// The staged report as JSON: what monitoring and scripts read instead of the text.
+fn report_json(report: &CheckReport) -> serde_json::Value {
+    let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+    let stages: Vec<serde_json::Value> = report
+        .stages
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.stage.name(),
+                "outcome": s.outcome.name().to_ascii_lowercase(),
+                "duration_ms": ms(s.duration),
+                "detail": s.detail,
+            })
+        })
+        .collect();
+    let error = report.error.as_ref().map(|e| {
+        serde_json::json!({
+            "stage": e.stage().name(),
+            "type": e.stage().failure_type(),
+            "message": e.cause(),
+            "hint": e.hint(),
+        })
+    });
+    serde_json::json!({
+        "verdict": if report.is_success() { "ok" } else { "failed" },
+        "total_ms": ms(report.total),
+        "stages": stages,
+        "error": error,
     })
 }
 

@@ -287,3 +287,66 @@ fn check_reports_each_stage_and_the_failing_one() {
     );
     assert!(!stdout.contains("secret-key-value") && !stdout.contains("session%2Ftoken"));
 }
+
+#[test]
+fn check_json_matches_the_text_report() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let run = |json: bool| {
+        let mut cmd = cli(home.path());
+        with_keys(&mut cmd).args([
+            "check",
+            "--hostname",
+            HOST,
+            "--username",
+            "u",
+            "--connect-address",
+            "127.0.0.1:9",
+        ]);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().expect("run")
+    };
+    let (text_out, json_out) = (run(false), run(true));
+    assert_eq!(
+        json_out.status.code(),
+        text_out.status.code(),
+        "same exit code"
+    );
+    assert_eq!(json_out.status.code(), Some(1));
+    let report: serde_json::Value =
+        serde_json::from_slice(&json_out.stdout).expect("one JSON document");
+    assert_eq!(report["verdict"], "failed");
+    let stages = report["stages"].as_array().expect("stages");
+    let text_stages: Vec<(String, String)> = text(&text_out.stdout)
+        .lines()
+        .take_while(|l| !l.starts_with("verdict:"))
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next().unwrap_or_default().to_owned();
+            let outcome = words.next().unwrap_or_default().to_ascii_lowercase();
+            (name, outcome)
+        })
+        .collect();
+    let json_stages: Vec<(String, String)> = stages
+        .iter()
+        .map(|s| {
+            assert!(s["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{s}");
+            (
+                s["name"].as_str().unwrap_or_default().to_owned(),
+                s["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(json_stages, text_stages);
+    assert_eq!(report["error"]["stage"], "tcp");
+    assert_eq!(report["error"]["type"], "TcpConnectFailed");
+    assert!(report["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("tcp: cannot connect to 127.0.0.1:9")));
+    assert!(report["error"]["hint"]
+        .as_str()
+        .is_some_and(|h| h.starts_with("check security groups")));
+    let raw = text(&json_out.stdout);
+    assert!(!raw.contains("secret-key-value") && !raw.contains("session%2Ftoken"));
+}
