@@ -36,6 +36,8 @@ enum Command {
     GenerateDbAuthToken(TokenArgs),
     /// Run the connection path stage by stage and report where it breaks.
     Check(CheckArgs),
+    /// Run psql through the whole IAM path: role, fresh token, verify-full TLS.
+    Psql(PsqlArgs),
 }
 
 #[derive(Args)]
@@ -104,10 +106,10 @@ impl From<CheckAwsArgs> for AwsArgs {
     }
 }
 
-/// The connection check. Every flag can also come from the variables the Lambda uses, so
-/// `source .local/stack.env && rds-iam-auth check` checks the local stack.
+/// Where and as whom to connect. Every flag can also come from the variables the Lambda
+/// uses, so `source .local/stack.env && rds-iam-auth check` checks the local stack.
 #[derive(Args)]
-struct CheckArgs {
+struct TargetArgs {
     /// Endpoint host name: what the token signs and the certificate must match.
     #[arg(long, env = "RDS_PROXY_APPLICATION_ENDPOINT", value_parser = NonEmptyStringValueParser::new())]
     hostname: String,
@@ -129,11 +131,52 @@ struct CheckArgs {
     /// Limit for the whole check (every stage shares it), in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     connect_timeout: u64,
+    #[command(flatten)]
+    aws: CheckAwsArgs,
+}
+
+impl TargetArgs {
+    fn config(self, application_name: &str) -> Result<Config, Error> {
+        let mut config = with_aws(
+            Config::new()
+                .hostname(self.hostname)
+                .port(self.port)
+                .user(self.username)
+                .connect_timeout(Duration::from_secs(self.connect_timeout))
+                .application_name(application_name),
+            self.aws.into(),
+        );
+        if let Some(db) = self.database {
+            config = config.database(db);
+        }
+        if let Some(address) = self.connect_address {
+            config = config.connect_address(address);
+        }
+        if let Some(path) = self.ca_bundle {
+            config = config.ca_bundle(CaBundle::from_pem_file(path)?);
+        }
+        Ok(config)
+    }
+}
+
+/// The connection check.
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    target: TargetArgs,
     /// Print the report as one JSON object (stages, verdict, error with stage and hint).
     #[arg(long)]
     json: bool,
+}
+
+/// psql through the whole IAM path.
+#[derive(Args)]
+struct PsqlArgs {
     #[command(flatten)]
-    aws: CheckAwsArgs,
+    target: TargetArgs,
+    /// Arguments for psql, after `--` (e.g. `-- -c 'select 1'`).
+    #[arg(last = true)]
+    psql_args: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -153,6 +196,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::GenerateDbAuthToken(args) => generate(args).await,
             Command::Check(args) => check(args).await,
+            Command::Psql(args) => psql(args).await,
         }
     });
     match result {
@@ -178,24 +222,7 @@ async fn generate(args: TokenArgs) -> Result<ExitCode, Error> {
 }
 
 async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
-    let mut config = with_aws(
-        Config::new()
-            .hostname(args.hostname)
-            .port(args.port)
-            .user(args.username)
-            .connect_timeout(Duration::from_secs(args.connect_timeout))
-            .application_name("rds-iam-auth check"),
-        args.aws.into(),
-    );
-    if let Some(db) = args.database {
-        config = config.database(db);
-    }
-    if let Some(address) = args.connect_address {
-        config = config.connect_address(address);
-    }
-    if let Some(path) = args.ca_bundle {
-        config = config.ca_bundle(CaBundle::from_pem_file(path)?);
-    }
+    let config = args.target.config("rds-iam-auth check")?;
     let report = config.connector().await?.check().await;
     if args.json {
         println!("{}", report_json(&report));
@@ -207,6 +234,75 @@ async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Runs `psql` with a fresh token: assume role, sign, then `sslmode=verify-full` against the
+/// endpoint name while dialing the override address. The token goes to psql through
+/// `PGPASSWORD`, never on its command line (where `ps` would show it).
+async fn psql(args: PsqlArgs) -> Result<ExitCode, Error> {
+    let ca_bundle = args.target.ca_bundle.clone();
+    let connector = args.target.config("rds-iam-auth psql")?.connector().await?;
+    let token = connector.token().await?;
+    let params = connector.token_params();
+    let (dial_host, dial_port) = connector.dial_target();
+    let hostaddr = tokio::net::lookup_host((dial_host, dial_port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| Error::Dns {
+            host: dial_host.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+        })?;
+    let root = match ca_bundle {
+        Some(path) => path,
+        None => system_ca_bundle().ok_or_else(|| {
+            Error::Config(rds_iam_auth::ConfigError::Invalid {
+                name: "ca_bundle",
+                reason: "no system CA bundle found for psql's verify-full: pass --ca-bundle (the RDS bundle, or Amazon's root CAs)".to_owned(),
+            })
+        })?,
+    };
+    let conninfo = format!(
+        "host={} hostaddr={} port={} user={} dbname={} sslmode=verify-full sslrootcert={} application_name='rds-iam-auth psql'",
+        params.hostname(),
+        hostaddr.ip(),
+        hostaddr.port(),
+        libpq_quote(params.username()),
+        libpq_quote(connector.database().unwrap_or(params.username())),
+        libpq_quote(&root.display().to_string()),
+    );
+    let mut command = std::process::Command::new("psql");
+    command
+        .arg(conninfo)
+        .args(&args.psql_args)
+        .env("PGPASSWORD", token.as_str());
+    use std::os::unix::process::CommandExt;
+    // Only returns when psql could not be started.
+    let err = command.exec();
+    eprintln!(
+        "rds-iam-auth: error: cannot run psql: {err} (install the PostgreSQL client: apt-get install postgresql-client)"
+    );
+    Ok(ExitCode::from(1))
+}
+
+/// A libpq conninfo value, quoted when it needs to be.
+fn libpq_quote(value: &str) -> String {
+    if !value.is_empty() && !value.contains([' ', '\\', '\'']) {
+        return value.to_owned();
+    }
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The operating system's CA bundle, where the usual distributions keep it.
+fn system_ca_bundle() -> Option<PathBuf> {
+    [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/cert.pem",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
 }
 
 /// The staged report as JSON: what monitoring and scripts read instead of the text.

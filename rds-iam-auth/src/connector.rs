@@ -123,6 +123,16 @@ impl Connector {
         &self.inner.token_params
     }
 
+    /// Where connections are dialed: the endpoint, or the `connect_address` override.
+    pub fn dial_target(&self) -> (&str, u16) {
+        (&self.inner.dial.host, self.inner.dial.port)
+    }
+
+    /// The database name, when one was set (else the server uses the user name).
+    pub fn database(&self) -> Option<&str> {
+        self.inner.startup.get_dbname()
+    }
+
     /// The stages up to a logged-in session, all within one deadline, recorded in `rec`.
     pub(crate) async fn open(
         &self,
