@@ -35,6 +35,7 @@ impl Connector {
             Ok((client, connection)) => {
                 let task = tokio::spawn(connection);
                 let query = async {
+                    self.after_connect(&client, deadline).await?;
                     client
                         .simple_query("SELECT 1")
                         .await

@@ -9,7 +9,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::connector::{Connector, Inner, DEFAULT_CONNECT_TIMEOUT};
+use crate::connector::{AfterConnect, BoxFuture, Connector, Inner, DEFAULT_CONNECT_TIMEOUT};
 use crate::credentials::{AssumeRole, CredentialCache};
 use crate::diagnosis::HINT_NO_CREDENTIALS;
 use crate::error::{ConfigError, Error};
@@ -54,6 +54,7 @@ pub struct Config {
     ca_bundle: Option<CaBundle>,
     connect_timeout: Option<Duration>,
     keepalive: Option<Option<Keepalive>>,
+    after_connect: Option<AfterConnect>,
     application_name: Option<String>,
     profile: Option<String>,
     sdk_config: Option<SdkConfig>,
@@ -77,6 +78,7 @@ impl fmt::Debug for Config {
             .field("ca_bundle", &self.ca_bundle)
             .field("connect_timeout", &self.connect_timeout)
             .field("keepalive", &self.keepalive)
+            .field("after_connect", &self.after_connect.is_some())
             .field("application_name", &self.application_name)
             .field("profile", &self.profile)
             .finish_non_exhaustive()
@@ -156,6 +158,35 @@ impl Config {
     /// 60 s idle, then every 10 s, 5 probes); `None` turns it off.
     pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
         self.keepalive = Some(keepalive);
+        self
+    }
+    /// Session setup run on every new physical connection before it is handed out (by
+    /// `connect`, the pool, and the staged check): `SET` commands, `search_path`,
+    /// `statement_timeout`. Through RDS Proxy a session-level `SET` pins the session to its
+    /// database connection; prefer settings the proxy passes at startup where they exist.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), rds_iam_auth::Error> {
+    /// let connector = rds_iam_auth::Config::new()
+    ///     .hostname("app-ro.endpoint.proxy-abc123.us-east-1.rds.amazonaws.com")
+    ///     .user("app_reader")
+    ///     .after_connect(|client| {
+    ///         Box::pin(async move { client.batch_execute("SET statement_timeout = '5s'").await })
+    ///     })
+    ///     .connector()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn after_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'a> Fn(
+                &'a tokio_postgres::Client,
+            ) -> BoxFuture<'a, Result<(), tokio_postgres::Error>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.after_connect = Some(Arc::new(hook));
         self
     }
     /// `application_name` startup parameter, shown in `pg_stat_activity`.
@@ -276,6 +307,7 @@ impl Config {
                 tls,
                 credentials,
                 connect_timeout,
+                after_connect: self.after_connect,
             }),
         })
     }

@@ -6,6 +6,8 @@
 //! outcome goes to a [`Recorder`]: at DEBUG for `connect`, kept for the staged check.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +19,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::check::{Outcome, Recorder};
 use crate::credentials::{describe, CredentialCache, FetchFailure, Obtained};
-use crate::diagnosis::{is_iam_refusal, login_error, tls_error};
+use crate::diagnosis::{after_connect_error, is_iam_refusal, login_error, tls_error};
 use crate::error::Error;
 use crate::login;
 use crate::net::{DialTarget, Keepalive};
@@ -48,7 +50,17 @@ pub(crate) struct Inner {
     pub(crate) tls: MakeRustlsConnect,
     pub(crate) credentials: CredentialCache,
     pub(crate) connect_timeout: Duration,
+    pub(crate) after_connect: Option<AfterConnect>,
 }
+
+/// A future borrowed from the client it runs on.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Session setup run on every new physical connection: see
+/// [`Config::after_connect`](crate::Config::after_connect).
+pub type AfterConnect = Arc<
+    dyn for<'a> Fn(&'a Client) -> BoxFuture<'a, Result<(), tokio_postgres::Error>> + Send + Sync,
+>;
 
 impl fmt::Debug for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -73,34 +85,66 @@ impl Connector {
     /// may have been revoked or rotated since they were cached: they are dropped, and the
     /// login is tried once more with refreshed credentials (at most once a minute per
     /// cache, so a missing permission costs no STS call per connect).
+    ///
+    /// The after-connect hook ([`Config::after_connect`](crate::Config::after_connect)) has
+    /// run on the session when this returns.
     pub async fn connect(&self) -> Result<Client, Error> {
         let mut rec = Recorder::quiet();
         let deadline = Deadline::after(self.inner.connect_timeout);
         // Boxed: keeps the future type shallow for callers that nest it deeply (Lambda).
-        let (client, connection) = Box::pin(async {
-            let credentials = self.obtain_credentials(&mut rec, deadline).await?;
-            match self.open_with(&mut rec, deadline, &credentials).await {
-                Err(error)
-                    if is_iam_refusal(&error)
-                        && self.inner.credentials.invalidate(&credentials) =>
-                {
-                    tracing::warn!(
-                        error = %error,
-                        "login refused with IAM credentials that may be revoked: retrying once with refreshed credentials"
-                    );
-                    let credentials = self.obtain_credentials(&mut rec, deadline).await?;
-                    self.open_with(&mut rec, deadline, &credentials).await
-                }
-                other => other,
-            }
-        })
-        .await?;
+        let (client, connection) = Box::pin(self.establish(&mut rec, deadline)).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "database connection closed with an error");
             }
         });
+        self.after_connect(&client, deadline).await?;
         Ok(client)
+    }
+
+    /// A connection whose [`Connection`] half the caller drives: for `LISTEN`, whose
+    /// notifications arrive through [`Connection::poll_message`]. Spawn or poll the
+    /// connection before using the client. The after-connect hook does not run here (it
+    /// needs the connection driven): run your session setup once you poll it.
+    pub async fn connect_raw(&self) -> Result<(Client, Connection<TcpStream, TlsStream>), Error> {
+        let mut rec = Recorder::quiet();
+        let deadline = Deadline::after(self.inner.connect_timeout);
+        Box::pin(self.establish(&mut rec, deadline)).await
+    }
+
+    /// Credentials, then the session; a login refused for IAM reasons is retried once with
+    /// refreshed credentials.
+    async fn establish(&self, rec: &mut Recorder, deadline: Deadline) -> Result<Opened, Error> {
+        let credentials = self.obtain_credentials(rec, deadline).await?;
+        match self.open_with(rec, deadline, &credentials).await {
+            Err(error)
+                if is_iam_refusal(&error) && self.inner.credentials.invalidate(&credentials) =>
+            {
+                tracing::warn!(
+                    error = %error,
+                    "login refused with IAM credentials that may be revoked: retrying once with refreshed credentials"
+                );
+                let credentials = self.obtain_credentials(rec, deadline).await?;
+                self.open_with(rec, deadline, &credentials).await
+            }
+            other => other,
+        }
+    }
+
+    /// Runs the after-connect hook, if any, within the deadline (on a driven connection).
+    pub(crate) async fn after_connect(
+        &self,
+        client: &Client,
+        deadline: Deadline,
+    ) -> Result<(), Error> {
+        let Some(hook) = &self.inner.after_connect else {
+            return Ok(());
+        };
+        deadline
+            .limit(Stage::Query, async {
+                hook(client).await.map_err(after_connect_error)
+            })
+            .await
     }
 
     /// A token for one login, signed now with the cached credentials.

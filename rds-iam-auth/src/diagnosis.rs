@@ -198,6 +198,17 @@ pub(crate) fn is_iam_refusal(error: &Error) -> bool {
     matches!(error, Error::Login { hint: Some(hint), .. } if *hint == HINT_IAM_FAILED)
 }
 
+/// The after-connect hook failed on a new session.
+pub(crate) fn after_connect_error(e: tokio_postgres::Error) -> Error {
+    match query_error(e) {
+        Error::Query { message, source } => Error::Query {
+            message: format!("after-connect hook: {message}"),
+            source,
+        },
+        other => other,
+    }
+}
+
 /// A query failed on an open session.
 pub(crate) fn query_error(e: tokio_postgres::Error) -> Error {
     let message = match e.as_db_error() {

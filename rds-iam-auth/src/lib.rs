@@ -77,7 +77,7 @@ pub mod token;
 
 pub use check::{format_duration, CheckReport, Outcome, StageReport};
 pub use config::Config;
-pub use connector::{Connector, DEFAULT_CONNECT_TIMEOUT};
+pub use connector::{AfterConnect, BoxFuture, Connector, DEFAULT_CONNECT_TIMEOUT};
 pub use credentials::{AssumeRole, CredentialCache};
 pub use error::{BoxError, ConfigError, Error};
 pub use net::Keepalive;

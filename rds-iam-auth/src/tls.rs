@@ -123,8 +123,9 @@ pub fn client_config(extra: Option<&CaBundle>) -> Result<ClientConfig, ConfigErr
 /// When the TLS handshake of a connection finished, once it has.
 pub(crate) type HandshakeClock = Arc<Mutex<Option<Instant>>>;
 
-/// The TLS stream tokio-postgres runs the session over.
-pub(crate) type TlsStream = <MakeRustlsConnect as MakeTlsConnect<TcpStream>>::Stream;
+/// The TLS stream a session runs over (`tokio-postgres-rustls`'s), as in the
+/// [`Connection`](tokio_postgres::Connection) of [`Connector::connect_raw`](crate::Connector::connect_raw).
+pub type TlsStream = <MakeRustlsConnect as MakeTlsConnect<TcpStream>>::Stream;
 
 /// `tokio-postgres-rustls`'s connector for one connection, verifying against the endpoint
 /// name whatever address was dialed, and noting when the handshake finished (to time the

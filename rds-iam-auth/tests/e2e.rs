@@ -591,3 +591,94 @@ async fn pooled_connections_are_replaced_after_their_maximum_lifetime() {
         "an old connection is closed, a new one opened"
     );
 }
+
+#[tokio::test]
+async fn the_after_connect_hook_runs_once_per_physical_connection_and_its_settings_stick() {
+    use rds_iam_auth::pool::{Manager, Pool};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let stack = stack().await;
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let connector = config(&stack, ro(&stack))
+        .await
+        .after_connect(move |client| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                client
+                    .batch_execute(
+                        "SET statement_timeout = '4321ms'; SET search_path TO app, public",
+                    )
+                    .await
+            })
+        })
+        .connector()
+        .await
+        .expect("connector");
+    let pool = Pool::builder(Manager::new(connector.clone()))
+        .max_size(2)
+        .build()
+        .expect("pool");
+    for _ in 0..10 {
+        let client = pool.get().await.expect("pooled");
+        let row = client
+            .query_one(
+                "SELECT current_setting('statement_timeout'), current_setting('search_path')",
+                &[],
+            )
+            .await
+            .expect("query");
+        assert_eq!(row.get::<_, String>(0), "4321ms");
+        assert_eq!(row.get::<_, String>(1), "app, public");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), pool.status().size);
+
+    // A failing hook fails the connect, naming itself.
+    let err = config(&stack, ro(&stack))
+        .await
+        .after_connect(|client| {
+            Box::pin(async move { client.batch_execute("SET no_such_setting = 1").await })
+        })
+        .connector()
+        .await
+        .expect("connector")
+        .connect()
+        .await
+        .expect_err("the hook fails");
+    assert_eq!(err.stage(), Stage::Query);
+    assert!(
+        err.to_string()
+            .starts_with("query: after-connect hook: ERROR"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn listen_notify_works_through_the_stand_in_with_the_raw_connection() {
+    let stack = stack().await;
+    let rw = stack.endpoint("READ_WRITE").expect("READ_WRITE endpoint");
+    let connector = config(&stack, rw)
+        .await
+        .connector()
+        .await
+        .expect("connector");
+    let (listener, mut connection) = connector.connect_raw().await.expect("raw connection");
+    let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let Ok(rds_iam_auth::tokio_postgres::AsyncMessage::Notification(n)) = message {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await.expect("LISTEN");
+    let sender = connector.connect().await.expect("second connection");
+    sender
+        .batch_execute("NOTIFY jobs, 'job 42'")
+        .await
+        .expect("NOTIFY");
+    let got = tokio::time::timeout(Duration::from_secs(5), notifications.recv())
+        .await
+        .expect("a notification within 5 s")
+        .expect("channel open");
+    assert_eq!(got, ("jobs".to_owned(), "job 42".to_owned()));
+}
