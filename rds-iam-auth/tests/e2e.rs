@@ -4,57 +4,15 @@
 
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use rds_iam_auth::{CaBundle, Config, Error, Outcome, Stage};
-use rds_proxy_emulator::{Endpoint, LocalStack, StackConfig};
+use rds_proxy_emulator::{LocalStack, StackConfig};
 
 const UNTRUSTED: &str = "arn:aws:iam::111111111111:role/some-other-lambda-role";
 const NO_CONNECT_ROLE: &str = "arn:aws:iam::222222222222:role/proxy-no-connect-role";
 
-async fn stack() -> LocalStack {
-    LocalStack::start(StackConfig::demo())
-        .await
-        .expect("local stack starts")
-}
-
-async fn sdk_config(stack: &LocalStack, principal: Option<&str>) -> SdkConfig {
-    let (akid, secret) = match principal {
-        Some(arn) => stack.principal_credentials(arn).expect("known principal"),
-        None => stack.app_credentials(),
-    };
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(stack.region().to_owned()))
-        .endpoint_url(stack.sts_endpoint_url())
-        .credentials_provider(Credentials::from_keys(akid, secret, None))
-        .load()
-        .await
-}
-
-fn ro(stack: &LocalStack) -> &Endpoint {
-    stack.endpoint("READ_ONLY").expect("READ_ONLY endpoint")
-}
-
-/// The configuration the Lambda builds from `stack.env`.
-async fn config(stack: &LocalStack, endpoint: &Endpoint) -> Config {
-    config_without_ca(stack, endpoint)
-        .await
-        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
-}
-
-/// The same, trusting only the built-in roots (which do not hold the stack's CA).
-async fn config_without_ca(stack: &LocalStack, endpoint: &Endpoint) -> Config {
-    Config::new()
-        .hostname(&endpoint.hostname)
-        .port(endpoint.port)
-        .user(stack.db_user())
-        .database(stack.db_name())
-        .assume_role(stack.role_arn())
-        .external_id(stack.external_id())
-        .connect_address(endpoint.listen.to_string())
-        .connect_timeout(Duration::from_secs(20))
-        .sdk_config(sdk_config(stack, None).await)
-}
+mod common;
+use common::{config, config_without_ca, ro, sdk_config, stack};
 
 async fn failure(config: Config) -> Error {
     let report = config.connector().await.expect("connector").check().await;

@@ -4,38 +4,17 @@
 
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_credential_types::Credentials;
-use rds_iam_auth::{CaBundle, Config, Connector, Stage};
+use rds_iam_auth::{Connector, Stage};
 use rds_proxy_emulator::control::StsFault;
-use rds_proxy_emulator::{LocalStack, StackConfig};
+use rds_proxy_emulator::LocalStack;
 
-async fn stack_with(edit: impl FnOnce(&mut StackConfig)) -> LocalStack {
-    let mut config = StackConfig::demo();
-    edit(&mut config);
-    LocalStack::start(config).await.expect("local stack")
-}
+mod common;
+use common::{config, ro, stack_with};
 
 async fn connector(stack: &LocalStack) -> Connector {
-    let ep = stack.endpoint("READ_ONLY").expect("READ_ONLY endpoint");
-    let (akid, secret) = stack.app_credentials();
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(stack.region().to_owned()))
-        .endpoint_url(stack.sts_endpoint_url())
-        .credentials_provider(Credentials::from_keys(akid, secret, None))
-        .load()
-        .await;
-    Config::new()
-        .hostname(&ep.hostname)
-        .port(ep.port)
-        .user(stack.db_user())
-        .database(stack.db_name())
-        .assume_role(stack.role_arn())
-        .external_id(stack.external_id())
-        .connect_address(ep.listen.to_string())
-        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
+    config(stack, ro(stack))
+        .await
         .connect_timeout(Duration::from_secs(30))
-        .sdk_config(sdk)
         .connector()
         .await
         .expect("connector")

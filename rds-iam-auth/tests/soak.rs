@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_credential_types::Credentials;
 use rds_iam_auth::pool::{Manager, Pool};
-use rds_iam_auth::{CaBundle, Config};
-use rds_proxy_emulator::{LocalStack, StackConfig};
+
+mod common;
+use common::{config, ro, stack_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "minutes long: make soak"]
@@ -23,29 +22,14 @@ async fn soak_pool_and_connects_through_rotating_credentials_and_short_tokens() 
         .ok()
         .map(|v| v.parse().expect("SOAK_SECONDS is a whole number"))
         .unwrap_or(120);
-    let mut config = StackConfig::demo();
-    config.sts.credentials_lifetime_seconds = Some(30);
-    config.proxy.token_lifetime_seconds = 20;
-    let stack = LocalStack::start(config).await.expect("local stack");
-    let ep = stack.endpoint("READ_ONLY").expect("READ_ONLY endpoint");
-    let (akid, secret) = stack.app_credentials();
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(stack.region().to_owned()))
-        .endpoint_url(stack.sts_endpoint_url())
-        .credentials_provider(Credentials::from_keys(akid, secret, None))
-        .load()
-        .await;
-    let connector = Config::new()
-        .hostname(&ep.hostname)
-        .port(ep.port)
-        .user(stack.db_user())
-        .database(stack.db_name())
-        .assume_role(stack.role_arn())
-        .external_id(stack.external_id())
-        .connect_address(ep.listen.to_string())
-        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
+    let stack = stack_with(|c| {
+        c.sts.credentials_lifetime_seconds = Some(30);
+        c.proxy.token_lifetime_seconds = 20;
+    })
+    .await;
+    let connector = config(&stack, ro(&stack))
+        .await
         .connect_timeout(Duration::from_secs(10))
-        .sdk_config(sdk)
         .connector()
         .await
         .expect("connector");

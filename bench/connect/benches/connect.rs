@@ -52,6 +52,48 @@ fn rival_tls(stack: &LocalStack) -> MakeRustlsConnect {
     MakeRustlsConnect::new(config)
 }
 
+/// A pool to run `SELECT 1` on: take a client, query, give it back.
+trait SelectOne: Send + Sync + 'static {
+    fn select_one(&self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+impl SelectOne for Pool {
+    async fn select_one(&self) {
+        let client = self.get().await.expect("pooled");
+        client.simple_query("SELECT 1").await.expect("query");
+    }
+}
+
+impl SelectOne for deadpool_postgres::Pool {
+    async fn select_one(&self) {
+        let client = self.get().await.expect("pooled");
+        client.simple_query("SELECT 1").await.expect("query");
+    }
+}
+
+/// 32 tasks running `SELECT 1` through `pool` for `seconds`: how many queries completed.
+async fn saturate<P: SelectOne + Clone>(pool: impl Fn() -> P, seconds: u64) -> u64 {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let pool = pool();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    pool.select_one().await;
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("join");
+    }
+    total
+}
+
 #[tokio::main]
 async fn main() {
     let connects = env_number("CONNECTS", 300) as usize;
@@ -143,61 +185,13 @@ async fn main() {
     .build()
     .expect("rival pool");
 
-    let run_ours = || {
-        let pool = ours_pool.clone();
-        async move {
-            let tasks: Vec<_> = (0..32)
-                .map(|_| {
-                    let pool = pool.clone();
-                    tokio::spawn(async move {
-                        let until = Instant::now() + Duration::from_secs(pool_seconds);
-                        let mut n = 0u64;
-                        while Instant::now() < until {
-                            let client = pool.get().await.expect("pooled");
-                            client.simple_query("SELECT 1").await.expect("query");
-                            n += 1;
-                        }
-                        n
-                    })
-                })
-                .collect();
-            let mut total = 0;
-            for t in tasks {
-                total += t.await.expect("join");
-            }
-            total
-        }
-    };
-    let run_theirs = || {
-        let pool = rival_pool.clone();
-        async move {
-            let tasks: Vec<_> = (0..32)
-                .map(|_| {
-                    let pool = pool.clone();
-                    tokio::spawn(async move {
-                        let until = Instant::now() + Duration::from_secs(pool_seconds);
-                        let mut n = 0u64;
-                        while Instant::now() < until {
-                            let client = pool.get().await.expect("pooled");
-                            client.simple_query("SELECT 1").await.expect("query");
-                            n += 1;
-                        }
-                        n
-                    })
-                })
-                .collect();
-            let mut total = 0;
-            for t in tasks {
-                total += t.await.expect("join");
-            }
-            total
-        }
-    };
     // Two rounds each, alternating.
     let (mut q_ours, mut q_theirs) = (0, 0);
     for _ in 0..2 {
-        q_ours += run_ours().await;
-        q_theirs += run_theirs().await;
+        let pool = ours_pool.clone();
+        q_ours += saturate(move || pool.clone(), pool_seconds).await;
+        let pool = rival_pool.clone();
+        q_theirs += saturate(move || pool.clone(), pool_seconds).await;
     }
     let seconds = (2 * pool_seconds) as f64;
     let (r_ours, r_theirs) = (q_ours as f64 / seconds, q_theirs as f64 / seconds);

@@ -1,0 +1,59 @@
+//! The local stack and a configuration for it, shared by the end-to-end test files.
+#![allow(dead_code)] // each test file uses a part
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use rds_iam_auth::{CaBundle, Config};
+use rds_proxy_emulator::{Endpoint, LocalStack, StackConfig};
+
+pub async fn stack() -> LocalStack {
+    stack_with(|_| {}).await
+}
+
+/// A stack whose demo configuration `edit` changed first.
+pub async fn stack_with(edit: impl FnOnce(&mut StackConfig)) -> LocalStack {
+    let mut config = StackConfig::demo();
+    edit(&mut config);
+    LocalStack::start(config).await.expect("local stack starts")
+}
+
+/// The SDK configuration of the application (or of `principal`), pointed at the STS stand-in.
+pub async fn sdk_config(stack: &LocalStack, principal: Option<&str>) -> SdkConfig {
+    let (akid, secret) = match principal {
+        Some(arn) => stack.principal_credentials(arn).expect("known principal"),
+        None => stack.app_credentials(),
+    };
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(stack.region().to_owned()))
+        .endpoint_url(stack.sts_endpoint_url())
+        .credentials_provider(Credentials::from_keys(akid, secret, None))
+        .load()
+        .await
+}
+
+pub fn ro(stack: &LocalStack) -> &Endpoint {
+    stack.endpoint("READ_ONLY").expect("READ_ONLY endpoint")
+}
+
+/// The configuration the Lambda builds from `stack.env`.
+pub async fn config(stack: &LocalStack, endpoint: &Endpoint) -> Config {
+    config_without_ca(stack, endpoint)
+        .await
+        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
+}
+
+/// The same, trusting only the built-in roots (which do not hold the stack's CA).
+pub async fn config_without_ca(stack: &LocalStack, endpoint: &Endpoint) -> Config {
+    Config::new()
+        .hostname(&endpoint.hostname)
+        .port(endpoint.port)
+        .user(stack.db_user())
+        .database(stack.db_name())
+        .assume_role(stack.role_arn())
+        .external_id(stack.external_id())
+        .connect_address(endpoint.listen.to_string())
+        .connect_timeout(Duration::from_secs(20))
+        .sdk_config(sdk_config(stack, None).await)
+}
