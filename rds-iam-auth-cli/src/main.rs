@@ -122,7 +122,7 @@ struct TargetArgs {
     /// Database name (default: the user name).
     #[arg(long, env = "DBNAME", value_parser = NonEmptyStringValueParser::new())]
     database: Option<String>,
-    /// Dial this address (host[:port]) instead, still verifying TLS against --hostname.
+    /// Dial this address, host or host:port, instead; TLS is still verified against --hostname.
     #[arg(long, env = "DB_CONNECT_HOST", value_parser = NonEmptyStringValueParser::new())]
     connect_address: Option<String>,
     /// Extra CA certificates (PEM), e.g. the RDS bundle for direct instance connections.
