@@ -31,7 +31,7 @@ impl Connector {
         let mut rec = Recorder::keeping();
         let deadline = Deadline::after(limit.min(self.inner.connect_timeout));
         let error = match Box::pin(self.open(&mut rec, deadline)).await {
-            Err(err) => Some(err),
+            Err(refused) => Some(refused.error),
             Ok((client, connection)) => {
                 let task = tokio::spawn(connection);
                 let query = async {
@@ -178,6 +178,19 @@ impl Recorder {
             keep: true,
             stages: Vec::new(),
         }
+    }
+
+    /// A recorder for one of two stage sequences that run at once; `append` it back.
+    pub(crate) fn branch(&self) -> Self {
+        Self {
+            keep: self.keep,
+            stages: Vec::new(),
+        }
+    }
+
+    /// Adds the stages of a branch after the ones recorded so far.
+    pub(crate) fn append(&mut self, branch: Recorder) {
+        self.stages.extend(branch.stages);
     }
 
     pub(crate) fn record(

@@ -231,6 +231,12 @@ impl Config {
         };
         // Validate what can be validated before the (slower) SDK config load.
         token::validate_target(&hostname, port, &user).map_err(ConfigError::from)?;
+        rustls::pki_types::ServerName::try_from(hostname.as_str()).map_err(|e| {
+            ConfigError::Invalid {
+                name: "hostname",
+                reason: format!("not usable as a TLS server name: {e}"),
+            }
+        })?;
         let dial = match self.connect_address.as_deref() {
             Some(address) => parse_address(address, port)?,
             None => DialTarget {

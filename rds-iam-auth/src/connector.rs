@@ -12,19 +12,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Connection};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::check::{Outcome, Recorder};
 use crate::credentials::{describe, CredentialCache, FetchFailure, Obtained};
-use crate::diagnosis::{after_connect_error, is_iam_refusal, login_error, tls_error};
+use crate::diagnosis::{after_connect_error, is_iam_refusal, login_error};
 use crate::error::Error;
 use crate::login;
+use crate::login::Session;
 use crate::net::{DialTarget, Keepalive};
 use crate::stage::{self, Deadline, Stage};
-use crate::tls::{TimedTls, TlsStream};
+use crate::tls::{self, TlsStream};
 use crate::token::{self, AuthToken, TokenParams};
 
 /// The default limit for a whole connect: every stage (STS, DNS, TCP, TLS, login) shares it.
@@ -76,7 +77,7 @@ impl fmt::Debug for Connector {
 }
 
 /// An open session and the task-less connection that drives it.
-pub(crate) type Opened = (Client, Connection<TcpStream, TlsStream>);
+pub(crate) type Opened = Session;
 
 impl Connector {
     /// Opens a connection and drives it on a Tokio task; the client is ready for queries.
@@ -106,28 +107,27 @@ impl Connector {
     /// notifications arrive through [`Connection::poll_message`]. Spawn or poll the
     /// connection before using the client. The after-connect hook does not run here (it
     /// needs the connection driven): run your session setup once you poll it.
-    pub async fn connect_raw(&self) -> Result<(Client, Connection<TcpStream, TlsStream>), Error> {
+    pub async fn connect_raw(&self) -> Result<(Client, Connection<TlsStream, NoTlsStream>), Error> {
         let mut rec = Recorder::quiet();
         let deadline = Deadline::after(self.inner.connect_timeout);
         Box::pin(self.establish(&mut rec, deadline)).await
     }
 
-    /// Credentials, then the session; a login refused for IAM reasons is retried once with
-    /// refreshed credentials.
+    /// The session; a login refused for IAM reasons is retried once with refreshed
+    /// credentials.
     async fn establish(&self, rec: &mut Recorder, deadline: Deadline) -> Result<Opened, Error> {
-        let credentials = self.obtain_credentials(rec, deadline).await?;
-        match self.open_with(rec, deadline, &credentials).await {
-            Err(error)
-                if is_iam_refusal(&error) && self.inner.credentials.invalidate(&credentials) =>
-            {
+        match self.open(rec, deadline).await {
+            Err(Refused {
+                error,
+                credentials: Some(credentials),
+            }) if is_iam_refusal(&error) && self.inner.credentials.invalidate(&credentials) => {
                 tracing::warn!(
                     error = %error,
                     "login refused with IAM credentials that may be revoked: retrying once with refreshed credentials"
                 );
-                let credentials = self.obtain_credentials(rec, deadline).await?;
-                self.open_with(rec, deadline, &credentials).await
+                self.open(rec, deadline).await.map_err(|r| r.error)
             }
-            other => other,
+            other => other.map_err(|r| r.error),
         }
     }
 
@@ -177,28 +177,44 @@ impl Connector {
         self.inner.startup.get_dbname()
     }
 
-    /// The stages up to a logged-in session, all within one deadline, recorded in `rec`.
+    /// The stages up to a logged-in session, all within one deadline, recorded in `rec`
+    /// in path order.
+    ///
+    /// Two branches run at once, since neither needs the other until the password is due:
+    /// credentials (and STS) then the token, and DNS, TCP and TLS. Only the login waits for
+    /// both. A cold start thus costs the longer of the two, not their sum.
     pub(crate) async fn open(
         &self,
         rec: &mut Recorder,
         deadline: Deadline,
-    ) -> Result<Opened, Error> {
-        let credentials = self.obtain_credentials(rec, deadline).await?;
-        self.open_with(rec, deadline, &credentials).await
+    ) -> Result<Opened, Refused> {
+        let (mut signing, mut network) = (rec.branch(), rec.branch());
+        let (signed, stream) = tokio::join!(
+            self.sign(&mut signing, deadline),
+            self.network(&mut network, deadline)
+        );
+        rec.append(signing);
+        rec.append(network);
+        let (credentials, token) = signed.map_err(Refused::early)?;
+        let stream = stream.map_err(Refused::early)?;
+        self.login(rec, deadline, stream, &token)
+            .await
+            .map_err(|error| Refused {
+                error,
+                credentials: Some(credentials),
+            })
     }
 
-    /// The stages after credentials: token, DNS, TCP, TLS, login.
-    async fn open_with(
+    /// Credentials, then the token they sign.
+    async fn sign(
         &self,
         rec: &mut Recorder,
         deadline: Deadline,
-        credentials: &Credentials,
-    ) -> Result<Opened, Error> {
-        let i = &*self.inner;
-
+    ) -> Result<(Credentials, AuthToken), Error> {
+        let credentials = self.obtain_credentials(rec, deadline).await?;
+        let p = &self.inner.token_params;
         let started = Instant::now();
-        let token = token::sign(&i.token_params, credentials, SystemTime::now());
-        let p = &i.token_params;
+        let token = token::sign(p, &credentials, SystemTime::now());
         rec.record(
             Stage::Token,
             Outcome::Ok,
@@ -212,7 +228,12 @@ impl Connector {
                 p.expires_in().as_secs()
             ),
         );
+        Ok((credentials, token))
+    }
 
+    /// DNS, TCP and TLS: a verified, encrypted stream to the proxy.
+    async fn network(&self, rec: &mut Recorder, deadline: Deadline) -> Result<TlsStream, Error> {
+        let i = &*self.inner;
         let addresses = match i.dial.literal() {
             Some(addr) => {
                 let detail = format!("{addr} is an address");
@@ -232,8 +253,12 @@ impl Connector {
             s.peer_addr().map(|a| a.to_string()).unwrap_or_default()
         })
         .await?;
-
-        self.tls_and_login(rec, deadline, stream, &token).await
+        let host = i.token_params.hostname();
+        let handshake = tls::handshake(&i.tls, host, stream);
+        stage::run(rec, Stage::Tls, deadline, handshake, |_| {
+            format!("verified {host}")
+        })
+        .await
     }
 
     /// Credentials from the cache: records the credentials stage and, with a role, the
@@ -305,47 +330,40 @@ impl Connector {
         }
     }
 
-    /// TLS and login run inside one tokio-postgres call; the handshake clock splits it
-    /// into the two stages (and says which one was running when the deadline passed).
-    async fn tls_and_login(
+    /// The startup message and the token as the password, on the TLS stream.
+    async fn login(
         &self,
         rec: &mut Recorder,
         deadline: Deadline,
-        stream: TcpStream,
+        stream: TlsStream,
         token: &AuthToken,
     ) -> Result<Opened, Error> {
         let i = &*self.inner;
-        let host = i.token_params.hostname();
-        let user = i.token_params.username();
-        let (tls, handshake_done) = TimedTls::new(&i.tls, host)?;
-        let started = Instant::now();
-        let result = deadline
-            .within(login::login(&i.startup, token, stream, tls))
-            .await;
-        let tls_done = handshake_done.lock().ok().and_then(|d| *d);
-        let tls_time = tls_done.map_or(started.elapsed(), |t| t - started);
-        let login_time = tls_done.map_or(Duration::ZERO, |t| t.elapsed());
-        if tls_done.is_some() {
-            rec.record(
-                Stage::Tls,
-                Outcome::Ok,
-                tls_time,
-                &format!("verified {host}"),
-            );
-        }
-        let (stage, time, error) = match result {
-            Some(Ok(opened)) => {
-                let database = i.startup.get_dbname().unwrap_or(user);
-                let detail = format!("{user} to {database}");
-                rec.record(Stage::Login, Outcome::Ok, login_time, &detail);
-                return Ok(opened);
-            }
-            Some(Err(e)) if tls_done.is_none() => (Stage::Tls, tls_time, tls_error(host, e)),
-            Some(Err(e)) => (Stage::Login, login_time, login_error(user, host, e)),
-            None if tls_done.is_none() => (Stage::Tls, tls_time, deadline.expired(Stage::Tls)),
-            None => (Stage::Login, login_time, deadline.expired(Stage::Login)),
+        let (host, user) = (i.token_params.hostname(), i.token_params.username());
+        let login = async {
+            login::login(&i.startup, token, stream)
+                .await
+                .map_err(|e| login_error(user, host, e))
         };
-        rec.fail(stage, time, &error);
-        Err(error)
+        stage::run(rec, Stage::Login, deadline, login, |_| {
+            format!("{user} to {}", i.startup.get_dbname().unwrap_or(user))
+        })
+        .await
+    }
+}
+
+/// A failed open, with the credentials the refused login was signed with (to drop them).
+pub(crate) struct Refused {
+    pub(crate) error: Error,
+    credentials: Option<Credentials>,
+}
+
+impl Refused {
+    /// A failure before any login: nothing to drop.
+    fn early(error: Error) -> Self {
+        Self {
+            error,
+            credentials: None,
+        }
     }
 }

@@ -123,8 +123,18 @@ where
     }
 }
 
+/// The server declined TLS (or is no PostgreSQL server).
+pub(crate) fn tls_refused(host: &str, message: &str) -> Error {
+    Error::Tls {
+        host: host.to_owned(),
+        message: message.to_owned(),
+        hint: Some(HINT_TLS_REFUSED),
+        source: None,
+    }
+}
+
 /// The TLS handshake with `host` failed (before the server saw a password).
-pub(crate) fn tls_error(host: &str, e: tokio_postgres::Error) -> Error {
+pub(crate) fn tls_error(host: &str, e: std::io::Error) -> Error {
     let mut hint = find_cause::<rustls::Error>(&e).and_then(|rustls_error| {
         use rustls::CertificateError as C;
         match rustls_error {
@@ -142,7 +152,7 @@ pub(crate) fn tls_error(host: &str, e: tokio_postgres::Error) -> Error {
         }
     });
     let message = error_chain(&e);
-    if hint.is_none() && message.contains("does not support TLS") {
+    if hint.is_none() && e.kind() == std::io::ErrorKind::UnexpectedEof {
         hint = Some(HINT_TLS_REFUSED);
     }
     Error::Tls {

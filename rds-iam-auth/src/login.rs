@@ -1,15 +1,15 @@
-//! The login stage: PostgreSQL's startup over TLS, with the token as the password.
+//! The login stage: PostgreSQL's startup over the TLS stream `tls::handshake` opened, with
+//! the token as the cleartext password RDS Proxy asks for.
 //!
-//! tokio-postgres runs the whole exchange in `connect_raw`: SSLRequest, the TLS handshake
-//! (through [`TimedTls`], which notes when it finished), the startup message, and the
-//! cleartext password RDS Proxy asks for. `sslmode=require` here means "TLS or nothing";
-//! the certificate is verified by rustls against the endpoint name whatever the mode says.
+//! tokio-postgres is handed a stream that is already encrypted and told not to negotiate
+//! TLS itself (`sslmode=disable`, `NoTls`): the negotiation happened before, verified
+//! against the endpoint name, while the token was still being signed.
 
-use tokio::net::TcpStream;
 use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::{NoTls, NoTlsStream};
 use tokio_postgres::{Client, Connection};
 
-use crate::tls::{TimedTls, TlsStream};
+use crate::tls::TlsStream;
 use crate::token::AuthToken;
 
 /// The startup settings every connection of a connector shares (user, database,
@@ -20,7 +20,8 @@ pub(crate) fn startup(
     application_name: Option<&str>,
 ) -> tokio_postgres::Config {
     let mut pg = tokio_postgres::Config::new();
-    pg.user(user).ssl_mode(SslMode::Require);
+    // The stream given to `login` is TLS already: tokio-postgres must not ask again.
+    pg.user(user).ssl_mode(SslMode::Disable);
     if let Some(db) = database {
         pg.dbname(db);
     }
@@ -30,15 +31,16 @@ pub(crate) fn startup(
     pg
 }
 
-/// Logs in on `stream` with `token`. Errors are tokio-postgres's: the caller tells the TLS
-/// stage from the login stage by whether the handshake finished.
+/// A session whose TLS stream tokio-postgres drives.
+pub(crate) type Session = (Client, Connection<TlsStream, NoTlsStream>);
+
+/// Logs in on the TLS `stream` with `token`.
 pub(crate) async fn login(
     startup: &tokio_postgres::Config,
     token: &AuthToken,
-    stream: TcpStream,
-    tls: TimedTls,
-) -> Result<(Client, Connection<TcpStream, TlsStream>), tokio_postgres::Error> {
+    stream: TlsStream,
+) -> Result<Session, tokio_postgres::Error> {
     let mut pg = startup.clone();
     pg.password(token.as_str());
-    pg.connect_raw(stream, tls).await
+    pg.connect_raw(stream, NoTls).await
 }

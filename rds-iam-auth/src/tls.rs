@@ -9,20 +9,18 @@
 //! stack). There is no plaintext fallback: a server that declines TLS is an error.
 
 use std::fmt;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::error::ConfigError;
+use crate::diagnosis::{tls_error, tls_refused};
+use crate::error::{ConfigError, Error};
 
 /// Extra trusted CA certificates, from PEM.
 ///
@@ -120,64 +118,42 @@ pub fn client_config(extra: Option<&CaBundle>) -> Result<ClientConfig, ConfigErr
     Ok(config)
 }
 
-/// When the TLS handshake of a connection finished, once it has.
-pub(crate) type HandshakeClock = Arc<Mutex<Option<Instant>>>;
-
 /// The TLS stream a session runs over (`tokio-postgres-rustls`'s), as in the
 /// [`Connection`](tokio_postgres::Connection) of [`Connector::connect_raw`](crate::Connector::connect_raw).
 pub type TlsStream = <MakeRustlsConnect as MakeTlsConnect<TcpStream>>::Stream;
 
-/// `tokio-postgres-rustls`'s connector for one connection, verifying against the endpoint
-/// name whatever address was dialed, and noting when the handshake finished (to time the
-/// TLS stage apart from the login that follows it inside `connect_raw`).
-pub(crate) struct TimedTls {
-    inner: <MakeRustlsConnect as MakeTlsConnect<TcpStream>>::TlsConnect,
-    done: HandshakeClock,
-}
+/// PostgreSQL's `SSLRequest`: length 8, then the request code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
-impl TimedTls {
-    /// A connector for one connection to `hostname` (already validated as a host name).
-    pub(crate) fn new(
-        make: &MakeRustlsConnect,
-        hostname: &str,
-    ) -> Result<(Self, HandshakeClock), ConfigError> {
-        // tokio-postgres-rustls reports a bad name only once the handshake starts: check
-        // it here so it is a configuration error.
-        ServerName::try_from(hostname).map_err(|e| ConfigError::Invalid {
-            name: "hostname",
-            reason: format!("not usable as a TLS server name: {e}"),
-        })?;
-        let mut make = make.clone(); // an Arc of the shared ClientConfig
-        let inner = match MakeTlsConnect::<TcpStream>::make_tls_connect(&mut make, hostname) {
-            Ok(inner) => inner,
-            Err(never) => match never {},
-        };
-        let done = HandshakeClock::default();
-        Ok((
-            Self {
-                inner,
-                done: done.clone(),
-            },
-            done,
-        ))
+/// Asks the server for TLS and runs the handshake with `tokio-postgres-rustls`, verifying
+/// the certificate against `hostname` whatever address the socket is connected to.
+///
+/// Done here rather than inside tokio-postgres' `connect_raw` so that it can run before
+/// the token exists (while STS is still answering) and so that its time is its own.
+pub(crate) async fn handshake(
+    make: &MakeRustlsConnect,
+    hostname: &str,
+    mut stream: TcpStream,
+) -> Result<TlsStream, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = |e: std::io::Error| tls_error(hostname, e);
+    stream.write_all(&SSL_REQUEST).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {}
+        b'N' => return Err(tls_refused(hostname, "the server does not support TLS")),
+        other => return Err(tls_refused(
+            hostname,
+            &format!(
+                "the server answered the TLS request with {other:#04x}, not a PostgreSQL server?"
+            ),
+        )),
     }
-}
-
-impl TlsConnect<TcpStream> for TimedTls {
-    type Stream = TlsStream;
-    type Error = <<MakeRustlsConnect as MakeTlsConnect<TcpStream>>::TlsConnect as TlsConnect<
-        TcpStream,
-    >>::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<TlsStream, Self::Error>> + Send>>;
-
-    fn connect(self, stream: TcpStream) -> Self::Future {
-        let handshake = self.inner.connect(stream);
-        Box::pin(async move {
-            let stream = handshake.await?;
-            if let Ok(mut done) = self.done.lock() {
-                *done = Some(Instant::now());
-            }
-            Ok(stream)
-        })
-    }
+    let mut make = make.clone(); // an Arc of the shared ClientConfig
+    let connect = match MakeTlsConnect::<TcpStream>::make_tls_connect(&mut make, hostname) {
+        Ok(connect) => connect,
+        Err(never) => match never {},
+    };
+    connect.connect(stream).await.map_err(io)
 }
