@@ -76,9 +76,6 @@ impl fmt::Debug for Connector {
     }
 }
 
-/// An open session and the task-less connection that drives it.
-pub(crate) type Opened = Session;
-
 impl Connector {
     /// Opens a connection and drives it on a Tokio task; the client is ready for queries.
     ///
@@ -115,7 +112,7 @@ impl Connector {
 
     /// The session; a login refused for IAM reasons is retried once with refreshed
     /// credentials.
-    async fn establish(&self, rec: &mut Recorder, deadline: Deadline) -> Result<Opened, Error> {
+    async fn establish(&self, rec: &mut Recorder, deadline: Deadline) -> Result<Session, Error> {
         match self.open(rec, deadline).await {
             Err(Refused {
                 error,
@@ -187,7 +184,7 @@ impl Connector {
         &self,
         rec: &mut Recorder,
         deadline: Deadline,
-    ) -> Result<Opened, Refused> {
+    ) -> Result<Session, Refused> {
         let (mut signing, mut network) = (rec.branch(), rec.branch());
         let (signed, stream) = tokio::join!(
             self.sign(&mut signing, deadline),
@@ -337,7 +334,7 @@ impl Connector {
         deadline: Deadline,
         stream: TlsStream,
         token: &AuthToken,
-    ) -> Result<Opened, Error> {
+    ) -> Result<Session, Error> {
         let i = &*self.inner;
         let (host, user) = (i.token_params.hostname(), i.token_params.username());
         let login = async {

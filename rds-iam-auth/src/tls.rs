@@ -143,12 +143,14 @@ pub(crate) async fn handshake(
     match answer[0] {
         b'S' => {}
         b'N' => return Err(tls_refused(hostname, "the server does not support TLS")),
-        other => return Err(tls_refused(
-            hostname,
-            &format!(
+        other => {
+            return Err(tls_refused(
+                hostname,
+                &format!(
                 "the server answered the TLS request with {other:#04x}, not a PostgreSQL server?"
             ),
-        )),
+            ))
+        }
     }
     let mut make = make.clone(); // an Arc of the shared ClientConfig
     let connect = match MakeTlsConnect::<TcpStream>::make_tls_connect(&mut make, hostname) {
