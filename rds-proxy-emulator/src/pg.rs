@@ -594,14 +594,14 @@ impl PgServer {
         if !in_recovery {
             return Err(pg_err("the new standby is not in recovery"));
         }
-        // Ready when the source reports it streaming (so lag is known from the start).
+        // Ready when the source reports it streaming and has its first replay position (so
+        // its lag is known from the start).
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let streaming = self
-                .replication()
-                .await?
-                .iter()
-                .any(|r| r.name == server.name && r.state == "streaming");
+            let streaming =
+                self.replication().await?.iter().any(|r| {
+                    r.name == server.name && r.state == "streaming" && r.lag_bytes.is_some()
+                });
             if streaming {
                 return Ok(server);
             }
