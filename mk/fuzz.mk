@@ -7,6 +7,10 @@
 FUZZ_DIR     := $(ROOT)/rds-proxy-emulator/fuzz
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= startup_packet client_messages token_verifier sts_request
+# Built for the host triple named explicitly, so the flags apply to the fuzzed code only
+# (not to build scripts and proc macros, which run uninstrumented).
+FUZZ_TRIPLE  := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+FUZZ_BIN     := $(FUZZ_DIR)/target/$(FUZZ_TRIPLE)/release
 FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
   -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks
@@ -16,14 +20,14 @@ FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 fuzz-build:
 	@command -v c++ >/dev/null || { echo "make fuzz: a C++ compiler is needed to build libFuzzer: apt-get install g++"; exit 1; }
 	@cd "$(FUZZ_DIR)" && RUSTFLAGS="$(FUZZ_RUSTFLAGS)" CARGO_TARGET_DIR="$(FUZZ_DIR)/target" \
-	  $(CARGO) build --quiet --release --locked --bins || { echo "make fuzz: building the fuzz targets failed (see above)"; exit 1; }
+	  $(CARGO) build --quiet --release --locked --bins --target "$(FUZZ_TRIPLE)" || { echo "make fuzz: building the fuzz targets failed (see above)"; exit 1; }
 
 fuzz: fuzz-build ## Fuzz the stand-ins' parsers, FUZZ_SECONDS (default 60) per target; stops at the first crash
 	@mkdir -p "$(FUZZ_DIR)/artifacts"; \
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p "$(FUZZ_DIR)/work/$$t"; \
 	  echo "fuzz $$t for $(FUZZ_SECONDS) s"; \
-	  "$(FUZZ_DIR)/target/release/$$t" -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  "$(FUZZ_BIN)/$$t" -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	    -artifact_prefix="$(FUZZ_DIR)/artifacts/$$t-" "$(FUZZ_DIR)/work/$$t" "$(FUZZ_DIR)/corpus/$$t" \
 	    2>"$(FUZZ_DIR)/work/$$t.log" || { tail -n 30 "$(FUZZ_DIR)/work/$$t.log"; echo "make fuzz: $$t found a crash: $(FUZZ_DIR)/artifacts/"; exit 1; }; \
 	  grep -E '^stat::number_of_executed_units|^Done' "$(FUZZ_DIR)/work/$$t.log" | tr '\n' ' '; echo; \

@@ -6,13 +6,17 @@
 //! login through RDS Proxy to PostgreSQL) on one machine, with no
 //! AWS account and no network beyond 127.0.0.1:
 //!
-//! 1. [`pg`]: `initdb` in a temp dir, PostgreSQL on a free loopback port, SCRAM
-//!    password auth for the backend user (the proxy's "secret"), a seeded `example_db`.
+//! 1. [`pg`], [`cluster`]: `initdb` in a temp dir, a PostgreSQL writer and hot-standby
+//!    readers (streaming replication) on free loopback ports, TLS from the stack's CA,
+//!    SCRAM password auth for the backend user (the proxy's "secret"), a seeded
+//!    `example_db`; failover promotes a reader.
 //! 2. [`sts`]: `AssumeRole` / `GetCallerIdentity` (Query protocol, SigV4-verified,
 //!    trust policy and `sts:ExternalId` enforced), answering the XML the AWS SDKs parse.
 //! 3. [`proxy`]: the PostgreSQL wire protocol with TLS required, an IAM token checked
 //!    as RDS Proxy checks it ([`token`]), the RDS Proxy refusal messages, then a SCRAM
-//!    login to PostgreSQL and a byte relay.
+//!    login to the writer (`READ_WRITE`) or a reader (`READ_ONLY`) and a byte relay that
+//!    watches for pinning conditions ([`pinning`]).
+//! 4. [`control`]: fault injection (STS hang/refuse, proxy stall) and counters for tests.
 //!
 //! The verifier is written from the AWS SigV4 specification and does not
 //! depend on the `rds-iam-auth` crate, so a signing bug there cannot be mirrored here.

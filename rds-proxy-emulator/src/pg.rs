@@ -594,7 +594,25 @@ impl PgServer {
         if !in_recovery {
             return Err(pg_err("the new standby is not in recovery"));
         }
-        Ok(server)
+        // Ready when the source reports it streaming and has its first replay position (so
+        // its lag is known from the start).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let streaming =
+                self.replication().await?.iter().any(|r| {
+                    r.name == server.name && r.state == "streaming" && r.lag_bytes.is_some()
+                });
+            if streaming {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                return Err(pg_err(format!(
+                    "standby {} is not streaming from {} after 30 s",
+                    server.name, self.name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Promotes this standby to a primary (`pg_promote`), returning once it accepts writes.

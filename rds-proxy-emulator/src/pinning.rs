@@ -395,6 +395,7 @@ impl PinWatch {
                 self.collecting = None;
                 if tag == b'Q' || tag == b'P' {
                     if body > MAX_UNPINNED_STATEMENT {
+                        self.text.clear();
                         self.done = true;
                         return Some(PinReason::LargeStatement);
                     }

@@ -807,6 +807,30 @@ async fn backend_login(
     }
 }
 
+/// The log line for a session's first pinning condition, in the shape of RDS Proxy's:
+/// the endpoint, the session, the reason and a digest of the statement.
+///
+/// ```
+/// use rds_proxy_emulator::pinning::PinReason;
+/// let line = rds_proxy_emulator::proxy::pinning_log_line("ro", 7, PinReason::Listen, b"LISTEN\n  jobs");
+/// assert_eq!(line, "[ro] The client session was pinned to the database connection [session=7] for the remainder of the session. The proxy can't reuse this connection until the session ends. Reason: SQL listens on a notification channel (LISTEN). Digest: \"LISTEN jobs\"");
+/// ```
+pub fn pinning_log_line(
+    endpoint: &str,
+    session: u64,
+    reason: crate::pinning::PinReason,
+    statement: &[u8],
+) -> String {
+    let digest: String = String::from_utf8_lossy(statement)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(120)
+        .collect();
+    format!("[{endpoint}] The client session was pinned to the database connection [session={session}] for the remainder of the session. The proxy can't reuse this connection until the session ends. Reason: {reason}. Digest: \"{digest}\"")
+}
+
 /// What the relay needs to know about its session.
 struct SessionInfo<'a> {
     shared: &'a ProxyShared,
@@ -843,17 +867,10 @@ async fn relay<C: AsyncRead + AsyncWrite + Unpin>(
             if !watch.done() {
                 if let Some(reason) = watch.feed(&buf[..n]) {
                     Control::bump(&info.shared.control.sessions_pinned);
-                    let digest: String = String::from_utf8_lossy(watch.last_statement())
-                        .split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                        .chars()
-                        .take(120)
-                        .collect();
                     tracing::warn!(
                         target: "rds_proxy_emulator::pinning",
-                        "[{endpoint}] The client session was pinned to the database connection [session={}] for the remainder of the session. The proxy can't reuse this connection until the session ends. Reason: {reason}. Digest: \"{digest}\"",
-                        info.session
+                        "{}",
+                        pinning_log_line(endpoint, info.session, reason, watch.last_statement())
                     );
                 }
             }

@@ -193,7 +193,16 @@ async fn serve_and_clean_shutdown() -> TestResult {
     let status = String::from_utf8(cli(&["status"]).stdout)?;
     assert!(status.contains("  pg-1   writer "), "{status}");
     assert!(status.contains("  pg-2   reader "), "{status}");
-    assert!(status.contains(" lag "), "{status}");
+    // The reader's lag, as the writer reports it: "lag N bytes[, replay lag X ms]".
+    let reader_line = status
+        .lines()
+        .find(|l| l.starts_with("  pg-2   reader "))
+        .expect("reader line");
+    let lag: Option<u64> = reader_line
+        .split_once(" lag ")
+        .and_then(|(_, rest)| rest.split(' ').next())
+        .and_then(|n| n.parse().ok());
+    assert!(lag.is_some(), "{reader_line}");
     assert!(
         status.contains("sessions pinned    0 pinned so far"),
         "{status}"

@@ -320,3 +320,35 @@ async fn pinning_is_detected_for_session_state_and_not_for_plain_queries() -> Te
     assert_eq!(pinned(), cases.len() as u64 + 2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_reader_read_only_logins_time_out_and_failover_is_refused() -> TestResult {
+    let mut config = rds_proxy_emulator::StackConfig::demo();
+    config.database.replicas = 0;
+    config.proxy.backend_connect_timeout_seconds = 1;
+    let stack = start(config).await;
+    assert!(stack.reader_addrs().is_empty());
+    let started = Instant::now();
+    let err = open(&stack, "READ_ONLY")
+        .await
+        .map(|_| ())
+        .expect_err("no reader");
+    assert_eq!(
+        refusal(&err),
+        (
+            "08006".to_string(),
+            "Timed-out waiting to acquire database connection.".to_string()
+        )
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let rw = open(&stack, "READ_WRITE").await?;
+    assert!(!in_recovery(&rw).await?);
+    let e = stack.failover().await.expect_err("nothing to promote");
+    assert!(
+        e.to_string().contains("there is no reader to promote"),
+        "{e}"
+    );
+    // Still serving on the writer.
+    assert_eq!(rw.query_one("SELECT 1", &[]).await?.get::<_, i32>(0), 1);
+    Ok(())
+}
