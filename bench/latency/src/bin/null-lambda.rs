@@ -10,7 +10,7 @@ const SUCCESS_RESPONSE: &str = r#"{"statusCode": 200, "headers": {"Content-Type"
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::run(service_fn(|_event: LambdaEvent<Value>| async {
-        serde_json::from_str::<Value>(SUCCESS_RESPONSE)
+        serde_json::from_str::<Value>(SUCCESS_RESPONSE).map_err(lambda_runtime::Error::from)
     }))
     .await
 }
