@@ -81,7 +81,7 @@ for name, s, z in (("connection-test", s_ct, zip_ct), ("peer (awslabs-style)", s
 zip_ratio = f"{zip_ct / zip_peer:.2f}x" if zip_ct and zip_peer else "n/a"
 print(f"{'peer / connection-test':<28} {s_peer['cold'] / s_ct['cold']:>23.2f}x {s_peer['init'] / s_ct['init']:>7.2f}x"
       f" {s_peer['warm'] / s_ct['warm']:>16.2f}x {s_peer['rss'] / s_ct['rss']:>12.2f}x"
-      f" {(zip_peer / zip_ct if zip_ct and zip_peer else 0):>13.2f}x")
+      f" {(f'{zip_peer / zip_ct:.2f}x' if zip_ct and zip_peer else 'n/a'):>14}")
 print()
 print(f"critical-path limit of the cold path: {limit:.1f} ms = do-nothing Lambda's cold first response {a:.1f}"
       f" + max(AssumeRole {sts:.1f}, TCP+SSLRequest+TLS {hs:.1f}) + login+SELECT 1 {login_query:.1f}"
