@@ -86,6 +86,10 @@ print()
 print(f"critical-path limit of the cold path: {limit:.1f} ms = do-nothing Lambda's cold first response {a:.1f}"
       f" + max(AssumeRole {sts:.1f}, TCP+SSLRequest+TLS {hs:.1f}) + login+SELECT 1 {login_query:.1f}"
       f"  (plain-client medians of {len(probe)} rounds; TCP+TLS+login+query together {cq:.1f})")
+if hs > cq:
+    alt = a + max(sts, cq)
+    print(f"  WARNING: the probe's TCP+SSLRequest+TLS leg ({hs:.1f}) took longer than TCP+TLS+login+query"
+          f" ({cq:.1f}): that leg's timing is suspect; a + max(AssumeRole, TCP+TLS+login+query) = {alt:.1f} ms")
 for name, s in (("connection-test", s_ct), ("peer", s_peer)):
     over = s["cold"] - limit
     print(f"  {name:<16} cold {s['cold']:6.1f} ms: {over:+6.1f} ms ({over / limit * 100:+5.1f}%) from the limit")
