@@ -1,7 +1,7 @@
 # Rust workspace: format, lint, tests.
 CARGO ?= cargo
-# The benchmark crate pulls in aws-sdk-rds (minutes to compile): kept out of lint and test.
-RUST_EXCLUDE := --workspace --exclude token-bench
+# The benchmark crates pull in aws-sdk-rds and sqlx (minutes to compile): kept out of lint and test.
+RUST_EXCLUDE := --workspace --exclude token-bench --exclude peer-lambda
 
 .PHONY: lint-rust test-rust soak bench bench-connect
 lint-rust:

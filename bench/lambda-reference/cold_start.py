@@ -1,9 +1,15 @@
-"""Cold starts under a minimal Lambda Runtime API emulator, measured the same way for any
-runtime: a fresh process per run, the clock started just before it is spawned and stopped
-when its first POST .../response (or .../error) arrives; peak RSS is the process's VmHWM
-read at that moment (RssAnon, its private memory, too) (it is then blocked on its second GET .../next and gets SIGKILL).
+"""Cold starts (and warm invocations) under a minimal Lambda Runtime API emulator, measured
+the same way for any runtime: a fresh process per run, the clock started just before it is
+spawned and stopped when its first POST .../response (or .../error) arrives; peak RSS is the
+process's VmHWM read at that moment (RssAnon, its private memory, too).
+
+With --warm N the same process then gets N more invocations, one after the other (after
+--gap-ms of idle time each): a warm invocation is timed from the moment its event is written
+in answer to the function's GET .../next to its POST .../response. VmHWM is read again after
+the last one. Then the process, blocked on its next GET .../next, gets SIGKILL.
 
     python3 cold_start.py --runs 20 --label rust -- ./target/release/connection-test
+    python3 cold_start.py --runs 20 --warm 5 --label rust -- ./target/release/connection-test
 
 The function's environment is this process's environment plus the AWS_LAMBDA_* variables
 of the managed runtime. Prints one JSON object per run and a summary line on stderr.
@@ -24,18 +30,26 @@ BASE = "/2018-06-01/runtime/invocation"
 
 
 class Run:
-    def __init__(self):
-        self.request_id = str(uuid.uuid4())
-        self.served = False
+    def __init__(self, invocations=1, gap_s=0.0):
+        # One request id per invocation; invocation 0 is the cold one.
+        self.request_ids = [str(uuid.uuid4()) for _ in range(invocations)]
+        self.gap_s = gap_s
+        self.served = 0  # events handed out so far
+        self.lock = threading.Lock()
         self.done = threading.Event()
         self.killed = threading.Event()
         self.kind = None
         self.body = None
-        self.t_response = None
-        self.t_next = None
+        self.t_response = None  # first response (cold)
+        self.t_next = None  # first GET .../next (init done)
+        self.t_sent = [None] * invocations  # event written
+        self.t_answered = [None] * invocations  # response or error received
+        self.warm_bodies = []
         self.pid = None
         self.hwm_kb = None
         self.anon_kb = None
+        self.hwm_end_kb = None
+        self.failed = None  # (kind, body) of a failed warm invocation
 
 
 def proc_status_kb(pid):
@@ -71,16 +85,23 @@ class Api(BaseHTTPRequestHandler):
         run = Api.run
         if self.path != BASE + "/next":
             return self._reply(404)
-        if run.served:
-            # The second /next: hold it until the run is over (the process is then killed).
+        with run.lock:
+            i = run.served
+            if i < len(run.request_ids):
+                run.served += 1
+        if i >= len(run.request_ids) or run.done.is_set():
+            # No more invocations: hold it until the run is over (the process is then killed).
             run.killed.wait(120)
             self.close_connection = True
             return
-        run.served = True
-        run.t_next = time.monotonic()
+        if i == 0:
+            run.t_next = time.monotonic()
+        elif run.gap_s > 0:
+            time.sleep(run.gap_s)
+        run.t_sent[i] = time.monotonic()
         self._reply(200, b"{}", {
             "Content-Type": "application/json",
-            "Lambda-Runtime-Aws-Request-Id": run.request_id,
+            "Lambda-Runtime-Aws-Request-Id": run.request_ids[i],
             "Lambda-Runtime-Deadline-Ms": str(int(time.time() * 1000) + 60_000),
             "Lambda-Runtime-Invoked-Function-Arn":
                 "arn:aws:lambda:us-east-1:111111111111:function:connectiontest-lambda",
@@ -92,13 +113,27 @@ class Api(BaseHTTPRequestHandler):
         t = time.monotonic()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        if self.path.startswith(BASE + "/" + run.request_id + "/"):
-            kind = self.path.rsplit("/", 1)[1]
-            if run.t_response is None:
-                run.t_response = t
-                run.hwm_kb, run.anon_kb = proc_status_kb(run.pid)
-                run.kind, run.body = kind, body.decode("utf-8", "replace")
-                run.done.set()
+        parts = self.path[len(BASE) + 1:].split("/") if self.path.startswith(BASE + "/") else []
+        if len(parts) == 2 and parts[0] in run.request_ids:
+            i, kind = run.request_ids.index(parts[0]), parts[1]
+            text = body.decode("utf-8", "replace")
+            if run.t_answered[i] is None:
+                run.t_answered[i] = t
+                last = i == len(run.request_ids) - 1
+                if i == 0:
+                    run.t_response = t
+                    run.hwm_kb, run.anon_kb = proc_status_kb(run.pid)
+                    run.kind, run.body = kind, text
+                    if kind != "response":
+                        last = True
+                else:
+                    run.warm_bodies.append(text)
+                    if kind != "response":
+                        run.failed = (kind, text)
+                        last = True
+                if last:
+                    run.hwm_end_kb, _ = proc_status_kb(run.pid)
+                    run.done.set()
             return self._reply(202, b'{"status":"OK"}', {"Content-Type": "application/json"})
         if self.path.endswith("/init/error"):
             run.t_response = t
@@ -116,10 +151,10 @@ class Server(ThreadingHTTPServer):
         pass  # a killed function's connection: nothing to report
 
 
-def one_run(cmd, base_env, timeout):
+def one_run(cmd, base_env, timeout, warm=0, gap_s=0.0):
     # A new server (new port) per run, so that nothing a killed process left in a socket
     # can be taken for the next process's request.
-    run = Run()
+    run = Run(1 + warm, gap_s)
     Api.run = run
     server = Server(("127.0.0.1", 0), Api)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -135,8 +170,13 @@ def one_run(cmd, base_env, timeout):
     server.shutdown()
     server.server_close()
     if not finished:
-        raise SystemExit(f"no response within {timeout} s (GET next served: {run.served}); output:\n{err.decode(errors='replace')[-2000:]}")
+        raise SystemExit(f"no response within {timeout} s (events served: {run.served}); output:\n{err.decode(errors='replace')[-2000:]}")
+    if run.failed:
+        run.kind, run.body = run.failed
     return {
+        "warm_ms": [(b - a) * 1000.0 for a, b in zip(run.t_sent[1:], run.t_answered[1:]) if a and b],
+        "warm_bodies": run.warm_bodies,
+        "peak_rss_end_kb": run.hwm_end_kb,
         "ms": (run.t_response - t0) * 1000.0,
         "init_ms": (run.t_next - t0) * 1000.0 if run.t_next else None,
         "peak_rss_kb": run.hwm_kb,
@@ -152,7 +192,12 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=1, help="uncounted runs first (page cache)")
     ap.add_argument("--label", default="function")
-    ap.add_argument("--timeout", type=float, default=30)
+    ap.add_argument("--timeout", type=float, default=30,
+                    help="seconds a run (all its invocations) may take")
+    ap.add_argument("--warm", type=int, default=0,
+                    help="warm invocations per process after the cold one")
+    ap.add_argument("--gap-ms", type=float, default=0,
+                    help="idle time before each warm invocation's event is handed out")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -173,19 +218,26 @@ def main():
         env.setdefault("AWS_DEFAULT_REGION", env["AWS_REGION"])
     results = []
     for i in range(args.warmup + args.runs):
-        r = one_run(cmd, env, args.timeout)
+        r = one_run(cmd, env, args.timeout, args.warm, args.gap_ms / 1000.0)
         if r["kind"] != "response":
             raise SystemExit(f"{args.label}: run {i} answered {r['kind']}: {r['body']}\n{r['stderr_tail']}")
         if i >= args.warmup:
             results.append(r)
             print(json.dumps({"label": args.label, "run": len(results), "ms": round(r["ms"], 2),
                               "init_ms": round(r["init_ms"], 2),
-                              "peak_rss_kb": r["peak_rss_kb"], "anon_kb": r["anon_kb"], "body": r["body"]}), flush=True)
+                              "peak_rss_kb": r["peak_rss_kb"], "anon_kb": r["anon_kb"], "body": r["body"],
+                              "warm_ms": [round(w, 2) for w in r["warm_ms"]],
+                              "warm_bodies": r["warm_bodies"],
+                              "peak_rss_end_kb": r["peak_rss_end_kb"]}), flush=True)
     ms = [r["ms"] for r in results]
     rss = [r["peak_rss_kb"] for r in results]
     print(f"{args.label}: {len(ms)} cold starts, median {statistics.median(ms):.1f} ms "
           f"(min {min(ms):.1f}, max {max(ms):.1f}); peak RSS median {statistics.median(rss) / 1024:.1f} MiB",
           file=sys.stderr)
+    warm = [w for r in results for w in r["warm_ms"]]
+    if warm:
+        print(f"{args.label}: {len(warm)} warm invocations, median {statistics.median(warm):.1f} ms "
+              f"(min {min(warm):.1f}, max {max(warm):.1f})", file=sys.stderr)
 
 
 if __name__ == "__main__":
