@@ -245,11 +245,26 @@ impl Function {
 
     /// One invocation that must answer before `deadline` (the invocation's deadline):
     /// the check gets what is left of it, less [`DEADLINE_MARGIN`].
+    ///
+    /// A deadline that leaves no time at all is no deadline a real invocation gets (Lambda
+    /// gives at least the function's timeout, one second or more): some local runtimes send
+    /// zero or a past time. Then the connect timeout alone applies, with a warning.
     pub async fn invoke_before(&self, deadline: SystemTime) -> Result<Box<RawValue>, Failure> {
         let left = deadline
             .duration_since(SystemTime::now())
             .unwrap_or_default()
             .saturating_sub(DEADLINE_MARGIN);
+        if left.is_zero() {
+            let ms = deadline
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            tracing::warn!(
+                deadline_ms = ms as u64,
+                "the invocation deadline leaves no time: using the connect timeout alone"
+            );
+            return self.invoke().await;
+        }
         self.invoke_within(left).await
     }
 

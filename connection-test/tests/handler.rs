@@ -188,3 +188,16 @@ async fn a_stalled_proxy_is_a_stage_error_before_the_invocation_deadline() {
         "answered before the deadline: {took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_deadline_that_leaves_no_time_falls_back_to_the_connect_timeout() {
+    let stack = stack().await;
+    let f = function(&stack, &[]).await;
+    // As some local runtimes send: zero, or a time already past.
+    for deadline in [
+        std::time::SystemTime::UNIX_EPOCH,
+        std::time::SystemTime::now() - std::time::Duration::from_secs(1),
+    ] {
+        f.invoke_before(deadline).await.expect("the check ran");
+    }
+}
