@@ -18,7 +18,7 @@
 //! | dns, tcp | `net.rs` | resolve the endpoint (or the dial override) and open the socket |
 //! | tls | [`tls`] | rustls on aws-lc-rs through `tokio-postgres-rustls`, verified against the endpoint name |
 //! | login | `login.rs` | PostgreSQL startup with the token as the password |
-//! | (all of them) | [`Connector`] (`connector.rs`) | runs the stages in order, each under its deadline (`stage.rs`) |
+//! | (all of them) | [`Connector`] (`connector.rs`) | runs the stages under one deadline (`stage.rs`): credentials and token alongside DNS, TCP and TLS, then login |
 //! | query | [`Connector::check`] (`check.rs`) | the staged check: every stage's outcome and time ([`CheckReport`]) |
 //! | (any failure) | `diagnosis.rs`, [`Error`] | what each failure means: the [`Stage`], its cause and a hint |
 //! | (pooling) | `pool` | a deadpool pool whose every connection gets a fresh token (feature `pool`) |
