@@ -311,6 +311,7 @@ impl Config {
                 dial,
                 keepalive: self.keepalive.unwrap_or(Some(Keepalive::default())),
                 tls,
+                ca_bundle: self.ca_bundle,
                 credentials,
                 connect_timeout,
                 after_connect: self.after_connect,

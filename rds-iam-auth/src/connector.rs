@@ -25,7 +25,7 @@ use crate::login;
 use crate::login::Session;
 use crate::net::{DialTarget, Keepalive};
 use crate::stage::{self, Deadline, Stage};
-use crate::tls::{self, TlsStream};
+use crate::tls::{self, CaBundle, TlsStream};
 use crate::token::{self, AuthToken, TokenParams};
 
 /// The default limit for a whole connect: every stage (STS, DNS, TCP, TLS, login) shares it.
@@ -49,6 +49,8 @@ pub(crate) struct Inner {
     pub(crate) dial: DialTarget,
     pub(crate) keepalive: Option<Keepalive>,
     pub(crate) tls: MakeRustlsConnect,
+    /// The extra trust anchors `tls` was built with, for integrations with their own TLS.
+    pub(crate) ca_bundle: Option<CaBundle>,
     pub(crate) credentials: CredentialCache,
     pub(crate) connect_timeout: Duration,
     pub(crate) after_connect: Option<AfterConnect>,
@@ -172,6 +174,22 @@ impl Connector {
     /// The database name, when one was set (else the server uses the user name).
     pub fn database(&self) -> Option<&str> {
         self.inner.startup.get_dbname()
+    }
+
+    /// The startup settings every connection sends (user, database, application name,
+    /// ...), without a password: for integrations that open sessions their own way.
+    pub fn startup_config(&self) -> &tokio_postgres::Config {
+        &self.inner.startup
+    }
+
+    /// The extra CA certificates trusted besides the Mozilla roots, if any.
+    pub fn ca_bundle(&self) -> Option<&CaBundle> {
+        self.inner.ca_bundle.as_ref()
+    }
+
+    /// The limit for one whole connect.
+    pub fn connect_timeout(&self) -> Duration {
+        self.inner.connect_timeout
     }
 
     /// The stages up to a logged-in session, all within one deadline, recorded in `rec`

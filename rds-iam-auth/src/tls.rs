@@ -90,6 +90,16 @@ impl CaBundle {
     pub fn is_empty(&self) -> bool {
         self.certificates.is_empty()
     }
+
+    /// The certificates (DER), for clients that take their own trust store.
+    pub fn certificates(&self) -> &[CertificateDer<'static>] {
+        &self.certificates
+    }
+
+    /// Where the bundle was read from (a path, or `<memory>`).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
 }
 
 /// The rustls client configuration: webpki roots plus the extra bundle, TLS 1.2 and 1.3,
