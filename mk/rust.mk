@@ -2,26 +2,28 @@
 CARGO ?= cargo
 # The benchmark crates pull in aws-sdk-rds and sqlx (minutes to compile): kept out of lint and test.
 RUST_EXCLUDE := --workspace --exclude token-bench --exclude peer-lambda
+# The library's optional integrations are linted, documented and tested too.
+RUST_FEATURES := --features rds-iam-auth/deadpool-postgres
 
 .PHONY: lint-rust test-rust soak bench bench-connect
 lint-rust:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy $(RUST_EXCLUDE) --all-targets -- -D warnings
+	$(CARGO) clippy $(RUST_EXCLUDE) $(RUST_FEATURES) --all-targets -- -D warnings
 	@# Docs are part of the product: broken links and missing docs fail the build.
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps $(RUST_EXCLUDE)
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps $(RUST_EXCLUDE) $(RUST_FEATURES)
 
 test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, doc tests)
 	@command -v cargo-nextest >/dev/null || { echo "cargo-nextest missing: install it with 'cargo install cargo-nextest --locked'"; exit 1; }
 	@# The Lambda alone (its own feature set), as `cargo lambda watch` in the tests builds it.
 	$(CARGO) build -p connection-test
-	$(CARGO) nextest run $(RUST_EXCLUDE) --no-fail-fast
-	$(CARGO) test $(RUST_EXCLUDE) --doc
+	$(CARGO) nextest run $(RUST_EXCLUDE) $(RUST_FEATURES) --no-fail-fast
+	$(CARGO) test $(RUST_EXCLUDE) $(RUST_FEATURES) --doc
 	@# Alone, after the rest: it measures what nothing else may disturb.
 	@$(MAKE) --no-print-directory soak
 
 SOAK_SECONDS ?= 120
 soak: ## Soak (SOAK_SECONDS=120): pool of 8 under 32 tasks + a connect every 250 ms, 30 s credentials, 20 s tokens
-	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) nextest run -p rds-iam-auth --test soak --run-ignored only --no-capture
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) nextest run -p rds-iam-auth --features deadpool-postgres --test soak --run-ignored only --no-capture
 
 bench: ## Token benchmark: this crate against aws-sdk-rds (criterion)
 	$(CARGO) bench --bench token

@@ -315,6 +315,7 @@ impl Config {
                 credentials,
                 connect_timeout,
                 after_connect: self.after_connect,
+                failures: Default::default(),
             }),
         })
     }

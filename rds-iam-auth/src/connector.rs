@@ -8,10 +8,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Connection};
@@ -54,6 +56,27 @@ pub(crate) struct Inner {
     pub(crate) credentials: CredentialCache,
     pub(crate) connect_timeout: Duration,
     pub(crate) after_connect: Option<AfterConnect>,
+    pub(crate) failures: Failures,
+}
+
+/// Failed connects, for [`Connector::last_connect_error`].
+#[derive(Default)]
+pub(crate) struct Failures {
+    last: Mutex<Option<(SystemTime, Error)>>,
+    count: AtomicU64,
+}
+
+impl Failures {
+    fn record(&self, error: &Error) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let copy = error.snapshot();
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((SystemTime::now(), copy));
+    }
+
+    fn last(&self) -> Option<(SystemTime, Error)> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().map(|(at, e)| (*at, e.snapshot()))
+    }
 }
 
 /// A future borrowed from the client it runs on.
@@ -89,17 +112,45 @@ impl Connector {
     /// The after-connect hook ([`Config::after_connect`](crate::Config::after_connect)) has
     /// run on the session when this returns.
     pub async fn connect(&self) -> Result<Client, Error> {
+        self.connect_driven().await.map(|(client, _task)| client)
+    }
+
+    /// [`Connector::connect`], also returning the task that drives the connection (it ends
+    /// when the connection closes): for pools that tie the two together.
+    pub(crate) async fn connect_driven(&self) -> Result<(Client, JoinHandle<()>), Error> {
+        let result = self.connect_and_drive().await;
+        if let Err(e) = &result {
+            self.inner.failures.record(e);
+        }
+        result
+    }
+
+    async fn connect_and_drive(&self) -> Result<(Client, JoinHandle<()>), Error> {
         let mut rec = Recorder::quiet();
         let deadline = Deadline::after(self.inner.connect_timeout);
         // Boxed: keeps the future type shallow for callers that nest it deeply (Lambda).
         let (client, connection) = Box::pin(self.establish(&mut rec, deadline)).await?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "database connection closed with an error");
             }
         });
         self.after_connect(&client, deadline).await?;
-        Ok(client)
+        Ok((client, task))
+    }
+
+    /// The last failed [`connect`](Connector::connect) (or pooled connect, or
+    /// [`connect_raw`](Connector::connect_raw)) of this connector and when it happened:
+    /// what a pool or a health endpoint can report when its own error type cannot carry the
+    /// stage. A later success does not clear it; compare
+    /// [`failed_connects`](Connector::failed_connects) over time to see whether failures go on.
+    pub fn last_connect_error(&self) -> Option<(SystemTime, Error)> {
+        self.inner.failures.last()
+    }
+
+    /// How many connects of this connector have failed since it was built.
+    pub fn failed_connects(&self) -> u64 {
+        self.inner.failures.count.load(Ordering::Relaxed)
     }
 
     /// A connection whose [`Connection`] half the caller drives: for `LISTEN`, whose
@@ -109,7 +160,11 @@ impl Connector {
     pub async fn connect_raw(&self) -> Result<(Client, Connection<TlsStream, NoTlsStream>), Error> {
         let mut rec = Recorder::quiet();
         let deadline = Deadline::after(self.inner.connect_timeout);
-        Box::pin(self.establish(&mut rec, deadline)).await
+        let result = Box::pin(self.establish(&mut rec, deadline)).await;
+        if let Err(e) = &result {
+            self.inner.failures.record(e);
+        }
+        result
     }
 
     /// The session; a login refused for IAM reasons is retried once with refreshed

@@ -282,6 +282,16 @@ impl Error {
         }
     }
 
+    /// A copy with the same fields, its cause kept as text (for reports kept after the
+    /// error was handed to the caller).
+    pub(crate) fn snapshot(&self) -> Error {
+        let mut copy = self.copy_without_source();
+        if let Some(source) = std::error::Error::source(self) {
+            copy.set_source(source.to_string().into());
+        }
+        copy
+    }
+
     fn copy_without_source(&self) -> Error {
         match self {
             Error::Config(c) => Error::Config(ConfigError::Invalid {

@@ -21,7 +21,7 @@
 //! | (all of them) | [`Connector`] (`connector.rs`) | runs the stages under one deadline (`stage.rs`): credentials and token alongside DNS, TCP and TLS, then login |
 //! | query | [`Connector::check`] (`check.rs`) | the staged check: every stage's outcome and time ([`CheckReport`]) |
 //! | (any failure) | `diagnosis.rs`, [`Error`] | what each failure means: the [`Stage`], its cause and a hint |
-//! | (pooling) | `pool` | a deadpool pool whose every connection gets a fresh token (feature `pool`) |
+//! | (pooling) | `pool` | deadpool-postgres pools whose every connection gets a fresh token (feature `deadpool-postgres`) |
 //!
 //! # Example
 //!
@@ -69,7 +69,7 @@ mod diagnosis;
 mod error;
 mod login;
 mod net;
-#[cfg(feature = "pool")]
+#[cfg(feature = "deadpool-postgres")]
 pub mod pool;
 mod stage;
 pub mod tls;

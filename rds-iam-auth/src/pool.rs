@@ -1,24 +1,19 @@
-//! Connection pooling for long-running services (feature `pool`, on by default).
+//! Connection pooling for long-running services: [deadpool-postgres] with IAM tokens
+//! (feature `deadpool-postgres`).
 //!
-//! A pool of IAM-authenticated connections must not bake one token into its
-//! configuration: a token lives 15 minutes, so such a pool stops opening connections after
-//! that. [`Pool`] is a [deadpool] pool whose [`Manager`] opens every physical connection
-//! with [`Connector::connect`]: a freshly signed token from credentials that the connector
-//! caches and refreshes.
+//! A pool of IAM-authenticated connections must not bake one token into its configuration:
+//! a token lives 15 minutes, so such a pool stops opening connections after that. Here the
+//! pool is deadpool-postgres's own ([`Pool`], [`Object`](deadpool_postgres::Object),
+//! `prepare_cached`, [`RecyclingMethod`]); only how it opens a connection changes: every
+//! physical connection goes through [`Connector::connect`], with a freshly signed token from
+//! credentials the connector caches and refreshes, the TLS and dial settings, the
+//! connector's deadline and its after-connect hook.
 //!
-//! What the manager adds for a service that runs for months:
-//! - **recycling** at checkout: [`Recycling::Verified`] (default) proves the session with an
-//!   empty query, bounded by [`Manager::recycle_timeout`] so a half-open connection costs
-//!   that long, not a hang; [`Recycling::Fast`] only checks that the connection is open;
-//! - **a maximum lifetime** ([`Manager::max_lifetime`], 30 minutes by default, each
-//!   connection up to a tenth shorter at random so they do not all expire together):
-//!   connections move off old backends (after a failover, a scaling event) by themselves;
-//! - TCP keepalive on every socket, from the connector's settings.
+//! A deadpool-postgres user switches by changing how the pool is built:
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
-//! use rds_iam_auth::pool::{Manager, Pool, Recycling};
+//! use rds_iam_auth::pool::{self, ManagerConfig, RecyclingMethod};
 //! use rds_iam_auth::Config;
 //!
 //! let connector = Config::new()
@@ -27,157 +22,232 @@
 //!     .database("example_db")
 //!     .assume_role("arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role")
 //!     .external_id("5e0d8c1a-example")
-//!     .connect_timeout(Duration::from_secs(5))   // the whole connect, all stages
 //!     .connector()
 //!     .await?;
-//! let pool = Pool::builder(
-//!     Manager::new(connector)
-//!         .recycling(Recycling::Verified)          // an empty query at checkout...
-//!         .recycle_timeout(Duration::from_secs(2)) // ...that may take 2 s at most
-//!         .max_lifetime(Some(Duration::from_secs(30 * 60))),
-//! )
-//! .max_size(16)
-//! .build()?;
+//! // Was: Pool::builder(Manager::from_config(pg_config, tls, manager_config))
+//! let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Verified };
+//! let pool = pool::builder(&connector, manager_config).max_size(16).build()?;
+//!
 //! let client = pool.get().await?;
-//! client.simple_query("SELECT 1").await?;
+//! let statement = client.prepare_cached("SELECT $1::int4 + 1").await?;
+//! let row = client.query_one(&statement, &[&41i32]).await?;
+//! assert_eq!(row.get::<_, i32>(0), 42);
 //! # Ok(()) }
 //! ```
+//!
+//! What [`builder`] adds to a plain deadpool-postgres pool, for a service that runs for
+//! months:
+//! - **a recycle timeout** ([`DEFAULT_RECYCLE_TIMEOUT`]): with
+//!   [`RecyclingMethod::Verified`], a half-open connection costs that long at checkout and
+//!   is replaced, instead of hanging the caller;
+//! - **a maximum lifetime** ([`max_lifetime`], [`DEFAULT_MAX_LIFETIME`] with up to a tenth
+//!   less per connection, so they do not all expire together): connections move off old
+//!   backends (after a failover, a scaling event) by themselves;
+//! - TCP keepalive on every socket, from the connector's settings.
+//!
+//! Build the pool from [`manager`] instead to choose these yourself.
+//!
+//! # Errors
+//!
+//! deadpool-postgres's [`Connect`] trait returns a [`tokio_postgres::Error`], which has no
+//! public constructor. A failed connect is therefore handed to the pool as an I/O-kind
+//! `tokio_postgres::Error` whose cause is this crate's [`Error`]. Its own message is
+//! tokio-postgres's `error communicating with the server`; the cause (`login: ... | hint:
+//! ...`) is its [`source`](std::error::Error::source), which error reporters such as
+//! `anyhow` print, and [`stage_error`] gets the [`Error`] back (stage, hint) from a
+//! `PoolError::Backend`. Each failure is also logged (WARN, with its stage) and kept:
+//! [`Connector::last_connect_error`].
+//!
+//! [deadpool-postgres]: https://docs.rs/deadpool-postgres
 
 use std::hash::BuildHasher;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+pub use deadpool_postgres::{
+    self, Hook, HookError, Manager, ManagerConfig, Pool, PoolBuilder, PoolError, RecyclingMethod,
+    Runtime,
+};
+use deadpool_postgres::{ClientWrapper, Connect};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::task::JoinHandle;
+use tokio_postgres::tls::NoTls;
 
-use crate::{Connector, Error};
+use crate::{BoxFuture, Connector, Error};
 
-/// A pool of connections opened by a [`Manager`].
-pub type Pool = managed::Pool<Manager>;
-
-/// A pooled connection (derefs to [`tokio_postgres::Client`]).
-pub type PooledClient = managed::Object<Manager>;
-
-/// Why `Pool::get` failed: [`Error`] says which stage of opening a connection broke.
-pub type PoolError = managed::PoolError<Error>;
-
-/// How a connection is checked when it is taken from the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Recycling {
-    /// Only whether the connection is still open: no round trip, but a connection the
-    /// network dropped silently is found on first use instead.
-    Fast,
-    /// An empty query round trip (the cheapest one that proves the session), within the
-    /// recycle timeout.
-    #[default]
-    Verified,
-}
-
-/// The default [`Manager::recycle_timeout`].
+/// The recycle timeout [`builder`] sets.
 pub const DEFAULT_RECYCLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The default [`Manager::max_lifetime`].
+/// The maximum connection lifetime [`builder`] sets.
 pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
-/// Opens pooled connections with a [`Connector`] and decides whether to reuse them.
-#[derive(Debug)]
-pub struct Manager {
-    connector: Connector,
-    recycling: Recycling,
-    recycle_timeout: Duration,
-    max_lifetime: Option<Duration>,
-    /// Keys the per-connection jitter of the lifetime.
-    jitter: std::collections::hash_map::RandomState,
+/// A deadpool-postgres pool builder whose connections are opened by `connector`, with the
+/// Tokio runtime, [`DEFAULT_RECYCLE_TIMEOUT`] and a [`max_lifetime`] of
+/// [`DEFAULT_MAX_LIFETIME`]. Set the pool's size and other limits on it, then `build()`.
+///
+/// No create timeout is set: the connector's own `connect_timeout` already bounds every
+/// stage of a connect, and its error names the stage that hung.
+pub fn builder(connector: &Connector, config: ManagerConfig) -> PoolBuilder {
+    Pool::builder(manager(connector, config))
+        .runtime(Runtime::Tokio1)
+        .recycle_timeout(Some(DEFAULT_RECYCLE_TIMEOUT))
+        .pre_recycle(max_lifetime(DEFAULT_MAX_LIFETIME))
 }
 
-impl Manager {
-    /// A manager with the defaults: verified recycling within 5 s, 30-minute lifetime.
-    pub fn new(connector: Connector) -> Self {
-        Self {
-            connector,
-            recycling: Recycling::default(),
-            recycle_timeout: DEFAULT_RECYCLE_TIMEOUT,
-            max_lifetime: Some(DEFAULT_MAX_LIFETIME),
-            jitter: Default::default(),
+/// A deadpool-postgres [`Manager`] whose connections are opened by `connector` (see
+/// [`IamConnect`]), for a pool built your own way.
+pub fn manager(connector: &Connector, config: ManagerConfig) -> Manager {
+    Manager::from_connect(
+        connector.startup_config().clone(),
+        IamConnect::new(connector.clone()),
+        config,
+    )
+}
+
+/// A pre-recycle hook that retires connections older than `lifetime` (less up to a tenth,
+/// fixed per connection by its creation time) at checkout; the pool opens a new one.
+pub fn max_lifetime(lifetime: Duration) -> Hook {
+    let jitter = std::collections::hash_map::RandomState::new();
+    Hook::sync_fn(move |_client: &mut ClientWrapper, metrics| {
+        let fraction = (jitter.hash_one(metrics.created) % 1000) as u32;
+        let own = lifetime - lifetime / 10 * fraction / 1000;
+        if metrics.age() >= own {
+            Err(HookError::message(
+                "connection reached its maximum lifetime",
+            ))
+        } else {
+            Ok(())
         }
+    })
+}
+
+/// deadpool-postgres's [`Connect`] through a [`Connector`]: every connection gets a fresh
+/// token and the connector's TLS, dial, deadline and after-connect settings. The
+/// `tokio_postgres::Config` deadpool-postgres passes in is not used: the connector's
+/// settings are the configuration.
+#[derive(Clone, Debug)]
+pub struct IamConnect {
+    connector: Connector,
+}
+
+impl IamConnect {
+    /// Connects with `connector`.
+    pub fn new(connector: Connector) -> Self {
+        Self { connector }
     }
 
-    /// How connections are checked at checkout.
-    pub fn recycling(mut self, recycling: Recycling) -> Self {
-        self.recycling = recycling;
-        self
-    }
-
-    /// The longest a verified recycle may take; a connection that does not answer in time
-    /// is dropped and another one is used or opened.
-    pub fn recycle_timeout(mut self, timeout: Duration) -> Self {
-        self.recycle_timeout = timeout;
-        self
-    }
-
-    /// Connections older than this (less up to a tenth, per connection) are closed at
-    /// checkout instead of reused; `None` keeps them for as long as they work.
-    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
-        self.max_lifetime = lifetime;
-        self
-    }
-
-    /// The connector every connection is opened with.
+    /// The connector (its credential cache, its last connect error).
     pub fn connector(&self) -> &Connector {
         &self.connector
     }
-
-    /// This connection's lifetime: the maximum less a fraction (0 to 1/10) fixed by its
-    /// creation time.
-    fn lifetime_of(&self, metrics: &Metrics) -> Option<Duration> {
-        let max = self.max_lifetime?;
-        let fraction = (self.jitter.hash_one(metrics.created) % 1000) as u32;
-        Some(max - max / 10 * fraction / 1000)
-    }
 }
 
-impl From<Connector> for Manager {
-    fn from(connector: Connector) -> Self {
-        Self::new(connector)
-    }
-}
-
-impl managed::Manager for Manager {
-    type Type = tokio_postgres::Client;
-    type Error = Error;
-
-    async fn create(&self) -> Result<tokio_postgres::Client, Error> {
-        self.connector.connect().await
-    }
-
-    async fn recycle(
+impl Connect for IamConnect {
+    fn connect(
         &self,
-        client: &mut tokio_postgres::Client,
-        metrics: &Metrics,
-    ) -> RecycleResult<Error> {
-        if client.is_closed() {
-            return Err(RecycleError::message("connection closed by the server"));
-        }
-        if let Some(lifetime) = self.lifetime_of(metrics) {
-            if metrics.age() >= lifetime {
-                return Err(RecycleError::message(
-                    "connection reached its maximum lifetime",
-                ));
+        _pg_config: &tokio_postgres::Config,
+    ) -> BoxFuture<'_, Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>>
+    {
+        Box::pin(async move {
+            match self.connector.connect_driven().await {
+                Ok(pair) => Ok(pair),
+                Err(error) => {
+                    tracing::warn!(stage = %error.stage(), error = %error, "pooled connect failed");
+                    Err(carry(error).await)
+                }
             }
-        }
-        if self.recycling == Recycling::Fast {
-            return Ok(());
-        }
-        match tokio::time::timeout(self.recycle_timeout, client.simple_query("")).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(RecycleError::Backend(Error::from_query(e))),
-            Err(_) => {
-                tracing::warn!(
-                    timeout_ms = self.recycle_timeout.as_millis() as u64,
-                    "pooled connection did not answer its recycle check: dropped"
-                );
-                Err(RecycleError::message(
-                    "connection did not answer within the recycle timeout",
-                ))
-            }
-        }
+        })
+    }
+}
+
+/// This crate's error inside a `tokio_postgres::Error` handed out by the pool (from
+/// `PoolError::Backend`), when the failure happened while opening a connection.
+///
+/// ```no_run
+/// # async fn run(pool: rds_iam_auth::pool::Pool) {
+/// use rds_iam_auth::pool::{stage_error, PoolError};
+/// match pool.get().await {
+///     Err(PoolError::Backend(e)) => match stage_error(&e) {
+///         Some(err) => eprintln!("connect failed at {}: {err}", err.stage()),
+///         None => eprintln!("database error: {e}"),
+///     },
+///     Err(e) => eprintln!("pool: {e}"),
+///     Ok(client) => { /* ... */ }
+/// }
+/// # }
+/// ```
+pub fn stage_error(error: &tokio_postgres::Error) -> Option<&Error> {
+    let io = std::error::Error::source(error)?.downcast_ref::<io::Error>()?;
+    io.get_ref()?.downcast_ref::<Error>()
+}
+
+/// Makes a `tokio_postgres::Error` whose cause is `error`: tokio-postgres has no public
+/// constructor, but reports a failing stream as an I/O error that keeps the stream's
+/// `io::Error` (and so ours) as its cause.
+async fn carry(error: Error) -> tokio_postgres::Error {
+    let stream = FailingStream(Some(io::Error::other(error)));
+    let mut config = tokio_postgres::Config::new();
+    config.user("-");
+    match config.connect_raw(stream, NoTls).await {
+        Err(e) => e,
+        Ok(_) => unreachable!("a stream that fails every read and write cannot log in"),
+    }
+}
+
+/// A stream whose first operation fails with the given error (later ones with a plain
+/// one).
+struct FailingStream(Option<io::Error>);
+
+impl FailingStream {
+    fn fail<T>(&mut self) -> Poll<io::Result<T>> {
+        Poll::Ready(Err(self
+            .0
+            .take()
+            .unwrap_or_else(|| io::Error::other("connect failed"))))
+    }
+}
+
+impl AsyncRead for FailingStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().fail()
+    }
+}
+
+impl AsyncWrite for FailingStream {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        self.get_mut().fail()
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().fail()
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::Stage;
+
+    #[tokio::test]
+    async fn a_connect_error_travels_inside_a_tokio_postgres_error() {
+        let error = Error::Timeout {
+            stage: Stage::AssumeRole,
+            after: Duration::from_secs(3),
+        };
+        let expected = error.to_string();
+        let carried = carry(error).await;
+        let back = stage_error(&carried).expect("our error is the cause");
+        assert_eq!(back.stage(), Stage::AssumeRole);
+        assert_eq!(back.to_string(), expected);
+        let cause = std::error::Error::source(&carried).expect("cause");
+        assert_eq!(cause.to_string(), expected);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rds_iam_auth::pool::{Manager, Pool};
+use rds_iam_auth::pool::{self, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
 mod common;
 use common::{config, ro, stack_with};
@@ -34,11 +34,16 @@ async fn soak_pool_and_connects_through_rotating_credentials_and_short_tokens() 
         .await
         .expect("connector");
     // Connections live 10 s: the pool keeps logging in, with new tokens, all along.
-    let pool =
-        Pool::builder(Manager::new(connector.clone()).max_lifetime(Some(Duration::from_secs(10))))
-            .max_size(8)
-            .build()
-            .expect("pool");
+    let verified = ManagerConfig {
+        recycling_method: RecyclingMethod::Verified,
+    };
+    let pool = Pool::builder(pool::manager(&connector, verified))
+        .runtime(Runtime::Tokio1)
+        .recycle_timeout(Some(pool::DEFAULT_RECYCLE_TIMEOUT))
+        .pre_recycle(pool::max_lifetime(Duration::from_secs(10)))
+        .max_size(8)
+        .build()
+        .expect("pool");
 
     let until = Instant::now() + Duration::from_secs(seconds);
     let queries = Arc::new(AtomicU64::new(0));

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
-use rds_iam_auth::pool::{Manager, Pool, Recycling};
 use rds_iam_auth::{CaBundle, Config, Connector};
 use rds_proxy_emulator::{LocalStack, StackConfig};
 use rustls::pki_types::pem::PemObject;
@@ -55,13 +54,6 @@ fn rival_tls(stack: &LocalStack) -> MakeRustlsConnect {
 /// A pool to run `SELECT 1` on: take a client, query, give it back.
 trait SelectOne: Send + Sync + 'static {
     fn select_one(&self) -> impl std::future::Future<Output = ()> + Send;
-}
-
-impl SelectOne for Pool {
-    async fn select_one(&self) {
-        let client = self.get().await.expect("pooled");
-        client.simple_query("SELECT 1").await.expect("query");
-    }
 }
 
 impl SelectOne for deadpool_postgres::Pool {
@@ -170,7 +162,12 @@ async fn main() {
     );
 
     // Pool throughput: 32 tasks, SELECT 1, 8 connections, verified recycling on both.
-    let ours_pool = Pool::builder(Manager::new(connector.clone()).recycling(Recycling::Verified))
+    // Both are deadpool-postgres pools: ours opens connections through the connector (and
+    // adds the recycle timeout and maximum lifetime hook), the rival with a fixed token.
+    let verified = deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Verified,
+    };
+    let ours_pool = rds_iam_auth::pool::builder(&connector, verified)
         .max_size(8)
         .build()
         .expect("pool");
