@@ -1,8 +1,8 @@
 //! The connection-test Lambda: proves the cross-account path to the database works, or says
 //! which stage broke and why (the contract is in `ARCHITECTURE.md`).
 //!
-//! - [`Settings::from_lookup`] reads and validates the environment once, at init; a missing
-//!   or malformed variable names itself.
+//! - [`config_from_lookup`] reads and validates the environment once, at init, with the
+//!   library's mapping ([`Config::from_env`]); a missing or malformed variable names itself.
 //! - [`Function::invoke`] runs the library's staged check on a fresh connection. Credentials
 //!   from `AssumeRole` are kept in the [`rds_iam_auth::Connector`] across warm invocations.
 //! - Success is the exact response of the reference sample ([`SUCCESS_RESPONSE`]); failure is
@@ -14,7 +14,7 @@
 use std::time::{Duration, SystemTime};
 
 use lambda_runtime::Diagnostic;
-use rds_iam_auth::{CaBundle, Config, Connector, Error, Stage};
+use rds_iam_auth::{Config, ConfigError, Connector, Error, Stage};
 use serde_json::value::RawValue;
 
 /// How long before the invocation's deadline the check must have ended, so that a hang
@@ -25,134 +25,38 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// The success answer, byte for byte as the reference (Python) sample printed it.
 pub const SUCCESS_RESPONSE: &str = r#"{"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": "Database connection was successful!"}"#;
 
-/// The environment of the function, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// `DATABASE_ACCOUNT_IAM_ROLE`: the role to assume in the database account.
-    pub role_arn: String,
-    /// `RDS_PROXY_APPLICATION_ENDPOINT`: the proxy endpoint name.
-    pub endpoint: String,
-    /// `DB_USERNAME`
-    pub db_user: String,
-    /// `DBNAME`
-    pub db_name: String,
-    /// `DB_PORT` (default 5432)
-    pub port: u16,
-    /// `EXTERNAL_ID` (optional, but the database stack's trust policy requires it)
-    pub external_id: Option<String>,
-    /// `DB_CA_BUNDLE`: extra CA certificates (PEM path), for direct instances or the local stack.
-    pub ca_bundle: Option<String>,
-    /// `DB_CONNECT_HOST`: address to dial instead of the endpoint name (`host[:port]`).
-    pub connect_host: Option<String>,
-    /// `DB_CONNECT_TIMEOUT_SECONDS` (default 10): limit for the whole connection check
-    /// (shortened further to end before the invocation's deadline).
-    pub connect_timeout: Duration,
-}
+/// The variables this function cannot run without. The library's mapping
+/// ([`rds_iam_auth::env::VARIABLES`]) reads them and the optional ones (`DB_PORT`,
+/// `EXTERNAL_ID`, `DB_CA_BUNDLE`, `DB_CONNECT_HOST`, `DB_CONNECT_TIMEOUT_SECONDS`, ...).
+pub const REQUIRED_VARIABLES: &[&str] = &[
+    "DATABASE_ACCOUNT_IAM_ROLE",
+    "RDS_PROXY_APPLICATION_ENDPOINT",
+    "DB_USERNAME",
+    "DBNAME",
+];
 
-/// A variable that is missing or malformed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("environment variable {name} {problem}")]
-pub struct SettingsError {
-    /// The variable.
-    pub name: &'static str,
-    /// What is wrong with it.
-    pub problem: String,
-}
+/// Who the function is, to the database (`pg_stat_activity`) and to the database account
+/// (CloudTrail's role session name).
+pub const APPLICATION_NAME: &str = "connectiontest-lambda";
 
-impl Settings {
-    /// Reads the settings with `lookup` (`std::env::var` in the function, a map in tests).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let get = |name: &'static str| lookup(name).map(|v| v.trim().to_owned());
-        let required = |name: &'static str| match get(name) {
-            None => Err(SettingsError {
-                name,
-                problem: "is not set".to_owned(),
-            }),
-            Some(v) if v.is_empty() => Err(SettingsError {
-                name,
-                problem: "is empty".to_owned(),
-            }),
-            Some(v) => Ok(v),
-        };
-        let optional = |name: &'static str| get(name).filter(|v| !v.is_empty());
-        let number = |name: &'static str, default: u64, range: std::ops::RangeInclusive<u64>| {
-            match optional(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| range.contains(n))
-                    .ok_or_else(|| SettingsError {
-                        name,
-                        problem: format!(
-                            "is {v:?}: expected a whole number from {} to {}",
-                            range.start(),
-                            range.end()
-                        ),
-                    }),
-            }
-        };
-
-        let role_arn = required("DATABASE_ACCOUNT_IAM_ROLE")?;
-        if !role_arn.starts_with("arn:aws") || !role_arn.contains(":role/") {
-            return Err(SettingsError {
-                name: "DATABASE_ACCOUNT_IAM_ROLE",
-                problem: format!(
-                    "is {role_arn:?}: expected a role ARN, arn:aws:iam::ACCOUNT:role/NAME"
-                ),
-            });
+/// The function's configuration from its environment, read with `lookup` (`std::env::var`
+/// in the function, a map in tests): the library's mapping ([`Config::from_lookup`]), with
+/// the function's required variables and its names.
+pub fn config_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    for &name in REQUIRED_VARIABLES {
+        match lookup(name) {
+            None => return Err(ConfigError::env(name, "is not set")),
+            Some(v) if v.trim().is_empty() => return Err(ConfigError::env(name, "is empty")),
+            Some(_) => {}
         }
-        let endpoint = required("RDS_PROXY_APPLICATION_ENDPOINT")?;
-        if endpoint.contains("://") || endpoint.contains(':') || endpoint.contains('/') {
-            return Err(SettingsError {
-                name: "RDS_PROXY_APPLICATION_ENDPOINT",
-                problem: format!("is {endpoint:?}: expected the bare endpoint name (no scheme, port or path; the port is DB_PORT)"),
-            });
-        }
-        Ok(Settings {
-            role_arn,
-            endpoint,
-            db_user: required("DB_USERNAME")?,
-            db_name: required("DBNAME")?,
-            port: number("DB_PORT", 5432, 1..=65535)? as u16,
-            external_id: optional("EXTERNAL_ID"),
-            ca_bundle: optional("DB_CA_BUNDLE"),
-            connect_host: optional("DB_CONNECT_HOST"),
-            connect_timeout: Duration::from_secs(number(
-                "DB_CONNECT_TIMEOUT_SECONDS",
-                10,
-                1..=300,
-            )?),
-        })
     }
-
-    /// The library configuration these settings describe. The SDK configuration
-    /// (region, base credentials, `AWS_ENDPOINT_URL_STS`) comes from the environment.
-    pub fn config(&self) -> Result<Config, SettingsError> {
-        let mut config = Config::new()
-            .hostname(&self.endpoint)
-            .port(self.port)
-            .user(&self.db_user)
-            .database(&self.db_name)
-            .assume_role(&self.role_arn)
-            .role_session_name("connectiontest-lambda")
-            .connect_timeout(self.connect_timeout)
-            .application_name("connectiontest-lambda");
-        if let Some(id) = &self.external_id {
-            config = config.external_id(id);
-        }
-        if let Some(host) = &self.connect_host {
-            config = config.connect_address(host);
-        }
-        if let Some(path) = &self.ca_bundle {
-            let bundle = CaBundle::from_pem_file(path).map_err(|e| SettingsError {
-                name: "DB_CA_BUNDLE",
-                problem: e.to_string(),
-            })?;
-            config = config.ca_bundle(bundle);
-        }
-        Ok(config)
-    }
+    let named = lookup("DB_APPLICATION_NAME").is_some_and(|v| !v.trim().is_empty());
+    let config = Config::from_lookup(lookup)?.role_session_name(APPLICATION_NAME);
+    Ok(if named {
+        config
+    } else {
+        config.application_name(APPLICATION_NAME)
+    })
 }
 
 /// A failed invocation: becomes the function error the caller sees.
@@ -177,7 +81,7 @@ impl Failure {
         }
     }
 
-    fn configuration(err: &SettingsError) -> Self {
+    fn configuration(err: &ConfigError) -> Self {
         Failure {
             error_type: Stage::Config.failure_type().to_owned(),
             error_message: format!("{err} (fix the function's configuration and redeploy)"),
@@ -203,12 +107,12 @@ pub struct Function {
 impl Function {
     /// Initialises from the process environment (once per cold start).
     pub async fn from_env() -> Self {
-        Self::new(Settings::from_lookup(|name| std::env::var(name).ok())).await
+        Self::new(config_from_lookup(|name| std::env::var(name).ok())).await
     }
 
-    /// Initialises from settings; an error is kept and reported by every invocation.
-    pub async fn new(settings: Result<Settings, SettingsError>) -> Self {
-        let connector = match settings.and_then(|s| s.config()) {
+    /// Initialises from a configuration; an error is kept and reported by every invocation.
+    pub async fn new(config: Result<Config, ConfigError>) -> Self {
+        let connector = match config {
             Err(e) => {
                 tracing::error!(error = %e, "invalid configuration");
                 Err(Failure::configuration(&e))
@@ -322,17 +226,25 @@ mod tests {
     }
 
     #[test]
-    fn defaults_apply_to_optional_variables() {
-        let s = Settings::from_lookup(env(GOOD)).expect("valid");
-        assert_eq!(s.port, 5432);
-        assert_eq!(s.external_id, None);
-        assert_eq!(s.connect_timeout, Duration::from_secs(10));
+    fn the_function_names_itself_unless_told_otherwise() {
+        let shown = format!("{:?}", config_from_lookup(env(GOOD)).expect("valid"));
+        assert!(
+            shown.contains("application_name: Some(\"connectiontest-lambda\")"),
+            "{shown}"
+        );
+        let mut named = GOOD.to_vec();
+        named.push(("DB_APPLICATION_NAME", "on-call-probe"));
+        let shown = format!("{:?}", config_from_lookup(env(&named)).expect("valid"));
+        assert!(
+            shown.contains("application_name: Some(\"on-call-probe\")"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn each_missing_variable_is_named() {
         for (name, _) in GOOD {
-            let err = Settings::from_lookup(env(&without(name))).expect_err(name);
+            let err = config_from_lookup(env(&without(name))).expect_err(name);
             assert_eq!(
                 err.to_string(),
                 format!("environment variable {name} is not set")
@@ -344,7 +256,7 @@ mod tests {
     fn malformed_values_are_named_with_what_is_expected() {
         let mut bad = GOOD.to_vec();
         bad.push(("DB_PORT", "70000"));
-        let err = Settings::from_lookup(env(&bad)).expect_err("port");
+        let err = config_from_lookup(env(&bad)).expect_err("port");
         assert_eq!(
             err.to_string(),
             "environment variable DB_PORT is \"70000\": expected a whole number from 1 to 65535"
@@ -352,7 +264,7 @@ mod tests {
 
         let mut bad = without("DATABASE_ACCOUNT_IAM_ROLE");
         bad.push(("DATABASE_ACCOUNT_IAM_ROLE", "proxy-role"));
-        let err = Settings::from_lookup(env(&bad)).expect_err("arn");
+        let err = config_from_lookup(env(&bad)).expect_err("arn");
         assert!(err.to_string().starts_with(
             "environment variable DATABASE_ACCOUNT_IAM_ROLE is \"proxy-role\": expected a role ARN"
         ));
@@ -362,13 +274,17 @@ mod tests {
             "RDS_PROXY_APPLICATION_ENDPOINT",
             "https://x.rds.amazonaws.com",
         ));
-        let err = Settings::from_lookup(env(&bad)).expect_err("endpoint");
-        assert_eq!(err.name, "RDS_PROXY_APPLICATION_ENDPOINT");
+        let err = config_from_lookup(env(&bad)).expect_err("endpoint");
+        assert!(
+            err.to_string()
+                .starts_with("environment variable RDS_PROXY_APPLICATION_ENDPOINT is"),
+            "{err}"
+        );
 
         let mut bad = without("DBNAME");
         bad.push(("DBNAME", "  "));
         assert_eq!(
-            Settings::from_lookup(env(&bad))
+            config_from_lookup(env(&bad))
                 .expect_err("empty")
                 .to_string(),
             "environment variable DBNAME is empty"
@@ -390,7 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_variable_fails_every_invocation_as_configuration_error() {
-        let f = Function::new(Settings::from_lookup(env(&without("DB_USERNAME")))).await;
+        let f = Function::new(config_from_lookup(env(&without("DB_USERNAME")))).await;
         for _ in 0..2 {
             let failure = f.invoke().await.expect_err("config error");
             assert_eq!(failure.error_type, "ConfigurationError");
@@ -408,7 +324,7 @@ mod tests {
     async fn an_unreadable_ca_bundle_is_a_configuration_error() {
         let mut vars = GOOD.to_vec();
         vars.push(("DB_CA_BUNDLE", "/nonexistent/ca.pem"));
-        let f = Function::new(Settings::from_lookup(env(&vars))).await;
+        let f = Function::new(config_from_lookup(env(&vars))).await;
         let failure = f.invoke().await.expect_err("config error");
         assert_eq!(failure.error_type, "ConfigurationError");
         assert!(

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use aws_config::{BehaviorVersion, Region};
 use aws_credential_types::Credentials;
-use connection_test::{Function, Settings};
+use connection_test::{config_from_lookup, Function};
 use rds_proxy_emulator::{LocalStack, StackConfig};
 
 async fn stack() -> LocalStack {
@@ -24,7 +24,7 @@ async fn function(stack: &LocalStack, changes: &[(&str, Option<&str>)]) -> Funct
             None => env.remove(*key),
         };
     }
-    let settings = Settings::from_lookup(|k| env.get(k).cloned()).expect("valid settings");
+    let config = config_from_lookup(|k| env.get(k).cloned()).expect("valid settings");
     let sdk = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(env["AWS_REGION"].clone()))
         .endpoint_url(&env["AWS_ENDPOINT_URL_STS"])
@@ -35,7 +35,7 @@ async fn function(stack: &LocalStack, changes: &[(&str, Option<&str>)]) -> Funct
         ))
         .load()
         .await;
-    Function::with_config(settings.config().expect("config").sdk_config(sdk)).await
+    Function::with_config(config.sdk_config(sdk)).await
 }
 
 async fn failure_type(stack: &LocalStack, changes: &[(&str, Option<&str>)]) -> (String, String) {
@@ -141,7 +141,7 @@ async fn missing_variable_is_configuration_error() {
         .into_iter()
         .filter(|(k, _)| k != "RDS_PROXY_APPLICATION_ENDPOINT")
         .collect();
-    let f = Function::new(Settings::from_lookup(|k| env.get(k).cloned())).await;
+    let f = Function::new(config_from_lookup(|k| env.get(k).cloned())).await;
     let failure = f.invoke().await.expect_err("config");
     assert_eq!(failure.error_type, "ConfigurationError");
     assert!(failure

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
-use rds_iam_auth::{CaBundle, CheckReport, Config, Error, Stage};
+use rds_iam_auth::{CaBundle, CheckReport, Config, ConfigError, Error, Stage};
 
 #[derive(Parser)]
 #[command(
@@ -74,7 +74,8 @@ struct AwsArgs {
     role_session_name: Option<String>,
 }
 
-/// The same settings for `check`, where each may also come from the Lambda's variables.
+/// The same settings for `check` and `psql`, where the role and external ID may also come
+/// from the environment (flags win).
 #[derive(Args)]
 struct CheckAwsArgs {
     /// Signing region (default: from the endpoint name, else AWS_REGION / the profile).
@@ -84,10 +85,10 @@ struct CheckAwsArgs {
     #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     profile: Option<String>,
     /// Assume this role (in the database account) and sign with its credentials.
-    #[arg(long, env = "DATABASE_ACCOUNT_IAM_ROLE", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     role_arn: Option<String>,
     /// External ID required by the role's trust policy.
-    #[arg(long, env = "EXTERNAL_ID", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     external_id: Option<String>,
     /// Role session name (shown in the database account's CloudTrail).
     #[arg(long, value_parser = NonEmptyStringValueParser::new())]
@@ -106,46 +107,72 @@ impl From<CheckAwsArgs> for AwsArgs {
     }
 }
 
-/// Where and as whom to connect. Every flag can also come from the variables the Lambda
-/// uses, so `source .local/stack.env && rds-iam-auth check` checks the local stack.
+/// Where and as whom to connect. Each setting may also come from the environment, with the
+/// library's mapping (the Lambda's variables, listed by `--help`); a flag wins over its
+/// variable, so `source .local/stack.env && rds-iam-auth check` checks the local stack.
 #[derive(Args)]
 struct TargetArgs {
     /// Endpoint host name: what the token signs and the certificate must match.
-    #[arg(long, env = "RDS_PROXY_APPLICATION_ENDPOINT", value_parser = NonEmptyStringValueParser::new())]
-    hostname: String,
-    /// Endpoint port.
-    #[arg(long, env = "DB_PORT", default_value_t = 5432, value_parser = clap::value_parser!(u16).range(1..))]
-    port: u16,
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    hostname: Option<String>,
+    /// Endpoint port (default 5432).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
     /// Database user name.
-    #[arg(long, env = "DB_USERNAME", value_parser = NonEmptyStringValueParser::new())]
-    username: String,
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    username: Option<String>,
     /// Database name (default: the user name).
-    #[arg(long, env = "DBNAME", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     database: Option<String>,
     /// Dial this address, host or host:port, instead; TLS is still verified against --hostname.
-    #[arg(long, env = "DB_CONNECT_HOST", value_parser = NonEmptyStringValueParser::new())]
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     connect_address: Option<String>,
     /// Extra CA certificates (PEM), e.g. the RDS bundle for direct instance connections.
-    #[arg(long, env = "DB_CA_BUNDLE")]
+    #[arg(long)]
     ca_bundle: Option<PathBuf>,
-    /// Limit for the whole check (every stage shares it), in seconds.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
-    connect_timeout: u64,
+    /// Limit for the whole check (every stage shares it), in seconds (default 10).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=300))]
+    connect_timeout: Option<u64>,
     #[command(flatten)]
     aws: CheckAwsArgs,
 }
 
 impl TargetArgs {
+    /// The environment's settings, then the flags over them.
     fn config(self, application_name: &str) -> Result<Config, Error> {
-        let mut config = with_aws(
-            Config::new()
-                .hostname(self.hostname)
-                .port(self.port)
-                .user(self.username)
-                .connect_timeout(Duration::from_secs(self.connect_timeout))
-                .application_name(application_name),
-            self.aws.into(),
-        );
+        for (flag, given, variable) in [
+            (
+                "--hostname",
+                self.hostname.is_some(),
+                "RDS_PROXY_APPLICATION_ENDPOINT",
+            ),
+            ("--username", self.username.is_some(), "DB_USERNAME"),
+        ] {
+            let from_env = std::env::var(variable).is_ok_and(|v| !v.trim().is_empty());
+            if !given && !from_env {
+                return Err(Error::Config(ConfigError::Invalid {
+                    name: if flag == "--hostname" {
+                        "hostname"
+                    } else {
+                        "user"
+                    },
+                    reason: format!("is required: pass {flag} or set {variable}"),
+                }));
+            }
+        }
+        let mut config = with_aws(Config::from_env()?, self.aws.into());
+        if std::env::var_os("DB_APPLICATION_NAME").is_none() {
+            config = config.application_name(application_name);
+        }
+        if let Some(hostname) = self.hostname {
+            config = config.hostname(hostname);
+        }
+        if let Some(port) = self.port {
+            config = config.port(port);
+        }
+        if let Some(user) = self.username {
+            config = config.user(user);
+        }
         if let Some(db) = self.database {
             config = config.database(db);
         }
@@ -155,12 +182,27 @@ impl TargetArgs {
         if let Some(path) = self.ca_bundle {
             config = config.ca_bundle(CaBundle::from_pem_file(path)?);
         }
+        if let Some(seconds) = self.connect_timeout {
+            config = config.connect_timeout(Duration::from_secs(seconds));
+        }
         Ok(config)
     }
 }
 
+/// The variables `check` and `psql` read, for `--help`.
+fn environment_help() -> String {
+    let mut help = String::from("Environment (a flag wins over its variable):\n");
+    for v in rds_iam_auth::env::VARIABLES {
+        help.push_str(&format!("  {:<32} {}\n", v.name, v.meaning));
+    }
+    help.push_str("  AWS_REGION, AWS_PROFILE, AWS_ENDPOINT_URL_STS, AWS_ACCESS_KEY_ID, ...  read by the AWS SDK\n");
+    help.push_str("\nExit codes: 0 success, 1 runtime failure, 2 bad input.");
+    help
+}
+
 /// The connection check.
 #[derive(Args)]
+#[command(after_help = environment_help())]
 struct CheckArgs {
     #[command(flatten)]
     target: TargetArgs,
@@ -171,6 +213,7 @@ struct CheckArgs {
 
 /// psql through the whole IAM path.
 #[derive(Args)]
+#[command(after_help = environment_help())]
 struct PsqlArgs {
     #[command(flatten)]
     target: TargetArgs,
@@ -240,8 +283,8 @@ async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
 /// endpoint name while dialing the override address. The token goes to psql through
 /// `PGPASSWORD`, never on its command line (where `ps` would show it).
 async fn psql(args: PsqlArgs) -> Result<ExitCode, Error> {
-    let ca_bundle = args.target.ca_bundle.clone();
     let connector = args.target.config("rds-iam-auth psql")?.connector().await?;
+    let ca_bundle = connector.ca_bundle().map(|b| PathBuf::from(b.origin()));
     let token = connector.token().await?;
     let params = connector.token_params();
     let (dial_host, dial_port) = connector.dial_target();
@@ -336,6 +379,7 @@ fn report_json(report: &CheckReport) -> serde_json::Value {
     })
 }
 
+/// Applies the flags that were given; the others leave `config` as it is.
 fn with_aws(mut config: Config, aws: AwsArgs) -> Config {
     if let Some(region) = aws.region {
         config = config.region(region);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
+use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::connector::{AfterConnect, BoxFuture, Connector, Inner, DEFAULT_CONNECT_TIMEOUT};
@@ -56,9 +57,13 @@ pub struct Config {
     keepalive: Option<Option<Keepalive>>,
     after_connect: Option<AfterConnect>,
     application_name: Option<String>,
+    options: Option<String>,
+    target_session_attrs: Option<TargetSessionAttrs>,
     profile: Option<String>,
     sdk_config: Option<SdkConfig>,
     credentials_provider: Option<SharedCredentialsProvider>,
+    /// Built by `from_env`: a missing setting is reported as its variable.
+    pub(crate) from_env: bool,
 }
 
 impl fmt::Debug for Config {
@@ -80,6 +85,8 @@ impl fmt::Debug for Config {
             .field("keepalive", &self.keepalive)
             .field("after_connect", &self.after_connect.is_some())
             .field("application_name", &self.application_name)
+            .field("options", &self.options)
+            .field("target_session_attrs", &self.target_session_attrs)
             .field("profile", &self.profile)
             .finish_non_exhaustive()
     }
@@ -91,67 +98,115 @@ impl Config {
         Self::default()
     }
     /// The endpoint name: what the token signs and the certificate must match.
-    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
-        self.hostname = Some(hostname.into());
+    pub fn hostname(self, hostname: impl Into<String>) -> Self {
+        self.set_hostname(Some(hostname.into()))
+    }
+    /// [`Config::hostname`], or unset with `None`.
+    pub fn set_hostname(mut self, hostname: Option<String>) -> Self {
+        self.hostname = hostname;
         self
     }
     /// The endpoint port (default 5432).
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = Some(port);
+    pub fn port(self, port: u16) -> Self {
+        self.set_port(Some(port))
+    }
+    /// [`Config::port`], or the default with `None`.
+    pub fn set_port(mut self, port: Option<u16>) -> Self {
+        self.port = port;
         self
     }
     /// The database user (the token's `DBUser`).
-    pub fn user(mut self, user: impl Into<String>) -> Self {
-        self.user = Some(user.into());
+    pub fn user(self, user: impl Into<String>) -> Self {
+        self.set_user(Some(user.into()))
+    }
+    /// [`Config::user`], or unset with `None`.
+    pub fn set_user(mut self, user: Option<String>) -> Self {
+        self.user = user;
         self
     }
     /// The database name (default: the user name, as in libpq).
-    pub fn database(mut self, database: impl Into<String>) -> Self {
-        self.database = Some(database.into());
+    pub fn database(self, database: impl Into<String>) -> Self {
+        self.set_database(Some(database.into()))
+    }
+    /// [`Config::database`], or the default with `None`.
+    pub fn set_database(mut self, database: Option<String>) -> Self {
+        self.database = database;
         self
     }
     /// The signing region. Default: read from the endpoint name, else the SDK's region
     /// (`AWS_REGION`, profile); never guessed.
-    pub fn region(mut self, region: impl Into<String>) -> Self {
-        self.region = Some(region.into());
+    pub fn region(self, region: impl Into<String>) -> Self {
+        self.set_region(Some(region.into()))
+    }
+    /// [`Config::region`], or the default with `None`.
+    pub fn set_region(mut self, region: Option<String>) -> Self {
+        self.region = region;
         self
     }
     /// Assume this role (in the database account) to sign tokens.
-    pub fn assume_role(mut self, role_arn: impl Into<String>) -> Self {
-        self.assume_role = Some(role_arn.into());
+    pub fn assume_role(self, role_arn: impl Into<String>) -> Self {
+        self.set_assume_role(Some(role_arn.into()))
+    }
+    /// [`Config::assume_role`], or sign with the base credentials with `None`.
+    pub fn set_assume_role(mut self, role_arn: Option<String>) -> Self {
+        self.assume_role = role_arn;
         self
     }
     /// The external ID the role's trust policy requires.
-    pub fn external_id(mut self, external_id: impl Into<String>) -> Self {
-        self.external_id = Some(external_id.into());
+    pub fn external_id(self, external_id: impl Into<String>) -> Self {
+        self.set_external_id(Some(external_id.into()))
+    }
+    /// [`Config::external_id`], or none with `None`.
+    pub fn set_external_id(mut self, external_id: Option<String>) -> Self {
+        self.external_id = external_id;
         self
     }
     /// The role session name (default `rds-iam-auth`).
-    pub fn role_session_name(mut self, name: impl Into<String>) -> Self {
-        self.role_session_name = Some(name.into());
+    pub fn role_session_name(self, name: impl Into<String>) -> Self {
+        self.set_role_session_name(Some(name.into()))
+    }
+    /// [`Config::role_session_name`], or the default with `None`.
+    pub fn set_role_session_name(mut self, name: Option<String>) -> Self {
+        self.role_session_name = name;
         self
     }
     /// The role session length (default one hour; STS accepts 900 s and up).
-    pub fn role_duration(mut self, duration: Duration) -> Self {
-        self.role_duration = Some(duration);
+    pub fn role_duration(self, duration: Duration) -> Self {
+        self.set_role_duration(Some(duration))
+    }
+    /// [`Config::role_duration`], or the default with `None`.
+    pub fn set_role_duration(mut self, duration: Option<Duration>) -> Self {
+        self.role_duration = duration;
         self
     }
     /// Dial this address (`host`, `host:port`, `[v6]:port`) instead of the endpoint
     /// name, still verifying TLS against the endpoint name: for tunnels, port forwards
     /// and the local stack.
-    pub fn connect_address(mut self, address: impl Into<String>) -> Self {
-        self.connect_address = Some(address.into());
+    pub fn connect_address(self, address: impl Into<String>) -> Self {
+        self.set_connect_address(Some(address.into()))
+    }
+    /// [`Config::connect_address`], or dial the endpoint name with `None`.
+    pub fn set_connect_address(mut self, address: Option<String>) -> Self {
+        self.connect_address = address;
         self
     }
     /// Trust these CAs too (direct instance connections need the RDS CA bundle).
-    pub fn ca_bundle(mut self, bundle: CaBundle) -> Self {
-        self.ca_bundle = Some(bundle);
+    pub fn ca_bundle(self, bundle: CaBundle) -> Self {
+        self.set_ca_bundle(Some(bundle))
+    }
+    /// [`Config::ca_bundle`], or the built-in roots alone with `None`.
+    pub fn set_ca_bundle(mut self, bundle: Option<CaBundle>) -> Self {
+        self.ca_bundle = bundle;
         self
     }
     /// Limit for a whole connect (default 10 s): credentials, STS, DNS, TCP, TLS and login
     /// share it, so a hang anywhere ends as that stage's timeout error within this time.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = Some(timeout);
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        self.set_connect_timeout(Some(timeout))
+    }
+    /// [`Config::connect_timeout`], or the default with `None`.
+    pub fn set_connect_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.connect_timeout = timeout;
         self
     }
     /// TCP keepalive on every connection (default [`Keepalive::default`]: first probe after
@@ -190,13 +245,44 @@ impl Config {
         self
     }
     /// `application_name` startup parameter, shown in `pg_stat_activity`.
-    pub fn application_name(mut self, name: impl Into<String>) -> Self {
-        self.application_name = Some(name.into());
+    pub fn application_name(self, name: impl Into<String>) -> Self {
+        self.set_application_name(Some(name.into()))
+    }
+    /// [`Config::application_name`], or none with `None`.
+    pub fn set_application_name(mut self, name: Option<String>) -> Self {
+        self.application_name = name;
+        self
+    }
+    /// The `options` startup parameter (libpq's `options`, e.g. `-c search_path=app`), for
+    /// direct connections to PostgreSQL.
+    ///
+    /// RDS Proxy refuses connections that send it (it accepts only a few startup
+    /// parameters): through a proxy, set such defaults on the database role instead
+    /// (`ALTER ROLE app_user SET search_path = app, public`), which neither sends nor pins
+    /// anything, or in [`Config::after_connect`], which pins the session.
+    pub fn options(self, options: impl Into<String>) -> Self {
+        self.set_options(Some(options.into()))
+    }
+    /// [`Config::options`], or none with `None`.
+    pub fn set_options(mut self, options: Option<String>) -> Self {
+        self.options = options;
+        self
+    }
+    /// What a session must allow, checked after login with `SHOW transaction_read_only`
+    /// (libpq's `target_session_attrs`; default `Any`, no check). `ReadWrite` turns a
+    /// connection that landed on a reader (a `READ_ONLY` proxy endpoint, a writer demoted by
+    /// a failover) into a login error instead of failed writes later.
+    pub fn target_session_attrs(mut self, attrs: TargetSessionAttrs) -> Self {
+        self.target_session_attrs = Some(attrs);
         self
     }
     /// Use this named profile of the shared AWS config files for the base credentials.
-    pub fn profile(mut self, profile: impl Into<String>) -> Self {
-        self.profile = Some(profile.into());
+    pub fn profile(self, profile: impl Into<String>) -> Self {
+        self.set_profile(Some(profile.into()))
+    }
+    /// [`Config::profile`], or the default profile chain with `None`.
+    pub fn set_profile(mut self, profile: Option<String>) -> Self {
+        self.profile = profile;
         self
     }
     /// Use this SDK configuration (region, STS endpoint, credentials, retries) instead of
@@ -211,11 +297,68 @@ impl Config {
         self
     }
 
+    /// The settings from the process environment: see [`crate::env::VARIABLES`] for the
+    /// names (those of the connection-test Lambda). Variables that are unset or blank leave
+    /// their setting unset; a malformed one is an error that names it. Set or override
+    /// anything else with the builder methods afterwards.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), rds_iam_auth::Error> {
+    /// let connector = rds_iam_auth::Config::from_env()?
+    ///     .application_name("billing-worker")
+    ///     .connector()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_env`] reading variables with `lookup` (a map in tests, another
+    /// prefix, a secrets file).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        crate::env::config_from(lookup)
+    }
+
+    /// The settings of a `tokio_postgres::Config` (parsed from a connection string or built
+    /// in code), for code that has one already. Settings added later with the builder
+    /// methods win.
+    ///
+    /// Taken over: the one host (as [`Config::hostname`]), one `hostaddr` (as
+    /// [`Config::connect_address`]), the port, user, dbname, `application_name`,
+    /// `options`, `connect_timeout`, `target_session_attrs` and the keepalive settings
+    /// (`keepalives=0` turns them off; tokio-postgres's unchanged defaults leave this
+    /// crate's). Refused, each with a reason: a password (the token is the password), more
+    /// than one host, a Unix socket, `sslmode=disable` (TLS is always on, and always
+    /// verified against the endpoint name, whatever `sslmode` says) and
+    /// `channel_binding=require` (IAM authentication sends the token as a cleartext password
+    /// inside TLS; there is no SCRAM exchange to bind).
+    ///
+    /// ```
+    /// let pg: rds_iam_auth::tokio_postgres::Config =
+    ///     "host=app.proxy-abc123.us-east-1.rds.amazonaws.com user=app dbname=orders \
+    ///      application_name=billing keepalives_idle=30 target_session_attrs=read-write"
+    ///         .parse()
+    ///         .unwrap();
+    /// let config = rds_iam_auth::Config::from_pg_config(&pg)
+    ///     .unwrap()
+    ///     .assume_role("arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role");
+    /// # let _ = config;
+    ///
+    /// let with_password: rds_iam_auth::tokio_postgres::Config =
+    ///     "host=h.example user=app password=hunter2".parse().unwrap();
+    /// let err = rds_iam_auth::Config::from_pg_config(&with_password).unwrap_err();
+    /// assert!(err.to_string().contains("the IAM token is the password"));
+    /// ```
+    pub fn from_pg_config(pg: &tokio_postgres::Config) -> Result<Self, ConfigError> {
+        crate::pgconfig::config_from(pg)
+    }
+
     /// Validates the configuration, loads the AWS configuration when none was given, and
     /// returns a [`Connector`] to open any number of connections with.
     pub async fn connector(self) -> Result<Connector, Error> {
-        let hostname = non_empty(self.hostname.as_deref(), "hostname")?.to_owned();
-        let user = non_empty(self.user.as_deref(), "user")?.to_owned();
+        let hostname = required(self.hostname.as_deref(), "hostname", self.from_env)?.to_owned();
+        let user = required(self.user.as_deref(), "user", self.from_env)?.to_owned();
         let port = self.port.unwrap_or(5432);
         let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         if connect_timeout.is_zero() {
@@ -301,6 +444,7 @@ impl Config {
             token_params.username(),
             self.database.as_deref(),
             self.application_name.as_deref(),
+            self.options.as_deref(),
         );
         let credentials = CredentialCache::new(base, assume, &sdk_config);
 
@@ -315,6 +459,7 @@ impl Config {
                 credentials,
                 connect_timeout,
                 after_connect: self.after_connect,
+                target_session_attrs: self.target_session_attrs.unwrap_or(TargetSessionAttrs::Any),
                 failures: Default::default(),
             }),
         })
@@ -326,6 +471,22 @@ impl Config {
     pub async fn connect(self) -> Result<tokio_postgres::Client, Error> {
         self.connector().await?.connect().await
     }
+}
+
+/// A required setting; when the configuration came from the environment, a missing one is
+/// reported as its variable.
+fn required<'a>(
+    value: Option<&'a str>,
+    name: &'static str,
+    from_env: bool,
+) -> Result<&'a str, ConfigError> {
+    non_empty(value, name).map_err(|e| match (e, from_env) {
+        (ConfigError::Missing(name), true) => match crate::env::variable_for(name) {
+            Some(variable) => ConfigError::env(variable, format!("is not set (setting `{name}`)")),
+            None => ConfigError::Missing(name),
+        },
+        (e, _) => e,
+    })
 }
 
 fn non_empty<'a>(value: Option<&'a str>, name: &'static str) -> Result<&'a str, ConfigError> {

@@ -15,13 +15,14 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::Credentials;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_postgres::config::TargetSessionAttrs;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Connection};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::check::{Outcome, Recorder};
 use crate::credentials::{describe, CredentialCache, FetchFailure, Obtained};
-use crate::diagnosis::{after_connect_error, is_iam_refusal, login_error};
+use crate::diagnosis::{after_connect_error, is_iam_refusal, login_error, session_attrs_error};
 use crate::error::Error;
 use crate::login;
 use crate::login::Session;
@@ -56,6 +57,7 @@ pub(crate) struct Inner {
     pub(crate) credentials: CredentialCache,
     pub(crate) connect_timeout: Duration,
     pub(crate) after_connect: Option<AfterConnect>,
+    pub(crate) target_session_attrs: TargetSessionAttrs,
     pub(crate) failures: Failures,
 }
 
@@ -411,9 +413,23 @@ impl Connector {
         let i = &*self.inner;
         let (host, user) = (i.token_params.hostname(), i.token_params.username());
         let login = async {
-            login::login(&i.startup, token, stream)
+            let mut session = login::login(&i.startup, token, stream)
                 .await
-                .map_err(|e| login_error(user, host, e))
+                .map_err(|e| login_error(user, host, e))?;
+            let wanted = match i.target_session_attrs {
+                TargetSessionAttrs::ReadWrite => Some(false),
+                TargetSessionAttrs::ReadOnly => Some(true),
+                _ => None,
+            };
+            if let Some(wanted_read_only) = wanted {
+                let read_only = login::is_read_only(&mut session)
+                    .await
+                    .map_err(|e| login_error(user, host, e))?;
+                if read_only != wanted_read_only {
+                    return Err(session_attrs_error(user, host, read_only));
+                }
+            }
+            Ok(session)
         };
         stage::run(rec, Stage::Login, deadline, login, |_| {
             format!("{user} to {}", i.startup.get_dbname().unwrap_or(user))

@@ -29,6 +29,9 @@ pub(crate) const HINT_IAM_FAILED: &str = "check rds-db:connect on arn:aws:rds-db
 pub(crate) const HINT_NO_SECRET: &str = "the proxy has no secret for this database user: add a Secrets Manager secret with this user name to the proxy's auth, or use the user name the secret holds";
 pub(crate) const HINT_TOO_MANY: &str =
     "the proxy's client connection limit is reached: close idle connections or raise the limit";
+pub(crate) const HINT_PROXY_OPTION: &str = "RDS Proxy accepts only user, database, application_name, client_encoding, DateStyle, TimeZone, extra_float_digits and search_path at startup: drop `options` and set such defaults on the role (ALTER ROLE ... SET), or in after_connect (which pins the session)";
+pub(crate) const HINT_READ_ONLY: &str = "target_session_attrs=read-write reached a read-only session: is this the READ_ONLY endpoint, or a writer demoted by a failover?";
+pub(crate) const HINT_READ_WRITE: &str = "target_session_attrs=read-only reached a session that allows writes: is this the READ_WRITE endpoint?";
 pub(crate) const HINT_NO_DATABASE: &str = "check the database name (DBNAME / --database)";
 
 /// The hint of a stage that ran out of time.
@@ -164,6 +167,28 @@ pub(crate) fn tls_error(host: &str, e: std::io::Error) -> Error {
 }
 
 /// The server refused the startup or the token (after TLS).
+/// A session whose `transaction_read_only` is not what `target_session_attrs` asks for.
+pub(crate) fn session_attrs_error(user: &str, host: &str, read_only: bool) -> Error {
+    let (message, hint) = if read_only {
+        (
+            "the session is read-only, target_session_attrs wants read-write",
+            HINT_READ_ONLY,
+        )
+    } else {
+        (
+            "the session allows writes, target_session_attrs wants read-only",
+            HINT_READ_WRITE,
+        )
+    };
+    Error::Login {
+        login: format!("{user}@{host}"),
+        message: message.to_owned(),
+        code: None,
+        hint: Some(hint),
+        source: None,
+    }
+}
+
 pub(crate) fn login_error(user: &str, host: &str, e: tokio_postgres::Error) -> Error {
     let (message, code, hint) = match e.as_db_error() {
         Some(db) => {
@@ -176,6 +201,8 @@ pub(crate) fn login_error(user: &str, host: &str, e: tokio_postgres::Error) -> E
                 Some(HINT_NO_SECRET)
             } else if text.contains("maximum number of client connections") {
                 Some(HINT_TOO_MANY)
+            } else if text.contains("doesn't support the option") {
+                Some(HINT_PROXY_OPTION)
             } else if text.contains("requires TLS") || text.contains("only with SSL") {
                 Some(HINT_TLS_REFUSED)
             } else if sqlstate == "28P01" {

@@ -35,6 +35,15 @@ pub enum ConfigError {
     /// Token settings were refused.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// An environment variable read by [`Config::from_env`](crate::Config::from_env) is
+    /// malformed, or a required one is not set.
+    #[error("environment variable {variable} {problem}")]
+    Env {
+        /// The variable.
+        variable: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The extra CA bundle could not be read or holds no certificate.
     #[error("CA bundle {path}: {reason}")]
     CaBundle {
@@ -43,6 +52,17 @@ pub enum ConfigError {
         /// What went wrong.
         reason: String,
     },
+}
+
+impl ConfigError {
+    /// A problem with environment variable `variable` (for entry points that require more
+    /// variables than [`Config::from_env`](crate::Config::from_env) does).
+    pub fn env(variable: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError::Env {
+            variable,
+            problem: problem.into(),
+        }
+    }
 }
 
 /// An error on the path to a working connection.

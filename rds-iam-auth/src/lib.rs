@@ -66,9 +66,11 @@ mod config;
 mod connector;
 pub mod credentials;
 mod diagnosis;
+pub mod env;
 mod error;
 mod login;
 mod net;
+mod pgconfig;
 #[cfg(feature = "deadpool-postgres")]
 pub mod pool;
 mod stage;

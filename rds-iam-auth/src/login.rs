@@ -18,6 +18,7 @@ pub(crate) fn startup(
     user: &str,
     database: Option<&str>,
     application_name: Option<&str>,
+    options: Option<&str>,
 ) -> tokio_postgres::Config {
     let mut pg = tokio_postgres::Config::new();
     // The stream given to `login` is TLS already: tokio-postgres must not ask again.
@@ -27,6 +28,9 @@ pub(crate) fn startup(
     }
     if let Some(name) = application_name {
         pg.application_name(name);
+    }
+    if let Some(options) = options {
+        pg.options(options);
     }
     pg
 }
@@ -43,4 +47,36 @@ pub(crate) async fn login(
     let mut pg = startup.clone();
     pg.password(token.as_str());
     pg.connect_raw(stream, NoTls).await
+}
+
+/// Whether the session allows writes (`SHOW transaction_read_only`), asked while the
+/// connection is driven here: the caller spawns it only afterwards. Messages that arrive
+/// meanwhile (notices) are dropped: nothing can `LISTEN` yet.
+pub(crate) async fn is_read_only(session: &mut Session) -> Result<bool, tokio_postgres::Error> {
+    use std::future::Future;
+    use std::task::Poll;
+    use tokio_postgres::SimpleQueryMessage;
+
+    let (client, connection) = session;
+    let query = client.simple_query("SHOW transaction_read_only");
+    tokio::pin!(query);
+    let messages = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = query.as_mut().poll(cx) {
+            return Poll::Ready(result);
+        }
+        loop {
+            match connection.poll_message(cx) {
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                // Closed: the query fails with the reason.
+                Poll::Ready(None) => return query.as_mut().poll(cx),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await?;
+    Ok(messages.iter().any(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0) == Some("on"),
+        _ => false,
+    }))
 }

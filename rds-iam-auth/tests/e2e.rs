@@ -397,3 +397,123 @@ async fn listen_notify_works_through_the_stand_in_with_the_raw_connection() {
         .expect("channel open");
     assert_eq!(got, ("jobs".to_owned(), "job 42".to_owned()));
 }
+
+#[tokio::test]
+async fn target_session_attrs_keeps_writers_off_the_reader_endpoint() {
+    use rds_iam_auth::tokio_postgres::config::TargetSessionAttrs;
+    let stack = stack().await;
+    let rw = stack.endpoint("READ_WRITE").expect("READ_WRITE endpoint");
+    let writer = config(&stack, rw)
+        .await
+        .target_session_attrs(TargetSessionAttrs::ReadWrite)
+        .connect()
+        .await
+        .expect("READ_WRITE gives a writable session");
+    writer.simple_query("SELECT 1").await.expect("usable");
+
+    let err = config(&stack, ro(&stack))
+        .await
+        .target_session_attrs(TargetSessionAttrs::ReadWrite)
+        .connect()
+        .await
+        .expect_err("READ_ONLY reaches a reader");
+    assert_eq!(err.stage(), Stage::Login, "{err}");
+    assert!(
+        err.to_string().contains("the session is read-only"),
+        "{err}"
+    );
+    assert!(
+        err.hint().expect("hint").contains("READ_ONLY endpoint"),
+        "{err}"
+    );
+
+    config(&stack, ro(&stack))
+        .await
+        .target_session_attrs(TargetSessionAttrs::ReadOnly)
+        .connect()
+        .await
+        .expect("READ_ONLY is what read-only asks for");
+}
+
+#[tokio::test]
+async fn settings_from_a_tokio_postgres_config_reach_the_server() {
+    let stack = stack().await;
+    let rw = stack.endpoint("READ_WRITE").expect("READ_WRITE endpoint");
+    let conninfo = format!(
+        "host={} port={} user={} dbname={} application_name=billing-worker \
+         connect_timeout=15 keepalives_idle=30 target_session_attrs=read-write",
+        rw.hostname,
+        rw.port,
+        stack.db_user(),
+        stack.db_name()
+    );
+    let pg: rds_iam_auth::tokio_postgres::Config = conninfo.parse().expect("conninfo");
+    let client = Config::from_pg_config(&pg)
+        .expect("taken over")
+        .assume_role(stack.role_arn())
+        .external_id(stack.external_id())
+        .connect_address(rw.listen.to_string())
+        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
+        .sdk_config(common::sdk_config(&stack, None).await)
+        .connect()
+        .await
+        .expect("connect");
+    let row = client
+        .query_one(
+            "SELECT current_setting('application_name'), current_user::text, current_database()::text",
+            &[],
+        )
+        .await
+        .expect("query");
+    assert_eq!(row.get::<_, String>(0), "billing-worker");
+    assert_eq!(row.get::<_, String>(1), stack.db_user());
+    assert_eq!(row.get::<_, String>(2), stack.db_name());
+}
+
+#[tokio::test]
+async fn the_proxy_refuses_the_options_startup_parameter_and_the_error_says_what_to_do() {
+    let stack = stack().await;
+    let err = config(&stack, ro(&stack))
+        .await
+        .options("-c search_path=app")
+        .connect()
+        .await
+        .expect_err("RDS Proxy does not take `options`");
+    assert_eq!(err.stage(), Stage::Login, "{err}");
+    assert!(
+        err.to_string()
+            .contains("doesn't support the option options"),
+        "{err}"
+    );
+    assert!(err.hint().expect("hint").contains("ALTER ROLE"), "{err}");
+}
+
+#[tokio::test]
+async fn a_set_in_the_after_connect_hook_pins_the_session_and_plain_queries_do_not() {
+    let stack = stack().await;
+    let plain = config(&stack, ro(&stack))
+        .await
+        .connect()
+        .await
+        .expect("connect");
+    plain
+        .query_one("SELECT current_setting('search_path')", &[])
+        .await
+        .expect("query");
+    assert_eq!(
+        stack.counters().sessions_pinned,
+        0,
+        "reading a setting pins nothing"
+    );
+
+    let hooked = config(&stack, ro(&stack))
+        .await
+        .after_connect(|client| {
+            Box::pin(async move { client.batch_execute("SET search_path TO app, public").await })
+        })
+        .connect()
+        .await
+        .expect("connect");
+    hooked.simple_query("SELECT 1").await.expect("query");
+    assert_eq!(stack.counters().sessions_pinned, 1, "SET pins its session");
+}
