@@ -7,52 +7,17 @@
 //! cargo run -p rds-iam-auth --example check
 //! ```
 //!
-//! Against AWS: set the same variables (the Lambda's, listed in ARCHITECTURE.md) and AWS
-//! credentials of the application account.
+//! Against AWS: set the same variables (the Lambda's: `rds_iam_auth::env::VARIABLES`) and
+//! AWS credentials of the application account.
 
 use std::process::ExitCode;
 
-use rds_iam_auth::{CaBundle, Config, Error};
-
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn config() -> Result<Config, String> {
-    let need =
-        |name: &str| var(name).ok_or_else(|| format!("set {name} (e.g. source .local/stack.env)"));
-    let mut config = Config::new()
-        .hostname(need("RDS_PROXY_APPLICATION_ENDPOINT")?)
-        .user(need("DB_USERNAME")?)
-        .database(need("DBNAME")?)
-        .assume_role(need("DATABASE_ACCOUNT_IAM_ROLE")?)
-        .application_name("rds-iam-auth example");
-    if let Some(port) = var("DB_PORT") {
-        config = config.port(
-            port.parse()
-                .map_err(|_| format!("DB_PORT={port} is not a port"))?,
-        );
-    }
-    if let Some(id) = var("EXTERNAL_ID") {
-        config = config.external_id(id);
-    }
-    if let Some(address) = var("DB_CONNECT_HOST") {
-        config = config.connect_address(address);
-    }
-    if let Some(path) = var("DB_CA_BUNDLE") {
-        config = config.ca_bundle(CaBundle::from_pem_file(path).map_err(|e| e.to_string())?);
-    }
-    Ok(config)
-}
+use rds_iam_auth::{Config, Error};
 
 async fn run() -> Result<bool, Error> {
-    let config = match config() {
-        Ok(c) => c,
-        Err(message) => {
-            eprintln!("{message}");
-            return Ok(false);
-        }
-    };
+    // The Lambda's variables (rds_iam_auth::env::VARIABLES); a malformed or missing one is
+    // an error that names it.
+    let config = Config::from_env()?.application_name("rds-iam-auth example");
     let connector = config.connector().await?;
     let client = connector.connect().await?;
     let rows = client
