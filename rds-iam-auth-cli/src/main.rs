@@ -160,7 +160,24 @@ impl TargetArgs {
                 }));
             }
         }
-        let mut config = with_aws(Config::from_env()?, self.aws.into());
+        // A variable whose flag is given is not read at all: the flag wins, even over a
+        // malformed value.
+        let given = [
+            ("RDS_PROXY_APPLICATION_ENDPOINT", self.hostname.is_some()),
+            ("DB_PORT", self.port.is_some()),
+            ("DB_USERNAME", self.username.is_some()),
+            ("DBNAME", self.database.is_some()),
+            ("DB_CONNECT_HOST", self.connect_address.is_some()),
+            ("DB_CA_BUNDLE", self.ca_bundle.is_some()),
+            ("DB_CONNECT_TIMEOUT_SECONDS", self.connect_timeout.is_some()),
+            ("DATABASE_ACCOUNT_IAM_ROLE", self.aws.role_arn.is_some()),
+            ("EXTERNAL_ID", self.aws.external_id.is_some()),
+        ];
+        let lookup = |name: &str| match given.iter().find(|(n, _)| *n == name) {
+            Some((_, true)) => None,
+            _ => std::env::var(name).ok(),
+        };
+        let mut config = with_aws(Config::from_lookup(lookup)?, self.aws.into());
         if std::env::var_os("DB_APPLICATION_NAME").is_none() {
             config = config.application_name(application_name);
         }

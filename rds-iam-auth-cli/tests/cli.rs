@@ -15,8 +15,7 @@ fn cli(home: &std::path::Path) -> Command {
     for (key, _) in std::env::vars() {
         if key.starts_with("AWS_")
             || key == "RUST_LOG"
-            || key == "DB_USERNAME"
-            || key == "RDS_PROXY_APPLICATION_ENDPOINT"
+            || rds_iam_auth::env::VARIABLES.iter().any(|v| v.name == key)
         {
             cmd.env_remove(key);
         }
@@ -349,4 +348,55 @@ fn check_json_matches_the_text_report() {
         .is_some_and(|h| h.starts_with("check security groups")));
     let raw = text(&json_out.stdout);
     assert!(!raw.contains("secret-key-value") && !raw.contains("session%2Ftoken"));
+}
+
+#[test]
+fn settings_come_from_the_environment_and_flags_win() {
+    let home = tempfile::tempdir().expect("tempdir");
+    // A malformed variable is bad input that names it...
+    let out = with_keys(&mut cli(home.path()))
+        .env("RDS_PROXY_APPLICATION_ENDPOINT", HOST)
+        .env("DB_USERNAME", "u")
+        .env("DB_PORT", "70000")
+        .args(["check"])
+        .output()
+        .expect("run");
+    assert_one_line_error(
+        &out,
+        2,
+        "environment variable DB_PORT is \"70000\": expected a whole number from 1 to 65535",
+    );
+    // ...unless its flag is given: then the variable is not read.
+    let out = with_keys(&mut cli(home.path()))
+        .env("RDS_PROXY_APPLICATION_ENDPOINT", "https://not-a-bare-name")
+        .env("DB_USERNAME", "u")
+        .env("DB_PORT", "70000")
+        .env("DB_CONNECT_TIMEOUT_SECONDS", "1")
+        .args([
+            "check",
+            "--port",
+            "5432",
+            "--hostname",
+            HOST,
+            "--connect-address",
+            "127.0.0.1:9",
+        ])
+        .output()
+        .expect("run");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("tcp          FAILED"),
+        "dialed the flag's address: {stdout}"
+    );
+    // Neither flag nor variable: says both.
+    let out = with_keys(&mut cli(home.path()))
+        .args(["check", "--username", "u"])
+        .output()
+        .expect("run");
+    assert_one_line_error(
+        &out,
+        2,
+        "pass --hostname or set RDS_PROXY_APPLICATION_ENDPOINT",
+    );
 }
