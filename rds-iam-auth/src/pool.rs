@@ -28,6 +28,16 @@
 //! let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Verified };
 //! let pool = pool::builder(&connector, manager_config).max_size(16).build()?;
 //!
+//! // Or choose the limits yourself, from the manager:
+//! use std::time::Duration;
+//! let custom = pool::Pool::builder(pool::manager(&connector, ManagerConfig::default()))
+//!     .runtime(pool::Runtime::Tokio1)
+//!     .recycle_timeout(Some(Duration::from_secs(2)))
+//!     .pre_recycle(pool::max_lifetime(Duration::from_secs(10 * 60)))
+//!     .max_size(16)
+//!     .build()?;
+//! # drop(custom);
+//!
 //! let client = pool.get().await?;
 //! let statement = client.prepare_cached("SELECT $1::int4 + 1").await?;
 //! let row = client.query_one(&statement, &[&41i32]).await?;
@@ -46,6 +56,26 @@
 //! - TCP keepalive on every socket, from the connector's settings.
 //!
 //! Build the pool from [`manager`] instead to choose these yourself.
+//!
+//! A service configured through a [`deadpool_postgres::Config`] keeps it; only the password
+//! goes (it is refused: the token is the password):
+//!
+//! ```no_run
+//! # async fn run(cfg: deadpool_postgres::Config) -> Result<(), Box<dyn std::error::Error>> {
+//! use rds_iam_auth::pool::{self, deadpool_postgres};
+//!
+//! let connector = rds_iam_auth::Config::from_pg_config(&cfg.get_pg_config()?)?
+//!     .assume_role("arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role")
+//!     .external_id("5e0d8c1a-example")
+//!     .connector()
+//!     .await?;
+//! let mut pool_config = cfg.get_pool_config(); // size, queue mode, timeouts
+//! pool_config.timeouts.recycle.get_or_insert(pool::DEFAULT_RECYCLE_TIMEOUT);
+//! let pool = pool::builder(&connector, cfg.get_manager_config())
+//!     .config(pool_config)
+//!     .build()?;
+//! # Ok(()) }
+//! ```
 //!
 //! # Errors
 //!
