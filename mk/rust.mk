@@ -1,21 +1,24 @@
 # Rust workspace: format, lint, tests.
 CARGO ?= cargo
-# The benchmark crates pull in aws-sdk-rds and sqlx (minutes to compile): kept out of lint and test.
+# The benchmark crates pull in aws-sdk-rds, and sqlx 0.8 with aws-config's default features
+# (minutes to compile): kept out of lint and test.
 RUST_EXCLUDE := --workspace --exclude token-bench --exclude peer-lambda
+# Optional features that are linted, documented and tested with the rest.
+RUST_FEATURES := --features rds-iam-auth/sqlx
 
 .PHONY: lint-rust test-rust soak bench bench-connect
 lint-rust:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy $(RUST_EXCLUDE) --all-targets -- -D warnings
+	$(CARGO) clippy $(RUST_EXCLUDE) $(RUST_FEATURES) --all-targets -- -D warnings
 	@# Docs are part of the product: broken links and missing docs fail the build.
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps $(RUST_EXCLUDE)
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps $(RUST_EXCLUDE) $(RUST_FEATURES)
 
 test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, doc tests)
 	@command -v cargo-nextest >/dev/null || { echo "cargo-nextest missing: install it with 'cargo install cargo-nextest --locked'"; exit 1; }
 	@# The Lambda alone (its own feature set), as `cargo lambda watch` in the tests builds it.
 	$(CARGO) build -p connection-test
-	$(CARGO) nextest run $(RUST_EXCLUDE) --no-fail-fast
-	$(CARGO) test $(RUST_EXCLUDE) --doc
+	$(CARGO) nextest run $(RUST_EXCLUDE) $(RUST_FEATURES) --no-fail-fast
+	$(CARGO) test $(RUST_EXCLUDE) $(RUST_FEATURES) --doc
 	@# Alone, after the rest: it measures what nothing else may disturb.
 	@$(MAKE) --no-print-directory soak
 
