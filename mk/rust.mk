@@ -1,9 +1,10 @@
 # Rust workspace: format, lint, tests.
 CARGO ?= cargo
-# The benchmark crates pull in aws-sdk-rds and sqlx (minutes to compile): kept out of lint and test.
+# The benchmark crates pull in aws-sdk-rds, and sqlx 0.8 with aws-config's default features
+# (minutes to compile): kept out of lint and test.
 RUST_EXCLUDE := --workspace --exclude token-bench --exclude peer-lambda
 # The library's optional integrations are linted, documented and tested too.
-RUST_FEATURES := --features rds-iam-auth/deadpool-postgres
+RUST_FEATURES := --features rds-iam-auth/deadpool-postgres,rds-iam-auth/sqlx
 
 .PHONY: lint-rust test-rust soak bench bench-connect
 lint-rust:

@@ -244,6 +244,16 @@ impl Connector {
         self.inner.ca_bundle.as_ref()
     }
 
+    /// What a session must allow (`target_session_attrs`), checked at login.
+    pub fn target_session_attrs(&self) -> TargetSessionAttrs {
+        self.inner.target_session_attrs
+    }
+
+    /// Whether an after-connect hook is set (integrations that cannot run it refuse it).
+    pub(crate) fn has_after_connect(&self) -> bool {
+        self.inner.after_connect.is_some()
+    }
+
     /// The limit for one whole connect.
     pub fn connect_timeout(&self) -> Duration {
         self.inner.connect_timeout

@@ -260,7 +260,7 @@ pub(crate) fn query_error(e: tokio_postgres::Error) -> Error {
 
 /// The first cause of type `T` in `e`'s chain, also inside `io::Error`s (whose `source()`
 /// skips the error they wrap).
-fn find_cause<'a, T: std::error::Error + 'static>(
+pub(crate) fn find_cause<'a, T: std::error::Error + 'static>(
     e: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a T> {
     let mut source = Some(e);

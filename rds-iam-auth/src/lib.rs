@@ -22,6 +22,7 @@
 //! | query | [`Connector::check`] (`check.rs`) | the staged check: every stage's outcome and time ([`CheckReport`]) |
 //! | (any failure) | `diagnosis.rs`, [`Error`] | what each failure means: the [`Stage`], its cause and a hint |
 //! | (pooling) | `pool` | deadpool-postgres pools whose every connection gets a fresh token (feature `deadpool-postgres`) |
+//! | (sqlx) | `sqlx` | a sqlx `PgPool` whose options get a fresh token on a schedule (feature `sqlx`) |
 //!
 //! # Example
 //!
@@ -73,6 +74,8 @@ mod net;
 mod pgconfig;
 #[cfg(feature = "deadpool-postgres")]
 pub mod pool;
+#[cfg(feature = "sqlx")]
+pub mod sqlx;
 mod stage;
 pub mod tls;
 pub mod token;

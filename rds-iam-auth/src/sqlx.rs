@@ -1,0 +1,741 @@
+//! A sqlx [`PgPool`] whose every physical connection logs in with a valid IAM token
+//! (feature `sqlx`, sqlx 0.9, Rust 1.94 or later).
+//!
+//! sqlx opens a pool's connections from one [`PgConnectOptions`] value, the password
+//! included, and has no hook that runs before a connection is opened. A token lives
+//! 15 minutes, so a pool built from one token stops opening connections after that. Here a
+//! background task re-signs a token on a schedule and installs fresh options with
+//! [`Pool::set_connect_options`](::sqlx::Pool::set_connect_options); the pool itself is a
+//! plain [`PgPool`] that the rest of the code uses as it always did.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use rds_iam_auth::sqlx::{PgPoolOptions, PoolBuilder};
+//! use rds_iam_auth::Config;
+//!
+//! let connector = Config::new()
+//!     .hostname("app-ro.endpoint.proxy-abc123.us-east-1.rds.amazonaws.com")
+//!     .user("app_reader")
+//!     .database("example_db")
+//!     .assume_role("arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role")
+//!     .external_id("5e0d8c1a-example")
+//!     .connector()
+//!     .await?;
+//! let (pool, refresh) = PoolBuilder::new(connector)
+//!     .pool_options(PgPoolOptions::new().max_connections(16))
+//!     .connect()
+//!     .await?;
+//!
+//! // A plain sqlx::PgPool: pass it around as before.
+//! let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await?;
+//! assert_eq!(one, 1);
+//!
+//! // Whether refreshing works, for a health endpoint or a metric.
+//! if let Some(err) = refresh.last_refresh_error() {
+//!     eprintln!("token refresh failing ({} failures): {err}", refresh.failed_refresh_count());
+//! }
+//!
+//! // Closing the pool also ends the refresh task.
+//! pool.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! For a single connection, [`connect_options`] returns options with a fresh token for
+//! `PgConnection::connect_with`.
+//!
+//! # The refresh schedule
+//!
+//! - A token is signed when the pool is built, from the [`Connector`]'s cached (assumed-role)
+//!   credentials, and then every [`PoolBuilder::refresh_every`]: a third of the token's life
+//!   by default (5 minutes for the 15-minute tokens of RDS). A connection the pool opens
+//!   thus presents a token at most that old.
+//! - A token dies with the session credentials that signed it. So the next refresh also
+//!   comes no later than half of the time those credentials have left: the credential cache
+//!   renews them ahead of expiry (see [`crate::credentials`]), and the refresh after that
+//!   signs with the new ones, long before the old ones expire.
+//! - Connections already open are not touched: a token is only checked at login.
+//!
+//! # When a refresh fails
+//!
+//! Refreshing fails when no usable credentials can be had (STS refusing or unreachable
+//! once the cached credentials are too close to expiry). Then:
+//! - the pool keeps the options it has, so new connections keep working for as long as
+//!   the last token and its credentials are valid;
+//! - a WARN event is logged with the stage, the cause and the hint (never a token or a
+//!   key), and [`RefreshHandle::last_refresh_error`] and
+//!   [`RefreshHandle::failed_refresh_count`] say so until a refresh succeeds;
+//! - it is retried after 1 s, doubling up to 30 s (never longer than the refresh interval).
+//!
+//! While the cached credentials are still valid but renewing them fails, refreshes still
+//! succeed (with the cached credentials) and the credential cache logs the failures:
+//! [`CredentialCache::refresh_error`](crate::CredentialCache::refresh_error) (through
+//! [`Connector::credentials`]) says so.
+//!
+//! # TLS: what sqlx verifies
+//!
+//! sqlx verifies the server certificate with rustls (on aws-lc-rs, as the rest of this
+//! crate) against the Mozilla roots of `webpki-roots` (which hold Amazon Root CA 1 to 4, the
+//! roots of RDS Proxy's certificates) plus the connector's [`CaBundle`](crate::CaBundle),
+//! if any. sqlx verifies the certificate's name against the host it dials, and can do
+//! nothing else (it has no separate TLS name). Hence:
+//! - **dialing the endpoint name itself** (no `connect_address`): [`PgSslMode::VerifyFull`]:
+//!   the chain and the endpoint name are verified, as by [`Connector::connect`];
+//! - **dialing another address** (`connect_address`: a tunnel, a port forward, the local
+//!   stack): the certificate of an RDS Proxy names the endpoint, never that address, so
+//!   `VerifyFull` would refuse every connection. The mode is then [`PgSslMode::VerifyCa`]:
+//!   the chain is verified (a certificate from an untrusted issuer is refused, and a server
+//!   without TLS too), but **not the name**: any certificate that chains to a trusted root,
+//!   issued for any name, is accepted. This is logged at WARN once. [`Connector::connect`]
+//!   and [`Connector::check`] verify the endpoint name also over such an override; run the
+//!   staged check to prove which server answers there.
+//!
+//! There is no plaintext fallback in either mode.
+//!
+//! # What else differs from [`Connector::connect`]
+//!
+//! - A login refused with the proxy's IAM message is not retried with refreshed
+//!   credentials; the next scheduled refresh installs a token from the credentials then
+//!   cached.
+//! - TCP keepalive is sqlx's. Connector settings sqlx cannot carry are refused when the
+//!   pool is built, each with what to use instead: an `after_connect` hook (use
+//!   [`PgPoolOptions::after_connect`]), `options` (use [`PoolBuilder::customize`]) and
+//!   `target_session_attrs`. A connect is bounded by the pool's `acquire_timeout`, not the
+//!   connector's connect timeout.
+//! - sqlx reads `PGOPTIONS`, `PGSSLCERT`, `PGSSLKEY` and `PGAPPNAME` from the environment
+//!   when it creates options, and offers no way to unset them; every other setting that
+//!   matters (host, port, user, password, database, TLS mode and trust) is set here.
+//! - `PgConnectOptions`'s `Debug` prints the password (the token): do not log
+//!   [`PgPool::connect_options`].
+//! - The refresh task holds a clone of the pool (sqlx has no weak pool handle): it ends when
+//!   the pool is closed ([`Pool::close`](::sqlx::Pool::close), which sqlx recommends at
+//!   shutdown anyway) or on [`RefreshHandle::stop`]. A pool whose every clone is dropped
+//!   without closing it stays alive with its task.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::CertificateDer;
+use tokio::sync::Notify;
+
+pub use ::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+
+use crate::diagnosis::{
+    error_chain, find_cause, tls_error, HINT_IAM_FAILED, HINT_NO_DATABASE, HINT_NO_SECRET,
+    HINT_TCP, HINT_TLS_REFUSED, HINT_TOO_MANY,
+};
+use crate::error::{ConfigError, Error, SharedError};
+use crate::stage::Stage;
+use crate::token;
+use crate::Connector;
+use tokio_postgres::config::TargetSessionAttrs;
+
+/// The shortest interval between two refreshes, whatever the schedule says.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest wait before retrying a failed refresh.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Options for one connection, with a token signed now: for
+/// `PgConnection::connect_with(&options)`.
+///
+/// The settings are the connector's: the dial target (the endpoint or the
+/// `connect_address` override) and port, user, database (the user name when none is set,
+/// as PostgreSQL does), application name, the token as password, and TLS as strict as sqlx
+/// allows (see the [module documentation](self)). The token is valid for one login within
+/// its lifetime.
+pub async fn connect_options(connector: &Connector) -> Result<PgConnectOptions, Error> {
+    let settings = Settings::new(connector, None);
+    Ok(settings.sign().await?.options)
+}
+
+/// Builds a [`PgPool`] whose connections log in with fresh IAM tokens, and the task that
+/// keeps its options fresh.
+pub struct PoolBuilder {
+    connector: Connector,
+    pool_options: PgPoolOptions,
+    refresh_every: Option<Duration>,
+    customize: Option<Customize>,
+}
+
+type Customize = Arc<dyn Fn(PgConnectOptions) -> PgConnectOptions + Send + Sync>;
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("connector", &self.connector)
+            .field("pool_options", &self.pool_options)
+            .field("refresh_every", &self.refresh_every)
+            .field("customize", &self.customize.is_some())
+            .finish()
+    }
+}
+
+impl PoolBuilder {
+    /// A builder with sqlx's default pool options and the default schedule.
+    pub fn new(connector: Connector) -> Self {
+        Self {
+            connector,
+            pool_options: PgPoolOptions::new(),
+            refresh_every: None,
+            customize: None,
+        }
+    }
+
+    /// The pool settings (size, lifetimes, timeouts, hooks).
+    pub fn pool_options(mut self, options: PgPoolOptions) -> Self {
+        self.pool_options = options;
+        self
+    }
+
+    /// How often a fresh token is installed: by default a third of the token's life
+    /// (5 minutes). At least [`MIN_REFRESH_INTERVAL`] and shorter than the token's life.
+    /// Shorten it when the server accepts tokens for less than their `X-Amz-Expires` (the
+    /// local stack's `[proxy] token_lifetime_seconds`).
+    pub fn refresh_every(mut self, every: Duration) -> Self {
+        self.refresh_every = Some(every);
+        self
+    }
+
+    /// Changes the options of every connection (statement cache, statement logging,
+    /// startup `options`, ...). It runs on each fresh set of options before this crate's own
+    /// settings (host, port, user, password, database, application name when one is set,
+    /// TLS), which therefore always win.
+    pub fn customize<F>(mut self, f: F) -> Self
+    where
+        F: Fn(PgConnectOptions) -> PgConnectOptions + Send + Sync + 'static,
+    {
+        self.customize = Some(Arc::new(f));
+        self
+    }
+
+    /// Signs a token, opens the pool with one connection (as
+    /// [`PgPoolOptions::connect_with`] does, so a wrong setting fails here), and starts the
+    /// refresh task.
+    pub async fn connect(self) -> Result<(PgPool, RefreshHandle), Error> {
+        let (settings, every, pool_options) = self.prepare()?;
+        let signed = settings.sign().await?;
+        let acquire_timeout = pool_options.get_acquire_timeout();
+        let pool = pool_options
+            .connect_with(signed.options.clone())
+            .await
+            .map_err(|e| settings.pool_error(e, acquire_timeout))?;
+        let handle = Refresher::spawn(settings, every, pool.clone(), signed);
+        Ok((pool, handle))
+    }
+
+    /// Signs a token and returns the pool without opening a connection (connections open
+    /// on demand), with the refresh task running.
+    pub async fn connect_lazy(self) -> Result<(PgPool, RefreshHandle), Error> {
+        let (settings, every, pool_options) = self.prepare()?;
+        let signed = settings.sign().await?;
+        let pool = pool_options.connect_lazy_with(signed.options.clone());
+        let handle = Refresher::spawn(settings, every, pool.clone(), signed);
+        Ok((pool, handle))
+    }
+
+    fn prepare(self) -> Result<(Settings, Duration, PgPoolOptions), Error> {
+        let lifetime = self.connector.token_params().expires_in();
+        let every = match self.refresh_every {
+            None => (lifetime / 3).max(MIN_REFRESH_INTERVAL),
+            Some(every) if every < MIN_REFRESH_INTERVAL => {
+                return Err(invalid_interval(format!(
+                    "{every:?} is shorter than {MIN_REFRESH_INTERVAL:?}"
+                )))
+            }
+            Some(every) if every >= lifetime => {
+                return Err(invalid_interval(format!(
+                    "{every:?} is not shorter than the token's life ({lifetime:?}): tokens would expire before they are replaced"
+                )))
+            }
+            Some(every) => every,
+        };
+        // Settings sqlx cannot carry are refused, not dropped.
+        if self.connector.startup_config().get_options().is_some() {
+            return Err(Error::Config(ConfigError::Invalid {
+                name: "options",
+                reason: "is set, but sqlx takes startup options as key-value pairs: pass them with PoolBuilder::customize(|o| o.options([(\"search_path\", \"app\")])) (RDS Proxy refuses them either way)".to_owned(),
+            }));
+        }
+        if self.connector.target_session_attrs() != TargetSessionAttrs::Any {
+            return Err(Error::Config(ConfigError::Invalid {
+                name: "target_session_attrs",
+                reason: "is set, but sqlx has no such check: verify with PgPoolOptions::after_connect (SHOW transaction_read_only)".to_owned(),
+            }));
+        }
+        if self.connector.has_after_connect() {
+            return Err(Error::Config(ConfigError::Invalid {
+                name: "after_connect",
+                reason:
+                    "is set, but sqlx opens its own connections: use PgPoolOptions::after_connect"
+                        .to_owned(),
+            }));
+        }
+        let settings = Settings::new(&self.connector, self.customize);
+        Ok((settings, every, self.pool_options))
+    }
+}
+
+fn invalid_interval(reason: String) -> Error {
+    Error::Config(ConfigError::Invalid {
+        name: "refresh_every",
+        reason,
+    })
+}
+
+impl Connector {
+    /// A sqlx pool whose connections log in with fresh IAM tokens (feature `sqlx`):
+    /// [`PoolBuilder::new`]`(self.clone()).pool_options(options).connect()`.
+    pub async fn sqlx_pool(
+        &self,
+        options: PgPoolOptions,
+    ) -> Result<(PgPool, RefreshHandle), Error> {
+        PoolBuilder::new(self.clone())
+            .pool_options(options)
+            .connect()
+            .await
+    }
+}
+
+/// What the refresh task of one pool is doing; cheap to clone.
+///
+/// Dropping it changes nothing: the task runs until the pool is closed or
+/// [`RefreshHandle::stop`] is called.
+#[derive(Clone)]
+pub struct RefreshHandle {
+    status: Arc<Status>,
+}
+
+struct Status {
+    refreshes: AtomicU64,
+    failures: AtomicU64,
+    running: AtomicBool,
+    stop: Notify,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// When the token of the options in force was signed.
+    signed_at: Option<SystemTime>,
+    /// When the credentials that signed it expire.
+    credentials_expiry: Option<SystemTime>,
+    /// The last failure, until a refresh succeeds.
+    error: Option<SharedError>,
+}
+
+impl Status {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl fmt::Debug for RefreshHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshHandle")
+            .field("running", &self.is_running())
+            .field("refreshes", &self.refresh_count())
+            .field("failed_refreshes", &self.failed_refresh_count())
+            .field("token_signed_at", &self.token_signed_at())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RefreshHandle {
+    /// The error of the last refresh while refreshing fails (the pool still has the
+    /// previous options); `None` once a refresh succeeds.
+    pub fn last_refresh_error(&self) -> Option<Error> {
+        self.status.lock().error.as_ref().map(SharedError::get)
+    }
+
+    /// How many refreshes failed since the pool was built.
+    pub fn failed_refresh_count(&self) -> u64 {
+        self.status.failures.load(Ordering::Relaxed)
+    }
+
+    /// How many times fresh options were installed, the first ones included.
+    pub fn refresh_count(&self) -> u64 {
+        self.status.refreshes.load(Ordering::Relaxed)
+    }
+
+    /// When the token in the pool's options was signed.
+    pub fn token_signed_at(&self) -> Option<SystemTime> {
+        self.status.lock().signed_at
+    }
+
+    /// When the credentials that signed that token expire (`None`: long-term keys).
+    pub fn credentials_expire_at(&self) -> Option<SystemTime> {
+        self.status.lock().credentials_expiry
+    }
+
+    /// Whether the task still refreshes (false once the pool is closed or after
+    /// [`RefreshHandle::stop`]).
+    pub fn is_running(&self) -> bool {
+        self.status.running.load(Ordering::SeqCst)
+    }
+
+    /// Stops refreshing; the pool keeps its last options (which expire with their token).
+    pub fn stop(&self) {
+        self.status.stop.notify_one();
+    }
+}
+
+/// Everything needed to build options from a token: fixed when the pool is built.
+struct Settings {
+    connector: Connector,
+    tls_mode: PgSslMode,
+    /// The connector's CA bundle as PEM; empty without one (which also keeps
+    /// `PGSSLROOTCERT` from adding a root).
+    root_pem: Vec<u8>,
+    customize: Option<Customize>,
+}
+
+/// Options with a token signed now, and the expiry of the credentials that signed it.
+struct Signed {
+    options: PgConnectOptions,
+    signed_at: SystemTime,
+    credentials_expiry: Option<SystemTime>,
+}
+
+impl Settings {
+    fn new(connector: &Connector, customize: Option<Customize>) -> Self {
+        let (dial, port) = connector.dial_target();
+        let endpoint = connector.token_params().hostname();
+        let tls_mode = if same_host(dial, endpoint) {
+            PgSslMode::VerifyFull
+        } else {
+            warn_name_unverified(dial, port, endpoint);
+            PgSslMode::VerifyCa
+        };
+        let root_pem = connector
+            .ca_bundle()
+            .map(|b| pem(b.certificates()))
+            .unwrap_or_default();
+        Self {
+            connector: connector.clone(),
+            tls_mode,
+            root_pem,
+            customize,
+        }
+    }
+
+    /// Credentials from the connector's cache, a token signed with them, the options.
+    async fn sign(&self) -> Result<Signed, Error> {
+        let cache = self.connector.credentials();
+        let limit = self.connector.connect_timeout();
+        let credentials = match tokio::time::timeout(limit, cache.credentials()).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    stage: if cache.assumes_role() {
+                        Stage::AssumeRole
+                    } else {
+                        Stage::Credentials
+                    },
+                    after: limit,
+                })
+            }
+        };
+        let signed_at = SystemTime::now();
+        let token = token::sign(self.connector.token_params(), &credentials, signed_at);
+        Ok(Signed {
+            options: self.options(token.as_str()),
+            signed_at,
+            credentials_expiry: credentials.expiry(),
+        })
+    }
+
+    fn options(&self, password: &str) -> PgConnectOptions {
+        let c = &self.connector;
+        let (host, port) = c.dial_target();
+        let user = c.token_params().username();
+        let startup = c.startup_config();
+        let mut options = PgConnectOptions::new_without_pgpass();
+        if let Some(customize) = &self.customize {
+            options = customize(options);
+        }
+        let mut options = options
+            .host(host)
+            .port(port)
+            .username(user)
+            .password(password)
+            // Always set, so PGDATABASE cannot change it: PostgreSQL's default is the user.
+            .database(startup.get_dbname().unwrap_or(user))
+            .ssl_mode(self.tls_mode)
+            .ssl_root_cert_from_pem(self.root_pem.clone());
+        if let Some(name) = startup.get_application_name() {
+            options = options.application_name(name);
+        }
+        options
+    }
+
+    /// The wait before the next refresh after a successful one.
+    fn next_refresh(&self, every: Duration, signed: &Signed) -> Duration {
+        let credentials_left = signed
+            .credentials_expiry
+            .map(|e| e.duration_since(signed.signed_at).unwrap_or_default());
+        match credentials_left {
+            Some(left) => every.min(left / 2),
+            None => every,
+        }
+        .max(MIN_REFRESH_INTERVAL)
+    }
+
+    /// A failed first connection, as an [`Error`] naming its stage (the sqlx error is the
+    /// source).
+    fn pool_error(&self, e: ::sqlx::Error, acquire_timeout: Duration) -> Error {
+        let (host, port) = self.connector.dial_target();
+        let p = self.connector.token_params();
+        if find_cause::<rustls::Error>(&e).is_some() || matches!(e, ::sqlx::Error::Tls(_)) {
+            return tls_error(host, std::io::Error::other(e));
+        }
+        match e {
+            ::sqlx::Error::Database(ref db) => {
+                let code = db.code().map(|c| c.into_owned());
+                let message = format!("{}: {}", code.as_deref().unwrap_or("error"), db.message());
+                let hint = login_hint(db.message(), code.as_deref());
+                Error::Login {
+                    login: format!("{}@{}", p.username(), p.hostname()),
+                    message,
+                    code,
+                    hint,
+                    source: Some(Box::new(e)),
+                }
+            }
+            ::sqlx::Error::Io(source) => Error::Tcp {
+                address: format!("{host}:{port}"),
+                reason: source.to_string(),
+                source: Some(source),
+            },
+            // The pool retries refused connections until its acquire timeout.
+            ::sqlx::Error::PoolTimedOut => Error::Timeout {
+                stage: Stage::Login,
+                after: acquire_timeout,
+            },
+            other => Error::Login {
+                login: format!("{}@{}", p.username(), p.hostname()),
+                message: error_chain(&other),
+                code: None,
+                hint: None,
+                source: Some(Box::new(other)),
+            },
+        }
+    }
+}
+
+/// The hint for a login the server refused: RDS Proxy's messages first (its SQLSTATEs are
+/// generic), as for [`Connector::connect`].
+fn login_hint(text: &str, sqlstate: Option<&str>) -> Option<&'static str> {
+    if text.contains("IAM authentication failed") {
+        Some(HINT_IAM_FAILED)
+    } else if text.contains("has no credentials for the role") {
+        Some(HINT_NO_SECRET)
+    } else if text.contains("maximum number of client connections") {
+        Some(HINT_TOO_MANY)
+    } else if text.contains("requires TLS") || text.contains("only with SSL") {
+        Some(HINT_TLS_REFUSED)
+    } else {
+        match sqlstate {
+            Some("28P01") => Some(HINT_IAM_FAILED),
+            Some("3D000") => Some(HINT_NO_DATABASE),
+            Some("53300") => Some(HINT_TCP),
+            _ => None,
+        }
+    }
+}
+
+fn same_host(a: &str, b: &str) -> bool {
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
+}
+
+/// Logs, once per endpoint and dial address (per process), that sqlx cannot verify the
+/// name there.
+fn warn_name_unverified(dial: &str, port: u16, endpoint: &str) {
+    type Seen = HashSet<(String, u16, String)>;
+    static WARNED: Mutex<Option<Seen>> = Mutex::new(None);
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned
+        .get_or_insert_with(HashSet::new)
+        .insert((dial.to_owned(), port, endpoint.to_owned()))
+    {
+        tracing::warn!(
+            endpoint,
+            dial_address = %format_args!("{dial}:{port}"),
+            "sqlx: dialing {dial}:{port} instead of the endpoint name: sqlx can verify the certificate's chain there but not that it names {endpoint} (PgSslMode::VerifyCa); run the staged check to verify the name"
+        );
+    }
+}
+
+/// Certificates as PEM text (what sqlx reads its extra roots from).
+fn pem(certificates: &[CertificateDer<'_>]) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for cert in certificates {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let text = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        for line in text.as_bytes().chunks(64) {
+            // Base64 is ASCII.
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out.into_bytes()
+}
+
+/// The refresh task of one pool.
+struct Refresher {
+    settings: Settings,
+    every: Duration,
+    pool: PgPool,
+    status: Arc<Status>,
+}
+
+impl Refresher {
+    fn spawn(settings: Settings, every: Duration, pool: PgPool, first: Signed) -> RefreshHandle {
+        let status = Arc::new(Status {
+            refreshes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            running: AtomicBool::new(true),
+            stop: Notify::new(),
+            state: Mutex::default(),
+        });
+        let refresher = Refresher {
+            settings,
+            every,
+            pool,
+            status: status.clone(),
+        };
+        let wait = refresher.installed(first);
+        tokio::spawn(refresher.run(wait));
+        RefreshHandle { status }
+    }
+
+    async fn run(self, mut wait: Duration) {
+        let mut closed = std::pin::pin!(self.pool.close_event());
+        let mut failures_in_a_row = 0u32;
+        loop {
+            tokio::select! {
+                _ = &mut closed => break,
+                _ = self.status.stop.notified() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let outcome = tokio::select! {
+                _ = &mut closed => break,
+                outcome = self.settings.sign() => outcome,
+            };
+            wait = match outcome {
+                Ok(signed) => {
+                    if failures_in_a_row > 0 {
+                        tracing::info!(
+                            failed_attempts = failures_in_a_row,
+                            "sqlx pool: IAM token refreshed again after failures"
+                        );
+                    }
+                    failures_in_a_row = 0;
+                    self.pool.set_connect_options(signed.options.clone());
+                    self.installed(signed)
+                }
+                Err(error) => {
+                    failures_in_a_row += 1;
+                    let retry_in = backoff(failures_in_a_row).min(self.every);
+                    self.failed(error, failures_in_a_row, retry_in);
+                    retry_in
+                }
+            };
+        }
+        self.status.running.store(false, Ordering::SeqCst);
+        tracing::debug!("sqlx pool closed or stopped: IAM token refresh ended");
+    }
+
+    /// Records fresh options (already in the pool); the wait until the next refresh.
+    fn installed(&self, signed: Signed) -> Duration {
+        let wait = self.settings.next_refresh(self.every, &signed);
+        let mut state = self.status.lock();
+        state.signed_at = Some(signed.signed_at);
+        state.credentials_expiry = signed.credentials_expiry;
+        state.error = None;
+        drop(state);
+        self.status.refreshes.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            next_refresh_in = ?wait,
+            "sqlx pool: installed connect options with a fresh IAM token"
+        );
+        wait
+    }
+
+    fn failed(&self, error: Error, in_a_row: u32, retry_in: Duration) {
+        self.status.failures.fetch_add(1, Ordering::Relaxed);
+        let signed_at = self.status.lock().signed_at;
+        let token_age = signed_at.and_then(|t| t.elapsed().ok());
+        tracing::warn!(
+            stage = %error.stage(),
+            cause = %error.cause(),
+            hint = error.hint().unwrap_or("-"),
+            failed_attempts = in_a_row,
+            current_token_age = ?token_age,
+            retry_in = ?retry_in,
+            "sqlx pool: refreshing the IAM token failed; new connections use the previous token until a refresh succeeds"
+        );
+        self.status.lock().error = Some(SharedError::new(error));
+    }
+}
+
+/// 1 s doubling up to [`MAX_RETRY_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1)
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_RETRY_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_round_trips_through_the_bundle_parser() {
+        let certs = vec![
+            CertificateDer::from(vec![0x30u8, 0x03, 0x02, 0x01, 0x01]),
+            CertificateDer::from((0..=255u8).cycle().take(1000).collect::<Vec<u8>>()),
+        ];
+        let text = pem(&certs);
+        let parsed = crate::CaBundle::from_pem(&text).expect("parses");
+        assert_eq!(parsed.certificates(), &certs[..]);
+        let text = String::from_utf8(text).expect("ascii");
+        assert!(text.lines().all(|l| l.len() <= 64), "{text}");
+    }
+
+    #[test]
+    fn retry_backoff_doubles_to_its_cap() {
+        let waits: Vec<u64> = (1..=7).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(backoff(u32::MAX), MAX_RETRY_BACKOFF);
+    }
+
+    #[test]
+    fn login_hints_follow_the_proxy_messages() {
+        let iam = "The IAM authentication failed for the role app. Check the IAM token for this role and try again.";
+        assert_eq!(login_hint(iam, Some("28P01")), Some(HINT_IAM_FAILED));
+        assert_eq!(
+            login_hint("database \"x\" does not exist", Some("3D000")),
+            Some(HINT_NO_DATABASE)
+        );
+        assert_eq!(login_hint("something else", Some("XX000")), None);
+    }
+
+    #[test]
+    fn host_comparison_ignores_case_and_the_root_dot() {
+        assert!(same_host(
+            "Db.Proxy-X.us-east-1.rds.amazonaws.com.",
+            "db.proxy-x.us-east-1.rds.amazonaws.com"
+        ));
+        assert!(!same_host(
+            "127.0.0.1",
+            "db.proxy-x.us-east-1.rds.amazonaws.com"
+        ));
+    }
+}
