@@ -188,6 +188,16 @@ impl Recorder {
         }
     }
 
+    /// Whether `stage` was recorded (only a recorder that keeps its stages knows).
+    pub(crate) fn has(&self, stage: Stage) -> bool {
+        self.stages.iter().any(|s| s.stage == stage)
+    }
+
+    /// Whether stages are kept (for a report), not only logged.
+    pub(crate) fn keeps(&self) -> bool {
+        self.keep
+    }
+
     /// Adds the stages of a branch after the ones recorded so far.
     pub(crate) fn append(&mut self, branch: Recorder) {
         self.stages.extend(branch.stages);

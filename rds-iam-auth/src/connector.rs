@@ -250,6 +250,7 @@ impl Connector {
     }
 
     /// Whether an after-connect hook is set (integrations that cannot run it refuse it).
+    #[cfg(feature = "sqlx")]
     pub(crate) fn has_after_connect(&self) -> bool {
         self.inner.after_connect.is_some()
     }
@@ -265,26 +266,47 @@ impl Connector {
     /// Two branches run at once, since neither needs the other until the password is due:
     /// credentials (and STS) then the token, and DNS, TCP and TLS. Only the login waits for
     /// both. A cold start thus costs the longer of the two, not their sum.
+    ///
+    /// The first branch to fail ends the open: a proxy that refuses TCP is reported at once,
+    /// not after a slow STS call (or its timeout). The other branch's unfinished stage is
+    /// recorded as skipped, and what it was doing is dropped safely: a credential refresh
+    /// runs in a task of its own and goes on for the next caller.
     pub(crate) async fn open(
         &self,
         rec: &mut Recorder,
         deadline: Deadline,
     ) -> Result<Session, Refused> {
         let (mut signing, mut network) = (rec.branch(), rec.branch());
-        let (signed, stream) = tokio::join!(
-            self.sign(&mut signing, deadline),
-            self.network(&mut network, deadline)
-        );
+        let both = {
+            let sign = self.sign(&mut signing, deadline);
+            let net = self.network(&mut network, deadline);
+            first_failure(sign, net).await
+        };
+        match &both {
+            Err(First::A(e)) => note_unfinished(&mut network, e.stage(), NETWORK_STAGES),
+            Err(First::B(e)) => note_unfinished(&mut signing, e.stage(), self.signing_stages()),
+            Ok(_) => {}
+        }
         rec.append(signing);
         rec.append(network);
-        let (credentials, token) = signed.map_err(Refused::early)?;
-        let stream = stream.map_err(Refused::early)?;
+        let ((credentials, token), stream) = both.map_err(|f| Refused::early(f.into_error()))?;
         self.login(rec, deadline, stream, &token)
             .await
             .map_err(|error| Refused {
                 error,
                 credentials: Some(credentials),
             })
+    }
+
+    /// The stages of the signing branch that can be left unfinished, in order. With a role,
+    /// the credentials stage is recorded together with assume-role, when the cache answers:
+    /// an unfinished fetch is reported as assume-role.
+    fn signing_stages(&self) -> &'static [Stage] {
+        if self.inner.credentials.assumed_role().is_some() {
+            &[Stage::AssumeRole, Stage::Token]
+        } else {
+            &[Stage::Credentials, Stage::Token]
+        }
     }
 
     /// Credentials, then the token they sign.
@@ -446,6 +468,72 @@ impl Connector {
         })
         .await
     }
+}
+
+/// The stages of the network branch, in order.
+const NETWORK_STAGES: &[Stage] = &[Stage::Dns, Stage::Tcp, Stage::Tls];
+
+/// When the other branch failed first, records this branch's first stage that did not
+/// finish as skipped, naming the failure that ended it (only in a report that keeps stages).
+fn note_unfinished(branch: &mut Recorder, failed: Stage, stages: &[Stage]) {
+    if !branch.keeps() {
+        return;
+    }
+    if let Some(stage) = stages.iter().find(|s| !branch.has(**s)) {
+        let detail = format!("not finished: {failed} failed first");
+        branch.record(*stage, Outcome::Skipped, Duration::ZERO, &detail);
+    }
+}
+
+/// Which of two branches failed first.
+enum First {
+    A(Error),
+    B(Error),
+}
+
+impl First {
+    fn into_error(self) -> Error {
+        match self {
+            First::A(e) | First::B(e) => e,
+        }
+    }
+}
+
+/// Both results, or the first failure as soon as either branch fails; the other branch is
+/// then dropped unfinished.
+async fn first_failure<A, B>(
+    a: impl Future<Output = Result<A, Error>>,
+    b: impl Future<Output = Result<B, Error>>,
+) -> Result<(A, B), First> {
+    use std::task::Poll;
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    let (mut a_done, mut b_done) = (None, None);
+    std::future::poll_fn(|cx| {
+        if a_done.is_none() {
+            if let Poll::Ready(result) = a.as_mut().poll(cx) {
+                match result {
+                    Ok(v) => a_done = Some(v),
+                    Err(e) => return Poll::Ready(Err(First::A(e))),
+                }
+            }
+        }
+        if b_done.is_none() {
+            if let Poll::Ready(result) = b.as_mut().poll(cx) {
+                match result {
+                    Ok(v) => b_done = Some(v),
+                    Err(e) => return Poll::Ready(Err(First::B(e))),
+                }
+            }
+        }
+        match (a_done.take(), b_done.take()) {
+            (Some(a), Some(b)) => Poll::Ready(Ok((a, b))),
+            (a, b) => {
+                (a_done, b_done) = (a, b);
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 /// A failed open, with the credentials the refused login was signed with (to drop them).

@@ -150,3 +150,38 @@ async fn an_sts_outage_fails_connects_only_at_expiry_costs_few_calls_and_heals_q
         back.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_refused_tcp_connect_is_reported_at_once_while_sts_hangs() {
+    let stack = stack_with(|_| {}).await;
+    stack.set_sts_fault(StsFault::Hang);
+    // A port nobody listens on: connects are refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let connector = config(&stack, ro(&stack))
+        .await
+        .connect_address(closed.to_string())
+        .connect_timeout(Duration::from_secs(20))
+        .connector()
+        .await
+        .expect("connector");
+    let started = Instant::now();
+    let report = connector.check().await;
+    let took = started.elapsed();
+    let err = report.error.as_ref().expect("fails");
+    assert_eq!(err.stage(), Stage::Tcp, "{report}");
+    assert!(
+        took < Duration::from_secs(5),
+        "not held up by the hung STS call: {took:?}\n{report}"
+    );
+    let assume = report
+        .stages
+        .iter()
+        .find(|s| s.stage == Stage::AssumeRole)
+        .expect("the unfinished stage is listed");
+    assert_eq!(assume.outcome, rds_iam_auth::Outcome::Skipped, "{report}");
+    assert!(assume.detail.contains("tcp failed first"), "{report}");
+    eprintln!("{report}");
+}
