@@ -74,6 +74,7 @@ pub mod pool;
 mod stage;
 pub mod tls;
 pub mod token;
+mod warm;
 
 pub use check::{format_duration, CheckReport, Outcome, StageReport};
 pub use config::Config;
