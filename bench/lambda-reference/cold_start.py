@@ -216,6 +216,8 @@ def main():
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
         "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/connectiontest-lambda",
         "AWS_LAMBDA_LOG_STREAM_NAME": "local",
+        # Every process here is an on-demand cold start (Lambda's own value for those).
+        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
         "AWS_EC2_METADATA_DISABLED": "true",
     })
     # Lambda sets both; boto3 reads AWS_DEFAULT_REGION.
