@@ -11,6 +11,8 @@
 
 #![warn(missing_docs)]
 
+pub mod logs;
+
 use std::time::{Duration, SystemTime};
 
 use lambda_runtime::Diagnostic;

@@ -14,7 +14,7 @@ const WARM_UP_LIMIT: Duration = Duration::from_secs(3);
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     // JSON logs when AWS_LAMBDA_LOG_FORMAT=JSON, level from AWS_LAMBDA_LOG_LEVEL / RUST_LOG.
-    lambda_runtime::tracing::init_default_subscriber();
+    connection_test::logs::init();
     let function = Function::from_env().await;
 
     // Init work: the role's credentials (AssumeRole), the TLS random number generator, the
