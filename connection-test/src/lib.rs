@@ -11,6 +11,8 @@
 
 #![warn(missing_docs)]
 
+pub mod logs;
+
 use std::time::{Duration, SystemTime};
 
 use lambda_runtime::Diagnostic;
@@ -132,6 +134,36 @@ impl Function {
                 .connector()
                 .await
                 .map_err(|e| Failure::from_error(&e)),
+        }
+    }
+
+    /// Init work that shortens the first invocation ([`Connector::warm_up`]): fetches the
+    /// role's credentials into the cache, seeds the TLS random number generator and loads
+    /// the resolver, waiting at most `limit`. The returned future owns what it needs, so it
+    /// can be spawned and run while the runtime asks for the first event; the first
+    /// invocation then waits only for what is still missing.
+    ///
+    /// Never fails the function: a failed or unfinished fetch is logged, and the first
+    /// invocation runs the normal staged check, which fetches again (or waits for the fetch
+    /// still under way) and answers with the stage that failed.
+    pub fn warm_up(
+        &self,
+        limit: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let connector = self.connector.as_ref().ok().cloned();
+        async move {
+            let Some(connector) = connector else { return };
+            let started = tokio::time::Instant::now();
+            match connector.warm_up(limit).await {
+                Ok(()) => tracing::info!(
+                    took_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "init: credentials ready"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "init: credentials not ready; the first invocation fetches them"
+                ),
+            }
         }
     }
 

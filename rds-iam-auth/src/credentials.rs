@@ -361,6 +361,28 @@ impl CredentialCache {
         self.get().await.map(|o| o.credentials).map_err(|f| f.error)
     }
 
+    /// Fetches credentials into the cache now, unless usable ones are cached already, and
+    /// waits for the outcome: for work done ahead of the first connect (a Lambda function's
+    /// init; see [`Connector::warm_up`](crate::Connector::warm_up)).
+    ///
+    /// The fetch is the cache's usual single-flight refresh: a caller that needs credentials
+    /// meanwhile waits for it instead of starting another. Unlike other failed refreshes, a
+    /// failure here is not held against the next caller: it fetches again at once instead
+    /// of waiting out the backoff, so the first real connect makes its own attempt and
+    /// reports its own error.
+    pub async fn prefetch(&self) -> Result<(), Error> {
+        match self.get().await {
+            Ok(_) => Ok(()),
+            Err(FetchFailure { error, .. }) => {
+                let mut state = self.shared.lock();
+                if let Some(failure) = state.failure.as_mut() {
+                    failure.retry_at = Instant::now();
+                }
+                Err(error)
+            }
+        }
+    }
+
     /// Current credentials and how they were obtained; on failure, the error and what the
     /// base chain gave before it (so a report can show where the path stopped).
     pub(crate) async fn get(&self) -> Result<Obtained, FetchFailure> {

@@ -79,6 +79,7 @@ pub mod sqlx;
 mod stage;
 pub mod tls;
 pub mod token;
+mod warm;
 
 pub use check::{format_duration, CheckReport, Outcome, StageReport};
 pub use config::Config;
