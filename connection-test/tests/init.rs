@@ -66,8 +66,10 @@ async fn credentials_fetched_at_init_serve_every_invocation() {
 async fn the_first_invocation_joins_a_fetch_still_under_way() {
     let stack = stack().await;
     let f = function(&stack, &[]).await;
-    // As the Lambda does it: init work spawned, the first event handled at once.
+    // As the Lambda does it: init work spawned and let to send its request, the first event
+    // handled at once.
     let warm_up = tokio::spawn(f.warm_up(Duration::from_secs(5)));
+    tokio::task::yield_now().await;
     f.invoke().await.expect("success");
     warm_up.await.expect("warm-up task");
     f.invoke().await.expect("success");
