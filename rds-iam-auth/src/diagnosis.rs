@@ -189,29 +189,34 @@ pub(crate) fn session_attrs_error(user: &str, host: &str, read_only: bool) -> Er
     }
 }
 
+/// The hint for a login the server refused: RDS Proxy's own messages first (its SQLSTATEs
+/// are generic), then the SQLSTATE. Shared by every path that logs in (tokio-postgres, sqlx).
+pub(crate) fn login_hint(text: &str, sqlstate: Option<&str>) -> Option<&'static str> {
+    if text.contains("IAM authentication failed") {
+        Some(HINT_IAM_FAILED)
+    } else if text.contains("has no credentials for the role") {
+        Some(HINT_NO_SECRET)
+    } else if text.contains("maximum number of client connections") {
+        Some(HINT_TOO_MANY)
+    } else if text.contains("doesn't support the option") {
+        Some(HINT_PROXY_OPTION)
+    } else if text.contains("requires TLS") || text.contains("only with SSL") {
+        Some(HINT_TLS_REFUSED)
+    } else {
+        match sqlstate {
+            Some("28P01") => Some(HINT_IAM_FAILED),
+            Some("3D000") => Some(HINT_NO_DATABASE),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) fn login_error(user: &str, host: &str, e: tokio_postgres::Error) -> Error {
     let (message, code, hint) = match e.as_db_error() {
         Some(db) => {
             let text = db.message();
             let sqlstate = db.code().code();
-            // RDS Proxy's own messages first: its SQLSTATEs are generic.
-            let hint = if text.contains("IAM authentication failed") {
-                Some(HINT_IAM_FAILED)
-            } else if text.contains("has no credentials for the role") {
-                Some(HINT_NO_SECRET)
-            } else if text.contains("maximum number of client connections") {
-                Some(HINT_TOO_MANY)
-            } else if text.contains("doesn't support the option") {
-                Some(HINT_PROXY_OPTION)
-            } else if text.contains("requires TLS") || text.contains("only with SSL") {
-                Some(HINT_TLS_REFUSED)
-            } else if sqlstate == "28P01" {
-                Some(HINT_IAM_FAILED)
-            } else if sqlstate == "3D000" {
-                Some(HINT_NO_DATABASE)
-            } else {
-                None
-            };
+            let hint = login_hint(text, Some(sqlstate));
             (
                 format!("{} {sqlstate}: {text}", db.severity()),
                 Some(sqlstate.to_owned()),

@@ -123,10 +123,7 @@ use tokio::sync::Notify;
 
 pub use ::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
-use crate::diagnosis::{
-    error_chain, find_cause, tls_error, HINT_IAM_FAILED, HINT_NO_DATABASE, HINT_NO_SECRET,
-    HINT_TCP, HINT_TLS_REFUSED, HINT_TOO_MANY,
-};
+use crate::diagnosis::{error_chain, find_cause, login_hint, tls_error, HINT_TCP};
 use crate::error::{ConfigError, Error, SharedError};
 use crate::stage::Stage;
 use crate::token;
@@ -496,7 +493,12 @@ impl Settings {
             ::sqlx::Error::Database(ref db) => {
                 let code = db.code().map(|c| c.into_owned());
                 let message = format!("{}: {}", code.as_deref().unwrap_or("error"), db.message());
-                let hint = login_hint(db.message(), code.as_deref());
+                // sqlx reports the server's own "too many connections" (53300) as a login
+                // failure: a capacity problem, where the TCP hint applies.
+                let hint = match code.as_deref() {
+                    Some("53300") => Some(HINT_TCP),
+                    code => login_hint(db.message(), code),
+                };
                 Error::Login {
                     login: format!("{}@{}", p.username(), p.hostname()),
                     message,
@@ -522,27 +524,6 @@ impl Settings {
                 hint: None,
                 source: Some(Box::new(other)),
             },
-        }
-    }
-}
-
-/// The hint for a login the server refused: RDS Proxy's messages first (its SQLSTATEs are
-/// generic), as for [`Connector::connect`].
-fn login_hint(text: &str, sqlstate: Option<&str>) -> Option<&'static str> {
-    if text.contains("IAM authentication failed") {
-        Some(HINT_IAM_FAILED)
-    } else if text.contains("has no credentials for the role") {
-        Some(HINT_NO_SECRET)
-    } else if text.contains("maximum number of client connections") {
-        Some(HINT_TOO_MANY)
-    } else if text.contains("requires TLS") || text.contains("only with SSL") {
-        Some(HINT_TLS_REFUSED)
-    } else {
-        match sqlstate {
-            Some("28P01") => Some(HINT_IAM_FAILED),
-            Some("3D000") => Some(HINT_NO_DATABASE),
-            Some("53300") => Some(HINT_TCP),
-            _ => None,
         }
     }
 }
@@ -695,6 +676,7 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diagnosis::{HINT_IAM_FAILED, HINT_NO_DATABASE};
 
     #[test]
     fn pem_round_trips_through_the_bundle_parser() {
