@@ -3,39 +3,12 @@
 //! answers when that fetch failed or hangs, and that the second invocation of a process
 //! costs no more than the later ones.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_credential_types::Credentials;
-use connection_test::{config_from_lookup, Function};
-use rds_proxy_emulator::{LocalStack, StackConfig, StsFault};
+use rds_proxy_emulator::{LocalStack, StsFault};
 
-async fn stack() -> LocalStack {
-    LocalStack::start(StackConfig::demo())
-        .await
-        .expect("local stack")
-}
-
-/// The function as deployed against this stack, with `changes` to its variables.
-async fn function(stack: &LocalStack, changes: &[(&str, &str)]) -> Function {
-    let mut env: HashMap<String, String> = stack.env().into_iter().collect();
-    for (key, value) in changes {
-        env.insert(key.to_string(), value.to_string());
-    }
-    let config = config_from_lookup(|k| env.get(k).cloned()).expect("valid settings");
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(env["AWS_REGION"].clone()))
-        .endpoint_url(&env["AWS_ENDPOINT_URL_STS"])
-        .credentials_provider(Credentials::from_keys(
-            &env["AWS_ACCESS_KEY_ID"],
-            &env["AWS_SECRET_ACCESS_KEY"],
-            None,
-        ))
-        .load()
-        .await;
-    Function::with_config(config.sdk_config(sdk)).await
-}
+mod common;
+use common::{function, stack};
 
 fn assume_role_calls(stack: &LocalStack) -> u64 {
     stack.counters().assume_role_calls
@@ -79,7 +52,7 @@ async fn the_first_invocation_joins_a_fetch_still_under_way() {
 #[tokio::test]
 async fn a_failed_fetch_at_init_lets_the_first_invocation_try_again_and_name_its_stage() {
     let stack = stack().await;
-    let f = function(&stack, &[("EXTERNAL_ID", "wrong-id")]).await;
+    let f = function(&stack, &[("EXTERNAL_ID", Some("wrong-id"))]).await;
     let connector = f.connector().expect("configured").clone();
     let err = connector
         .warm_up(Duration::from_secs(5))
