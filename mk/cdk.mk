@@ -17,9 +17,11 @@ APP_PROFILE ?=
 DB_PROFILE  ?=
 REGION      ?=
 DRY_RUN     ?=
-EXTERNAL_ID ?=
+# EXTERNAL_ID (and DEPLOY_STATE_DIR) reach the scripts the way make passes on any variable
+# from the environment or the command line: exported. EXTERNAL_ID must not be expanded into a
+# recipe, or it would sit in the recipe shell's command line, readable by every local user.
 CDK_SCRIPT_ENV = PATH="$(CDK_BIN):$$PATH" MAKE="$(MAKE)" APP_PROFILE="$(APP_PROFILE)" \
-	DB_PROFILE="$(DB_PROFILE)" REGION="$(REGION)" DRY_RUN="$(DRY_RUN)" EXTERNAL_ID="$(EXTERNAL_ID)"
+	DB_PROFILE="$(DB_PROFILE)" REGION="$(REGION)" DRY_RUN="$(DRY_RUN)"
 
 EXTRA_TESTS += test-cdk
 EXTRA_LINTS += lint-cdk
@@ -67,10 +69,14 @@ checkov: $(CHECKOV) ## checkov on the synthesized templates in cdk.out/ (run mak
 	$(CHECKOV) --quiet --compact --framework cloudformation --skip-download \
 		-f $(CDK_OUT)/ApplicationStack.template.json -f $(CDK_OUT)/DatabaseStack.template.json
 
-synth: $(CDK_STAMP) ## Synthesize both stacks into cdk.out/ offline; fails on any cdk-nag finding
-	cd $(ROOT) && $(CDK_BIN)/cdk synth --quiet
+# The app refuses cdk.json's placeholder external ID on every synth, so this offline synth
+# gives it a random one of its own (unless CONNECTIONTEST_EXTERNAL_ID is set): no template
+# ever carries a value anyone can read in this repository.
+synth: $(CDK_STAMP) ## Synthesize both stacks into cdk.out/ offline (a random external ID); fails on any cdk-nag finding
+	cd $(ROOT) && CONNECTIONTEST_EXTERNAL_ID="$${CONNECTIONTEST_EXTERNAL_ID:-synth-only-$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}" \
+		$(CDK_BIN)/cdk synth --quiet
 
-deploy: $(CDK_STAMP) ## Build, then deploy both stacks in 3 phases: APP_PROFILE=.. DB_PROFILE=.. [EXTERNAL_ID=..|generate] [REGION=..] [DRY_RUN=1]
+deploy: $(CDK_STAMP) ## Build, then deploy both stacks in 3 phases: APP_PROFILE=.. DB_PROFILE=.. [EXTERNAL_ID=generate] [REGION=..] [DRY_RUN=1]
 	@$(CDK_SCRIPT_ENV) bash $(ROOT)/scripts/deploy.sh
 
 invoke: ## Invoke the connection-test function and print its answer: APP_PROFILE=.. [REGION=..]

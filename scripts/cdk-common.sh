@@ -6,12 +6,21 @@
 #   APP_PROFILE  AWS CLI profile of the application account
 #   DB_PROFILE   AWS CLI profile of the database account
 #   REGION       region of both stacks (default: "region" in cdk.json)
-#   EXTERNAL_ID  optional: overrides "external_id" in cdk.json; "generate" makes a new random one
-#                (make deploy refuses the shipped placeholder and anything under 16 characters)
+#   EXTERNAL_ID  optional: overrides "external_id" in cdk.json; "generate" makes a random one and
+#                keeps it in DEPLOY_STATE_DIR, where later "generate" runs for the same accounts
+#                and region find it (make deploy refuses the shipped placeholder and anything
+#                under 16 characters). Give it in the environment (EXTERNAL_ID=... make deploy):
+#                `make deploy EXTERNAL_ID=...` leaves it in make's command line.
+#   DEPLOY_STATE_DIR  what make deploy keeps between runs: generated external IDs and its cdk
+#                output (default: ${XDG_STATE_HOME:-~/.local/state}/connectiontest-deploy, mode 0700)
 #   DRY_RUN=1    print every command instead of running it (no AWS call at all)
 #   MAKE         make to run `make build` with (default: make)
 #   LAMBDA_ZIP   the built function (default: target/lambda/connection-test/bootstrap.zip)
 # Tools come from PATH: `aws` (AWS CLI v2) and `cdk` (make puts cdk/node_modules/.bin first).
+#
+# The external ID never appears on a command line (any local user can read those in
+# /proc/PID/cmdline) nor in anything printed: cdk gets it in its environment only, as
+# CONNECTIONTEST_EXTERNAL_ID (see cdk/lib/config.ts), and the scripts print its length.
 
 set -euo pipefail
 
@@ -20,7 +29,10 @@ APP_STACK=ApplicationStack
 DB_STACK=DatabaseStack
 DRY_RUN="${DRY_RUN:-0}"
 LAMBDA_ZIP="${LAMBDA_ZIP:-$ROOT/target/lambda/connection-test/bootstrap.zip}"
+STATE_DIR="${DEPLOY_STATE_DIR:-${XDG_STATE_HOME:-${HOME:?HOME is not set}/.local/state}/connectiontest-deploy}"
 PROG="${PROG:-$(basename "$0" .sh)}"
+# The external ID handed to cdk (cdk_step); kept out of every other program's environment.
+export -n EXTERNAL_ID CONNECTIONTEST_EXTERNAL_ID 2>/dev/null || true
 
 # One line on stderr, then stop.
 die() {
@@ -56,7 +68,23 @@ step() {
   [[ "$DRY_RUN" == 1 ]] && return 0
   local rc=0
   "$@" || rc=$?
-  ((rc == 0)) || die "$label failed (exit $rc); later steps were not run. Fix the cause above and re-run: completed steps are no-ops the second time."
+  step_done "$label" "$rc"
+}
+
+# cdk_step LABEL CDK-ARGS...: step for `cdk CDK-ARGS...`, with the external ID (EXTERNAL_ID)
+# in cdk's environment as CONNECTIONTEST_EXTERNAL_ID: never in its arguments.
+cdk_step() {
+  local label="$1"
+  shift
+  show cdk "$@"
+  [[ "$DRY_RUN" == 1 ]] && return 0
+  local rc=0
+  CONNECTIONTEST_EXTERNAL_ID="$EXTERNAL_ID" cdk "$@" || rc=$?
+  step_done "$label" "$rc"
+}
+
+step_done() {
+  (($2 == 0)) || die "$1 failed (exit $2); later steps were not run. Fix the cause above and re-run: completed steps are no-ops the second time."
 }
 
 need_tool() {
@@ -96,18 +124,23 @@ resolve_region() {
 
 PLACEHOLDER_EXTERNAL_ID=connectiontest-change-me
 MIN_EXTERNAL_ID_LENGTH=16
-EXTERNAL_ID_HOWTO="set one with 'make deploy EXTERNAL_ID=generate ...' (prints a new random one), EXTERNAL_ID=<16+ characters>, or \"external_id\" in cdk.json"
+EXTERNAL_ID_RE='^[A-Za-z0-9+=,.@:/_-]{16,1224}$'
+EXTERNAL_ID_HOWTO="set one with 'make deploy EXTERNAL_ID=generate ...' (makes a random one and keeps it for later runs), EXTERNAL_ID=<16+ characters> in the environment, or \"external_id\" in cdk.json"
 
-# The external ID for a deployment: EXTERNAL_ID from the environment ("generate": a new random
-# one, printed), else "external_id" in cdk.json; never the shipped placeholder, never short.
+# The external ID for a deployment: EXTERNAL_ID from the environment, else "external_id" in
+# cdk.json; never the shipped placeholder, never short. Checked here, before anything runs.
+# EXTERNAL_ID=generate is settled by keep_generated_external_id once the accounts are known.
 # The same value goes to both stacks (the role's trust policy and the Lambda's EXTERNAL_ID).
 resolve_external_id() {
+  local from=EXTERNAL_ID
   if [[ "${EXTERNAL_ID:-}" == generate ]]; then
-    EXTERNAL_ID="connectiontest-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-    say "generated external ID: $EXTERNAL_ID"
-    say "keep it: pass EXTERNAL_ID=$EXTERNAL_ID to later 'make deploy' runs or put it in cdk.json (\"external_id\")"
-  elif [[ -z "${EXTERNAL_ID:-}" ]]; then
+    EXTERNAL_ID_GENERATE=1
+    return 0
+  fi
+  EXTERNAL_ID_GENERATE=0
+  if [[ -z "${EXTERNAL_ID:-}" ]]; then
     cdk_context external_id EXTERNAL_ID
+    from='"external_id" in cdk.json'
   fi
   if [[ "$EXTERNAL_ID" == "$PLACEHOLDER_EXTERNAL_ID" ]]; then
     die "the external ID is the shipped placeholder '$PLACEHOLDER_EXTERNAL_ID': $EXTERNAL_ID_HOWTO"
@@ -115,8 +148,38 @@ resolve_external_id() {
   if ((${#EXTERNAL_ID} < MIN_EXTERNAL_ID_LENGTH)); then
     die "the external ID is ${#EXTERNAL_ID} characters long, at least $MIN_EXTERNAL_ID_LENGTH are needed: $EXTERNAL_ID_HOWTO"
   fi
-  [[ "$EXTERNAL_ID" =~ ^[A-Za-z0-9+=,.@:/_-]{16,1224}$ ]] ||
+  [[ "$EXTERNAL_ID" =~ $EXTERNAL_ID_RE ]] ||
     die "the external ID may only contain A-Z a-z 0-9 and + = , . @ : / _ -: $EXTERNAL_ID_HOWTO"
+  say "external ID: set (${#EXTERNAL_ID} characters, from $from)"
+}
+
+# EXTERNAL_ID=generate: the ID kept for these two accounts and this region in STATE_DIR, or a
+# new random one written there first (mode 0600, directory 0700). A re-run after a failed
+# phase must deploy the ID the earlier phases already deployed: a new one would leave the
+# role's trust policy and the function's setting disagreeing until every phase has run again.
+keep_generated_external_id() {
+  [[ "$EXTERNAL_ID_GENERATE" == 1 ]] || return 0
+  if [[ "$DRY_RUN" == 1 ]]; then
+    EXTERNAL_ID=""
+    say "external ID: generate: a real run reuses the one kept for these accounts and this region under $STATE_DIR, or makes one and keeps it there"
+    return 0
+  fi
+  local file="$STATE_DIR/external-id-$APP_ACCOUNT-$DB_ACCOUNT-$REGION" tmp
+  mkdir -p -m 700 "$STATE_DIR" || die "could not create $STATE_DIR (DEPLOY_STATE_DIR) to keep the external ID in"
+  chmod 700 "$STATE_DIR"
+  if [[ -e "$file" ]]; then
+    chmod 600 "$file" || die "could not make $file private (chmod 600)"
+    IFS= read -r EXTERNAL_ID <"$file" || [[ -n "$EXTERNAL_ID" ]] || die "could not read the external ID kept in $file"
+    [[ "$EXTERNAL_ID" =~ $EXTERNAL_ID_RE && "$EXTERNAL_ID" != "$PLACEHOLDER_EXTERNAL_ID" ]] ||
+      die "the external ID kept in $file is not valid (${#EXTERNAL_ID} characters; at least $MIN_EXTERNAL_ID_LENGTH from A-Z a-z 0-9 + = , . @ : / _ -): fix or delete that file"
+    say "external ID: reusing the one kept in $file (${#EXTERNAL_ID} characters)"
+    return 0
+  fi
+  EXTERNAL_ID="connectiontest-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  # Written whole under another name first, so no run ever reads half an ID.
+  tmp="$(umask 077 && mktemp "$file.XXXXXX")" || die "could not write in $STATE_DIR"
+  printf '%s\n' "$EXTERNAL_ID" >"$tmp" && mv -f "$tmp" "$file" || die "could not write $file"
+  say "external ID: generated (${#EXTERNAL_ID} characters), kept in $file (mode 0600): later runs with EXTERNAL_ID=generate for these accounts and this region reuse it"
 }
 
 # account_of PROFILE VAR-NAME: the 12-digit account id behind a profile (placeholder in dry runs).
@@ -143,9 +206,9 @@ resolve_accounts() {
 }
 
 # Context every cdk call carries: region and accounts from the profiles, not from cdk.json.
+# (Not the external ID: cdk_step hands that over in the environment.)
 base_context() {
   CTX=(-c "region=$REGION" -c "application_account_id=$APP_ACCOUNT" -c "database_account_id=$DB_ACCOUNT")
-  if [[ -n "${EXTERNAL_ID:-}" ]]; then CTX+=(-c "external_id=$EXTERNAL_ID"); fi
 }
 
 # stack_output PROFILE STACK KEY VAR-NAME: one CloudFormation output (placeholder in dry runs).

@@ -23,13 +23,16 @@ cd "$ROOT"
 
 resolve_accounts
 base_context
-# Destroy only synthesizes to find the stacks: the stand-in code is fine if nothing was built.
+# Destroy only synthesizes to find the stacks: the stand-in code is fine if nothing was built,
+# and any external ID will do (the app refuses to synthesize without a valid one), so it gets
+# a random throwaway one that nothing ever deploys.
 CTX+=(-c lambda_code_source=auto)
+EXTERNAL_ID="destroy-only-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 
 say "1/2: $DB_STACK in the database account (the proxy endpoints must leave the shared subnets first)"
-step "1/2 (destroy $DB_STACK)" cdk destroy "$DB_STACK" --force --profile "$DB_PROFILE" "${CTX[@]}"
+cdk_step "1/2 (destroy $DB_STACK)" destroy "$DB_STACK" --force --profile "$DB_PROFILE" "${CTX[@]}"
 say "2/2: $APP_STACK in the application account (Lambda network interfaces can take 20+ minutes to release)"
-step "2/2 (destroy $APP_STACK)" cdk destroy "$APP_STACK" --force --profile "$APP_PROFILE" "${CTX[@]}"
+cdk_step "2/2 (destroy $APP_STACK)" destroy "$APP_STACK" --force --profile "$APP_PROFILE" "${CTX[@]}"
 
 say "done. The cluster's final snapshot is kept and billed: list it with" \
   "'aws rds describe-db-cluster-snapshots --snapshot-type manual --profile $DB_PROFILE --region $REGION'" \

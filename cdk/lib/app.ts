@@ -12,8 +12,9 @@ export interface ConnectionTestApp {
   readonly database: DatabaseStack;
 }
 
-export function buildApp(app: App): ConnectionTestApp {
-  const config = loadConfig(app.node);
+/** `env`: the environment the external ID may come from (see loadConfig); the process's by default. */
+export function buildApp(app: App, env: Record<string, string | undefined> = process.env): ConnectionTestApp {
+  const config = loadConfig(app.node, env);
   const application = new ApplicationStack(app, 'ApplicationStack', {
     config,
     description: 'connectiontest: application account (VPC shared with RAM, STS endpoint, connectiontest-lambda)',

@@ -1,6 +1,7 @@
 /**
  * Context values of the app (cdk.json "context", or `-c key=value` on the command line),
- * read and validated in one place. Every problem is reported as a ContextError that names
+ * plus the external ID from the environment (CONNECTIONTEST_EXTERNAL_ID), read and validated
+ * in one place. Every problem is reported as a ContextError that names
  * the key and the shape it expects, so `cdk synth` fails with one readable line instead of
  * a CloudFormation error twenty minutes into a deployment.
  */
@@ -46,6 +47,7 @@ export interface AppConfig {
   readonly databaseMasterUsername: string;
   readonly databaseName: string;
   readonly targetRoles: TargetRole[];
+  /** sts:ExternalId of the cross-account trust: CONNECTIONTEST_EXTERNAL_ID, else context external_id. */
   readonly externalId: string;
   /** Reserved concurrency of connectiontest-lambda: the most connections it can open at once. */
   readonly lambdaReservedConcurrency: number;
@@ -146,10 +148,21 @@ const PG_IDENT_SHAPE = 'a PostgreSQL identifier: a letter, then up to 62 letters
 const PG_IDENT_RE = /^[A-Za-z][A-Za-z0-9_]{0,62}$/;
 const EXTERNAL_ID_SHAPE = 'an STS external id: 2 to 1224 characters from A-Z a-z 0-9 + = , . @ : / _ -';
 const EXTERNAL_ID_RE = /^[\w+=,.@:/-]{2,1224}$/;
-/** The external id shipped in cdk.json: fine for synth and the tests, refused for a deployment. */
+/** The external id shipped in cdk.json: refused by every synth (see externalIdOf). */
 export const PLACEHOLDER_EXTERNAL_ID = 'connectiontest-change-me';
-/** Shortest external id accepted for a deployment (lambda_code_source "zip", what make deploy uses). */
-export const MIN_DEPLOY_EXTERNAL_ID_LENGTH = 16;
+/** Shortest external id any synth accepts. */
+export const MIN_EXTERNAL_ID_LENGTH = 16;
+/**
+ * The environment variable the external ID may come in, ahead of context "external_id". It is
+ * how make deploy hands it to cdk: a `-c external_id=...` argument would sit in cdk's command
+ * line, which any local user can read (/proc/PID/cmdline, ps), while a process's environment
+ * is readable by its own user only. Not EXTERNAL_ID: that name is the Lambda's own setting,
+ * which a shell that sourced the local stack's environment already carries.
+ */
+export const EXTERNAL_ID_ENV = 'CONNECTIONTEST_EXTERNAL_ID';
+const EXTERNAL_ID_HOWTO =
+  `run 'make deploy EXTERNAL_ID=generate ...', or give your own in ${EXTERNAL_ID_ENV} ` +
+  '(the environment variable make deploy sets for cdk) or as "external_id" in cdk.json';
 const FUNCTION_SHAPE = 'a Lambda function name: 1 to 64 characters from A-Z a-z 0-9 _ -';
 const FUNCTION_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const CONCURRENCY_SHAPE = 'a whole number from 1 to 50 (the most connections the function may hold on the proxy at once)';
@@ -197,6 +210,44 @@ function list(node: Node, key: Key, shape: string): string[] {
   return items as string[];
 }
 
+/**
+ * The external ID, from the environment (EXTERNAL_ID_ENV) or else context "external_id".
+ * Every synth refuses the placeholder shipped in cdk.json and anything under 16 characters,
+ * whatever lambda_code_source: a template is deployable by hand whichever code it packages,
+ * and its trust policy must never accept a value anyone can read in this repository. Offline
+ * synths (make synth, the tests) give one of their own. Errors never quote the value.
+ */
+function externalIdOf(node: Node, env: Record<string, string | undefined>): string {
+  const fromEnv = env[EXTERNAL_ID_ENV]?.trim();
+  const where = fromEnv ? EXTERNAL_ID_ENV : 'context "external_id"';
+  let value: string;
+  if (fromEnv) {
+    value = fromEnv;
+  } else {
+    const raw: unknown = node.tryGetContext('external_id');
+    if (raw === undefined || raw === null || (typeof raw === 'string' && raw.trim() === '')) {
+      throw new ContextError(
+        'external_id',
+        `context "external_id" is missing: expected ${EXTERNAL_ID_SHAPE} (set ${EXTERNAL_ID_ENV} in the environment or "external_id" in cdk.json; ` +
+          'not -c external_id=..., which any local user can read in the process list)',
+      );
+    }
+    if (typeof raw !== 'string') throw new ContextError('external_id', `${where} is invalid: expected ${EXTERNAL_ID_SHAPE}, written as a JSON string`);
+    value = raw.trim();
+  }
+  if (!EXTERNAL_ID_RE.test(value)) {
+    throw new ContextError('external_id', `${where} is invalid: expected ${EXTERNAL_ID_SHAPE}, got ${value.length} characters`);
+  }
+  if (value === PLACEHOLDER_EXTERNAL_ID || value.length < MIN_EXTERNAL_ID_LENGTH) {
+    throw new ContextError(
+      'external_id',
+      `${where} is ${value === PLACEHOLDER_EXTERNAL_ID ? 'the shipped placeholder' : `only ${value.length} characters long`}: ` +
+        `every synth needs an external ID of your own, at least ${MIN_EXTERNAL_ID_LENGTH} characters: ${EXTERNAL_ID_HOWTO}`,
+    );
+  }
+  return value;
+}
+
 /** PostgreSQL role names RDS or PostgreSQL keep for themselves. */
 const RESERVED_DB_USERS = ['rdsadmin', 'rdsproxyadmin', 'rds_superuser', 'rds_iam', 'rds_replication', 'rds_password', 'public'];
 
@@ -218,7 +269,8 @@ function integer(node: Node, key: Key, shape: string, min: number, max: number, 
   return value;
 }
 
-export function loadConfig(node: Node): AppConfig {
+/** `env`: where CONNECTIONTEST_EXTERNAL_ID is looked up (the process environment by default). */
+export function loadConfig(node: Node, env: Record<string, string | undefined> = process.env): AppConfig {
   const region = matching(node, 'region', REGION_SHAPE, REGION_RE);
   const applicationAccountId = matching(node, 'application_account_id', ACCOUNT_SHAPE, ACCOUNT_RE);
   const databaseAccountId = matching(node, 'database_account_id', ACCOUNT_SHAPE, ACCOUNT_RE);
@@ -255,17 +307,7 @@ export function loadConfig(node: Node): AppConfig {
     throw invalid('lambda_code_source', CODE_SOURCE_SHAPE, lambdaCodeSource);
   }
 
-  const externalId = matching(node, 'external_id', EXTERNAL_ID_SHAPE, EXTERNAL_ID_RE);
-  // A deployment (make deploy synthesizes with lambda_code_source=zip) must not carry the
-  // placeholder: the trust policy would then accept a value anyone can read in this repository.
-  if (lambdaCodeSource === 'zip' && (externalId === PLACEHOLDER_EXTERNAL_ID || externalId.length < MIN_DEPLOY_EXTERNAL_ID_LENGTH)) {
-    throw new ContextError(
-      'external_id',
-      `context "external_id" is ${externalId === PLACEHOLDER_EXTERNAL_ID ? 'the shipped placeholder' : `only ${externalId.length} characters long`}: ` +
-        `a deployment needs your own, at least ${MIN_DEPLOY_EXTERNAL_ID_LENGTH} characters: run 'make deploy EXTERNAL_ID=generate ...' ` +
-        `(or pass EXTERNAL_ID=<value>, or set "external_id" in cdk.json)`,
-    );
-  }
+  const externalId = externalIdOf(node, env);
 
   const alarmEmail = matching(node, 'alarm_email', EMAIL_SHAPE, EMAIL_RE, { optional: true });
   const alarmTopicArn = str(node, 'alarm_topic_arn', TOPIC_SHAPE, { optional: true });

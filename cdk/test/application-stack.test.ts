@@ -1,5 +1,5 @@
 import { Match } from 'aws-cdk-lib/assertions';
-import { evaluate, logicalId, synth, Synthesized } from './helpers';
+import { evaluate, logicalId, synth, Synthesized, TEST_EXTERNAL_ID } from './helpers';
 
 const DB_ROLE_ARN = 'arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role';
 
@@ -72,7 +72,7 @@ describe('ApplicationStack', () => {
           DB_USERNAME: 'connectiontest',
           DBNAME: 'example_db',
           DB_PORT: '5432',
-          EXTERNAL_ID: 'connectiontest-change-me',
+          EXTERNAL_ID: TEST_EXTERNAL_ID,
         }),
       },
     });
@@ -94,7 +94,7 @@ describe('ApplicationStack', () => {
           DB_USERNAME: 'reader_user',
           DBNAME: 'orders',
           DB_PORT: '5432',
-          EXTERNAL_ID: 'connectiontest-change-me',
+          EXTERNAL_ID: TEST_EXTERNAL_ID,
           DB_CA_BUNDLE: '/var/task/rds-ca.pem',
           DB_CONNECT_HOST: '127.0.0.1',
         }),

@@ -6,15 +6,15 @@ import * as path from 'path';
 import { App } from 'aws-cdk-lib';
 import * as rds from 'aws-cdk-lib/aws-rds';
 import { CONTEXT_KEYS, ContextError, DEFAULT_ENGINE_VERSION, isCidr, loadConfig } from '../lib/config';
-import { context, REPO_ROOT } from './helpers';
+import { context, REPO_ROOT, repoContext, TEST_ENV } from './helpers';
 
-function load(overrides: Record<string, unknown>) {
-  return loadConfig(new App({ context: context(overrides) }).node);
+function load(overrides: Record<string, unknown>, env: Record<string, string | undefined> = TEST_ENV) {
+  return loadConfig(new App({ context: context(overrides) }).node, env);
 }
 
-function errorOf(overrides: Record<string, unknown>): ContextError {
+function errorOf(overrides: Record<string, unknown>, env: Record<string, string | undefined> = TEST_ENV): ContextError {
   try {
-    load(overrides);
+    load(overrides, env);
   } catch (e) {
     if (e instanceof ContextError) return e;
     throw e;
@@ -90,7 +90,7 @@ describe('context validation', () => {
     expect(e.message).not.toContain('\n');
   });
 
-  test.each(['database_account_id', 'application_vpc_id', 'external_id', 'target_roles', 'application_vpc_subnets'])(
+  test.each(['database_account_id', 'application_vpc_id', 'target_roles', 'application_vpc_subnets'])(
     'missing %s is reported with how to set it',
     (key) => {
       const e = errorOf({ [key]: undefined });
@@ -122,22 +122,62 @@ describe('context validation', () => {
     );
   });
 
-  describe('external_id for a deployment (lambda_code_source "zip", what make deploy uses)', () => {
-    const HOW = "run 'make deploy EXTERNAL_ID=generate ...' (or pass EXTERNAL_ID=<value>, or set \"external_id\" in cdk.json)";
-    test('the shipped placeholder is refused with one line saying how to set one', () => {
-      const e = errorOf({ lambda_code_source: 'zip' });
+  describe('external_id: refused on every synth when it is the placeholder or short, whatever lambda_code_source', () => {
+    const HOW =
+      "run 'make deploy EXTERNAL_ID=generate ...', or give your own in CONNECTIONTEST_EXTERNAL_ID (the environment variable make deploy sets for cdk) or as \"external_id\" in cdk.json";
+    const SOURCES = ['auto', 'zip', 'stand-in'];
+
+    test.each(SOURCES)('the shipped placeholder is refused with lambda_code_source %s', (source) => {
+      const e = errorOf({ lambda_code_source: source, external_id: 'connectiontest-change-me' });
       expect(e.key).toBe('external_id');
-      expect(e.message).toBe(`context "external_id" is the shipped placeholder: a deployment needs your own, at least 16 characters: ${HOW}`);
+      expect(e.message).toBe(`context "external_id" is the shipped placeholder: every synth needs an external ID of your own, at least 16 characters: ${HOW}`);
     });
-    test('fewer than 16 characters is refused', () => {
-      expect(errorOf({ lambda_code_source: 'zip', external_id: 'short-id-123456' }).message).toBe(
-        `context "external_id" is only 15 characters long: a deployment needs your own, at least 16 characters: ${HOW}`,
+
+    test.each(SOURCES)('fewer than 16 characters is refused with lambda_code_source %s', (source) => {
+      const e = errorOf({ lambda_code_source: source, external_id: 'short-id-123456' });
+      expect(e.key).toBe('external_id');
+      expect(e.message).toBe(`context "external_id" is only 15 characters long: every synth needs an external ID of your own, at least 16 characters: ${HOW}`);
+    });
+
+    test("cdk.json's own value is the placeholder, so a synth from cdk.json alone is refused", () => {
+      expect(repoContext().external_id).toBe('connectiontest-change-me');
+      expect(errorOf({ external_id: repoContext().external_id }).key).toBe('external_id');
+    });
+
+    test('16 characters or more is accepted', () => {
+      expect(load({ lambda_code_source: 'stand-in', external_id: 'a'.repeat(16) }).externalId).toBe('a'.repeat(16));
+    });
+
+    test('CONNECTIONTEST_EXTERNAL_ID in the environment wins over context, and is checked the same way', () => {
+      const id = 'from-the-environment-0123';
+      expect(load({ external_id: 'connectiontest-change-me' }, { CONNECTIONTEST_EXTERNAL_ID: id }).externalId).toBe(id);
+      expect(load({ external_id: undefined }, { CONNECTIONTEST_EXTERNAL_ID: id }).externalId).toBe(id);
+      expect(load({}, { CONNECTIONTEST_EXTERNAL_ID: '' }).externalId).toBe(context().external_id);
+      for (const source of SOURCES) {
+        expect(errorOf({ lambda_code_source: source }, { CONNECTIONTEST_EXTERNAL_ID: 'connectiontest-change-me' }).message).toBe(
+          `CONNECTIONTEST_EXTERNAL_ID is the shipped placeholder: every synth needs an external ID of your own, at least 16 characters: ${HOW}`,
+        );
+        expect(errorOf({ lambda_code_source: source }, { CONNECTIONTEST_EXTERNAL_ID: 'generate' }).message).toBe(
+          `CONNECTIONTEST_EXTERNAL_ID is only 8 characters long: every synth needs an external ID of your own, at least 16 characters: ${HOW}`,
+        );
+      }
+    });
+
+    test('an external ID is never quoted back in an error', () => {
+      const bad = 'has a space, but long enough';
+      for (const e of [errorOf({ external_id: bad }), errorOf({}, { CONNECTIONTEST_EXTERNAL_ID: bad })]) {
+        expect(e.key).toBe('external_id');
+        expect(e.message).toContain('an STS external id');
+        expect(e.message).toContain(`got ${bad.length} characters`);
+        expect(e.message).not.toContain(bad);
+      }
+    });
+
+    test('missing: says where to put it, and not on the command line', () => {
+      expect(errorOf({ external_id: undefined }).message).toBe(
+        'context "external_id" is missing: expected an STS external id: 2 to 1224 characters from A-Z a-z 0-9 + = , . @ : / _ - ' +
+          '(set CONNECTIONTEST_EXTERNAL_ID in the environment or "external_id" in cdk.json; not -c external_id=..., which any local user can read in the process list)',
       );
-    });
-    test('16 characters or more is accepted; the placeholder stays fine for synth and tests', () => {
-      expect(() => errorOf({ lambda_code_source: 'zip', external_id: 'a'.repeat(16) })).toThrow(/no error/);
-      expect(load({ lambda_code_source: 'stand-in' }).externalId).toBe('connectiontest-change-me');
-      expect(load({ lambda_code_source: 'auto' }).externalId).toBe('connectiontest-change-me');
     });
   });
 
@@ -168,19 +208,37 @@ describe('context validation', () => {
     expect(isCidr('10.0.0.0')).toBe(false);
   });
 
-  test('bin/app.ts refuses the placeholder external ID for a deployment synth in one line (what make deploy would show)', () => {
+  /** Runs bin/app.ts as `cdk synth` does, with `ctx` as its context and `env` added to a clean environment. */
+  function runApp(ctx: Record<string, unknown>, env: Record<string, string> = {}) {
     const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'cdk-bin-'));
-    const ctx = { ...context(), lambda_code_source: 'zip' };
+    const base = { ...process.env };
+    delete base.CONNECTIONTEST_EXTERNAL_ID;
     const r = spawnSync(
       path.join(REPO_ROOT, 'cdk', 'node_modules', '.bin', 'ts-node'),
       ['--transpile-only', '--project', 'cdk/tsconfig.json', 'cdk/bin/app.ts'],
-      { cwd: REPO_ROOT, env: { ...process.env, CDK_CONTEXT_JSON: JSON.stringify(ctx), CDK_OUTDIR: outdir }, encoding: 'utf8' },
+      { cwd: REPO_ROOT, env: { ...base, ...env, CDK_CONTEXT_JSON: JSON.stringify(ctx), CDK_OUTDIR: outdir }, encoding: 'utf8' },
     );
+    const db = path.join(outdir, 'DatabaseStack.template.json');
+    const dbTemplate = fs.existsSync(db) ? fs.readFileSync(db, 'utf8') : '';
     fs.rmSync(outdir, { recursive: true, force: true });
+    return { ...r, dbTemplate };
+  }
+
+  test('bin/app.ts refuses the placeholder external ID on a plain synth (stand-in code) in one line', () => {
+    const r = runApp({ ...context(), lambda_code_source: 'stand-in', external_id: 'connectiontest-change-me' });
     expect(r.status).toBe(1);
     expect(r.stderr).toBe(
-      `error: context "external_id" is the shipped placeholder: a deployment needs your own, at least 16 characters: run 'make deploy EXTERNAL_ID=generate ...' (or pass EXTERNAL_ID=<value>, or set "external_id" in cdk.json)\n`,
+      `error: context "external_id" is the shipped placeholder: every synth needs an external ID of your own, at least 16 characters: run 'make deploy EXTERNAL_ID=generate ...', or give your own in CONNECTIONTEST_EXTERNAL_ID (the environment variable make deploy sets for cdk) or as "external_id" in cdk.json\n`,
     );
+  });
+
+  test("bin/app.ts takes the external ID from CONNECTIONTEST_EXTERNAL_ID over cdk.json's placeholder", () => {
+    const id = 'from-the-environment-0123456789';
+    const r = runApp({ ...context(), lambda_code_source: 'stand-in', external_id: 'connectiontest-change-me' }, { CONNECTIONTEST_EXTERNAL_ID: id });
+    expect(r.stderr).not.toMatch(/error/);
+    expect(r.status).toBe(0);
+    expect(JSON.stringify(JSON.parse(r.dbTemplate))).toContain(`"sts:ExternalId":"${id}"`);
+    expect(r.dbTemplate).not.toContain('connectiontest-change-me');
   });
 
   test('bin/app.ts prints one line naming the key and exits 1 (what `cdk synth` shows)', () => {

@@ -1,5 +1,5 @@
 import { Match } from 'aws-cdk-lib/assertions';
-import { evaluate, logicalId, synth, Synthesized } from './helpers';
+import { evaluate, logicalId, synth, Synthesized, TEST_EXTERNAL_ID } from './helpers';
 
 const LAMBDA_ROLE_ARN = 'arn:aws:iam::111111111111:role/connectiontest-lambda-role';
 const SUBNETS = ['subnet-0123456789abcdef0', 'subnet-0fedcba9876543210'];
@@ -293,7 +293,7 @@ describe('DatabaseStack', () => {
             Action: 'sts:AssumeRole',
             Effect: 'Allow',
             Principal: { AWS: LAMBDA_ROLE_ARN },
-            Condition: { StringEquals: { 'sts:ExternalId': 'connectiontest-change-me' } },
+            Condition: { StringEquals: { 'sts:ExternalId': TEST_EXTERNAL_ID } },
           },
         ],
       }),

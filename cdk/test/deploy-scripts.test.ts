@@ -30,7 +30,12 @@ interface Run {
   stdout: string;
   stderr: string;
   calls: string[];
+  /** Per call, in order: the program and the ID_VARS it had in its environment. */
+  env: string[];
 }
+
+/** What the stubs record from their environment: where the external ID may travel. */
+const ID_VARS = ['CONNECTIONTEST_EXTERNAL_ID', 'EXTERNAL_ID'];
 
 interface Sandbox {
   dir: string;
@@ -53,6 +58,7 @@ function sandbox(): Sandbox {
     zip,
     run(script, env = {}, canned = CANNED) {
       const log = path.join(dir, `calls-${Math.random().toString(36).slice(2)}.log`);
+      const envLog = `${log}.env`;
       const responses = path.join(dir, 'responses.tsv');
       fs.writeFileSync(responses, canned.map(([p, o]) => `${p}\t${o}`).join('\n') + '\n');
       const fullEnv: Record<string, string> = {
@@ -60,6 +66,8 @@ function sandbox(): Sandbox {
         HOME: dir,
         STUB_LOG: log,
         STUB_RESPONSES: responses,
+        STUB_ENV_LOG: envLog,
+        STUB_ENV_VARS: ID_VARS.join(' '),
         LAMBDA_ZIP: zip,
       };
       for (const [k, v] of Object.entries(env)) {
@@ -67,8 +75,8 @@ function sandbox(): Sandbox {
         else fullEnv[k] = v;
       }
       const r = spawnSync('bash', [path.join(SCRIPTS, script)], { cwd: dir, env: fullEnv, encoding: 'utf8' });
-      const calls = fs.existsSync(log) ? fs.readFileSync(log, 'utf8').split('\n').filter(Boolean) : [];
-      return { status: r.status, stdout: r.stdout, stderr: r.stderr, calls };
+      const lines = (f: string) => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').filter(Boolean) : []);
+      return { status: r.status, stdout: r.stdout, stderr: r.stderr, calls: lines(log), env: lines(envLog) };
     },
   };
 }
@@ -78,22 +86,46 @@ const EXT = 'ext-0123456789abcdef';
 /** What make deploy is normally given: the profiles, a region and a real external ID. */
 const DEPLOY = { ...PROFILES, EXTERNAL_ID: EXT };
 
-function expectedDeployCalls(zip: string, region = 'eu-west-1', externalId = EXT): string[] {
-  const ctx = `-c region=${region} -c application_account_id=${APP} -c database_account_id=${DB} -c external_id=${externalId} -c lambda_code_source=zip -c lambda_zip_path=${zip}`;
+/** Where deploy.sh keeps its state when HOME is `home` and nothing overrides it. */
+const stateDir = (home: string) => path.join(home, '.local', 'state', 'connectiontest-deploy');
+
+function expectedDeployCalls(zip: string, region = 'eu-west-1'): string[] {
+  const home = path.dirname(zip);
+  const ctx = `-c region=${region} -c application_account_id=${APP} -c database_account_id=${DB} -c lambda_code_source=zip -c lambda_zip_path=${zip}`;
   const out = (profile: string, stack: string, key: string) =>
     `aws cloudformation describe-stacks --stack-name ${stack} --profile ${profile} --region ${region} --query Stacks[0].Outputs[?OutputKey=='${key}'].OutputValue | [0] --output text`;
   const shared = `-c application_vpc_id=${VPC} -c application_vpc_subnets=${SUBNETS}`;
+  const deployFlags = `--require-approval never --output ${path.join(stateDir(home), 'cdk.out')}`;
   return [
     'aws sts get-caller-identity --profile app-admin --query Account --output text',
     'aws sts get-caller-identity --profile db-admin --query Account --output text',
     `make -C ${REPO_ROOT} build`,
-    `cdk deploy ApplicationStack --profile app-admin --require-approval never ${ctx}`,
+    `cdk deploy ApplicationStack --profile app-admin ${deployFlags} ${ctx}`,
     out('app-admin', 'ApplicationStack', 'ApplicationVpcId'),
     out('app-admin', 'ApplicationStack', 'ApplicationSubnetIds'),
-    `cdk deploy DatabaseStack --profile db-admin --require-approval never ${ctx} ${shared}`,
+    `cdk deploy DatabaseStack --profile db-admin ${deployFlags} ${ctx} ${shared}`,
     out('db-admin', 'DatabaseStack', 'ApplicationProxyEndpoint'),
-    `cdk deploy ApplicationStack --profile app-admin --require-approval never ${ctx} ${shared} -c application_rds_proxy_endpoint=${HOST}`,
+    `cdk deploy ApplicationStack --profile app-admin ${deployFlags} ${ctx} ${shared} -c application_rds_proxy_endpoint=${HOST}`,
   ];
+}
+
+/** The external ID each call of `tool` had in CONNECTIONTEST_EXTERNAL_ID ("<unset>" if none). */
+function idsInEnv(r: Run, tool: string): string[] {
+  return r.env.filter((l) => l.startsWith(`${tool} `)).map((l) => /CONNECTIONTEST_EXTERNAL_ID=(\S*)/.exec(l)![1]);
+}
+
+/** The ID is on no command line (argv is world-readable in /proc) and in no output. */
+function expectNoLeak(r: Run, id: string) {
+  expect(id.length).toBeGreaterThanOrEqual(16);
+  for (const c of r.calls) expect(c).not.toContain(id);
+  expect(r.stdout).not.toContain(id);
+  expect(r.stderr).not.toContain(id);
+}
+
+/** Only cdk receives the external ID, and only through its environment. */
+function expectIdOnlyInCdkEnv(r: Run, id: string) {
+  expect(idsInEnv(r, 'cdk').every((v) => v === id)).toBe(true);
+  for (const l of r.env.filter((e) => !e.startsWith('cdk '))) expect(l).toBe(`${l.split(' ')[0]} ${ID_VARS.map((v) => `${v}=<unset>`).join(' ')}`);
 }
 
 /** The script's own last line on stderr (stubs may print their own lines before it). */
@@ -111,6 +143,10 @@ describe('scripts/deploy.sh (make deploy)', () => {
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     expect(r.calls).toEqual(expectedDeployCalls(box.zip));
+    expect(idsInEnv(r, 'cdk')).toEqual([EXT, EXT, EXT]);
+    expectIdOnlyInCdkEnv(r, EXT);
+    expectNoLeak(r, EXT);
+    expect(r.stdout).toContain(`deploy: external ID: set (${EXT.length} characters, from EXTERNAL_ID)`);
     expect(r.stdout).toContain('deploy: phase 3/3: ApplicationStack again, with the proxy endpoint');
     expect(r.stdout).toContain("make invoke APP_PROFILE=app-admin REGION=eu-west-1");
   });
@@ -209,14 +245,88 @@ describe('scripts/deploy.sh (make deploy)', () => {
     expect(printed[8]).toContain("'application_rds_proxy_endpoint=<DatabaseStack output ApplicationProxyEndpoint>'");
   });
 
-  test('REGION defaults to cdk.json; EXTERNAL_ID overrides cdk.json in every cdk call', () => {
+  test('REGION defaults to cdk.json; EXTERNAL_ID overrides cdk.json in every cdk call, through its environment', () => {
     const r = box.run('deploy.sh', { ...DEPLOY, REGION: undefined, EXTERNAL_ID: 'another-external-id-42' });
     expect(r.status).toBe(0);
-    expect(r.calls).toEqual(expectedDeployCalls(box.zip, 'us-east-1', 'another-external-id-42'));
+    expect(r.calls).toEqual(expectedDeployCalls(box.zip, 'us-east-1'));
+    expect(idsInEnv(r, 'cdk')).toEqual(['another-external-id-42', 'another-external-id-42', 'another-external-id-42']);
+    expectNoLeak(r, 'another-external-id-42');
+  });
+
+  test('the external ID is on no command line and in no output: dry runs, failures and generate included', () => {
+    const runs: [Record<string, string | undefined>, string | undefined][] = [
+      [{ ...DEPLOY, DRY_RUN: '1' }, EXT],
+      [{ ...DEPLOY, STUB_FAIL: 'cdk deploy DatabaseStack' }, EXT],
+      [{ ...DEPLOY, STUB_FAIL: 'make -C' }, EXT],
+      [{ ...PROFILES, EXTERNAL_ID: 'generate', DEPLOY_STATE_DIR: path.join(box.dir, 'leak-check-state') }, undefined],
+    ];
+    for (const [env, given] of runs) {
+      const r = box.run('deploy.sh', env);
+      const id = given ?? idsInEnv(r, 'cdk')[0];
+      expect(id).toMatch(/^[\w+=,.@:/-]{16,}$/);
+      expectNoLeak(r, id);
+      expectIdOnlyInCdkEnv(r, id);
+    }
+  });
+
+  test('EXTERNAL_ID=generate keeps the new ID in a 0600 file under the state directory; a re-run after a failed phase reuses it', () => {
+    const file = path.join(stateDir(box.dir), `external-id-${APP}-${DB}-eu-west-1`);
+    fs.rmSync(stateDir(box.dir), { recursive: true, force: true });
+    const first = box.run('deploy.sh', { ...PROFILES, EXTERNAL_ID: 'generate', STUB_FAIL: 'cdk deploy DatabaseStack' });
+    expect(first.status).toBe(1);
+    const [id, ...rest] = idsInEnv(first, 'cdk');
+    expect(id).toMatch(/^connectiontest-[0-9a-f]{32}$/);
+    expect(rest).toEqual([id]);
+    expect(fs.readFileSync(file, 'utf8').trim()).toBe(id);
+    expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+    expect(fs.statSync(stateDir(box.dir)).mode & 0o777).toBe(0o700);
+    expect(first.stdout).toContain(`deploy: external ID: generated (${id.length} characters), kept in ${file} (mode 0600)`);
+    expectNoLeak(first, id);
+
+    // The re-run deploys every phase with the same ID, so the trust policy and the function agree.
+    fs.chmodSync(file, 0o644);
+    const second = box.run('deploy.sh', { ...PROFILES, EXTERNAL_ID: 'generate' });
+    expect(second.status).toBe(0);
+    expect(idsInEnv(second, 'cdk')).toEqual([id, id, id]);
+    expect(second.stdout).toContain(`deploy: external ID: reusing the one kept in ${file} (${id.length} characters)`);
+    expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+    expectNoLeak(second, id);
+
+    // Another region (or pair of accounts) is another deployment: its own ID.
+    const other = box.run('deploy.sh', { ...PROFILES, REGION: 'eu-central-1', EXTERNAL_ID: 'generate' });
+    expect(other.status).toBe(0);
+    const otherId = idsInEnv(other, 'cdk')[0];
+    expect(otherId).not.toBe(id);
+    expect(fs.readFileSync(path.join(stateDir(box.dir), `external-id-${APP}-${DB}-eu-central-1`), 'utf8').trim()).toBe(otherId);
+  });
+
+  test('a kept external ID that is not valid stops the run, naming the file but not its content', () => {
+    const dir = path.join(box.dir, 'bad-state');
+    fs.mkdirSync(dir, { mode: 0o700, recursive: true });
+    const file = path.join(dir, `external-id-${APP}-${DB}-eu-west-1`);
+    fs.writeFileSync(file, 'too-short\n', { mode: 0o600 });
+    const r = box.run('deploy.sh', { ...PROFILES, EXTERNAL_ID: 'generate', DEPLOY_STATE_DIR: dir });
+    expect(r.status).toBe(1);
+    expect(r.calls).toHaveLength(2);
+    expect(lastErrorLine(r)).toBe(
+      `deploy: error: the external ID kept in ${file} is not valid (9 characters; at least 16 from A-Z a-z 0-9 + = , . @ : / _ -): fix or delete that file`,
+    );
+    expect(r.stderr + r.stdout).not.toContain('too-short');
+  });
+
+  test('EXTERNAL_ID=generate in a dry run writes nothing and says what a real run does', () => {
+    const dir = path.join(box.dir, 'dry-state');
+    const r = box.run('deploy.sh', { ...PROFILES, EXTERNAL_ID: 'generate', DRY_RUN: '1', DEPLOY_STATE_DIR: dir });
+    expect(r.status).toBe(0);
+    expect(r.calls).toEqual([]);
+    expect(fs.existsSync(dir)).toBe(false);
+    expect(r.stdout).toContain(
+      `deploy: external ID: generate: a real run reuses the one kept for these accounts and this region under ${dir}, or makes one and keeps it there`,
+    );
   });
 
   const HOWTO =
-    "set one with 'make deploy EXTERNAL_ID=generate ...' (prints a new random one), EXTERNAL_ID=<16+ characters>, or \"external_id\" in cdk.json";
+    "set one with 'make deploy EXTERNAL_ID=generate ...' (makes a random one and keeps it for later runs), EXTERNAL_ID=<16+ characters> in the environment, or \"external_id\" in cdk.json";
 
   test('the placeholder external ID of cdk.json is refused before any call, with one line saying how to set one', () => {
     for (const env of [{ ...PROFILES }, { ...PROFILES, EXTERNAL_ID: 'connectiontest-change-me' }, { ...PROFILES, DRY_RUN: '1' }]) {
@@ -238,20 +348,23 @@ describe('scripts/deploy.sh (make deploy)', () => {
     expect(bad.stderr).toMatch(/^deploy: error: the external ID may only contain/);
   });
 
-  test('EXTERNAL_ID=generate makes a random one, prints it, and passes the same value to every cdk deploy', () => {
-    const r = box.run('deploy.sh', { ...PROFILES, EXTERNAL_ID: 'generate' });
+  test('make deploy hands EXTERNAL_ID to the script in its environment, never on a command line', () => {
+    // make runs each recipe as `$(SHELL) -c RECIPE`: record those arguments.
+    const rec = path.join(box.dir, 'record-shell.sh');
+    const shellLog = path.join(box.dir, 'shell-argv.log');
+    fs.writeFileSync(rec, `#!/bin/bash\nprintf '%s\\n' "$*" >>"${shellLog}"\nexec /bin/bash "$@"\n`, { mode: 0o755 });
+    const id = 'make-env-external-id-0123456789';
+    const r = spawnSync('make', ['-s', '-C', REPO_ROOT, `SHELL=${rec}`, 'deploy', 'DRY_RUN=1', 'APP_PROFILE=app-admin', 'DB_PROFILE=db-admin', 'REGION=eu-west-1'], {
+      env: { ...process.env, EXTERNAL_ID: id, CONNECTIONTEST_EXTERNAL_ID: undefined, HOME: box.dir },
+      encoding: 'utf8',
+    });
+    expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
-    const m = /^deploy: generated external ID: (connectiontest-[0-9a-f]{32})$/m.exec(r.stdout);
-    expect(m).not.toBeNull();
-    const id = m![1];
-    expect(r.stdout).toContain(`deploy: keep it: pass EXTERNAL_ID=${id} to later 'make deploy' runs or put it in cdk.json ("external_id")`);
-    expect(r.calls).toEqual(expectedDeployCalls(box.zip, 'eu-west-1', id));
-    const deploys = r.calls.filter((c) => c.startsWith('cdk deploy'));
-    expect(deploys.map((c) => c.split(' ')[2])).toEqual(['ApplicationStack', 'DatabaseStack', 'ApplicationStack']);
-    for (const c of deploys) expect(c).toContain(` -c external_id=${id} `);
-    // A second run generates a different one.
-    const again = box.run('deploy.sh', { ...PROFILES, EXTERNAL_ID: 'generate' });
-    expect(/generated external ID: (\S+)/.exec(again.stdout)![1]).not.toBe(id);
+    expect(r.stdout).toContain(`deploy: external ID: set (${id.length} characters, from EXTERNAL_ID)`);
+    expect(r.stdout).not.toContain(id);
+    const argv = fs.readFileSync(shellLog, 'utf8');
+    expect(argv).toContain('scripts/deploy.sh');
+    expect(argv).not.toContain(id);
   });
 });
 
@@ -273,6 +386,16 @@ describe('scripts/cdk-destroy.sh (make destroy)', () => {
       `cdk destroy ApplicationStack --force --profile app-admin ${ctx}`,
     ]);
     expect(r.stdout).toContain('final snapshot is kept');
+  });
+
+  test('the synth behind cdk destroy gets a throwaway external ID through its environment, never the placeholder', () => {
+    const r = box.run('cdk-destroy.sh', { ...PROFILES, EXTERNAL_ID: undefined });
+    expect(r.status).toBe(0);
+    const ids = idsInEnv(r, 'cdk');
+    expect(ids).toHaveLength(2);
+    expect(ids[0]).toMatch(/^destroy-only-[0-9a-f]{32}$/);
+    expectNoLeak(r, ids[0]);
+    expectIdOnlyInCdkEnv(r, ids[0]);
   });
 
   test('if DatabaseStack cannot be deleted, ApplicationStack is left alone', () => {

@@ -12,11 +12,20 @@ export function repoContext(): Record<string, unknown> {
   return JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'cdk.json'), 'utf8')).context;
 }
 
+/**
+ * The external ID the tests synthesize with: cdk.json ships a placeholder, which every synth
+ * refuses, so the tests give one of their own, as make synth and make deploy do.
+ */
+export const TEST_EXTERNAL_ID = 'test-only-external-id-0123456789';
+
 /** cdk.json's context with overrides; the stand-in asset unless a test asks otherwise. */
 export function context(overrides: Record<string, unknown> = {}): Record<string, unknown> {
   // Path metadata (as the CLI enables it) lets tests find resources by construct path.
-  return { ...repoContext(), 'aws:cdk:enable-path-metadata': true, lambda_code_source: 'stand-in', ...overrides };
+  return { ...repoContext(), 'aws:cdk:enable-path-metadata': true, lambda_code_source: 'stand-in', external_id: TEST_EXTERNAL_ID, ...overrides };
 }
+
+/** The environment the tests build the app with: none of the shell's (no CONNECTIONTEST_EXTERNAL_ID). */
+export const TEST_ENV: Record<string, string | undefined> = {};
 
 export interface Synthesized extends ConnectionTestApp {
   readonly appTemplate: Template;
@@ -27,7 +36,7 @@ export interface Synthesized extends ConnectionTestApp {
 /** Builds the real app (same code as bin/app.ts) and synthesizes it, cdk-nag included. */
 export function synth(overrides: Record<string, unknown> = {}, quietStandIn = true): Synthesized {
   // No outdir: CDK makes a temporary one, which jest-autoclean removes after the tests.
-  const built = buildApp(new App({ context: context(overrides) }));
+  const built = buildApp(new App({ context: context(overrides) }), TEST_ENV);
   if (quietStandIn) {
     Validations.of(built.app).acknowledge({ id: STAND_IN_WARNING, reason: 'the tests use the stand-in asset on purpose' });
   }

@@ -6,10 +6,10 @@ import { App, Validations } from 'aws-cdk-lib';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import { IConstruct } from 'constructs';
 import { buildApp } from '../lib/app';
-import { context, validationFindings } from './helpers';
+import { context, TEST_ENV, validationFindings } from './helpers';
 
 function freshApp(overrides: Record<string, unknown> = {}) {
-  const built = buildApp(new App({ context: context(overrides) }));
+  const built = buildApp(new App({ context: context(overrides) }), TEST_ENV);
   Validations.of(built.app).acknowledge({ id: 'connectiontest:stand-in-asset', reason: 'tests use the stand-in asset' });
   return { ...built, outdir: built.app.outdir };
 }
