@@ -125,8 +125,11 @@ pub enum TokenRejection {
         /// The proxy's region.
         expected: String,
     },
-    /// `X-Amz-Date` and the scope date differ, or `X-Amz-Date` is malformed.
-    #[error("X-Amz-Date {0:?} is malformed or does not match the credential scope date")]
+    /// `X-Amz-Date` and the scope date differ, `X-Amz-Date` is malformed, or its
+    /// expiry (`X-Amz-Date + X-Amz-Expires`) is past the end of year 9999.
+    #[error(
+        "X-Amz-Date {0:?} is malformed, out of range or does not match the credential scope date"
+    )]
     Date(String),
     /// `X-Amz-Expires` is not an integer in 1..=900.
     #[error("X-Amz-Expires {0:?} is not an integer between 1 and 900")]
@@ -285,8 +288,16 @@ where
             (1..=MAX_EXPIRES).contains(e) && expires_raw.bytes().all(|b| b.is_ascii_digit())
         })
         .ok_or_else(|| TokenRejection::Expires(expires_raw.into()))?;
-    let expires_at = signed_at + Duration::seconds(i64::from(expires));
-    if signed_at > expected.now + expected.max_clock_skew {
+    // The token's date comes from the client: an expiry past the last instant `time`
+    // represents (the end of year 9999) is a bad date, not an overflow.
+    let expires_at = signed_at
+        .checked_add(Duration::seconds(i64::from(expires)))
+        .ok_or_else(|| TokenRejection::Date(amz_date.into()))?;
+    let not_after = expected
+        .now
+        .checked_add(expected.max_clock_skew)
+        .unwrap_or(OffsetDateTime::new_utc(time::Date::MAX, time::Time::MAX));
+    if signed_at > not_after {
         return Err(TokenRejection::NotYetValid {
             signed_at,
             now: expected.now,
@@ -365,4 +376,96 @@ where
         signed_at,
         expires_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    const HOST: &str = "prod-instance.us-east-1.rds.amazonaws.com";
+
+    fn known(akid: &str) -> Option<KnownCredential> {
+        (akid == "akid").then(|| KnownCredential {
+            secret_access_key: "skid".into(),
+            session_token: None,
+            expires_at: None,
+        })
+    }
+
+    /// A token for `HOST:5432`, user `u`, signed with `akid`/`skid` at `amz_date` (the
+    /// verifier's own building blocks: only the parameters under test are unusual).
+    fn token_at(amz_date: &str, expires: &str) -> String {
+        let date = &amz_date[..8];
+        let params: Vec<(String, String)> = [
+            ("Action", "connect".to_string()),
+            ("DBUser", "u".to_string()),
+            ("X-Amz-Algorithm", ALGORITHM.to_string()),
+            (
+                "X-Amz-Credential",
+                format!("akid/{date}/us-east-1/{SERVICE}/aws4_request"),
+            ),
+            ("X-Amz-Date", amz_date.to_string()),
+            ("X-Amz-Expires", expires.to_string()),
+            ("X-Amz-SignedHeaders", "host".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let query = sigv4::canonical_query(&params);
+        let creq = canonical_request(&query, &host_header(HOST, 5432));
+        let key = sigv4::signing_key("skid", date, "us-east-1", SERVICE);
+        let scope = format!("{date}/us-east-1/{SERVICE}/aws4_request");
+        let sig = sigv4::signature(&key, &sigv4::string_to_sign(amz_date, &scope, &creq));
+        format!("{HOST}:5432/?{query}&X-Amz-Signature={sig}")
+    }
+
+    fn expected(now: OffsetDateTime) -> Expected<'static> {
+        Expected {
+            hostname: HOST,
+            port: 5432,
+            region: "us-east-1",
+            db_user: "u",
+            now,
+            max_clock_skew: Duration::minutes(5),
+        }
+    }
+
+    #[test]
+    fn a_well_formed_token_passes() {
+        let token = token_at("20240826T220000Z", "900");
+        let verified = verify_token(&token, &expected(datetime!(2024-08-26 22:01:00 UTC)), known)
+            .expect("valid token");
+        assert_eq!(verified.expires_at, datetime!(2024-08-26 22:15:00 UTC));
+    }
+
+    /// `X-Amz-Date + X-Amz-Expires` past the last representable instant (the end of year
+    /// 9999) is refused as a bad date, whatever the verifier's clock says, instead of
+    /// overflowing.
+    #[test]
+    fn a_date_whose_expiry_overflows_is_refused_not_a_panic() {
+        let token = token_at("99991231T235959Z", "900");
+        for now in [
+            datetime!(2024-08-26 22:00:00 UTC),
+            datetime!(9999-12-31 23:59:00 UTC),
+        ] {
+            let looked_up = std::cell::Cell::new(false);
+            let got = verify_token(&token, &expected(now), |akid| {
+                looked_up.set(true);
+                known(akid)
+            });
+            assert_eq!(
+                got,
+                Err(TokenRejection::Date("99991231T235959Z".into())),
+                "now {now}"
+            );
+            assert!(!looked_up.get(), "the key was looked up for a bad date");
+        }
+        // The last second whose expiry is representable is still judged on its window.
+        let token = token_at("99991231T234459Z", "900");
+        assert!(matches!(
+            verify_token(&token, &expected(datetime!(2024-08-26 22:00:00 UTC)), known),
+            Err(TokenRejection::NotYetValid { .. })
+        ));
+    }
 }
