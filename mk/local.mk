@@ -51,4 +51,4 @@ local-down: ## Stop the local stack and remove .local
 
 # For the optimised figure: make local-down && make bench-pgbench LOCAL_PROFILE=release
 bench-pgbench: local-up ## pgbench TPS direct to PostgreSQL vs through the RDS Proxy stand-in (same run)
-	@EMULATOR="$(EMULATOR)" "$(ROOT)/bench/pgbench-proxy"
+	@EMULATOR="$(EMULATOR)" STATE_DIR="$(LOCAL_DIR)" "$(ROOT)/bench/pgbench-proxy"
