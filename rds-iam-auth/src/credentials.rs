@@ -465,28 +465,64 @@ impl Shared {
             return;
         }
         state.refreshing = true;
-        let shared = self.clone();
+        let refresh = Refresh {
+            shared: Some(self.clone()),
+        };
         tokio::spawn(async move {
-            let outcome = match tokio::time::timeout(REFRESH_TIMEOUT, shared.fetch()).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(FetchFailure {
+            let Some(shared) = refresh.shared.clone() else {
+                return;
+            };
+            let fetch = tokio::time::timeout(REFRESH_TIMEOUT, shared.fetch());
+            let outcome = match catch_panic(fetch).await {
+                Some(Ok(outcome)) => outcome,
+                Some(Err(_)) => Err(FetchFailure {
                     error: Error::Timeout {
-                        stage: if shared.assume.is_some() {
-                            Stage::AssumeRole
-                        } else {
-                            Stage::Credentials
-                        },
+                        stage: shared.fetch_stage(),
                         after: REFRESH_TIMEOUT,
                     },
                     base: None,
                 }),
+                None => Err(FetchFailure {
+                    error: shared.refresh_lost(
+                        "the credentials provider panicked while refreshing credentials",
+                    ),
+                    base: None,
+                }),
             };
-            shared.finish_refresh(outcome);
-            shared.refreshed.notify_waiters();
+            refresh.finish(outcome, false);
         });
     }
 
-    fn finish_refresh(&self, outcome: Result<(Credentials, Fetch), FetchFailure>) {
+    /// The stage a fetch that did not finish is reported at: assume-role when a role is
+    /// assumed (the base chain is rarely what hangs), else credentials.
+    fn fetch_stage(&self) -> Stage {
+        if self.assume.is_some() {
+            Stage::AssumeRole
+        } else {
+            Stage::Credentials
+        }
+    }
+
+    fn refresh_lost(&self, message: &str) -> Error {
+        let role_arn = self.assume.as_ref().map(|(_, r)| r.role_arn.as_str());
+        crate::diagnosis::refresh_lost(role_arn, message)
+    }
+
+    /// Records a refresh's outcome and wakes every caller waiting for it.
+    fn finish_refresh(
+        &self,
+        outcome: Result<(Credentials, Fetch), FetchFailure>,
+        retry_at_once: bool,
+    ) {
+        self.record_outcome(outcome, retry_at_once);
+        self.refreshed.notify_waiters();
+    }
+
+    fn record_outcome(
+        &self,
+        outcome: Result<(Credentials, Fetch), FetchFailure>,
+        retry_at_once: bool,
+    ) {
         let now = (self.clock)();
         let mut state = self.lock();
         state.refreshing = false;
@@ -522,7 +558,11 @@ impl Shared {
                     generation,
                     since,
                     in_a_row,
-                    retry_at: Instant::now() + backoff(in_a_row),
+                    retry_at: if retry_at_once {
+                        Instant::now()
+                    } else {
+                        Instant::now() + backoff(in_a_row)
+                    },
                 });
             }
         }
@@ -566,6 +606,52 @@ impl Shared {
             }),
         }
     }
+}
+
+/// The one refresh task of a cache, from its start to its outcome.
+///
+/// Whatever ends the task, its waiters must hear of it, or `refreshing` stays set and no
+/// refresh ever starts again. A provider that panics is caught and fails the refresh like
+/// any error (with backoff). A task that does not reach its end at all (the runtime it was
+/// spawned on shut down, as when a `Connector` kept in a static outlives a
+/// `#[tokio::test]` runtime) is recorded as a failed refresh when it is dropped; that says
+/// nothing about STS, so the next caller may start another at once.
+struct Refresh {
+    shared: Option<Arc<Shared>>,
+}
+
+impl Refresh {
+    fn finish(mut self, outcome: Result<(Credentials, Fetch), FetchFailure>, retry_at_once: bool) {
+        if let Some(shared) = self.shared.take() {
+            shared.finish_refresh(outcome, retry_at_once);
+        }
+    }
+}
+
+impl Drop for Refresh {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            let error = shared.refresh_lost(
+                "the credential refresh was cancelled before it finished (the Tokio runtime it ran on shut down)",
+            );
+            shared.finish_refresh(Err(FetchFailure { error, base: None }), true);
+        }
+    }
+}
+
+/// `fut`'s output, or `None` if polling it panicked.
+async fn catch_panic<F: std::future::Future>(fut: F) -> Option<F::Output> {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::task::Poll;
+    let mut fut = Box::pin(fut);
+    std::future::poll_fn(
+        move |cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Some(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        },
+    )
+    .await
 }
 
 impl Failure {

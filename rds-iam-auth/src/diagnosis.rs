@@ -72,6 +72,25 @@ pub(crate) fn stale_credentials(stage: Stage, role_arn: &str, remaining_secs: u6
     }
 }
 
+/// A credential refresh that ended without an outcome (see `credentials::Refresh`): at
+/// assume-role when a role is assumed, else at credentials.
+pub(crate) fn refresh_lost(role_arn: Option<&str>, message: &str) -> Error {
+    match role_arn {
+        Some(role_arn) => Error::AssumeRole {
+            role_arn: role_arn.to_owned(),
+            message: message.to_owned(),
+            code: None,
+            hint: None,
+            source: None,
+        },
+        None => Error::Credentials {
+            message: message.to_owned(),
+            hint: None,
+            source: None,
+        },
+    }
+}
+
 /// STS answered AssumeRole with no usable credentials.
 pub(crate) fn sts_answer_error(role_arn: &str, message: String) -> Error {
     Error::AssumeRole {

@@ -544,3 +544,111 @@ impl aws_credential_types::provider::ProvideCredentials for EmptyProvider {
         ))
     }
 }
+
+/// A provider whose first call does `first` and whose later calls give valid credentials.
+#[derive(Debug)]
+struct FirstCall {
+    first: FirstCallDoes,
+    calls: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FirstCallDoes {
+    Panic,
+    Hang,
+}
+
+impl aws_credential_types::provider::ProvideCredentials for FirstCall {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let first = self.calls.fetch_add(1, Ordering::SeqCst) == 0;
+        let does = self.first;
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            if first {
+                match does {
+                    FirstCallDoes::Panic => panic!("credentials provider bug (on purpose)"),
+                    FirstCallDoes::Hang => std::future::pending::<()>().await,
+                }
+            }
+            Ok(Credentials::new(
+                "ASIAGOODAFTER",
+                "good-secret",
+                Some("good-token".to_owned()),
+                Some(SystemTime::now() + Duration::from_secs(3600)),
+                "test",
+            ))
+        })
+    }
+}
+
+fn cache_over(first: FirstCallDoes) -> Arc<CredentialCache> {
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .build();
+    let provider = SharedCredentialsProvider::new(FirstCall {
+        first,
+        calls: AtomicUsize::new(0),
+    });
+    Arc::new(CredentialCache::new(provider, None, &sdk))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_provider_fails_the_refresh_wakes_every_waiter_and_the_next_one_recovers() {
+    let cache = cache_over(FirstCallDoes::Panic);
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(5), cache.credentials()).await
+            })
+        })
+        .collect();
+    for waiter in waiters {
+        let err = waiter
+            .await
+            .expect("join")
+            .expect("woken, not left waiting")
+            .expect_err("the refresh failed");
+        assert_eq!(err.stage(), Stage::Credentials);
+        assert!(err.to_string().contains("panicked"), "{err}");
+    }
+    assert_eq!(cache.failed_refresh_count(), 1);
+    // After the backoff (at most 1 s), the next caller refreshes again and gets credentials.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let creds = tokio::time::timeout(Duration::from_secs(5), cache.credentials())
+        .await
+        .expect("not stuck")
+        .expect("recovered");
+    assert_eq!(creds.access_key_id(), "ASIAGOODAFTER");
+}
+
+#[test]
+fn a_refresh_cut_off_by_its_runtime_shutting_down_is_started_again_from_another_runtime() {
+    let cache = cache_over(FirstCallDoes::Hang);
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    // The first runtime starts the refresh (its provider call hangs), gives up waiting,
+    // and shuts down with the refresh task in flight, as a #[tokio::test] does at its end.
+    let first = runtime();
+    first.block_on(async {
+        let gave_up = tokio::time::timeout(Duration::from_millis(200), cache.credentials()).await;
+        assert!(gave_up.is_err(), "the first fetch hangs");
+    });
+    drop(first);
+    // Another runtime uses the same cache: it must not wait forever for the dead task.
+    let second = runtime();
+    let creds = second
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), cache.credentials()).await })
+        .expect("not stuck on the refresh of a runtime that is gone")
+        .expect("credentials");
+    assert_eq!(creds.access_key_id(), "ASIAGOODAFTER");
+}
