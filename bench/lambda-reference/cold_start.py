@@ -12,7 +12,9 @@ the last one. Then the process, blocked on its next GET .../next, gets SIGKILL.
     python3 cold_start.py --runs 20 --warm 5 --label rust -- ./target/release/connection-test
 
 The function's environment is this process's environment plus the AWS_LAMBDA_* variables
-of the managed runtime. Prints one JSON object per run and a summary line on stderr.
+of the managed runtime. Prints one JSON object per run and a summary line on stderr. A run
+that fails (an error answer, an exit before answering, a timeout) stops the harness with
+exit code 1, the reason and the function's last output (stdout and stderr).
 Loopback only: the emulator listens on 127.0.0.1.
 """
 import argparse
@@ -21,6 +23,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -36,7 +39,9 @@ class Run:
         self.gap_s = gap_s
         self.served = 0  # events handed out so far
         self.lock = threading.Lock()
-        self.done = threading.Event()
+        self.done = threading.Event()  # every invocation answered, or one failed
+        self.over = threading.Event()  # done, or the process exited
+        self.exit_code = None
         self.killed = threading.Event()
         self.kind = None
         self.body = None
@@ -50,6 +55,10 @@ class Run:
         self.anon_kb = None
         self.hwm_end_kb = None
         self.failed = None  # (kind, body) of a failed warm invocation
+
+    def finish(self):
+        self.done.set()
+        self.over.set()
 
 
 def proc_status_kb(pid):
@@ -138,13 +147,13 @@ class Api(BaseHTTPRequestHandler):
                         last = True
                 if last:
                     run.hwm_end_kb, _ = proc_status_kb(run.pid)
-                    run.done.set()
+                    run.finish()
             return self._reply(202, b'{"status":"OK"}', {"Content-Type": "application/json"})
         if self.path.endswith("/init/error"):
             run.t_response = t
             run.hwm_kb, run.anon_kb = proc_status_kb(run.pid)
             run.kind, run.body = "init/error", body.decode("utf-8", "replace")
-            run.done.set()
+            run.finish()
             return self._reply(202, b'{"status":"OK"}')
         return self._reply(404)
 
@@ -164,18 +173,30 @@ def one_run(cmd, base_env, timeout, warm=0, gap_s=0.0):
     server = Server(("127.0.0.1", 0), Api)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = dict(base_env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}")
+    # The function's stdout and stderr, together, go to a file: a pipe nobody reads until
+    # the run is over would block a function that logs more than the pipe holds.
+    out = tempfile.TemporaryFile()
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     run.pid = proc.pid
-    finished = run.done.wait(timeout)
+
+    def reap():
+        run.exit_code = proc.wait()
+        run.over.set()
+    threading.Thread(target=reap, daemon=True).start()
+    exited = run.over.wait(timeout) and not run.done.is_set()
     proc.kill()
-    _, err = proc.communicate()
+    proc.wait()
     run.killed.set()
     server.shutdown()
     server.server_close()
-    if not finished:
-        raise SystemExit(f"no response within {timeout} s (events served: {run.served}); output:\n{err.decode(errors='replace')[-2000:]}")
+    out.seek(0)
+    output = out.read().decode(errors="replace")
+    out.close()
+    if not run.done.is_set():
+        what = (f"the function exited (code {run.exit_code}) before answering" if exited
+                else f"no response within {timeout} s")
+        raise SystemExit(f"{what} (events served: {run.served}); its output:\n{output[-2000:]}")
     if run.failed:
         run.kind, run.body = run.failed
     return {
@@ -188,7 +209,7 @@ def one_run(cmd, base_env, timeout, warm=0, gap_s=0.0):
         "anon_kb": run.anon_kb,
         "kind": run.kind,
         "body": run.body,
-        "stderr_tail": err.decode(errors="replace")[-500:] if run.kind != "response" else "",
+        "output_tail": output[-2000:] if run.kind != "response" else "",
     }
 
 
@@ -227,7 +248,8 @@ def main():
     for i in range(args.warmup + args.runs):
         r = one_run(cmd, env, args.timeout, args.warm, args.gap_ms / 1000.0)
         if r["kind"] != "response":
-            raise SystemExit(f"{args.label}: run {i} answered {r['kind']}: {r['body']}\n{r['stderr_tail']}")
+            raise SystemExit(f"{args.label}: run {i} answered {r['kind']}: {r['body']}\n"
+                             f"its output:\n{r['output_tail']}")
         if i >= args.warmup:
             results.append(r)
             print(json.dumps({"label": args.label, "run": len(results), "ms": round(r["ms"], 2),
