@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | caller not trusted, wrong/missing external id, unknown role | 403 | `AccessDenied` (`User: CALLER is not authorized to perform: sts:AssumeRole on resource: ROLE`) |
 //! | unknown access key, wrong session token | 403 | `InvalidClientTokenId` |
-//! | bad signature | 403 | `SignatureDoesNotMatch` |
+//! | bad signature, body altered after signing (the payload hash is the received body's; an `x-amz-content-sha256` claiming another is refused) | 403 | `SignatureDoesNotMatch` |
 //! | expired session credentials | 403 | `ExpiredToken` |
 //! | no `Authorization` | 403 | `MissingAuthenticationToken` |
 //! | bad parameter | 400 | `ValidationError` |
@@ -171,10 +171,19 @@ impl StsRequest {
             }
             canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
         }
-        let payload_hash = match self.header("x-amz-content-sha256") {
-            Some(h) if h != "UNSIGNED-PAYLOAD" => h.to_string(),
-            _ => sigv4::sha256_hex(&self.body),
-        };
+        // The payload line is the hash of the body received, never the client's claim: a
+        // body changed after signing must not pass. A claim that differs from it (an
+        // altered body, or `UNSIGNED-PAYLOAD`, which STS does not take) is refused.
+        let payload_hash = sigv4::sha256_hex(&self.body);
+        if let Some(claimed) = self.header("x-amz-content-sha256") {
+            if !claimed.eq_ignore_ascii_case(&payload_hash) {
+                return Err(StsError::sender(
+                    403,
+                    "SignatureDoesNotMatch",
+                    CONTENT_SHA256_MISMATCH,
+                ));
+            }
+        }
         let path = if self.path.is_empty() {
             "/"
         } else {
@@ -191,6 +200,9 @@ impl StsRequest {
         ))
     }
 }
+
+const CONTENT_SHA256_MISMATCH: &str =
+    "The provided 'x-amz-content-sha256' header does not match what was computed.";
 
 const SIGNATURE_MISMATCH: &str = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
 

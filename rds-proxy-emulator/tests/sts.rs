@@ -348,3 +348,83 @@ fn http_sync(addr: &str, request: &str) -> Result<String, std::io::Error> {
     s.read_to_string(&mut out)?;
     Ok(out)
 }
+
+/// A SigV4 header-signed form POST (the AWS SDK's SigV4 crate, with the
+/// `x-amz-content-sha256` header the way S3-style signers send it): the request text with
+/// `sent_body` in place of the `signed_body` the signature covers.
+fn signed_post(addr: &str, akid: &str, secret: &str, signed_body: &str, sent_body: &str) -> String {
+    use aws_sigv4::http_request::{
+        sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+    };
+    let identity = aws_credential_types::Credentials::new(akid, secret, None, None, "test").into();
+    let mut settings = SigningSettings::default();
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("sts")
+        .time(std::time::SystemTime::now())
+        .settings(settings)
+        .build()
+        .expect("signing params")
+        .into();
+    let content_type = "application/x-www-form-urlencoded; charset=utf-8";
+    let headers = [("host", addr), ("content-type", content_type)];
+    let signable = SignableRequest::new(
+        "POST",
+        format!("http://{addr}/"),
+        headers.iter().copied(),
+        SignableBody::Bytes(signed_body.as_bytes()),
+    )
+    .expect("signable request");
+    let (instructions, _) = sign(signable, &params).expect("signing").into_parts();
+    let mut request =
+        format!("POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n");
+    for (name, value) in instructions.headers() {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{sent_body}",
+        sent_body.len()
+    ));
+    request
+}
+
+/// The payload hash in the canonical request is the hash of the body received, never the
+/// client's `x-amz-content-sha256` claim: a body changed after signing is refused.
+#[tokio::test]
+async fn a_body_altered_after_signing_is_refused() -> TestResult {
+    let stack = demo().await;
+    let url = stack.sts_endpoint_url();
+    let addr = url.trim_start_matches("http://");
+    let (akid, secret) = stack.app_credentials();
+    let signed = "Action=GetCallerIdentity&Version=2011-06-15";
+
+    // As signed: accepted (the signer and the header are fine).
+    let response = http(addr, &signed_post(addr, &akid, &secret, signed, signed)).await?;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("<Arn>arn:aws:iam::111111111111:role/connectiontest-lambda-role</Arn>")
+    );
+
+    // Another body under the same headers (x-amz-content-sha256 still claiming the
+    // signed body's hash): an AssumeRole the caller never signed.
+    let altered = format!(
+        "Action=AssumeRole&Version=2011-06-15&RoleArn={}&RoleSessionName=forged&ExternalId={}",
+        stack.role_arn().replace(':', "%3A").replace('/', "%2F"),
+        stack.external_id()
+    );
+    let response = http(addr, &signed_post(addr, &akid, &secret, signed, &altered)).await?;
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert!(
+        response.contains("<Code>SignatureDoesNotMatch</Code>"),
+        "{response}"
+    );
+    assert!(
+        response.contains("The provided &apos;x-amz-content-sha256&apos; header does not match"),
+        "{response}"
+    );
+    assert!(!response.contains("<Credentials>"), "{response}");
+    assert_eq!(stack.counters().assume_role_succeeded, 0);
+    Ok(())
+}
