@@ -166,13 +166,23 @@ describe('provisioning function (real PostgreSQL)', () => {
   test('TLS is verified: a different CA is refused', async () => {
     // With no CA given, Node's default trust store does not know the self-signed certificate.
     const other = { ...deps(), attempts: 1, ssl: {} };
-    await expect(provision.handle(event('Update'), other)).rejects.toThrow(/TLS handshake with 127.0.0.1 failed: self.signed certificate/);
+    await expect(provision.handle(event('Update'), other)).rejects.toThrow(/TLS handshake with 127\.0\.0\.1:\d+ failed: self.signed certificate/);
   });
 
   test('the client reads query results (rows as text, NULL as null)', async () => {
     const s = await connect({ host: '127.0.0.1', port, user: MASTER.username, password: MASTER.password, database: DB, ssl: { ca } });
     expect(await s.query("SELECT 1, NULL, 'a''b'")).toEqual([['1', null, "a'b"]]);
     await s.end();
+  });
+
+  test('a query slower than its timeout fails naming the step and closes that session; the next one works', async () => {
+    const s = await connect({ host: '127.0.0.1', port, user: MASTER.username, password: MASTER.password, database: DB, ssl: { ca } });
+    await expect(s.query('SELECT pg_sleep(5)', { timeoutMs: 200 })).rejects.toThrow(/^query: no answer within 200 ms$/);
+    await expect(s.query('SELECT 1')).rejects.toThrow(/^query: no answer within 200 ms$/);
+    await s.end();
+    const again = await connect({ host: '127.0.0.1', port, user: MASTER.username, password: MASTER.password, database: DB, ssl: { ca }, timeouts: { queryMs: 5000 } });
+    expect(await again.query('SELECT 2')).toEqual([['2']]);
+    await again.end();
   });
 
   test('Delete drops the role; a second Delete is a no-op; an unreachable cluster does not block', async () => {

@@ -123,7 +123,16 @@ async function withMasterSession(p, deps, work) {
     let session;
     try {
       const master = await deps.getSecret(p.secretArn);
-      session = await connect({ host: p.host, port: p.port, user: master.username, password: master.password, database: p.database, ssl: deps.ssl });
+      session = await connect({
+        host: p.host,
+        port: p.port,
+        user: master.username,
+        password: master.password,
+        database: p.database,
+        ssl: deps.ssl,
+        // Per-step limits (pg-wire DEFAULT_TIMEOUTS unless overridden): no step can hang.
+        timeouts: deps.timeouts,
+      });
       return await work(session, master.username);
     } catch (e) {
       last = e;

@@ -6,6 +6,13 @@
  * MD5 and cleartext as the server asks), the simple query protocol, and errors carrying
  * PostgreSQL's SQLSTATE. No passwords or statements are ever written to an error message.
  *
+ * Every step has a timeout (DEFAULT_TIMEOUTS, overridable per connection and per query), and a
+ * connection that closes or fails rejects whatever is waiting on it at once, even with half a
+ * message read: an error names the step (TLS, TLS handshake, authentication, query). A step
+ * that hung would otherwise hold the custom resource until the function's own timeout, and on
+ * Delete hold up the stack's deletion. After a timeout the connection is closed: where the
+ * server is in the protocol is then unknown, so nothing more can be read from it safely.
+ *
  * Protocol reference: PostgreSQL documentation, "Frontend/Backend Protocol" (message formats)
  * and RFC 5802/7677 (SCRAM-SHA-256).
  */
@@ -15,6 +22,14 @@ const tls = require('tls');
 
 const PROTOCOL_3_0 = 196608;
 const SSL_REQUEST_CODE = 80877103;
+
+/**
+ * Per-step limits in milliseconds: the TCP connect; SSLRequest and the TLS handshake together;
+ * authentication up to ReadyForQuery; each query. Two attempts that hang at every step, as a
+ * Delete makes, plus the pause between them, take about 2 minutes: well inside the function's
+ * 5-minute timeout. The statements here take milliseconds on a healthy writer.
+ */
+const DEFAULT_TIMEOUTS = Object.freeze({ connectMs: 10000, tlsMs: 10000, authMs: 10000, queryMs: 30000 });
 
 /** A failure with the server's SQLSTATE (`code`) when the server reported it. */
 class PgError extends Error {
@@ -38,12 +53,18 @@ function message(type, body) {
 
 const cstr = (s) => Buffer.from(`${s}\0`, 'utf8');
 
-/** Reads whole backend messages off a socket; `next()` resolves with {type, body}. */
+/**
+ * Reads whole backend messages off a socket; `next()` resolves with {type, body}. Once the
+ * socket closes or fails (or a step times out), every waiter that cannot be given a whole
+ * message is rejected at once, with the current step's name.
+ */
 class Reader {
   constructor(socket) {
     this.buf = Buffer.alloc(0);
     this.waiters = [];
+    /** Why the connection is unusable (without the step), once it is. */
     this.failure = null;
+    this.step = 'connection';
     this.attach(socket);
   }
 
@@ -53,25 +74,34 @@ class Reader {
       this.buf = Buffer.concat([this.buf, d]);
       this.drain();
     });
-    socket.on('error', (e) => this.fail(new PgError(`connection error: ${e.message}`, undefined)));
-    socket.on('close', () => this.fail(new PgError('the server closed the connection', undefined)));
+    socket.on('error', (e) => this.fail(`connection error: ${e.message}`));
+    socket.on('close', () => this.fail('the server closed the connection'));
   }
 
-  fail(err) {
-    if (!this.failure) this.failure = err;
+  /** Marks the connection unusable, closes it, and rejects the waiters that cannot be served. */
+  fail(reason) {
+    if (!this.failure) this.failure = reason;
+    this.socket.destroy();
     this.drain();
+  }
+
+  /** The error for a waiter the connection can no longer serve. */
+  error() {
+    const unread = this.buf.length > 0 ? ` (${this.buf.length} bytes of an unfinished message unread)` : '';
+    return new PgError(`${this.step}: ${this.failure}${unread}`, undefined);
   }
 
   drain() {
     while (this.waiters.length > 0) {
-      if (this.buf.length >= 5) {
-        const len = this.buf.readInt32BE(1);
-        if (this.buf.length < len + 1) break;
+      const len = this.buf.length >= 5 ? this.buf.readInt32BE(1) : -1;
+      if (len >= 4 && this.buf.length >= len + 1) {
         const msg = { type: String.fromCharCode(this.buf[0]), body: this.buf.subarray(5, len + 1) };
         this.buf = this.buf.subarray(len + 1);
         this.waiters.shift().resolve(msg);
       } else if (this.failure) {
-        this.waiters.shift().reject(this.failure);
+        this.waiters.shift().reject(this.error());
+      } else if (len >= 0 && len < 4) {
+        this.fail(`malformed message from the server (length ${len})`);
       } else {
         break;
       }
@@ -83,6 +113,21 @@ class Reader {
       this.waiters.push({ resolve, reject });
       this.drain();
     });
+  }
+
+  /**
+   * Runs `fn` as step `step`: if it has not finished within `ms`, the connection is closed
+   * and whatever `fn` waits for is rejected ("STEP: no answer within MS ms").
+   */
+  async within(step, ms, fn) {
+    this.step = step;
+    if (this.failure) throw this.error();
+    const timer = setTimeout(() => this.fail(`no answer within ${ms} ms`), ms);
+    try {
+      return await fn();
+    } finally {
+      clearTimeout(timer);
+    }
   }
 }
 
@@ -121,23 +166,63 @@ function connectSocket(host, port, timeoutMs) {
   });
 }
 
-/** SSLRequest, then a verified TLS handshake on the same socket. */
-function startTls(socket, host, ssl) {
+/**
+ * SSLRequest, then a verified TLS handshake on the same socket, both within `timeoutMs`. A
+ * close, an error or the time running out at any point rejects, naming where it stopped.
+ */
+function startTls(socket, host, port, ssl, timeoutMs) {
+  const where = `${host}:${port}`;
   return new Promise((resolve, reject) => {
-    socket.once('data', (d) => {
-      if (d.length !== 1 || d[0] !== 0x53 /* S */) {
-        socket.destroy();
-        reject(new PgError(`${host} refused TLS (SSLRequest answered ${JSON.stringify(d.toString('latin1', 0, 1))})`));
+    let secure = null;
+    let done = false;
+    const finish = (err) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.off('data', onAnswer);
+      socket.off('close', onClose);
+      socket.off('error', onError);
+      if (secure) {
+        secure.off('secureConnect', onSecure);
+        secure.off('error', onTlsError);
+        secure.off('close', onTlsClose);
+      }
+      if (!err) {
+        resolve(secure);
         return;
       }
-      const secure = tls.connect({ socket, host, servername: net.isIP(host) ? undefined : host, ca: ssl.ca, rejectUnauthorized: true });
-      secure.once('secureConnect', () => resolve(secure));
-      secure.once('error', (e) => {
-        secure.destroy();
-        socket.destroy();
-        reject(new PgError(`TLS handshake with ${host} failed: ${e.message}`));
-      });
-    });
+      if (secure) secure.destroy();
+      socket.destroy();
+      reject(err);
+    };
+    const timer = setTimeout(
+      () =>
+        finish(
+          new PgError(secure ? `TLS handshake with ${where}: not finished within ${timeoutMs} ms` : `TLS with ${where}: no answer to SSLRequest within ${timeoutMs} ms`),
+        ),
+      timeoutMs,
+    );
+    const onClose = () =>
+      finish(new PgError(secure ? `TLS handshake with ${where} failed: the server closed the connection` : `TLS with ${where}: the server closed the connection before answering SSLRequest`));
+    const onError = (e) => finish(new PgError(`TLS with ${where}: connection error: ${e.message}`));
+    const onSecure = () => finish(null);
+    const onTlsError = (e) => finish(new PgError(`TLS handshake with ${where} failed: ${e.message}`));
+    const onTlsClose = () => finish(new PgError(`TLS handshake with ${where} failed: the server closed the connection`));
+    const onAnswer = (d) => {
+      socket.off('data', onAnswer);
+      // Exactly one byte: anything after the 'S' would be read as if it came over TLS.
+      if (d.length !== 1 || d[0] !== 0x53 /* S */) {
+        finish(new PgError(`${host} refused TLS (SSLRequest answered ${JSON.stringify(d.toString('latin1', 0, 1))})`));
+        return;
+      }
+      secure = tls.connect({ socket, host, servername: net.isIP(host) ? undefined : host, ca: ssl.ca, rejectUnauthorized: true });
+      secure.on('secureConnect', onSecure);
+      secure.on('error', onTlsError);
+      secure.on('close', onTlsClose);
+    };
+    socket.on('data', onAnswer);
+    socket.on('close', onClose);
+    socket.on('error', onError);
     socket.write(Buffer.concat([int32(8), int32(SSL_REQUEST_CODE)]));
   });
 }
@@ -173,23 +258,39 @@ async function scram(socket, reader, password) {
   if (fin.body.subarray(4).toString('utf8') !== `v=${expected}`) throw new PgError('the server failed SCRAM verification (wrong server?)');
 }
 
+/** DEFAULT_TIMEOUTS with the positive numbers of `overrides` in their place. */
+function timeoutsWith(overrides) {
+  const out = { ...DEFAULT_TIMEOUTS };
+  for (const [k, v] of Object.entries(overrides || {})) {
+    if (!(k in DEFAULT_TIMEOUTS)) throw new Error(`unknown timeout ${k}: expected one of ${Object.keys(DEFAULT_TIMEOUTS).join(', ')}`);
+    if (v === undefined) continue;
+    if (!(Number.isFinite(v) && v > 0)) throw new Error(`timeout ${k} must be a positive number of milliseconds, got ${JSON.stringify(v)}`);
+    out[k] = v;
+  }
+  return out;
+}
+
 /**
  * Opens an authenticated session. `ssl`: false (local tests only) or {ca?}: TLS with the
  * certificate verified against `ca` or Node's trust store (NODE_EXTRA_CA_CERTS in Lambda).
+ * `timeouts`: any of DEFAULT_TIMEOUTS' keys, to override it.
  */
-async function connect({ host, port, user, password, database, ssl, timeoutMs = 10000 }) {
-  let socket = await connectSocket(host, port, timeoutMs);
-  if (ssl) socket = await startTls(socket, host, ssl);
+async function connect({ host, port, user, password, database, ssl, timeouts }) {
+  const t = timeoutsWith(timeouts);
+  let socket = await connectSocket(host, port, t.connectMs);
+  if (ssl) socket = await startTls(socket, host, port, ssl, t.tlsMs);
   const reader = new Reader(socket);
   const params = Buffer.concat([cstr('user'), cstr(user), cstr('database'), cstr(database), cstr('application_name'), cstr('connectiontest-provisioner'), Buffer.from([0])]);
-  socket.write(Buffer.concat([int32(params.length + 8), int32(PROTOCOL_3_0), params]));
   try {
-    await authenticate(socket, reader, user, password, ssl);
+    await reader.within(`authentication as ${user}`, t.authMs, () => {
+      socket.write(Buffer.concat([int32(params.length + 8), int32(PROTOCOL_3_0), params]));
+      return authenticate(socket, reader, user, password, ssl);
+    });
   } catch (e) {
     socket.destroy();
     throw e;
   }
-  return new Session(socket, reader);
+  return new Session(socket, reader, t.queryMs);
 }
 
 /** Answers the server's authentication requests until ReadyForQuery. */
@@ -220,16 +321,23 @@ async function authenticate(socket, reader, user, password, ssl) {
 }
 
 class Session {
-  constructor(socket, reader) {
+  constructor(socket, reader, queryMs) {
     this.socket = socket;
     this.reader = reader;
+    this.queryMs = queryMs;
   }
 
   /**
    * Runs SQL with the simple query protocol (several statements run as one implicit
    * transaction) and returns the rows of the last result as arrays of text (null for NULL).
+   * `timeoutMs` overrides the connection's query timeout for this query.
    */
-  async query(sql) {
+  query(sql, { timeoutMs } = {}) {
+    const ms = timeoutMs === undefined ? this.queryMs : timeoutsWith({ queryMs: timeoutMs }).queryMs;
+    return this.reader.within('query', ms, () => this.run(sql));
+  }
+
+  async run(sql) {
     this.socket.write(message('Q', cstr(sql)));
     let rows = [];
     let error = null;
@@ -257,13 +365,21 @@ class Session {
     return rows;
   }
 
+  /** Terminate, then close; a server that does not close its side is cut off after 1 s. */
   async end() {
+    if (this.reader.failure) {
+      this.socket.destroy();
+      return;
+    }
     try {
       this.socket.end(message('X', Buffer.alloc(0)));
+      const timer = setTimeout(() => this.socket.destroy(), 1000);
+      timer.unref();
+      this.socket.once('close', () => clearTimeout(timer));
     } catch {
       this.socket.destroy();
     }
   }
 }
 
-module.exports = { connect, PgError };
+module.exports = { connect, DEFAULT_TIMEOUTS, PgError };
