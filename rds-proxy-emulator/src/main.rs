@@ -269,9 +269,20 @@ fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Writes a state file in one step (a temp file renamed into place), readable by its owner
+/// only (mode 0600) from the start: `stack.env` holds the application principal's secret
+/// key and `backend.env` the database password.
 fn write_atomically(path: &Path, contents: &str) -> Result<(), Failure> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents)
+    // A temp file left by a crash keeps its mode if reused: start from a new one.
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
         .map_err(|e| Failure(format!("writing {}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(|e| Failure(format!("writing {}: {e}", path.display())))
 }

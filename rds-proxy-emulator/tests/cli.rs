@@ -274,6 +274,47 @@ async fn serve_and_clean_shutdown() -> TestResult {
     Ok(())
 }
 
+/// `stack.env` (the application principal's secret key) and `backend.env` (the database
+/// password) are readable by their owner only, from the moment they exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_files_holding_secrets_are_owner_only() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let state = tempfile::tempdir()?;
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("local-stack.toml");
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(state.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let env_path = state.path().join("stack.env");
+    let started = Instant::now();
+    while !env_path.exists() {
+        assert!(serve.try_wait()?.is_none(), "serve exited early");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "serve not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let modes: Vec<(&str, u32)> = ["stack.env", "backend.env"]
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(state.path().join(f)).expect(f);
+            (f, meta.permissions().mode() & 0o777)
+        })
+        .collect();
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || serve.wait()).await??;
+    assert!(status.success(), "{status}");
+    assert_eq!(modes, [("stack.env", 0o600), ("backend.env", 0o600)]);
+    Ok(())
+}
+
 #[test]
 fn errors_are_one_line_with_exit_codes() {
     let out = Command::new(BIN)
