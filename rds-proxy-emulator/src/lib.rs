@@ -48,6 +48,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod cluster;
 pub mod config;
 pub mod control;

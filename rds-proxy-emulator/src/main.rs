@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use rds_proxy_emulator::accept::{accept_with_backoff, Backoff};
 use rds_proxy_emulator::{shell_quote, LocalStack, StackConfig, StartOptions};
 
 #[derive(Parser, Debug)]
@@ -194,10 +195,10 @@ fn write_pids(state_dir: &Path, stack: &LocalStack) -> Result<(), Failure> {
 
 async fn serve_control(listener: tokio::net::UnixListener, stack: &LocalStack, state_dir: &Path) {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut backoff = Backoff::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) =
+            accept_with_backoff("control socket", &mut backoff, || listener.accept()).await;
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
         let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, 1024));

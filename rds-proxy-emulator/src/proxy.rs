@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
+use crate::accept::{accept_with_backoff, Backoff};
 use crate::config::{StackConfig, TargetRole};
 use crate::control::Control;
 use crate::iam::Iam;
@@ -240,13 +241,12 @@ pub async fn serve_endpoint(
     let spec = Arc::new(spec);
     let mut stop = shared.shutdown.subscribe();
     let task = tokio::spawn(async move {
+        let what = format!("proxy endpoint {}", spec.name);
+        let mut backoff = Backoff::new();
         loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
+            let (stream, peer) = tokio::select! {
+                a = accept_with_backoff(&what, &mut backoff, || listener.accept()) => a,
                 _ = stop.wait_for(|s| *s) => break,
-            };
-            let Ok((stream, peer)) = accepted else {
-                continue;
             };
             let _ = stream.set_nodelay(true);
             let shared = Arc::clone(&shared);

@@ -29,6 +29,7 @@ use hyper::{Request, Response, StatusCode};
 use time::{Duration, OffsetDateTime};
 use tokio::net::TcpListener;
 
+use crate::accept::{accept_with_backoff, Backoff};
 use crate::control::{Control, StsFault};
 use crate::iam::{Caller, Iam};
 use crate::sigv4::{self, CredentialScope, ALGORITHM};
@@ -516,10 +517,10 @@ impl StsServer {
             .map_err(|e| crate::Error::io("STS listener address", e))?;
         let sts = Arc::new(sts);
         let task = tokio::spawn(async move {
+            let mut backoff = Backoff::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+                let (stream, _) =
+                    accept_with_backoff("STS", &mut backoff, || listener.accept()).await;
                 let sts = Arc::clone(&sts);
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
