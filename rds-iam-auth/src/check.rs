@@ -30,8 +30,11 @@ impl Connector {
         let started = Instant::now();
         let mut rec = Recorder::keeping();
         let deadline = Deadline::after(limit.min(self.inner.connect_timeout));
-        let error = match Box::pin(self.open(&mut rec, deadline)).await {
-            Err(refused) => Some(refused.error),
+        // The same path as `connect`, including its one retry with refreshed credentials
+        // when the proxy refuses the token with its IAM message (a revoked role session):
+        // a warm Lambda must not keep reporting a refusal that fresh credentials cure.
+        let error = match Box::pin(self.establish(&mut rec, deadline)).await {
+            Err(error) => Some(error),
             Ok((client, connection)) => {
                 let task = tokio::spawn(connection);
                 let query = async {
@@ -70,6 +73,10 @@ pub enum Outcome {
     Skipped,
     /// The stage failed; the check stopped here.
     Failed,
+    /// The stage failed in a way fresh credentials may cure (the proxy refused the token
+    /// with its IAM message), and the path was tried once more from the credentials: the
+    /// stages that follow are that second attempt's.
+    Retried,
 }
 
 impl Outcome {
@@ -80,6 +87,7 @@ impl Outcome {
             Outcome::Cached => "cached",
             Outcome::Skipped => "skipped",
             Outcome::Failed => "FAILED",
+            Outcome::Retried => "retried",
         }
     }
 }
@@ -233,6 +241,20 @@ impl Recorder {
                 detail,
                 "stage"
             );
+        }
+    }
+
+    /// Turns the last failure of `stage` into [`Outcome::Retried`]: the path is tried again.
+    pub(crate) fn retrying(&mut self, stage: Stage) {
+        if let Some(s) = self
+            .stages
+            .iter_mut()
+            .rev()
+            .find(|s| s.stage == stage && s.outcome == Outcome::Failed)
+        {
+            s.outcome = Outcome::Retried;
+            s.detail
+                .push_str("; retrying once with refreshed credentials");
         }
     }
 

@@ -171,7 +171,11 @@ impl Connector {
 
     /// The session; a login refused for IAM reasons is retried once with refreshed
     /// credentials.
-    async fn establish(&self, rec: &mut Recorder, deadline: Deadline) -> Result<Session, Error> {
+    pub(crate) async fn establish(
+        &self,
+        rec: &mut Recorder,
+        deadline: Deadline,
+    ) -> Result<Session, Error> {
         match self.open(rec, deadline).await {
             Err(Refused {
                 error,
@@ -181,6 +185,7 @@ impl Connector {
                     error = %error,
                     "login refused with IAM credentials that may be revoked: retrying once with refreshed credentials"
                 );
+                rec.retrying(Stage::Login);
                 self.open(rec, deadline).await.map_err(|r| r.error)
             }
             other => other.map_err(|r| r.error),
@@ -278,18 +283,30 @@ impl Connector {
     ) -> Result<Session, Refused> {
         let (mut signing, mut network) = (rec.branch(), rec.branch());
         let both = {
-            let sign = self.sign(&mut signing, deadline);
+            // Only to have credentials in the cache by the time the network is ready.
+            let credentials = async {
+                self.obtain_credentials(&mut signing, deadline)
+                    .await
+                    .map(drop)
+            };
             let net = self.network(&mut network, deadline);
-            first_failure(sign, net).await
+            first_failure(credentials, net).await
         };
         match &both {
             Err(First::A(e)) => note_unfinished(&mut network, e.stage(), NETWORK_STAGES),
             Err(First::B(e)) => note_unfinished(&mut signing, e.stage(), self.signing_stages()),
             Ok(_) => {}
         }
+        let signed = match both {
+            Ok(((), stream)) => self
+                .sign_for_login(&mut signing, deadline)
+                .await
+                .map(|(credentials, token)| (credentials, token, stream)),
+            Err(first) => Err(first.into_error()),
+        };
         rec.append(signing);
         rec.append(network);
-        let ((credentials, token), stream) = both.map_err(|f| Refused::early(f.into_error()))?;
+        let (credentials, token, stream) = signed.map_err(Refused::early)?;
         self.login(rec, deadline, stream, &token)
             .await
             .map_err(|error| Refused {
@@ -309,13 +326,19 @@ impl Connector {
         }
     }
 
-    /// Credentials, then the token they sign.
-    async fn sign(
+    /// The token for the login that follows at once, signed now with the cache's current
+    /// credentials: the network branch may have taken most of the connect timeout since
+    /// the signing branch obtained them, and the cache only promises credentials usable
+    /// when handed out. If none are usable any more, current ones are obtained first.
+    async fn sign_for_login(
         &self,
         rec: &mut Recorder,
         deadline: Deadline,
     ) -> Result<(Credentials, AuthToken), Error> {
-        let credentials = self.obtain_credentials(rec, deadline).await?;
+        let credentials = match self.inner.credentials.usable_now() {
+            Some(current) => current,
+            None => self.obtain_credentials(rec, deadline).await?,
+        };
         let p = &self.inner.token_params;
         let started = Instant::now();
         let token = token::sign(p, &credentials, SystemTime::now());

@@ -212,6 +212,10 @@ struct Cached {
     /// Start refreshing at this time; stop using them at `hard`.
     soft: SystemTime,
     hard: Option<SystemTime>,
+    /// A login signed with them was refused with the proxy's IAM message: callers wait for
+    /// a refresh to replace them, but while refreshing fails they are still served (until
+    /// they expire), since the refusal may have been a blip rather than a revocation.
+    suspect: bool,
 }
 
 /// The last refresh failed: with what, since when, how often in a row, and when the next
@@ -233,6 +237,7 @@ impl Cached {
                 credentials,
                 soft: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 64),
                 hard: None,
+                suspect: false,
             };
         };
         let lifetime = expiry.duration_since(now).unwrap_or(Duration::ZERO);
@@ -242,6 +247,7 @@ impl Cached {
             credentials,
             soft,
             hard: Some(hard),
+            suspect: false,
         }
     }
 
@@ -332,26 +338,43 @@ impl CredentialCache {
             .map(|f| f.error.to_string())
     }
 
-    /// Drops the cached credentials if they are still `used` (the ones a refused login was
-    /// signed with), so the next caller fetches new ones. At most once a minute: a refusal
-    /// that refreshed credentials do not cure (a missing permission) must not cost an STS
-    /// call per connect. Returns whether they were dropped.
+    /// Marks the cached credentials as suspect if they are still `used` (the ones a refused
+    /// login was signed with), so the next caller waits for a refresh instead of getting
+    /// them again. They are not dropped: while refreshing fails (STS unreachable) they are
+    /// still served until they expire, so a one-off refusal does not become an outage. At
+    /// most once a minute: a refusal that refreshed credentials do not cure (a missing
+    /// permission) must not cost an STS call per connect. Returns whether they were marked.
     pub(crate) fn invalidate(&self, used: &Credentials) -> bool {
         const AT_MOST_EVERY: Duration = Duration::from_secs(60);
         let mut state = self.shared.lock();
-        let is_current = state
-            .current
-            .as_ref()
-            .is_some_and(|c| c.credentials.access_key_id() == used.access_key_id());
         let recently = state
             .last_invalidation
             .is_some_and(|at| at.elapsed() < AT_MOST_EVERY);
-        if !is_current || recently {
+        let Some(current) = state
+            .current
+            .as_mut()
+            .filter(|c| c.credentials.access_key_id() == used.access_key_id())
+        else {
+            return false;
+        };
+        if recently {
             return false;
         }
-        state.current = None;
+        current.suspect = true;
         state.last_invalidation = Some(Instant::now());
         true
+    }
+
+    /// The cached credentials if they are usable now (they may be newer than the ones a
+    /// caller obtained a moment ago, if a refresh finished meanwhile).
+    pub(crate) fn usable_now(&self) -> Option<Credentials> {
+        let state = self.shared.lock();
+        let now = (self.shared.clock)();
+        state
+            .current
+            .as_ref()
+            .filter(|c| c.usable(now))
+            .map(|c| c.credentials.clone())
     }
 
     /// Current credentials: the cached ones while they are usable (refreshed in the
@@ -393,7 +416,8 @@ impl CredentialCache {
             {
                 let mut state = shared.lock();
                 let now = (shared.clock)();
-                if let Some(cached) = state.current.as_ref().filter(|c| c.usable(now)) {
+                let usable = state.current.as_ref().filter(|c| c.usable(now));
+                if let Some(cached) = usable.filter(|c| !c.suspect) {
                     let obtained = Obtained {
                         credentials: cached.credentials.clone(),
                         fetch: None,
@@ -406,8 +430,9 @@ impl CredentialCache {
                 }
                 if let Some(failure) = &state.failure {
                     if !state.refreshing && Instant::now() < failure.retry_at {
-                        // Backing off: every caller gets the last failure, STS gets nothing.
-                        return Err(failure.for_caller());
+                        // Backing off: STS gets nothing; callers get the suspect
+                        // credentials while they last, or else the last failure.
+                        return state.fallback(now).ok_or_else(|| failure.for_caller());
                     }
                 }
                 shared.start_refresh(&mut state, true);
@@ -425,7 +450,8 @@ impl CredentialCache {
                 .as_ref()
                 .filter(|f| f.generation == state.generation)
             {
-                return Err(failure.for_caller());
+                let now = (shared.clock)();
+                return state.fallback(now).ok_or_else(|| failure.for_caller());
             }
             if let Some(cached) = &state.current {
                 return Ok(Obtained {
@@ -439,6 +465,19 @@ impl CredentialCache {
                 });
             }
         }
+    }
+}
+
+impl State {
+    /// Suspect cached credentials that are still usable, served while refreshing them
+    /// fails, with the failure noted.
+    fn fallback(&self, now: SystemTime) -> Option<Obtained> {
+        let cached = self.current.as_ref().filter(|c| c.usable(now))?;
+        Some(Obtained {
+            credentials: cached.credentials.clone(),
+            fetch: None,
+            refresh_failing: self.failure.as_ref().map(|f| f.describe(now)),
+        })
     }
 }
 

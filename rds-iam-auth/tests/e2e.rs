@@ -517,3 +517,146 @@ async fn a_set_in_the_after_connect_hook_pins_the_session_and_plain_queries_do_n
     hooked.simple_query("SELECT 1").await.expect("query");
     assert_eq!(stack.counters().sessions_pinned, 1, "SET pins its session");
 }
+
+#[tokio::test]
+async fn a_warm_check_recovers_from_a_revoked_role_session_with_fresh_credentials() {
+    let stack = stack().await;
+    let connector = config(&stack, ro(&stack))
+        .await
+        .connector()
+        .await
+        .expect("connector");
+    let first = connector.check().await;
+    assert!(first.is_success(), "{first}");
+    let cached = connector
+        .credentials()
+        .credentials()
+        .await
+        .expect("cached role credentials");
+    assert!(stack.revoke_credentials(cached.access_key_id()), "revoked");
+
+    // The cached session is refused by the proxy: the check retries once with a new one,
+    // as connect does, instead of reporting the refusal until the next scheduled refresh.
+    let report = connector.check().await;
+    assert!(report.is_success(), "{report}");
+    let logins: Vec<Outcome> = report
+        .stages
+        .iter()
+        .filter(|s| s.stage == Stage::Login)
+        .map(|s| s.outcome)
+        .collect();
+    assert_eq!(logins, [Outcome::Retried, Outcome::Ok], "{report}");
+    assert_eq!(connector.credentials().refresh_count(), 2, "{report}");
+    let now = connector
+        .credentials()
+        .credentials()
+        .await
+        .expect("fresh credentials");
+    assert_ne!(now.access_key_id(), cached.access_key_id());
+}
+
+#[tokio::test]
+async fn one_iam_refusal_while_sts_refuses_does_not_stop_connects() {
+    let stack = stack().await;
+    let connector = config(&stack, ro(&stack))
+        .await
+        .connector()
+        .await
+        .expect("connector");
+    connector.connect().await.expect("first connect");
+    // The proxy refuses one login (an IAM hiccup) while STS is down: the credentials it
+    // refused are still valid for an hour, so they must keep serving.
+    stack.set_sts_fault(rds_proxy_emulator::StsFault::Refuse);
+    stack.refuse_next_logins(1);
+    for i in 0..5 {
+        let client = connector
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect {i} after the refusal: {e}"));
+        let one: i32 = client
+            .query_one("SELECT 1::int4", &[])
+            .await
+            .expect("query")
+            .get(0);
+        assert_eq!(one, 1);
+    }
+    assert_eq!(stack.counters().logins_refused, 1);
+    assert!(
+        connector.credentials().failed_refresh_count() >= 1,
+        "a refresh was tried (and failed: STS refuses)"
+    );
+    stack.clear_faults();
+}
+
+/// A TCP relay on 127.0.0.1 to `upstream` that holds each connection for `delay` before
+/// connecting it: a slow network path.
+async fn slow_relay(upstream: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_token_is_signed_when_the_login_needs_it_not_when_the_credentials_arrive() {
+    let stack = stack().await;
+    let ep = ro(&stack);
+    let issue = |lifetime: Duration| {
+        let expiry = time::OffsetDateTime::now_utc() + lifetime;
+        let c = stack
+            .issue_credentials(stack.role_arn(), "short-lived", expiry)
+            .expect("issued");
+        Credentials::new(
+            c.access_key_id,
+            c.secret_access_key,
+            Some(c.session_token),
+            Some(std::time::SystemTime::from(c.expiration)),
+            "test",
+        )
+    };
+    // Credentials with seconds left (about 7 s: the stand-in drops the fraction), then
+    // hour-long ones. The network branch takes longer than the short ones live.
+    let provider = Sequence::new(vec![
+        issue(Duration::from_secs(8)),
+        issue(Duration::from_secs(3600)),
+    ]);
+    let relay = slow_relay(ep.listen, Duration::from_millis(8500)).await;
+    let connector = Config::new()
+        .hostname(&ep.hostname)
+        .port(ep.port)
+        .user(stack.db_user())
+        .database(stack.db_name())
+        .connect_address(relay.to_string())
+        .connect_timeout(Duration::from_secs(30))
+        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
+        .sdk_config(sdk_config(&stack, None).await)
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(provider.clone()),
+        )
+        .connector()
+        .await
+        .expect("connector");
+    let client = connector.connect().await.expect("connects");
+    client.simple_query("SELECT 1").await.expect("query");
+    assert_eq!(
+        stack.counters().logins_refused,
+        0,
+        "the login was signed with credentials that were still valid at login"
+    );
+    assert_eq!(
+        provider.calls(),
+        2,
+        "the short-lived credentials were replaced"
+    );
+}

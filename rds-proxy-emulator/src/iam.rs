@@ -3,6 +3,7 @@
 //! proxy (who signed this token, and may that role `rds-db:connect`?).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -60,6 +61,8 @@ pub struct Caller {
 pub struct Iam {
     config: Arc<StackConfig>,
     sessions: Mutex<HashMap<String, TemporaryCredentials>>,
+    /// Logins still to be refused whatever their token (see [`Iam::refuse_next_logins`]).
+    forced_refusals: AtomicU64,
 }
 
 const UPPER_ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
@@ -70,6 +73,7 @@ impl Iam {
         Iam {
             config,
             sessions: Mutex::new(HashMap::new()),
+            forced_refusals: AtomicU64::new(0),
         }
     }
 
@@ -174,11 +178,34 @@ impl Iam {
         Some(creds)
     }
 
+    /// Revokes the session credentials with this access key, as IAM's "revoke active
+    /// sessions" does: tokens they sign are refused from now on, as with unknown keys.
+    /// Returns whether such a session existed.
+    pub fn revoke(&self, access_key_id: &str) -> bool {
+        self.sessions
+            .lock()
+            .map(|mut s| s.remove(access_key_id).is_some())
+            .unwrap_or(false)
+    }
+
+    /// Refuses the next `n` IAM logins that would have succeeded, with the proxy's IAM
+    /// message: a transient refusal (an IAM hiccup at the proxy) for testing clients that
+    /// react to one.
+    pub fn refuse_next_logins(&self, n: u64) {
+        self.forced_refusals.store(n, Ordering::SeqCst);
+    }
+
     /// Whether `caller` (session credentials of a role) may `rds-db:connect` to `resource`.
     pub fn may_connect(&self, caller: &Caller, resource: &str) -> bool {
         let Some(role_arn) = &caller.role_arn else {
             return false;
         };
+        let forced = self
+            .forced_refusals
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if forced.is_ok() {
+            return false;
+        }
         self.role(role_arn).is_some_and(|r| {
             r.rds_db_connect
                 .iter()

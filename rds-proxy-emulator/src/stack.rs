@@ -448,6 +448,17 @@ impl LocalStack {
             .ok_or_else(|| Error::Sts(format!("no role {role_arn}")))
     }
 
+    /// Revokes issued session credentials (see [`Iam::revoke`]).
+    pub fn revoke_credentials(&self, access_key_id: &str) -> bool {
+        self.iam.revoke(access_key_id)
+    }
+
+    /// Refuses the next `n` IAM logins with the proxy's IAM message (see
+    /// [`Iam::refuse_next_logins`]).
+    pub fn refuse_next_logins(&self, n: u64) {
+        self.iam.refuse_next_logins(n);
+    }
+
     /// The `stack.env` pairs: the Lambda's environment variables for the application
     /// endpoint, plus `AWS_REGION`, the application principal's keys and
     /// `AWS_ENDPOINT_URL_STS`.
