@@ -2,8 +2,9 @@
 # make deploy: the whole two-account deployment with no manual step.
 #
 #   build      make build -> target/lambda/connection-test/bootstrap.zip
-#   phase 1/3  deploy ApplicationStack (application account); read ApplicationVpcId and
-#              ApplicationSubnetIds
+#   phase 1/3  deploy ApplicationStack (application account); read ApplicationVpcId,
+#              ApplicationSubnetIds and LambdaSecurityGroupId (the only source the proxy
+#              endpoints will admit)
 #   phase 2/3  deploy DatabaseStack (database account) into those shared subnets; read
 #              ApplicationProxyEndpoint
 #   phase 3/3  redeploy ApplicationStack so the Lambda gets the proxy endpoint
@@ -55,7 +56,11 @@ stack_output "$APP_PROFILE" "$APP_STACK" ApplicationSubnetIds SUBNET_IDS
 if [[ "$DRY_RUN" != 1 && ! "$SUBNET_IDS" =~ ^subnet-[0-9a-f]+(,subnet-[0-9a-f]+)+$ ]]; then
   die "$APP_STACK output ApplicationSubnetIds is '$SUBNET_IDS', expected subnet ids separated by commas"
 fi
-CTX+=(-c "application_vpc_id=$VPC_ID" -c "application_vpc_subnets=$SUBNET_IDS")
+stack_output "$APP_PROFILE" "$APP_STACK" LambdaSecurityGroupId LAMBDA_SG_ID
+if [[ "$DRY_RUN" != 1 && ! "$LAMBDA_SG_ID" =~ ^sg-[0-9a-f]+$ ]]; then
+  die "$APP_STACK output LambdaSecurityGroupId is '$LAMBDA_SG_ID', expected one security group id"
+fi
+CTX+=(-c "application_vpc_id=$VPC_ID" -c "application_vpc_subnets=$SUBNET_IDS" -c "application_lambda_security_group_id=$LAMBDA_SG_ID")
 
 say "phase 2/3: $DB_STACK in the database account (Aurora and RDS Proxy: expect 20-30 minutes the first time)"
 cdk_step "phase 2/3 (deploy $DB_STACK)" deploy "$DB_STACK" --profile "$DB_PROFILE" "${DEPLOY[@]}" "${CTX[@]}"

@@ -238,6 +238,10 @@ export class ApplicationStack extends OfflineStack {
       description: 'Shared subnet ids, comma-separated (context application_vpc_subnets)',
     });
     new CfnOutput(this, 'LambdaRoleArn', { value: this.role.roleArn, description: 'The only principal the database role trusts' });
+    new CfnOutput(this, 'LambdaSecurityGroupId', {
+      value: this.lambdaSecurityGroup.securityGroupId,
+      description: "The function's security group: the only source the proxy endpoints admit (context application_lambda_security_group_id)",
+    });
     new CfnOutput(this, 'FunctionName', { value: this.function.functionName });
   }
 }

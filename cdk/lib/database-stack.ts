@@ -263,10 +263,22 @@ export class DatabaseStack extends OfflineStack {
     const endpointSg = new ec2.SecurityGroup(this, 'ProxyEndpointSecurityGroup', {
       vpc: applicationVpc,
       securityGroupName: 'connectiontest-proxy-endpoint-sg',
+      // Unchanged since the rule below admitted the whole VPC: a new description would make
+      // CloudFormation replace this named group, which fails on a deployed stack.
       description: 'RDS Proxy endpoints in the shared application subnets: PostgreSQL from the application VPC only',
       allowAllOutbound: false,
     });
-    endpointSg.addIngressRule(ec2.Peer.ipv4(cfg.applicationVpcCidr), ec2.Port.tcp(POSTGRES_PORT), 'PostgreSQL from the application VPC');
+    // The function's own security group, not the application VPC's CIDR: anything else that
+    // ever runs in that VPC (or in its subnets, shared with this account) gets no path to the
+    // proxy. This works because the endpoints sit in the same VPC as the function (a VPC
+    // shared through RAM: a participant's rule may name a group of the VPC owner, given with
+    // its account id), and make deploy knows the group's id before this stack is deployed
+    // (ApplicationStack output LambdaSecurityGroupId, read after phase 1).
+    endpointSg.addIngressRule(
+      ec2.Peer.securityGroupId(cfg.applicationLambdaSecurityGroupId, cfg.applicationAccountId),
+      ec2.Port.tcp(POSTGRES_PORT),
+      'PostgreSQL from connectiontest-lambda (its security group, in the application account)',
+    );
 
     cfg.targetRoles.forEach((role) => {
       const endpoint = new rds.CfnDBProxyEndpoint(this, `${rolePascal(role)}ProxyEndpoint`, {

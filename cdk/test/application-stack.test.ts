@@ -275,7 +275,9 @@ describe('ApplicationStack', () => {
   test('outputs: VPC id and subnet ids joined by commas, with no trailing comma', () => {
     const t = s.appTemplate;
     const outputs = t.findOutputs('*');
-    expect(Object.keys(outputs).sort()).toEqual(['ApplicationSubnetIds', 'ApplicationVpcId', 'FunctionName', 'LambdaRoleArn']);
+    expect(Object.keys(outputs).sort()).toEqual(['ApplicationSubnetIds', 'ApplicationVpcId', 'FunctionName', 'LambdaRoleArn', 'LambdaSecurityGroupId']);
+    // DatabaseStack admits PostgreSQL on the proxy endpoints from this group only.
+    expect(outputs.LambdaSecurityGroupId.Value).toEqual({ 'Fn::GetAtt': [logicalId(t, 'AWS::EC2::SecurityGroup', '/LambdaSecurityGroup/Resource'), 'GroupId'] });
     const vpc = Object.keys(t.findResources('AWS::EC2::VPC'))[0];
     expect(outputs.ApplicationVpcId.Value).toEqual({ Ref: vpc });
     const subnets = Object.keys(t.findResources('AWS::EC2::Subnet'));

@@ -48,6 +48,8 @@ describe('context validation', () => {
     ['database_vpc_cidr', '10.0.0.0/8', 'a prefix from /16 to /24'],
     ['database_vpc_cidr', '300.0.0.0/24', 'an IPv4 CIDR block'],
     ['application_vpc_id', 'vpc-xxx', 'a VPC id'],
+    ['application_lambda_security_group_id', 'sg-xyz', 'a security group id'],
+    ['application_lambda_security_group_id', 'subnet-0123456789abcdef0', 'a security group id'],
     ['application_vpc_subnets', 'subnet-0123456789abcdef0,', 'no spaces or trailing comma'],
     ['application_vpc_subnets', 'subnet-0123456789abcdef0', 'at least two subnet ids'],
     ['application_vpc_subnets', 'subnet-0123456789abcdef0, subnet-0fedcba9876543210', 'no spaces'],
@@ -98,6 +100,11 @@ describe('context validation', () => {
       expect(e.message).toMatch(new RegExp(`^context "${key}" is missing: expected .+ \\(set it in cdk.json under "context" or pass -c ${key}=VALUE\\)$`));
     },
   );
+
+  test("the function's security group id: an offline placeholder by default, make deploy's value otherwise", () => {
+    expect(load({}).applicationLambdaSecurityGroupId).toBe('sg-0123456789abcdef0');
+    expect(load({ application_lambda_security_group_id: 'sg-0aaaaaaaaaaaaaaaa' }).applicationLambdaSecurityGroupId).toBe('sg-0aaaaaaaaaaaaaaaa');
+  });
 
   test('the master user defaults to dbadmin; the application user is configured separately', () => {
     const cfg = load({ database_master_username: undefined });
@@ -186,7 +193,9 @@ describe('context validation', () => {
     const ctx = JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'cdk.json'), 'utf8')).context;
     for (const key of CONTEXT_KEYS) {
       expect(readme).toContain(`\`${key}\``);
-      if (!['db_ca_bundle', 'db_connect_host'].includes(key)) expect(Object.keys(ctx)).toContain(key);
+      // application_lambda_security_group_id: make deploy always passes it; its offline
+      // default is in config.ts (cdk.json is not part of this change).
+      if (!['db_ca_bundle', 'db_connect_host', 'application_lambda_security_group_id'].includes(key)) expect(Object.keys(ctx)).toContain(key);
     }
   });
 

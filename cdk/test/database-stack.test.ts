@@ -3,6 +3,8 @@ import { evaluate, logicalId, synth, Synthesized, TEST_EXTERNAL_ID } from './hel
 
 const LAMBDA_ROLE_ARN = 'arn:aws:iam::111111111111:role/connectiontest-lambda-role';
 const SUBNETS = ['subnet-0123456789abcdef0', 'subnet-0fedcba9876543210'];
+/** Offline default of application_lambda_security_group_id (make deploy passes the real one). */
+const LAMBDA_SG = 'sg-0123456789abcdef0';
 
 describe('DatabaseStack', () => {
   let s: Synthesized;
@@ -263,12 +265,31 @@ describe('DatabaseStack', () => {
     expect(tg.DependsOn).toEqual(expect.arrayContaining(Object.keys(t.findResources('AWS::RDS::DBInstance'))));
   });
 
-  test('proxy endpoint security group lives in the application VPC and admits 5432 from its CIDR only', () => {
-    s.dbTemplate.hasResourceProperties('AWS::EC2::SecurityGroup', {
-      VpcId: 'vpc-0123456789abcdef0',
-      SecurityGroupIngress: [{ CidrIp: '10.0.16.0/24', FromPort: 5432, ToPort: 5432, IpProtocol: 'tcp', Description: 'PostgreSQL from the application VPC' }],
-      SecurityGroupEgress: [{ CidrIp: '255.255.255.255/32', Description: 'Disallow all traffic', FromPort: 252, IpProtocol: 'icmp', ToPort: 86 }],
-    });
+  test("proxy endpoint security group lives in the application VPC and admits 5432 from the function's security group only, no CIDR", () => {
+    const check = (t: typeof s.dbTemplate, sgId: string) => {
+      const endpointSg = logicalId(t, 'AWS::EC2::SecurityGroup', '/ProxyEndpointSecurityGroup/Resource');
+      const props = t.findResources('AWS::EC2::SecurityGroup')[endpointSg].Properties;
+      expect(props.VpcId).toBe('vpc-0123456789abcdef0');
+      expect(props.SecurityGroupIngress).toEqual([
+        {
+          SourceSecurityGroupId: sgId,
+          // The group belongs to the application account, the owner of the shared VPC.
+          SourceSecurityGroupOwnerId: '111111111111',
+          FromPort: 5432,
+          ToPort: 5432,
+          IpProtocol: 'tcp',
+          Description: 'PostgreSQL from connectiontest-lambda (its security group, in the application account)',
+        },
+      ]);
+      expect(props.SecurityGroupEgress).toEqual([{ CidrIp: '255.255.255.255/32', Description: 'Disallow all traffic', FromPort: 252, IpProtocol: 'icmp', ToPort: 86 }]);
+      // No rule of the stack admits an address range, the application VPC's least of all.
+      const standalone = Object.values(t.findResources('AWS::EC2::SecurityGroupIngress')).map((r) => r.Properties);
+      const inline = Object.values(t.findResources('AWS::EC2::SecurityGroup')).flatMap((r) => r.Properties.SecurityGroupIngress ?? []);
+      for (const rule of [...standalone, ...inline]) expect(rule.CidrIp ?? rule.CidrIpv6).toBeUndefined();
+      expect(JSON.stringify(t.toJSON())).not.toContain('10.0.16.');
+    };
+    check(s.dbTemplate, LAMBDA_SG);
+    check(synth({ application_lambda_security_group_id: 'sg-0aaaaaaaaaaaaaaaa' }).dbTemplate, 'sg-0aaaaaaaaaaaaaaaa');
   });
 
   test('target roles are configurable: one endpoint and one output each, the first feeds the Lambda', () => {

@@ -15,6 +15,7 @@ const APP = '111111111111';
 const DB = '222222222222';
 const VPC = 'vpc-0aaaaaaaaaaaaaaaa';
 const SUBNETS = 'subnet-0aaaaaaaaaaaaaaaa,subnet-0bbbbbbbbbbbbbbbb';
+const LAMBDA_SG = 'sg-0cccccccccccccccc';
 const HOST = 'connectiontest-read-only.endpoint.proxy-cdefghijklmn.eu-west-1.rds.amazonaws.com';
 
 const CANNED: [string, string][] = [
@@ -22,6 +23,7 @@ const CANNED: [string, string][] = [
   ['sts get-caller-identity --profile db-admin', DB],
   ["OutputKey=='ApplicationVpcId'", VPC],
   ["OutputKey=='ApplicationSubnetIds'", SUBNETS],
+  ["OutputKey=='LambdaSecurityGroupId'", LAMBDA_SG],
   ["OutputKey=='ApplicationProxyEndpoint'", HOST],
 ];
 
@@ -94,7 +96,7 @@ function expectedDeployCalls(zip: string, region = 'eu-west-1'): string[] {
   const ctx = `-c region=${region} -c application_account_id=${APP} -c database_account_id=${DB} -c lambda_code_source=zip -c lambda_zip_path=${zip}`;
   const out = (profile: string, stack: string, key: string) =>
     `aws cloudformation describe-stacks --stack-name ${stack} --profile ${profile} --region ${region} --query Stacks[0].Outputs[?OutputKey=='${key}'].OutputValue | [0] --output text`;
-  const shared = `-c application_vpc_id=${VPC} -c application_vpc_subnets=${SUBNETS}`;
+  const shared = `-c application_vpc_id=${VPC} -c application_vpc_subnets=${SUBNETS} -c application_lambda_security_group_id=${LAMBDA_SG}`;
   const deployFlags = `--require-approval never --output ${path.join(stateDir(home), 'cdk.out')}`;
   return [
     'aws sts get-caller-identity --profile app-admin --query Account --output text',
@@ -103,6 +105,7 @@ function expectedDeployCalls(zip: string, region = 'eu-west-1'): string[] {
     `cdk deploy ApplicationStack --profile app-admin ${deployFlags} ${ctx}`,
     out('app-admin', 'ApplicationStack', 'ApplicationVpcId'),
     out('app-admin', 'ApplicationStack', 'ApplicationSubnetIds'),
+    out('app-admin', 'ApplicationStack', 'LambdaSecurityGroupId'),
     `cdk deploy DatabaseStack --profile db-admin ${deployFlags} ${ctx} ${shared}`,
     out('db-admin', 'DatabaseStack', 'ApplicationProxyEndpoint'),
     `cdk deploy ApplicationStack --profile app-admin ${deployFlags} ${ctx} ${shared} -c application_rds_proxy_endpoint=${HOST}`,
@@ -154,7 +157,7 @@ describe('scripts/deploy.sh (make deploy)', () => {
   test('a failure in phase 2 stops the run: no endpoint lookup, no phase 3', () => {
     const r = box.run('deploy.sh', { ...DEPLOY, STUB_FAIL: 'cdk deploy DatabaseStack' });
     expect(r.status).toBe(1);
-    expect(r.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 7));
+    expect(r.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 8));
     expect(lastErrorLine(r)).toBe(
       'deploy: error: phase 2/3 (deploy DatabaseStack) failed (exit 3); later steps were not run. Fix the cause above and re-run: completed steps are no-ops the second time.',
     );
@@ -199,6 +202,19 @@ describe('scripts/deploy.sh (make deploy)', () => {
     expect(lastErrorLine(r)).toMatch(/ApplicationSubnetIds is '.*,', expected subnet ids separated by commas$/);
   });
 
+  test("a malformed LambdaSecurityGroupId stops before phase 2", () => {
+    const canned = CANNED.map(([p, o]): [string, string] => (p.includes('LambdaSecurityGroupId') ? [p, 'None'] : [p, o]));
+    const missing = box.run('deploy.sh', DEPLOY, canned);
+    expect(missing.status).toBe(1);
+    expect(missing.calls).toEqual(expectedDeployCalls(box.zip).slice(0, 7));
+    expect(lastErrorLine(missing)).toBe('deploy: error: ApplicationStack has no output LambdaSecurityGroupId: was it deployed by this version of the app?');
+    const bad = CANNED.map(([p, o]): [string, string] => (p.includes('LambdaSecurityGroupId') ? [p, 'sg-0ccc,sg-0ddd'] : [p, o]));
+    const r = box.run('deploy.sh', DEPLOY, bad);
+    expect(r.status).toBe(1);
+    expect(r.calls).toHaveLength(7);
+    expect(lastErrorLine(r)).toBe("deploy: error: ApplicationStack output LambdaSecurityGroupId is 'sg-0ccc,sg-0ddd', expected one security group id");
+  });
+
   test('missing profiles: one clear line, no call made', () => {
     for (const missing of ['APP_PROFILE', 'DB_PROFILE']) {
       const r = box.run('deploy.sh', { ...DEPLOY, [missing]: undefined });
@@ -237,12 +253,14 @@ describe('scripts/deploy.sh (make deploy)', () => {
       'cdk deploy ApplicationStack',
       'aws cloudformation describe-stacks',
       'aws cloudformation describe-stacks',
+      'aws cloudformation describe-stacks',
       'cdk deploy DatabaseStack',
       'aws cloudformation describe-stacks',
       'cdk deploy ApplicationStack',
     ]);
-    expect(printed[6]).toContain("'application_vpc_subnets=<ApplicationStack output ApplicationSubnetIds>'");
-    expect(printed[8]).toContain("'application_rds_proxy_endpoint=<DatabaseStack output ApplicationProxyEndpoint>'");
+    expect(printed[7]).toContain("'application_vpc_subnets=<ApplicationStack output ApplicationSubnetIds>'");
+    expect(printed[7]).toContain("'application_lambda_security_group_id=<ApplicationStack output LambdaSecurityGroupId>'");
+    expect(printed[9]).toContain("'application_rds_proxy_endpoint=<DatabaseStack output ApplicationProxyEndpoint>'");
   });
 
   test('REGION defaults to cdk.json; EXTERNAL_ID overrides cdk.json in every cdk call, through its environment', () => {
