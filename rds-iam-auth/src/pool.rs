@@ -142,8 +142,7 @@ pub fn max_lifetime(lifetime: Duration) -> Hook {
     let jitter = std::collections::hash_map::RandomState::new();
     Hook::sync_fn(move |_client: &mut ClientWrapper, metrics| {
         let fraction = (jitter.hash_one(metrics.created) % 1000) as u32;
-        let own = lifetime - lifetime / 10 * fraction / 1000;
-        if metrics.age() >= own {
+        if metrics.age() >= own_lifetime(lifetime, fraction) {
             Err(HookError::message(
                 "connection reached its maximum lifetime",
             ))
@@ -151,6 +150,12 @@ pub fn max_lifetime(lifetime: Duration) -> Hook {
             Ok(())
         }
     })
+}
+
+/// `lifetime` less `fraction` thousandths of a tenth of it: never overflows, whatever the
+/// lifetime (`Duration::MAX` keeps connections for ever in practice).
+fn own_lifetime(lifetime: Duration, fraction: u32) -> Duration {
+    lifetime - lifetime / 10_000 * fraction.min(1000)
 }
 
 /// deadpool-postgres's [`Connect`] through a [`Connector`]: every connection gets a fresh
@@ -265,6 +270,23 @@ impl AsyncWrite for FailingStream {
 mod tests {
     use super::*;
     use crate::stage::Stage;
+
+    proptest::proptest! {
+        /// The jittered lifetime never overflows and stays within a tenth below the
+        /// setting, whatever the setting (`Duration::MAX` included).
+        #[test]
+        fn own_lifetime_takes_any_duration(
+            secs in proptest::prelude::any::<u64>(),
+            nanos in 0..1_000_000_000u32,
+            fraction in proptest::prelude::any::<u32>(),
+        ) {
+            for lifetime in [Duration::new(secs, nanos), Duration::MAX, Duration::ZERO] {
+                let own = own_lifetime(lifetime, fraction);
+                proptest::prop_assert!(own <= lifetime);
+                proptest::prop_assert!(own >= lifetime - lifetime / 10);
+            }
+        }
+    }
 
     #[tokio::test]
     async fn a_connect_error_travels_inside_a_tokio_postgres_error() {

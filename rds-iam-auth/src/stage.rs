@@ -95,10 +95,12 @@ pub(crate) struct Deadline {
 }
 
 impl Deadline {
-    /// A deadline `budget` from now.
+    /// A deadline `budget` from now. A budget too large for the clock (`Duration::MAX`, a
+    /// conninfo `connect_timeout` of 2^63 - 1 seconds) means no limit in practice: it
+    /// ends at [`instant_after`]'s far future instead of overflowing.
     pub(crate) fn after(budget: Duration) -> Self {
         Self {
-            at: Instant::now() + budget,
+            at: instant_after(budget),
             budget,
         }
     }
@@ -131,6 +133,14 @@ impl Deadline {
             .await
             .unwrap_or_else(|| Err(self.expired(stage)))
     }
+}
+
+/// `Instant::now() + d`, or about thirty years from now when that does not fit the clock
+/// (as Tokio does for `sleep`): duration settings take any value without a panic.
+pub(crate) fn instant_after(d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    let now = Instant::now();
+    now.checked_add(d.min(FAR)).unwrap_or(now)
 }
 
 /// Runs one stage under `deadline` and records it: `Ok` with the detail `describe` gives

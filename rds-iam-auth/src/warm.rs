@@ -33,7 +33,7 @@ impl Connector {
     ///
     /// [`CredentialCache::prefetch`]: crate::CredentialCache::prefetch
     pub async fn warm_up(&self, limit: Duration) -> Result<(), Error> {
-        let until = Instant::now() + limit;
+        let until = crate::stage::instant_after(limit);
         let rng = tokio::task::spawn_blocking(|| {
             let mut seed = [0u8; 32];
             let _ = rustls::crypto::aws_lc_rs::default_provider()
