@@ -20,7 +20,10 @@
 //!    no suitable server is available the login waits, up to
 //!    `backend_connect_timeout_seconds`.
 //! 5. The traffic is relayed both ways until either side closes or the client is idle too
-//!    long. Client-to-database bytes are watched for pinning conditions
+//!    long. A client that ends its side first is half-closed: PostgreSQL sees the end of
+//!    its input, and what it still sends (results, a final FATAL) is relayed for up to
+//!    [`DRAIN_AFTER_CLIENT_END`]. The client's side is always ended with a TLS
+//!    close_notify. Client-to-database bytes are watched for pinning conditions
 //!    ([`crate::pinning`]) until the first one; nothing else is parsed.
 
 use std::net::SocketAddr;
@@ -841,6 +844,38 @@ struct SessionInfo<'a> {
 /// Relay buffer size: large enough that a burst of results moves in few reads.
 const RELAY_BUFFER: usize = 64 * 1024;
 
+/// After the client has ended its side, how long the database's last messages (results of
+/// what was sent, an error, a FATAL) are still relayed to it.
+pub const DRAIN_AFTER_CLIENT_END: Duration = Duration::from_secs(2);
+
+/// How long closing the client's side may take (flushing and TLS close_notify, to a
+/// client that may have stopped reading).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why the two-way relay stopped.
+enum RelayEnd {
+    /// The client ended its side (EOF); the backend's write side is shut.
+    ClientDone,
+    /// The backend ended its side (EOF).
+    BackendDone,
+    /// Reading from or writing to the client failed.
+    ClientError(std::io::Error),
+    /// Reading from or writing to the backend failed.
+    BackendError(std::io::Error),
+    /// The client was idle too long.
+    Idle,
+    /// The proxy is shutting down.
+    Stop,
+}
+
+/// Relays a session both ways until it ends, then closes the client's side cleanly.
+///
+/// When the client ends its side first, the relay half-closes: the backend's write side is
+/// shut (PostgreSQL sees the end of the client's input as it would directly), and what the
+/// backend still sends is relayed for up to [`DRAIN_AFTER_CLIENT_END`], so replies already
+/// on their way and a final error are not lost. However the session ends, the client's side
+/// is then shut with a TLS close_notify (bounded by a timeout), so a client can tell a
+/// closed session from a cut connection.
 async fn relay<C: AsyncRead + AsyncWrite + Unpin>(
     client: C,
     backend: TcpStream,
@@ -854,56 +889,104 @@ async fn relay<C: AsyncRead + AsyncWrite + Unpin>(
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let c2b = async {
-        let mut buf = vec![0u8; RELAY_BUFFER];
-        let mut watch = PinWatch::new();
-        loop {
-            let n = cr.read(&mut buf).await?;
-            if n == 0 {
-                bw.shutdown().await?;
-                return Ok::<_, std::io::Error>(());
-            }
-            touch();
-            if !watch.done() {
-                if let Some(reason) = watch.feed(&buf[..n]) {
-                    Control::bump(&info.shared.control.sessions_pinned);
-                    tracing::warn!(
-                        target: "rds_proxy_emulator::pinning",
-                        "{}",
-                        pinning_log_line(endpoint, info.session, reason, watch.last_statement())
-                    );
+    {
+        let c2b = async {
+            let mut buf = vec![0u8; RELAY_BUFFER];
+            let mut watch = PinWatch::new();
+            loop {
+                let n = match cr.read(&mut buf).await {
+                    Ok(n) => n,
+                    // A client that closes TCP without a TLS close_notify (libpq does) has
+                    // ended its side all the same.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                    Err(e) => return RelayEnd::ClientError(e),
+                };
+                if n == 0 {
+                    return match bw.shutdown().await {
+                        Ok(()) => RelayEnd::ClientDone,
+                        Err(e) => RelayEnd::BackendError(e),
+                    };
+                }
+                touch();
+                if !watch.done() {
+                    if let Some(reason) = watch.feed(&buf[..n]) {
+                        Control::bump(&info.shared.control.sessions_pinned);
+                        tracing::warn!(
+                            target: "rds_proxy_emulator::pinning",
+                            "{}",
+                            pinning_log_line(endpoint, info.session, reason, watch.last_statement())
+                        );
+                    }
+                }
+                if let Err(e) = bw.write_all(&buf[..n]).await {
+                    return RelayEnd::BackendError(e);
                 }
             }
-            bw.write_all(&buf[..n]).await?;
-        }
-    };
-    let b2c = async {
-        let mut buf = vec![0u8; RELAY_BUFFER];
-        loop {
-            let n = br.read(&mut buf).await?;
-            if n == 0 {
-                cw.shutdown().await?;
-                return Ok::<_, std::io::Error>(());
+        };
+        let b2c = async {
+            let mut buf = vec![0u8; RELAY_BUFFER];
+            loop {
+                let n = match br.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => return RelayEnd::BackendError(e),
+                };
+                if n == 0 {
+                    return RelayEnd::BackendDone;
+                }
+                touch();
+                let sent = async {
+                    cw.write_all(&buf[..n]).await?;
+                    cw.flush().await
+                };
+                if let Err(e) = sent.await {
+                    return RelayEnd::ClientError(e);
+                }
             }
-            touch();
-            cw.write_all(&buf[..n]).await?;
-            cw.flush().await?;
-        }
-    };
-    let idle_watch = async {
-        loop {
-            let since = Duration::from_millis(last.load(Ordering::Relaxed));
-            let quiet = start.elapsed().saturating_sub(since);
-            if quiet >= idle {
-                return;
+        };
+        let idle_watch = async {
+            loop {
+                let since = Duration::from_millis(last.load(Ordering::Relaxed));
+                let quiet = start.elapsed().saturating_sub(since);
+                if quiet >= idle {
+                    return;
+                }
+                tokio::time::sleep(idle - quiet).await;
             }
-            tokio::time::sleep(idle - quiet).await;
+        };
+        tokio::pin!(b2c);
+        let mut end = tokio::select! {
+            r = c2b => r,
+            r = &mut b2c => r,
+            _ = idle_watch => RelayEnd::Idle,
+            _ = stop.wait_for(|s| *s) => RelayEnd::Stop,
+        };
+        if matches!(end, RelayEnd::ClientDone) {
+            end = tokio::select! {
+                r = tokio::time::timeout(DRAIN_AFTER_CLIENT_END, &mut b2c) => match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::debug!(%endpoint, "the backend did not end its side within {} ms of the client's", DRAIN_AFTER_CLIENT_END.as_millis());
+                        RelayEnd::ClientDone
+                    }
+                },
+                _ = stop.wait_for(|s| *s) => RelayEnd::Stop,
+            };
         }
-    };
-    tokio::select! {
-        r = c2b => if let Err(e) = r { tracing::debug!(%endpoint, "client side closed: {e}") },
-        r = b2c => if let Err(e) = r { tracing::debug!(%endpoint, "backend side closed: {e}") },
-        _ = idle_watch => tracing::info!(%endpoint, "closing idle client connection after {} s", idle.as_secs()),
-        _ = stop.wait_for(|s| *s) => {},
+        match end {
+            RelayEnd::ClientDone | RelayEnd::BackendDone | RelayEnd::Stop => {}
+            RelayEnd::ClientError(e) => tracing::debug!(%endpoint, "client side closed: {e}"),
+            RelayEnd::BackendError(e) => tracing::debug!(%endpoint, "backend side closed: {e}"),
+            RelayEnd::Idle => {
+                tracing::info!(%endpoint, "closing idle client connection after {} s", idle.as_secs())
+            }
+        }
+    }
+    // Both directions are done (the futures above, which borrow the halves, are dropped):
+    // end the client's side with a close_notify, then drop both connections.
+    if tokio::time::timeout(CLOSE_TIMEOUT, cw.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!(%endpoint, "closing the client's side timed out");
     }
 }

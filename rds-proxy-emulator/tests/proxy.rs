@@ -485,3 +485,76 @@ async fn backend_down_gives_a_fatal_error_not_a_hang() -> TestResult {
     );
     Ok(())
 }
+
+/// What the database sends after the client has finished sending reaches the client, and
+/// the proxy then closes TLS cleanly (close_notify): the relay half-closes (the backend
+/// sees the end of the client's input) and keeps relaying the other way a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_messages_after_the_client_half_closes_reach_it() -> TestResult {
+    let stack = demo().await;
+    let ep = stack.endpoint("READ_WRITE").expect("endpoint").clone();
+    let creds = session(&stack, CONNECT_ROLE);
+    let token = || sign_token(&stack, &ep, "app_user", &creds, now());
+
+    // A query's results, computed after the client ended its side.
+    let mut raw = Raw::login(&stack, &ep, "app_user", &token()).await;
+    raw.write(&query_message("SELECT pg_sleep(0.3), 42")).await;
+    raw.shutdown_write().await;
+    let mut tags = Vec::new();
+    let mut value = Vec::new();
+    while let Some((tag, body)) = raw.read_message().await {
+        if tag == b'D' {
+            value = columns(&body);
+        }
+        tags.push(tag);
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(tags, b"TDCZ", "{}", String::from_utf8_lossy(&tags));
+    assert_eq!(value, [Some(String::new()), Some("42".to_string())]);
+    assert_eq!(raw.read_to_end().await?, b"", "a clean TLS close");
+
+    // A FATAL the server sends after the client ended its side (its session terminated
+    // while a query runs, as a failover does): the client reads it.
+    let mut raw = Raw::login(&stack, &ep, "app_user", &token()).await;
+    raw.write(&query_message("SELECT pg_backend_pid()")).await;
+    let mut pid = String::new();
+    while let Some((tag, body)) = raw.read_message().await {
+        match tag {
+            b'D' => pid = columns(&body).remove(0).unwrap_or_default(),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    let pid: i32 = pid.parse()?;
+    let other = connect(&stack, &ep, "app_user", &token()).await?;
+    raw.write(&query_message("SELECT pg_sleep(30)")).await;
+    raw.shutdown_write().await;
+    // Let the proxy see the end of the client's input first.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let terminated: bool = other
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await?
+        .get(0);
+    assert!(terminated);
+    let mut fatal = None;
+    while let Some((tag, body)) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), raw.read_message()).await?
+    {
+        if tag == b'E' {
+            fatal = Some(error_fields(&body));
+            break;
+        }
+    }
+    assert_eq!(
+        fatal,
+        Some((
+            "FATAL".to_string(),
+            "57P01".to_string(),
+            "terminating connection due to administrator command".to_string()
+        ))
+    );
+    assert_eq!(raw.read_to_end().await?, b"", "a clean TLS close");
+    Ok(())
+}

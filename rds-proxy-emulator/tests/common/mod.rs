@@ -266,6 +266,48 @@ impl Raw {
         }
     }
 
+    /// Ends what the client sends (TLS close_notify, then the TCP write side), keeping
+    /// the read side open.
+    pub async fn shutdown_write(&mut self) {
+        match self {
+            Raw::Plain(s) => s.shutdown().await.expect("shutdown"),
+            Raw::Tls(s) => s.shutdown().await.expect("shutdown"),
+        }
+    }
+
+    /// Reads to the end of the stream; over TLS, an end without close_notify is an error.
+    pub async fn read_to_end(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        match self {
+            Raw::Plain(s) => s.read_to_end(&mut out).await?,
+            Raw::Tls(s) => s.read_to_end(&mut out).await?,
+        };
+        Ok(out)
+    }
+
+    /// TLS, startup, the token as the password; returns once the session is ready
+    /// (ReadyForQuery).
+    pub async fn login(stack: &LocalStack, endpoint: &Endpoint, user: &str, token: &str) -> Raw {
+        let mut raw = Raw::open(stack, endpoint, true).await;
+        raw.write(&startup_packet(
+            196_608,
+            &[("user", user), ("database", stack.db_name())],
+        ))
+        .await;
+        let (tag, body) = raw.read_message().await.expect("password request");
+        assert_eq!((tag, body.as_slice()), (b'R', &[0, 0, 0, 3][..]));
+        let mut password = token.as_bytes().to_vec();
+        password.push(0);
+        raw.write(&message(b'p', &password)).await;
+        loop {
+            let (tag, body) = raw.read_message().await.expect("login answer");
+            assert_ne!(tag, b'E', "login refused: {:?}", error_fields(&body));
+            if tag == b'Z' {
+                return raw;
+            }
+        }
+    }
+
     pub async fn read_message(&mut self) -> Option<(u8, Vec<u8>)> {
         let mut head = [0u8; 5];
         let r = match self {
@@ -282,6 +324,37 @@ impl Raw {
         r.ok()?;
         Some((head[0], body))
     }
+}
+
+/// A protocol 3.0 message: tag, length, body.
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// A simple-protocol Query message.
+pub fn query_message(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    message(b'Q', &body)
+}
+
+/// The columns of a DataRow, as text (`None` for NULL).
+pub fn columns(data_row: &[u8]) -> Vec<Option<String>> {
+    let n = u16::from_be_bytes([data_row[0], data_row[1]]);
+    let mut rest = &data_row[2..];
+    (0..n)
+        .map(|_| {
+            let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            rest = &rest[4..];
+            let len = usize::try_from(len).ok()?;
+            let value = String::from_utf8_lossy(&rest[..len]).into_owned();
+            rest = &rest[len..];
+            Some(value)
+        })
+        .collect()
 }
 
 pub fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
