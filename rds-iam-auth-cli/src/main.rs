@@ -1,7 +1,8 @@
 //! `rds-iam-auth`: IAM auth tokens and a staged connection check from the shell.
 //!
 //! `generate-db-auth-token` is a drop-in for `aws rds generate-db-auth-token` (same flags,
-//! same output), plus `--role-arn`/`--external-id` to sign with cross-account credentials.
+//! same output), plus `--role-arn` and an external ID (`--external-id-file`, `EXTERNAL_ID`
+//! or `--external-id`) to sign with cross-account credentials.
 //! `check` runs the whole path to the database and prints one line per stage.
 //!
 //! Exit codes: 0 success, 1 runtime failure (no credentials, STS refused, connection
@@ -10,6 +11,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+
+mod passfile;
 
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
@@ -66,9 +69,14 @@ struct AwsArgs {
     /// Assume this role (in the database account) and sign with its credentials.
     #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     role_arn: Option<String>,
-    /// External ID required by the role's trust policy.
+    /// External ID required by the role's trust policy. Visible to every user of this host
+    /// in the process list: prefer --external-id-file or EXTERNAL_ID.
     #[arg(long, requires = "role_arn", value_parser = NonEmptyStringValueParser::new())]
     external_id: Option<String>,
+    /// File holding the external ID (one line). Without either flag, EXTERNAL_ID is read
+    /// when --role-arn is given.
+    #[arg(long, requires = "role_arn", conflicts_with = "external_id")]
+    external_id_file: Option<PathBuf>,
     /// Role session name (shown in the database account's CloudTrail).
     #[arg(long, requires = "role_arn", value_parser = NonEmptyStringValueParser::new())]
     role_session_name: Option<String>,
@@ -87,9 +95,13 @@ struct CheckAwsArgs {
     /// Assume this role (in the database account) and sign with its credentials.
     #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     role_arn: Option<String>,
-    /// External ID required by the role's trust policy.
+    /// External ID required by the role's trust policy. Visible to every user of this host
+    /// in the process list: prefer --external-id-file or EXTERNAL_ID.
     #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     external_id: Option<String>,
+    /// File holding the external ID (one line), instead of --external-id or EXTERNAL_ID.
+    #[arg(long, conflicts_with = "external_id")]
+    external_id_file: Option<PathBuf>,
     /// Role session name (shown in the database account's CloudTrail).
     #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     role_session_name: Option<String>,
@@ -102,9 +114,34 @@ impl From<CheckAwsArgs> for AwsArgs {
             profile: a.profile,
             role_arn: a.role_arn,
             external_id: a.external_id,
+            external_id_file: a.external_id_file,
             role_session_name: a.role_session_name,
         }
     }
+}
+
+/// The external ID in `path`: its first line, which must not be empty.
+fn read_external_id(path: &std::path::Path) -> Result<String, Error> {
+    let invalid = |reason: String| {
+        Error::Config(ConfigError::Invalid {
+            name: "external_id",
+            reason,
+        })
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(format!(
+            "cannot read --external-id-file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let id = text.lines().next().unwrap_or("").trim();
+    if id.is_empty() {
+        return Err(invalid(format!(
+            "--external-id-file {} holds no external ID on its first line",
+            path.display()
+        )));
+    }
+    Ok(id.to_owned())
 }
 
 /// Where and as whom to connect. Each setting may also come from the environment, with the
@@ -171,13 +208,16 @@ impl TargetArgs {
             ("DB_CA_BUNDLE", self.ca_bundle.is_some()),
             ("DB_CONNECT_TIMEOUT_SECONDS", self.connect_timeout.is_some()),
             ("DATABASE_ACCOUNT_IAM_ROLE", self.aws.role_arn.is_some()),
-            ("EXTERNAL_ID", self.aws.external_id.is_some()),
+            (
+                "EXTERNAL_ID",
+                self.aws.external_id.is_some() || self.aws.external_id_file.is_some(),
+            ),
         ];
         let lookup = |name: &str| match given.iter().find(|(n, _)| *n == name) {
             Some((_, true)) => None,
             _ => std::env::var(name).ok(),
         };
-        let mut config = with_aws(Config::from_lookup(lookup)?, self.aws.into());
+        let mut config = with_aws(Config::from_lookup(lookup)?, self.aws.into())?;
         if std::env::var_os("DB_APPLICATION_NAME").is_none() {
             config = config.application_name(application_name);
         }
@@ -269,13 +309,19 @@ fn main() -> ExitCode {
 }
 
 async fn generate(args: TokenArgs) -> Result<ExitCode, Error> {
+    let mut aws = args.aws;
+    if aws.role_arn.is_some() && aws.external_id.is_none() && aws.external_id_file.is_none() {
+        aws.external_id = std::env::var("EXTERNAL_ID")
+            .ok()
+            .filter(|id| !id.trim().is_empty());
+    }
     let config = with_aws(
         Config::new()
             .hostname(args.hostname)
             .port(args.port)
             .user(args.username),
-        args.aws,
-    );
+        aws,
+    )?;
     let token = config.connector().await?.token().await?;
     println!("{}", token.as_str());
     Ok(ExitCode::SUCCESS)
@@ -297,8 +343,9 @@ async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
 }
 
 /// Runs `psql` with a fresh token: assume role, sign, then `sslmode=verify-full` against the
-/// endpoint name while dialing the override address. The token goes to psql through
-/// `PGPASSWORD`, never on its command line (where `ps` would show it).
+/// endpoint name while dialing the override address. The token reaches psql's login through
+/// a password file that is removed once read ([`passfile`]), never its command line (where
+/// `ps` shows it) nor its environment (which every program psql starts inherits).
 async fn psql(args: PsqlArgs) -> Result<ExitCode, Error> {
     let connector = args.target.config("rds-iam-auth psql")?.connector().await?;
     let ca_bundle = connector.ca_bundle().map(|b| PathBuf::from(b.origin()));
@@ -322,35 +369,74 @@ async fn psql(args: PsqlArgs) -> Result<ExitCode, Error> {
             })
         })?,
     };
-    let conninfo = format!(
-        "host={} hostaddr={} port={} user={} dbname={} sslmode=verify-full sslrootcert={} application_name='rds-iam-auth psql'",
-        params.hostname(),
-        hostaddr.ip(),
-        hostaddr.port(),
-        libpq_quote(params.username()),
-        libpq_quote(connector.database().unwrap_or(params.username())),
-        libpq_quote(&root.display().to_string()),
-    );
+    let conninfo = conninfo(&[
+        ("host", params.hostname()),
+        ("hostaddr", &hostaddr.ip().to_string()),
+        ("port", &hostaddr.port().to_string()),
+        ("user", params.username()),
+        ("dbname", connector.database().unwrap_or(params.username())),
+        ("sslmode", "verify-full"),
+        ("sslrootcert", &root.display().to_string()),
+        ("application_name", "rds-iam-auth psql"),
+    ]);
+    let io_error = |what: &str, e: std::io::Error| {
+        eprintln!("rds-iam-auth: error: {what}: {e}");
+        Ok(ExitCode::from(1))
+    };
+    let passfile = match passfile::Passfile::create(token.as_str()) {
+        Ok(passfile) => passfile,
+        Err(e) => return io_error("cannot write psql's password file", e),
+    };
+    if let Err(e) = passfile.remove_after_first_read() {
+        return io_error("cannot watch psql's password file", e);
+    }
     let mut command = std::process::Command::new("psql");
     command
         .arg(conninfo)
         .args(&args.psql_args)
-        .env("PGPASSWORD", token.as_str());
-    use std::os::unix::process::CommandExt;
-    // Only returns when psql could not be started.
-    let err = command.exec();
-    eprintln!(
-        "rds-iam-auth: error: cannot run psql: {err} (install the PostgreSQL client: apt-get install postgresql-client)"
-    );
-    Ok(ExitCode::from(1))
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", passfile.path());
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return io_error(
+            "cannot run psql (install the PostgreSQL client: apt-get install postgresql-client)",
+            e,
+        ),
+    };
+    // psql shares the terminal's foreground process group: Ctrl-C reaches it too and
+    // cancels its query. Ignored here (after the spawn, so psql keeps the default), or it
+    // would end this process and leave psql orphaned.
+    // SAFETY: setting a signal's disposition to SIG_IGN runs no handler code.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let status = match child.wait() {
+        Ok(status) => status,
+        Err(e) => return io_error("waiting for psql", e),
+    };
+    drop(passfile);
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// A libpq conninfo value, quoted when it needs to be.
-fn libpq_quote(value: &str) -> String {
-    if !value.is_empty() && !value.contains([' ', '\\', '\'']) {
-        return value.to_owned();
-    }
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+/// A libpq connection string with every value quoted: a value holding a space, tab or
+/// newline cannot add a keyword of its own (`sslmode=disable` after `verify-full`).
+fn conninfo(pairs: &[(&str, &str)]) -> String {
+    let quoted: Vec<String> = pairs
+        .iter()
+        .map(|(key, value)| {
+            format!(
+                "{key}='{}'",
+                value.replace('\\', "\\\\").replace('\'', "\\'")
+            )
+        })
+        .collect();
+    quoted.join(" ")
 }
 
 /// The operating system's CA bundle, where the usual distributions keep it.
@@ -397,7 +483,7 @@ fn report_json(report: &CheckReport) -> serde_json::Value {
 }
 
 /// Applies the flags that were given; the others leave `config` as it is.
-fn with_aws(mut config: Config, aws: AwsArgs) -> Config {
+fn with_aws(mut config: Config, aws: AwsArgs) -> Result<Config, Error> {
     if let Some(region) = aws.region {
         config = config.region(region);
     }
@@ -407,13 +493,16 @@ fn with_aws(mut config: Config, aws: AwsArgs) -> Config {
     if let Some(role) = aws.role_arn {
         config = config.assume_role(role);
     }
+    if let Some(path) = aws.external_id_file {
+        config = config.external_id(read_external_id(&path)?);
+    }
     if let Some(id) = aws.external_id {
         config = config.external_id(id);
     }
     if let Some(name) = aws.role_session_name {
         config = config.role_session_name(name);
     }
-    config
+    Ok(config)
 }
 
 fn init_logging(verbose: u8) {
@@ -429,4 +518,22 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conninfo;
+
+    #[test]
+    fn every_conninfo_value_is_quoted_so_none_adds_a_keyword() {
+        let text = conninfo(&[
+            ("dbname", "db\tsslmode=disable"),
+            ("sslrootcert", "/tmp/it's\\here\nsslmode=disable"),
+            ("sslmode", "verify-full"),
+        ]);
+        assert_eq!(
+            text,
+            "dbname='db\tsslmode=disable' sslrootcert='/tmp/it\\'s\\\\here\nsslmode=disable' sslmode='verify-full'"
+        );
+    }
 }

@@ -29,6 +29,9 @@ async fn the_cli_token_works_with_psql() {
     let ep = ro(&stack);
     let (akid, secret) = stack.app_credentials();
     let home = tempfile::tempdir().expect("tempdir");
+    // The external ID from a file: never on a command line, where `ps` shows it.
+    let id_file = home.path().join("external-id");
+    std::fs::write(&id_file, format!("{}\n", stack.external_id())).expect("id file");
     let mut cli = Command::new(env!("CARGO_BIN_EXE_rds-iam-auth"));
     cli.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -51,7 +54,8 @@ async fn the_cli_token_works_with_psql() {
             "--role-arn",
             stack.role_arn(),
         ])
-        .args(["--external-id", stack.external_id()]);
+        .args(["--external-id-file"])
+        .arg(&id_file);
     let out = run(cli).await;
     assert_eq!(
         out.status.code(),
@@ -216,16 +220,105 @@ async fn psql_with_a_wrong_external_id_fails_at_assume_role_like_check() {
     assert!(report.contains(&format!("hint: {hint}")), "{report}");
 }
 
+/// The CLI running `generate-db-auth-token` for the stack's role, with `args` added.
+fn generate_for(
+    stack: &LocalStack,
+    home: &std::path::Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Command {
+    let mut cmd = cli_for(stack, home, env);
+    let ep = ro(stack);
+    cmd.env_remove("EXTERNAL_ID")
+        .args([
+            "generate-db-auth-token",
+            "--hostname",
+            &ep.hostname,
+            "--port",
+            "5432",
+        ])
+        .args([
+            "--username",
+            stack.db_user(),
+            "--role-arn",
+            stack.role_arn(),
+        ])
+        .args(args);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd
+}
+
 #[tokio::test]
-async fn psql_gets_the_token_through_its_environment_never_its_arguments() {
+async fn generate_reads_the_external_id_from_the_environment_or_a_file() {
     let stack = stack().await;
     let home = tempfile::tempdir().expect("tempdir");
-    // A stand-in psql that records what it was given.
-    let bin = home.path().join("bin");
+    let ok = run(generate_for(
+        &stack,
+        home.path(),
+        &[("EXTERNAL_ID", stack.external_id())],
+        &[],
+    ))
+    .await;
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The variable is really what is sent: a wrong one is refused by STS.
+    let wrong = run(generate_for(
+        &stack,
+        home.path(),
+        &[("EXTERNAL_ID", "not-the-external-id")],
+        &[],
+    ))
+    .await;
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("AccessDenied"));
+    // A file that cannot be read is bad input, naming the flag and the file.
+    let missing = home.path().join("no-such-file");
+    let missing = missing.to_str().expect("utf-8");
+    let out = run(generate_for(
+        &stack,
+        home.path(),
+        &[],
+        &["--external-id-file", missing],
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--external-id-file") && stderr.contains("no-such-file"),
+        "{stderr}"
+    );
+    // The flag and the file together are refused by clap.
+    let both = run(generate_for(
+        &stack,
+        home.path(),
+        &[],
+        &["--external-id", "x", "--external-id-file", missing],
+    ))
+    .await;
+    assert_eq!(both.status.code(), Some(2));
+}
+
+/// A stand-in psql (a shell script first on PATH) that records its arguments, its
+/// environment, its password file and that file's mode, and what a program it starts sees.
+fn fake_psql(home: &std::path::Path) -> (String, std::path::PathBuf) {
+    let bin = home.join("bin");
     std::fs::create_dir(&bin).expect("bin dir");
-    let record = home.path().join("record");
+    let record = home.join("record");
     let script = format!(
-        "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{0}.args'\nprintf '%s' \"$PGPASSWORD\" > '{0}.password'\n",
+        "#!/bin/sh\n\
+         printf '%s\\n' \"$@\" > '{0}.args'\n\
+         env > '{0}.env'\n\
+         stat -c %a \"$PGPASSFILE\" > '{0}.mode'\n\
+         cat \"$PGPASSFILE\" > '{0}.passfile'\n\
+         sleep 0.5\n\
+         test -e \"$PGPASSFILE\" && echo present > '{0}.after' || echo gone > '{0}.after'\n\
+         sh -c 'env' > '{0}.child-env'\n",
         record.display()
     );
     let fake = bin.join("psql");
@@ -237,7 +330,20 @@ async fn psql_gets_the_token_through_its_environment_never_its_arguments() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut cmd = cli_for(&stack, home.path(), &[("PATH", path.as_str())]);
+    (path, record)
+}
+
+#[tokio::test]
+async fn psql_gets_the_token_through_a_private_password_file_read_once_never_its_environment_or_arguments(
+) {
+    let stack = stack().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let (path, record) = fake_psql(home.path());
+    let mut cmd = cli_for(
+        &stack,
+        home.path(),
+        &[("PATH", path.as_str()), ("PGPASSWORD", "stale")],
+    );
     cmd.args(["psql", "--", "-c", "select 1"]);
     let out = run(cmd).await;
     assert_eq!(
@@ -246,27 +352,114 @@ async fn psql_gets_the_token_through_its_environment_never_its_arguments() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let args = std::fs::read_to_string(record.with_extension("args")).expect("args");
-    let password = std::fs::read_to_string(record.with_extension("password")).expect("password");
+    let read = |ext: &str| std::fs::read_to_string(record.with_extension(ext)).expect(ext);
+    let passfile = read("passfile");
+    assert!(passfile.starts_with("*:*:*:*:"), "{passfile}");
     assert!(
-        password.contains("X-Amz-Signature=") && password.contains("X-Amz-Security-Token="),
+        passfile.contains("X-Amz-Signature=") && passfile.contains("X-Amz-Security-Token="),
         "a token signed with the assumed role"
     );
-    assert!(!args.contains("X-Amz"), "{args}");
+    assert!(
+        passfile.contains("\\:"),
+        "the port's colon is escaped: {passfile}"
+    );
+    assert_eq!(read("mode").trim(), "600");
+    assert_eq!(read("after").trim(), "gone", "removed once read");
+    for (what, text) in [
+        ("args", read("args")),
+        ("env", read("env")),
+        ("child-env", read("child-env")),
+    ] {
+        assert!(!text.contains("X-Amz"), "token in psql's {what}: {text}");
+        assert!(!text.contains("PGPASSWORD="), "PGPASSWORD in psql's {what}");
+    }
     let ep = ro(&stack);
-    let conninfo = args.lines().next().expect("conninfo first");
+    let conninfo = read("args")
+        .lines()
+        .next()
+        .expect("conninfo first")
+        .to_owned();
     assert!(
-        conninfo.contains(&format!("host={} ", ep.hostname)),
+        conninfo.contains(&format!("host='{}' ", ep.hostname)),
         "{conninfo}"
     );
     assert!(
-        conninfo.contains(&format!("hostaddr={} ", ep.listen.ip())),
+        conninfo.contains(&format!("hostaddr='{}' ", ep.listen.ip())),
         "{conninfo}"
     );
     assert!(
-        conninfo.contains(&format!("port={} ", ep.listen.port())),
+        conninfo.contains(&format!("port='{}' ", ep.listen.port())),
         "{conninfo}"
     );
-    assert!(conninfo.contains("sslmode=verify-full"), "{conninfo}");
-    assert_eq!(args.lines().skip(1).collect::<Vec<_>>(), ["-c", "select 1"]);
+    assert!(conninfo.contains("sslmode='verify-full'"), "{conninfo}");
+    assert_eq!(
+        read("args").lines().skip(1).collect::<Vec<_>>(),
+        ["-c", "select 1"]
+    );
+    // Nothing is left behind in the temporary directory.
+    let passfile_path = read("env")
+        .lines()
+        .find_map(|l| l.strip_prefix("PGPASSFILE=").map(str::to_owned))
+        .expect("PGPASSFILE set");
+    let dir = std::path::Path::new(&passfile_path)
+        .parent()
+        .expect("dir")
+        .to_owned();
+    assert!(!dir.exists(), "{} removed", dir.display());
+}
+
+#[tokio::test]
+async fn a_program_psql_starts_does_not_get_the_token() {
+    let stack = stack().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cmd = cli_for(&stack, home.path(), &[]);
+    cmd.args(["psql", "--", "-X", "-A", "-t", "-c", "\\! env"]);
+    let out = run(cmd).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("PGPASSFILE="), "the shell ran: {stdout}");
+    assert!(!stdout.contains("X-Amz"), "{stdout}");
+    assert!(!stdout.contains("PGPASSWORD="), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_tab_in_a_database_name_or_ca_path_cannot_turn_off_tls() {
+    let stack = stack().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    // A database name that, unquoted, would add `sslmode=disable` after verify-full. Quoted,
+    // it is one (non-existent) database name, asked for over verified TLS.
+    let mut cmd = cli_for(
+        &stack,
+        home.path(),
+        &[("DBNAME", "example_db\tsslmode=disable")],
+    );
+    cmd.args(["psql", "--", "-X", "-c", "select 1"]);
+    let out = run(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("requires TLS"),
+        "TLS was turned off: {stderr}"
+    );
+    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    // A CA path ending in `<TAB>sslmode=disable`: quoted, it is the file's name.
+    let ca = home.path().join("ca.pem\tsslmode=disable");
+    std::fs::copy(stack.ca_path(), &ca).expect("copy CA");
+    let ca = ca.to_str().expect("utf-8");
+    let mut cmd = cli_for(&stack, home.path(), &[("DB_CA_BUNDLE", ca)]);
+    cmd.args(["psql", "--", "-X", "-A", "-t", "-c", "select 1"]);
+    let out = run(cmd).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 }

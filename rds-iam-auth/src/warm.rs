@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
 
 use crate::connector::Connector;
 use crate::error::Error;
