@@ -10,10 +10,11 @@
 //!
 //! `stack.env` sets the Lambda's variables (read by `Config::from_env`:
 //! `rds_iam_auth::env::VARIABLES`) plus `AWS_REGION`, the application's keys and
-//! `AWS_ENDPOINT_URL_STS`. `DB_CONNECT_HOST` makes sqlx dial the stand-in's address, so the
-//! certificate's chain is verified but not its name (a WARN says so; see the module
-//! documentation of `rds_iam_auth::sqlx`). Against AWS: set the same variables, without
-//! `DB_CONNECT_HOST` when the endpoint resolves from where this runs.
+//! `AWS_ENDPOINT_URL_STS`. `DB_CONNECT_HOST` makes the connections go to the stand-in's
+//! address, through the library's local forwarder, so that sqlx still verifies the
+//! certificate's chain and the endpoint name (see the module documentation of
+//! `rds_iam_auth::sqlx`). Against AWS: set the same variables, without `DB_CONNECT_HOST`
+//! when the endpoint resolves from where this runs.
 //!
 //! `RUN_SECONDS` (default 20) sets how long it runs; `REFRESH_SECONDS` the refresh interval
 //! (default: a third of the token's life, 5 minutes). `RUST_LOG=rds_iam_auth=debug` logs

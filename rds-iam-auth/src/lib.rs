@@ -69,6 +69,8 @@ pub mod credentials;
 mod diagnosis;
 pub mod env;
 mod error;
+#[cfg(all(feature = "sqlx", unix))]
+mod forward;
 mod login;
 mod net;
 mod pgconfig;

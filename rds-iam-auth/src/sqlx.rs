@@ -77,28 +77,48 @@
 //! sqlx verifies the server certificate with rustls (on aws-lc-rs, as the rest of this
 //! crate) against the Mozilla roots of `webpki-roots` (which hold Amazon Root CA 1 to 4, the
 //! roots of RDS Proxy's certificates) plus the connector's [`CaBundle`](crate::CaBundle),
-//! if any. sqlx verifies the certificate's name against the host it dials, and can do
-//! nothing else (it has no separate TLS name). Hence:
-//! - **dialing the endpoint name itself** (no `connect_address`): [`PgSslMode::VerifyFull`]:
-//!   the chain and the endpoint name are verified, as by [`Connector::connect`];
-//! - **dialing another address** (`connect_address`: a tunnel, a port forward, the local
-//!   stack): the certificate of an RDS Proxy names the endpoint, never that address, so
-//!   `VerifyFull` would refuse every connection. The mode is then [`PgSslMode::VerifyCa`]:
-//!   the chain is verified (a certificate from an untrusted issuer is refused, and a server
-//!   without TLS too), but **not the name**: any certificate that chains to a trusted root,
-//!   issued for any name, is accepted. This is logged at WARN once. [`Connector::connect`]
-//!   and [`Connector::check`] verify the endpoint name also over such an override; run the
-//!   staged check to prove which server answers there.
+//! if any, always in [`PgSslMode::VerifyFull`]: **the chain and the endpoint name**, as
+//! [`Connector::connect`] does, with or without a `connect_address` override.
 //!
-//! There is no plaintext fallback in either mode.
+//! sqlx verifies the name against the options' host and has no separate TLS name, so:
+//! - **dialing the endpoint name itself** (no `connect_address`): the host is the endpoint
+//!   name and sqlx dials it;
+//! - **dialing another address** (`connect_address`: a tunnel, a port forward, the local
+//!   stack), on Unix: the host is still the endpoint name, and the options also carry
+//!   [`PgConnectOptions::socket`]: the directory of a local forwarder of this crate. sqlx
+//!   connects to its Unix socket, then sends the SSLRequest and verifies the certificate
+//!   against the endpoint name as over TCP; the forwarder connects each such stream to the
+//!   override address (DNS, every address in turn, `TCP_NODELAY`, the connector's keepalive)
+//!   and only copies the encrypted bytes. A server there with a certificate for any other
+//!   name, even from a trusted issuer, is refused before the password is sent.
+//!
+//! The forwarder is one per dial target per process, on a thread of its own (not on the
+//! caller's runtime); its socket is in a directory only this user can open
+//! (`rds-iam-auth-sqlx-<pid>-<random>` under `$XDG_RUNTIME_DIR` or the temporary
+//! directory), removed when the forwarder stops (one a process left when it ended is
+//! removed by the next forwarder, once nothing listens on it). It runs while a pool's
+//! refresh task does, and for as long as options signed for it hold a live token (so also
+//! for options from [`connect_options`]); open connections are copied until they close.
+//! When its TCP connect fails it logs the stage and cause at WARN and closes the stream, so
+//! sqlx fails at once (sqlx itself reports a closed stream or an unexpected answer to its
+//! SSLRequest; [`PoolBuilder::connect`] returns the forwarder's DNS or TCP error instead).
+//!
+//! Where no Unix sockets exist (Windows), no forwarder can run: a pool or options over an
+//! override are refused with an error naming `connect_address`, unless the pool is built
+//! with [`PoolBuilder::accept_unverified_name_over_connect_address`], which dials the
+//! override with [`PgSslMode::VerifyCa`] (the chain only: any certificate from a trusted
+//! issuer, for any name, then receives the token) and says so at WARN.
+//!
+//! There is no plaintext fallback.
 //!
 //! # What else differs from [`Connector::connect`]
 //!
 //! - A login refused with the proxy's IAM message is not retried with refreshed
 //!   credentials; the next scheduled refresh installs a token from the credentials then
 //!   cached.
-//! - TCP keepalive is sqlx's. Connector settings sqlx cannot carry are refused when the
-//!   pool is built, each with what to use instead: an `after_connect` hook (use
+//! - Dialing the endpoint name, TCP keepalive is sqlx's (over an override, the forwarder's
+//!   connection uses the connector's). Connector settings sqlx cannot carry are refused
+//!   when the pool is built, each with what to use instead: an `after_connect` hook (use
 //!   [`PgPoolOptions::after_connect`]), `options` (use [`PoolBuilder::customize`]) and
 //!   `target_session_attrs`. A connect is bounded by the pool's `acquire_timeout`, not the
 //!   connector's connect timeout.
@@ -112,11 +132,10 @@
 //!   shutdown anyway) or on [`RefreshHandle::stop`]. A pool whose every clone is dropped
 //!   without closing it stays alive with its task.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::CertificateDer;
 use tokio::sync::Notify;
@@ -139,13 +158,14 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 /// Options for one connection, with a token signed now: for
 /// `PgConnection::connect_with(&options)`.
 ///
-/// The settings are the connector's: the dial target (the endpoint or the
-/// `connect_address` override) and port, user, database (the user name when none is set,
-/// as PostgreSQL does), application name, the token as password, and TLS as strict as sqlx
-/// allows (see the [module documentation](self)). The token is valid for one login within
-/// its lifetime.
+/// The settings are the connector's: the endpoint name and port (over a `connect_address`
+/// override, with the socket directory of the local forwarder to that address), user,
+/// database (the user name when none is set, as PostgreSQL does), application name, the
+/// token as password, and [`PgSslMode::VerifyFull`] for the endpoint name (see the
+/// [module documentation](self)). The token is valid for one login within its lifetime;
+/// the forwarder stays up at least that long.
 pub async fn connect_options(connector: &Connector) -> Result<PgConnectOptions, Error> {
-    let settings = Settings::new(connector, None);
+    let settings = Settings::new(connector, None, false)?;
     Ok(settings.sign().await?.options)
 }
 
@@ -156,6 +176,7 @@ pub struct PoolBuilder {
     pool_options: PgPoolOptions,
     refresh_every: Option<Duration>,
     customize: Option<Customize>,
+    accept_unverified_name: bool,
 }
 
 type Customize = Arc<dyn Fn(PgConnectOptions) -> PgConnectOptions + Send + Sync>;
@@ -167,6 +188,7 @@ impl fmt::Debug for PoolBuilder {
             .field("pool_options", &self.pool_options)
             .field("refresh_every", &self.refresh_every)
             .field("customize", &self.customize.is_some())
+            .field("accept_unverified_name", &self.accept_unverified_name)
             .finish()
     }
 }
@@ -179,6 +201,7 @@ impl PoolBuilder {
             pool_options: PgPoolOptions::new(),
             refresh_every: None,
             customize: None,
+            accept_unverified_name: false,
         }
     }
 
@@ -209,6 +232,20 @@ impl PoolBuilder {
         self
     }
 
+    /// Where sqlx cannot verify the endpoint name over a `connect_address` override (a
+    /// platform without Unix sockets, where the local forwarder cannot run), accepts
+    /// verifying the certificate's chain only ([`PgSslMode::VerifyCa`]): any certificate
+    /// from a trusted issuer, for any name, then receives the token. Logged at WARN once per
+    /// endpoint and address. Without it, building such a pool fails with an error that names
+    /// `connect_address`.
+    ///
+    /// On Unix this changes nothing: the name is verified there through the forwarder (see
+    /// the [module documentation](self)).
+    pub fn accept_unverified_name_over_connect_address(mut self) -> Self {
+        self.accept_unverified_name = true;
+        self
+    }
+
     /// Signs a token, opens the pool with one connection (as
     /// [`PgPoolOptions::connect_with`] does, so a wrong setting fails here), and starts the
     /// refresh task.
@@ -216,10 +253,11 @@ impl PoolBuilder {
         let (settings, every, pool_options) = self.prepare()?;
         let signed = settings.sign().await?;
         let acquire_timeout = pool_options.get_acquire_timeout();
+        let started = Instant::now();
         let pool = pool_options
             .connect_with(signed.options.clone())
             .await
-            .map_err(|e| settings.pool_error(e, acquire_timeout))?;
+            .map_err(|e| settings.pool_error(e, acquire_timeout, started))?;
         let handle = Refresher::spawn(settings, every, pool.clone(), signed);
         Ok((pool, handle))
     }
@@ -271,7 +309,7 @@ impl PoolBuilder {
                         .to_owned(),
             }));
         }
-        let settings = Settings::new(&self.connector, self.customize);
+        let settings = Settings::new(&self.connector, self.customize, self.accept_unverified_name)?;
         Ok((settings, every, self.pool_options))
     }
 }
@@ -383,7 +421,7 @@ impl RefreshHandle {
 /// Everything needed to build options from a token: fixed when the pool is built.
 struct Settings {
     connector: Connector,
-    tls_mode: PgSslMode,
+    route: Route,
     /// The connector's CA bundle as PEM; empty without one (which also keeps
     /// `PGSSLROOTCERT` from adding a root).
     root_pem: Vec<u8>,
@@ -397,26 +435,74 @@ struct Signed {
     credentials_expiry: Option<SystemTime>,
 }
 
-impl Settings {
-    fn new(connector: &Connector, customize: Option<Customize>) -> Self {
+/// How sqlx reaches the server, and what it verifies there.
+enum Route {
+    /// TCP to the dial target, which is the endpoint name: `VerifyFull`.
+    Direct,
+    /// A `connect_address` override, through the local forwarder's Unix socket: `VerifyFull`
+    /// for the endpoint name (the forwarder only moves ciphertext).
+    #[cfg(unix)]
+    Forwarded(Arc<crate::forward::Forwarder>),
+    /// A `connect_address` override dialed by sqlx itself, where no forwarder can run, as
+    /// the user accepted: `VerifyCa`.
+    #[cfg(not(unix))]
+    UnverifiedName,
+}
+
+impl Route {
+    fn new(connector: &Connector, accept_unverified_name: bool) -> Result<Route, Error> {
         let (dial, port) = connector.dial_target();
         let endpoint = connector.token_params().hostname();
-        let tls_mode = if same_host(dial, endpoint) {
-            PgSslMode::VerifyFull
-        } else {
-            warn_name_unverified(dial, port, endpoint);
-            PgSslMode::VerifyCa
-        };
+        if same_host(dial, endpoint) {
+            return Ok(Route::Direct);
+        }
+        #[cfg(unix)]
+        {
+            // Not needed here: the forwarder verifies the name.
+            let _ = accept_unverified_name;
+            match crate::forward::for_connector(connector) {
+                Ok(forwarder) => Ok(Route::Forwarded(forwarder)),
+                Err(e) => Err(Error::Tcp {
+                    address: format!("{dial}:{port}"),
+                    reason: format!("cannot start the local forwarder sqlx dials through: {e}"),
+                    source: Some(e),
+                }),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if accept_unverified_name {
+                warn_name_unverified(dial, port, endpoint);
+                Ok(Route::UnverifiedName)
+            } else {
+                Err(Error::Config(ConfigError::Invalid {
+                    name: "connect_address",
+                    reason: format!(
+                        "is set ({dial}:{port}), but on this platform sqlx can verify only the certificate's chain there, not that it names {endpoint}: dial the endpoint name (no connect_address), or accept that with PoolBuilder::accept_unverified_name_over_connect_address()"
+                    ),
+                }))
+            }
+        }
+    }
+}
+
+impl Settings {
+    fn new(
+        connector: &Connector,
+        customize: Option<Customize>,
+        accept_unverified_name: bool,
+    ) -> Result<Self, Error> {
+        let route = Route::new(connector, accept_unverified_name)?;
         let root_pem = connector
             .ca_bundle()
             .map(|b| pem(b.certificates()))
             .unwrap_or_default();
-        Self {
+        Ok(Self {
             connector: connector.clone(),
-            tls_mode,
+            route,
             root_pem,
             customize,
-        }
+        })
     }
 
     /// Credentials from the connector's cache, a token signed with them, the options.
@@ -437,7 +523,13 @@ impl Settings {
             }
         };
         let signed_at = SystemTime::now();
-        let token = token::sign(self.connector.token_params(), &credentials, signed_at);
+        let params = self.connector.token_params();
+        let token = token::sign(params, &credentials, signed_at);
+        #[cfg(unix)]
+        if let Route::Forwarded(forwarder) = &self.route {
+            // Whoever holds these options can dial the forwarder until the token expires.
+            forwarder.keep_for(params.expires_in());
+        }
         Ok(Signed {
             options: self.options(token.as_str()),
             signed_at,
@@ -454,14 +546,30 @@ impl Settings {
         if let Some(customize) = &self.customize {
             options = customize(options);
         }
+        let options = match &self.route {
+            Route::Direct => options
+                .host(host)
+                .port(port)
+                .ssl_mode(PgSslMode::VerifyFull),
+            // sqlx connects to DIR/.s.PGSQL.PORT, then sends the SSLRequest and verifies
+            // the certificate against `host`: the endpoint name, whatever the socket is.
+            #[cfg(unix)]
+            Route::Forwarded(forwarder) => {
+                let endpoint = c.token_params();
+                options
+                    .host(endpoint.hostname())
+                    .port(endpoint.port())
+                    .socket(forwarder.dir())
+                    .ssl_mode(PgSslMode::VerifyFull)
+            }
+            #[cfg(not(unix))]
+            Route::UnverifiedName => options.host(host).port(port).ssl_mode(PgSslMode::VerifyCa),
+        };
         let mut options = options
-            .host(host)
-            .port(port)
             .username(user)
             .password(password)
             // Always set, so PGDATABASE cannot change it: PostgreSQL's default is the user.
             .database(startup.get_dbname().unwrap_or(user))
-            .ssl_mode(self.tls_mode)
             .ssl_root_cert_from_pem(self.root_pem.clone());
         if let Some(name) = startup.get_application_name() {
             options = options.application_name(name);
@@ -483,12 +591,30 @@ impl Settings {
 
     /// A failed first connection, as an [`Error`] naming its stage (the sqlx error is the
     /// source).
-    fn pool_error(&self, e: ::sqlx::Error, acquire_timeout: Duration) -> Error {
+    fn pool_error(&self, e: ::sqlx::Error, acquire_timeout: Duration, since: Instant) -> Error {
         let (host, port) = self.connector.dial_target();
         let p = self.connector.token_params();
         if find_cause::<rustls::Error>(&e).is_some() || matches!(e, ::sqlx::Error::Tls(_)) {
-            return tls_error(host, std::io::Error::other(e));
+            // The name sqlx verified: the endpoint's, except where the user accepted not
+            // verifying it.
+            #[cfg(not(unix))]
+            if let Route::UnverifiedName = self.route {
+                return tls_error(host, std::io::Error::other(e));
+            }
+            return tls_error(p.hostname(), std::io::Error::other(e));
         }
+        // The forwarder closed the stream sqlx opened because its own dial failed: that
+        // failure (DNS or TCP, with the address) says more than the closed stream.
+        #[cfg(unix)]
+        if let Route::Forwarded(forwarder) = &self.route {
+            if !matches!(e, ::sqlx::Error::Database(_)) {
+                if let Some(failure) = forwarder.failure_since(since) {
+                    return failure;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = since;
         match e {
             ::sqlx::Error::Database(ref db) => {
                 let code = db.code().map(|c| c.into_owned());
@@ -533,9 +659,11 @@ fn same_host(a: &str, b: &str) -> bool {
         .eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
 
-/// Logs, once per endpoint and dial address (per process), that sqlx cannot verify the
-/// name there.
+/// Logs, once per endpoint and dial address (per process), that sqlx does not verify the
+/// name there (the user accepted it where no forwarder can run).
+#[cfg(not(unix))]
 fn warn_name_unverified(dial: &str, port: u16, endpoint: &str) {
+    use std::collections::HashSet;
     type Seen = HashSet<(String, u16, String)>;
     static WARNED: Mutex<Option<Seen>> = Mutex::new(None);
     let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
@@ -546,7 +674,7 @@ fn warn_name_unverified(dial: &str, port: u16, endpoint: &str) {
         tracing::warn!(
             endpoint,
             dial_address = %format_args!("{dial}:{port}"),
-            "sqlx: dialing {dial}:{port} instead of the endpoint name: sqlx can verify the certificate's chain there but not that it names {endpoint} (PgSslMode::VerifyCa); run the staged check to verify the name"
+            "sqlx: dialing {dial}:{port} instead of the endpoint name without a local forwarder (accept_unverified_name_over_connect_address): sqlx verifies the certificate's chain there but not that it names {endpoint} (PgSslMode::VerifyCa), so a server with a trusted certificate for any name receives the token; run the staged check to verify the name"
         );
     }
 }

@@ -3,9 +3,12 @@
 //! an untrusted server, and refresh failures that show.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_credential_types::Credentials;
 use rds_iam_auth::sqlx::{connect_options, PgPoolOptions, PgSslMode, PoolBuilder};
 use rds_iam_auth::{Config, Connector, Stage};
 use rds_proxy_emulator::control::StsFault;
@@ -260,7 +263,7 @@ async fn tls_is_verified_a_server_outside_the_trust_store_is_refused_before_any_
 }
 
 #[tokio::test]
-async fn without_an_override_the_name_is_verified_with_one_the_chain_and_a_warning() {
+async fn the_endpoint_name_is_verified_with_and_without_an_override() {
     let stack = stack(|_| {}).await;
     let (logs, _guard) = Logs::capture();
     let endpoint = rw(&stack);
@@ -284,6 +287,7 @@ async fn without_an_override_the_name_is_verified_with_one_the_chain_and_a_warni
     let options = connect_options(&by_name).await.expect("options");
     assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyFull));
     assert_eq!(options.get_host(), "localhost");
+    assert!(options.get_socket().is_none(), "dialed directly");
     let err = PgConnection::connect_with(&options)
         .await
         .expect_err("the certificate does not name localhost");
@@ -292,27 +296,26 @@ async fn without_an_override_the_name_is_verified_with_one_the_chain_and_a_warni
             .contains("certificate not valid for name \"localhost\""),
         "a name mismatch: {err}"
     );
-    assert!(!logs.text().contains("sqlx can verify"), "{}", logs.text());
 
-    // Dialing 127.0.0.1 for the endpoint name: VerifyCa, said once per address.
+    // Dialing 127.0.0.1 for the endpoint name: still VerifyFull, for the endpoint name,
+    // through the local forwarder (a private Unix socket that only moves ciphertext).
     let connector = connector(&stack).await;
     let options = connect_options(&connector).await.expect("options");
-    assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyCa));
-    assert_eq!(options.get_host(), "127.0.0.1");
-    assert_eq!(options.get_port(), endpoint.listen.port());
+    assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyFull));
+    assert_eq!(options.get_host(), endpoint.hostname);
+    assert_eq!(options.get_port(), endpoint.port);
     assert_eq!(options.get_username(), "app_user");
     assert_eq!(options.get_database(), Some("example_db"));
     assert_eq!(options.get_application_name(), Some("sqlx-test"));
-    connect_options(&connector).await.expect("options again");
-    let warnings = logs.text();
+    let dir = options.get_socket().expect("a forwarder socket").clone();
+    assert_private_socket_dir(&dir, endpoint.port);
+    let again = connect_options(&connector).await.expect("options again");
     assert_eq!(
-        warnings
-            .matches("sqlx can verify the certificate's chain")
-            .count(),
-        1,
-        "{warnings}"
+        again.get_socket(),
+        Some(&dir),
+        "one forwarder per dial target"
     );
-    assert!(warnings.contains(&endpoint.hostname), "{warnings}");
+    assert!(!logs.text().contains("VerifyCa"), "{}", logs.text());
 
     // Those options open a session over TLS: the proxy refuses any other.
     let mut conn = PgConnection::connect_with(&options)
@@ -337,6 +340,23 @@ async fn without_an_override_the_name_is_verified_with_one_the_chain_and_a_warni
         "{plaintext}"
     );
 
+    // A pool over the override: VerifyFull too, and it works.
+    let (pool, _refresh) = PoolBuilder::new(connector.clone())
+        .pool_options(PgPoolOptions::new().max_connections(2))
+        .connect()
+        .await
+        .expect("pool");
+    let in_force = pool.connect_options();
+    assert!(matches!(in_force.get_ssl_mode(), PgSslMode::VerifyFull));
+    assert_eq!(in_force.get_host(), endpoint.hostname);
+    assert_eq!(in_force.get_socket(), Some(&dir));
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&pool)
+        .await
+        .expect("query");
+    assert_eq!(one, 1);
+    pool.close().await;
+
     // A refresh interval the token cannot outlive is refused before any I/O.
     for every in [Duration::ZERO, Duration::from_secs(900)] {
         let err = PoolBuilder::new(connector.clone())
@@ -347,6 +367,314 @@ async fn without_an_override_the_name_is_verified_with_one_the_chain_and_a_warni
         assert_eq!(err.stage(), Stage::Config, "{err}");
         assert!(err.to_string().contains("refresh_every"), "{err}");
     }
+}
+
+/// The forwarder's socket directory: private to this user, named so a stale one is
+/// recognisable, holding the socket sqlx dials.
+fn assert_private_socket_dir(dir: &std::path::Path, port: u16) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let name = dir.file_name().and_then(|n| n.to_str()).expect("a name");
+    assert!(
+        name.starts_with(&format!("rds-iam-auth-sqlx-{}-", std::process::id())),
+        "{name}"
+    );
+    let mode = std::fs::metadata(dir).expect("dir").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    let socket = dir.join(format!(".s.PGSQL.{port}"));
+    let meta = std::fs::metadata(&socket).expect("socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
+
+/// A TLS server that plays PostgreSQL with a certificate for `name` from a CA of its own
+/// (trusted by the connectors that dial it: "a certificate from a trusted CA for another
+/// name"), and asks for the password in cleartext to lure it out.
+struct Lure {
+    addr: std::net::SocketAddr,
+    ca_pem: String,
+    handshakes: Arc<AtomicUsize>,
+    passwords: Arc<AtomicUsize>,
+}
+
+impl Lure {
+    fn start(name: &str) -> Lure {
+        let tls = rds_proxy_emulator::tls::ProxyTls::generate(&[name.to_owned()]).expect("certs");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (handshakes, passwords) = (Arc::default(), Arc::default());
+        let counters = (Arc::clone(&handshakes), Arc::clone(&passwords));
+        let config = tls.server_config.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (config, counters) = (config.clone(), counters.clone());
+                std::thread::spawn(move || {
+                    let _ = lure_one(stream, config, counters);
+                });
+            }
+        });
+        Lure {
+            addr,
+            ca_pem: tls.ca_pem,
+            handshakes,
+            passwords,
+        }
+    }
+
+    fn passwords(&self) -> usize {
+        self.passwords.load(Ordering::SeqCst)
+    }
+
+    /// A connector for the endpoint `hostname:port` that trusts the lure's CA; no STS
+    /// (long-term keys sign the token).
+    async fn connector(
+        &self,
+        hostname: &str,
+        port: u16,
+        connect_address: Option<String>,
+    ) -> Connector {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::from_keys(
+                "AKIAIOSFODNN7EXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                None,
+            )))
+            .build();
+        Config::new()
+            .hostname(hostname)
+            .port(port)
+            .region("us-east-1")
+            .user("app_user")
+            .database("example_db")
+            .set_connect_address(connect_address)
+            .ca_bundle(rds_iam_auth::CaBundle::from_pem(self.ca_pem.as_bytes()).expect("CA"))
+            .connect_timeout(Duration::from_secs(5))
+            .sdk_config(sdk)
+            .connector()
+            .await
+            .expect("connector")
+    }
+}
+
+/// SSLRequest, TLS, the startup message, then AuthenticationCleartextPassword; counts the
+/// password messages ('p') that come back.
+fn lure_one(
+    mut tcp: std::net::TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    (handshakes, passwords): (Arc<AtomicUsize>, Arc<AtomicUsize>),
+) -> std::io::Result<()> {
+    use std::io::Read;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = [0u8; 8];
+    tcp.read_exact(&mut request)?;
+    if request != [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f] {
+        return Ok(());
+    }
+    tcp.write_all(b"S")?;
+    let conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    handshakes.fetch_add(1, Ordering::SeqCst);
+    let mut len = [0u8; 4];
+    tls.read_exact(&mut len)?;
+    let mut startup = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
+    tls.read_exact(&mut startup)?;
+    // AuthenticationCleartextPassword.
+    tls.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])?;
+    tls.flush()?;
+    let mut kind = [0u8; 1];
+    tls.read_exact(&mut kind)?;
+    if kind[0] == b'p' {
+        passwords.fetch_add(1, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn over_connect_address_a_trusted_certificate_for_another_name_never_gets_the_password() {
+    let lure = Lure::start("attacker.example.com");
+    let endpoint = "app.proxy-lure0example.us-east-1.rds.amazonaws.com";
+    let connector = lure
+        .connector(endpoint, 5432, Some(lure.addr.to_string()))
+        .await;
+
+    let options = connect_options(&connector).await.expect("options");
+    assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyFull));
+    assert_eq!(options.get_host(), endpoint);
+    let err = PgConnection::connect_with(&options)
+        .await
+        .expect_err("the certificate names another host");
+    assert!(
+        err.to_string()
+            .contains(&format!("certificate not valid for name \"{endpoint}\"")),
+        "a name mismatch: {err}"
+    );
+
+    let err = PoolBuilder::new(connector.clone())
+        .pool_options(PgPoolOptions::new().acquire_timeout(Duration::from_secs(10)))
+        .connect()
+        .await
+        .expect_err("the certificate names another host");
+    assert_eq!(err.stage(), Stage::Tls, "{err}");
+    assert!(
+        err.hint()
+            .is_some_and(|h| h.contains("does not match the host name")),
+        "{err}"
+    );
+    assert_eq!(lure.passwords(), 0, "the lure got a password");
+
+    // The lure works: a client that checks the chain only (sqlx's VerifyCa, what the pool
+    // used over an override before) hands it the token.
+    let handshakes = lure.handshakes.load(Ordering::SeqCst);
+    let _ = PgConnection::connect_with(&options.clone().ssl_mode(PgSslMode::VerifyCa)).await;
+    assert_eq!(lure.passwords(), 1, "the lure did not work");
+    assert!(lure.handshakes.load(Ordering::SeqCst) > handshakes);
+}
+
+#[tokio::test]
+async fn dialing_by_name_a_trusted_certificate_for_another_name_never_gets_the_password() {
+    let lure = Lure::start("attacker.example.com");
+    // "localhost" resolves to the lure; its certificate does not name it.
+    let connector = lure.connector("localhost", lure.addr.port(), None).await;
+    let options = connect_options(&connector).await.expect("options");
+    assert!(matches!(options.get_ssl_mode(), PgSslMode::VerifyFull));
+    let err = PgConnection::connect_with(&options)
+        .await
+        .expect_err("the certificate names another host");
+    assert!(
+        err.to_string()
+            .contains("certificate not valid for name \"localhost\""),
+        "{err}"
+    );
+    let err = PoolBuilder::new(connector)
+        .pool_options(PgPoolOptions::new().acquire_timeout(Duration::from_secs(10)))
+        .connect()
+        .await
+        .expect_err("the certificate names another host");
+    assert_eq!(err.stage(), Stage::Tls, "{err}");
+    assert_eq!(lure.passwords(), 0, "the lure got a password");
+}
+
+#[tokio::test]
+async fn a_refused_connect_address_fails_the_pool_promptly_at_tcp_with_a_warning() {
+    let (logs, _guard) = Logs::capture();
+    // Bind then drop: nothing listens there afterwards.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let lure = Lure::start("unused.example.com");
+    let connector = lure
+        .connector(
+            "app.proxy-refused0example.us-east-1.rds.amazonaws.com",
+            5432,
+            Some(refused.to_string()),
+        )
+        .await;
+    let started = Instant::now();
+    let err = PoolBuilder::new(connector)
+        .pool_options(PgPoolOptions::new().acquire_timeout(Duration::from_secs(20)))
+        .connect()
+        .await
+        .expect_err("nothing listens there");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.stage(), Stage::Tcp, "{err}");
+    assert!(err.to_string().contains(&refused.to_string()), "{err}");
+    assert!(err.to_string().contains("refused"), "{err}");
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains(&refused.to_string()))
+        .unwrap_or_else(|| panic!("a WARN for the failed dial: {text}"));
+    assert!(line.contains("stage=tcp"), "{line}");
+    for secret in ["wJalrXUtnFEMI", "X-Amz-Signature", "X-Amz-Credential"] {
+        assert!(!text.contains(secret), "{secret} in the logs: {text}");
+    }
+}
+
+#[test]
+fn the_forwarder_outlives_the_runtime_that_started_it_and_is_shared() {
+    // The stack runs on a runtime of its own that lives through the test. Runtime A builds
+    // the first pool (and with it the forwarder); runtime B builds a second pool for the
+    // same dial target; A is then shut down while B's pool keeps using the forwarder.
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime {name}: {e}"))
+    };
+    let runtime_stack = runtime("stack");
+    let stack = runtime_stack.block_on(stack(|_| {}));
+    let build_pool = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            let (pool, _refresh) = PoolBuilder::new(connector(&stack).await)
+                .pool_options(PgPoolOptions::new().max_connections(1))
+                .connect()
+                .await
+                .expect("pool");
+            pool
+        })
+    };
+
+    let runtime_a = runtime("A");
+    let pool_a = build_pool(&runtime_a);
+    let dir = pool_a
+        .connect_options()
+        .get_socket()
+        .cloned()
+        .expect("forwarded");
+    let threads = forwarder_threads();
+    #[cfg(target_os = "linux")]
+    assert!(threads >= 1, "a forwarder thread");
+
+    let runtime_b = runtime("B");
+    let pool_b = build_pool(&runtime_b);
+    assert_eq!(pool_b.connect_options().get_socket(), Some(&dir), "shared");
+    assert_eq!(
+        forwarder_threads(),
+        threads,
+        "no thread of its own per pool"
+    );
+
+    drop(pool_a);
+    runtime_a.shutdown_timeout(Duration::from_secs(5));
+
+    runtime_b.block_on(async {
+        let mut conn = PgConnection::connect_with(&pool_b.connect_options())
+            .await
+            .expect("a new connection through the forwarder A started");
+        sqlx::query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .expect("query");
+        conn.close().await.expect("close");
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&pool_b)
+            .await
+            .expect("pool B");
+        assert_eq!(one, 1);
+        pool_b.close().await;
+    });
+    runtime_stack.block_on(async move { drop(stack) });
+}
+
+/// How many forwarder threads this process runs (Linux: thread names; elsewhere 0).
+fn forwarder_threads() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "rds-iam-forward")
+        .count()
 }
 
 #[tokio::test]
