@@ -12,7 +12,7 @@
 //!
 //! | stage | module | what happens |
 //! |---|---|---|
-//! | config | [`Config`] (`config.rs`) | the builder; everything is validated before any I/O |
+//! | config | [`Config`] (`config/`: the builder; [`mod@env`] and `pg.rs`, its other two sources) | everything is validated before any I/O |
 //! | credentials, assume-role | [`credentials`] | base credentials, cross-account `AssumeRole`, cached and single-flight |
 //! | token | [`token`] | SigV4 query presigning (on `aws-sigv4`), byte-identical to `aws rds generate-db-auth-token` |
 //! | dns, tcp | `net.rs` | resolve the endpoint (or the dial override) and open the socket |
@@ -67,13 +67,9 @@ mod config;
 mod connector;
 pub mod credentials;
 mod diagnosis;
-pub mod env;
 mod error;
-#[cfg(all(feature = "sqlx", unix))]
-mod forward;
 mod login;
 mod net;
-mod pgconfig;
 #[cfg(feature = "deadpool-postgres")]
 pub mod pool;
 #[cfg(feature = "sqlx")]
@@ -84,7 +80,7 @@ pub mod token;
 mod warm;
 
 pub use check::{format_duration, CheckReport, Outcome, StageReport};
-pub use config::Config;
+pub use config::{env, Config};
 pub use connector::{AfterConnect, BoxFuture, Connector, DEFAULT_CONNECT_TIMEOUT};
 pub use credentials::{AssumeRole, CredentialCache};
 pub use error::{BoxError, ConfigError, Error};

@@ -132,6 +132,9 @@
 //!   shutdown anyway) or on [`RefreshHandle::stop`]. A pool whose every clone is dropped
 //!   without closing it stays alive with its task.
 
+#[cfg(unix)]
+mod forward;
+
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -442,7 +445,7 @@ enum Route {
     /// A `connect_address` override, through the local forwarder's Unix socket: `VerifyFull`
     /// for the endpoint name (the forwarder only moves ciphertext).
     #[cfg(unix)]
-    Forwarded(Arc<crate::forward::Forwarder>),
+    Forwarded(Arc<forward::Forwarder>),
     /// A `connect_address` override dialed by sqlx itself, where no forwarder can run, as
     /// the user accepted: `VerifyCa`.
     #[cfg(not(unix))]
@@ -460,7 +463,7 @@ impl Route {
         {
             // Not needed here: the forwarder verifies the name.
             let _ = accept_unverified_name;
-            match crate::forward::for_connector(connector) {
+            match forward::for_connector(connector) {
                 Ok(forwarder) => Ok(Route::Forwarded(forwarder)),
                 Err(e) => Err(Error::Tcp {
                     address: format!("{dial}:{port}"),

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::config::Config;
+use super::Config;
 use crate::error::ConfigError;
 use crate::tls::CaBundle;
 

@@ -3,7 +3,7 @@
 
 use tokio_postgres::config::{ChannelBinding, Host, SslMode};
 
-use crate::config::Config;
+use super::Config;
 use crate::error::ConfigError;
 use crate::net::Keepalive;
 

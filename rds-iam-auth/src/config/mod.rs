@@ -1,6 +1,9 @@
 //! What to connect to and how to authenticate: the [`Config`] builder, validated into a
 //! [`Connector`] before any network I/O.
 
+pub mod env;
+mod pg;
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -297,7 +300,7 @@ impl Config {
         self
     }
 
-    /// The settings from the process environment: see [`crate::env::VARIABLES`] for the
+    /// The settings from the process environment: see [`env::VARIABLES`] for the
     /// names (those of the connection-test Lambda). Variables that are unset or blank leave
     /// their setting unset; a malformed one is an error that names it. Set or override
     /// anything else with the builder methods afterwards.
@@ -317,7 +320,7 @@ impl Config {
     /// [`Config::from_env`] reading variables with `lookup` (a map in tests, another
     /// prefix, a secrets file).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        crate::env::config_from(lookup)
+        env::config_from(lookup)
     }
 
     /// The settings of a `tokio_postgres::Config` (parsed from a connection string or built
@@ -351,7 +354,7 @@ impl Config {
     /// assert!(err.to_string().contains("the IAM token is the password"));
     /// ```
     pub fn from_pg_config(pg: &tokio_postgres::Config) -> Result<Self, ConfigError> {
-        crate::pgconfig::config_from(pg)
+        pg::config_from(pg)
     }
 
     /// Validates the configuration, loads the AWS configuration when none was given, and
@@ -481,7 +484,7 @@ fn required<'a>(
     from_env: bool,
 ) -> Result<&'a str, ConfigError> {
     non_empty(value, name).map_err(|e| match (e, from_env) {
-        (ConfigError::Missing(name), true) => match crate::env::variable_for(name) {
+        (ConfigError::Missing(name), true) => match env::variable_for(name) {
             Some(variable) => ConfigError::env(variable, format!("is not set (setting `{name}`)")),
             None => ConfigError::Missing(name),
         },
