@@ -122,12 +122,7 @@ impl From<CheckAwsArgs> for AwsArgs {
 
 /// The external ID in `path`: its first line, which must not be empty.
 fn read_external_id(path: &std::path::Path) -> Result<String, Error> {
-    let invalid = |reason: String| {
-        Error::Config(ConfigError::Invalid {
-            name: "external_id",
-            reason,
-        })
-    };
+    let invalid = |reason: String| Error::from(ConfigError::invalid("external_id", reason));
     let text = std::fs::read_to_string(path).map_err(|e| {
         invalid(format!(
             "cannot read --external-id-file {}: {e}",
@@ -187,14 +182,13 @@ impl TargetArgs {
         ] {
             let from_env = std::env::var(variable).is_ok_and(|v| !v.trim().is_empty());
             if !given && !from_env {
-                return Err(Error::Config(ConfigError::Invalid {
-                    name: if flag == "--hostname" {
-                        "hostname"
-                    } else {
-                        "user"
-                    },
-                    reason: format!("is required: pass {flag} or set {variable}"),
-                }));
+                let name = if flag == "--hostname" {
+                    "hostname"
+                } else {
+                    "user"
+                };
+                let reason = format!("is required: pass {flag} or set {variable}");
+                return Err(ConfigError::invalid(name, reason).into());
             }
         }
         // A variable whose flag is given is not read at all: the flag wins, even over a
@@ -352,21 +346,20 @@ async fn psql(args: PsqlArgs) -> Result<ExitCode, Error> {
     let token = connector.token().await?;
     let params = connector.token_params();
     let (dial_host, dial_port) = connector.dial_target();
-    let hostaddr = tokio::net::lookup_host((dial_host, dial_port))
-        .await
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| Error::Dns {
-            host: dial_host.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
-        })?;
+    // psql is given the address (hostaddr) so that it dials the override while verifying
+    // the endpoint name (host).
+    let resolved = tokio::net::lookup_host((dial_host, dial_port)).await;
+    let Some(hostaddr) = resolved.ok().and_then(|mut addrs| addrs.next()) else {
+        eprintln!("rds-iam-auth: error: dns: cannot resolve {dial_host}: no address");
+        return Ok(ExitCode::from(1));
+    };
     let root = match ca_bundle {
         Some(path) => path,
         None => system_ca_bundle().ok_or_else(|| {
-            Error::Config(rds_iam_auth::ConfigError::Invalid {
-                name: "ca_bundle",
-                reason: "no system CA bundle found for psql's verify-full: pass --ca-bundle (the RDS bundle, or Amazon's root CAs)".to_owned(),
-            })
+            Error::from(ConfigError::invalid(
+                "ca_bundle",
+                "no system CA bundle found for psql's verify-full: pass --ca-bundle (the RDS bundle, or Amazon's root CAs)",
+            ))
         })?,
     };
     let conninfo = conninfo(&[

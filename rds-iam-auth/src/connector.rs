@@ -20,14 +20,14 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Connection};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::check::{Outcome, Recorder};
 use crate::credentials::{describe, CredentialCache, FetchFailure, Obtained};
-use crate::diagnosis::{after_connect_error, is_iam_refusal, login_error, session_attrs_error};
-use crate::error::Error;
+use crate::error::classify::{after_connect_error, fetch_stage, login_error, session_attrs_error};
+use crate::error::{Error, Reason};
 use crate::login;
 use crate::login::Session;
 use crate::net::{DialTarget, Keepalive};
-use crate::stage::{self, Deadline, Stage};
+use crate::runner::{self, Deadline, Outcome, Recorder};
+use crate::stage::Stage;
 use crate::tls::{self, CaBundle, TlsStream};
 use crate::token::{self, AuthToken, TokenParams};
 
@@ -71,13 +71,13 @@ pub(crate) struct Failures {
 impl Failures {
     fn record(&self, error: &Error) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        let copy = error.snapshot();
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((SystemTime::now(), copy));
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((SystemTime::now(), error.clone()));
     }
 
     fn last(&self) -> Option<(SystemTime, Error)> {
         let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.as_ref().map(|(at, e)| (*at, e.snapshot()))
+        last.clone()
     }
 }
 
@@ -180,7 +180,9 @@ impl Connector {
             Err(Refused {
                 error,
                 credentials: Some(credentials),
-            }) if is_iam_refusal(&error) && self.inner.credentials.invalidate(&credentials) => {
+            }) if error.reason() == Reason::IamRefused
+                && self.inner.credentials.invalidate(&credentials) =>
+            {
                 tracing::warn!(
                     error = %error,
                     "login refused with IAM credentials that may be revoked: retrying once with refreshed credentials"
@@ -208,14 +210,24 @@ impl Connector {
             .await
     }
 
-    /// A token for one login, signed now with the cached credentials.
+    /// A token for one login, signed now with the cached credentials (fetched first when
+    /// none are cached, within the connect timeout).
     pub async fn token(&self) -> Result<AuthToken, Error> {
-        let credentials = self.inner.credentials.credentials().await?;
-        Ok(token::sign(
-            &self.inner.token_params,
-            &credentials,
-            SystemTime::now(),
-        ))
+        self.sign_within_timeout().await.map(|(token, _)| token)
+    }
+
+    /// Credentials from the cache within the connect timeout (a fetch that takes longer is
+    /// its stage's timeout error), and a token signed with them now: for every path that
+    /// signs outside a connect (the token command, sqlx's options).
+    pub(crate) async fn sign_within_timeout(&self) -> Result<(AuthToken, Credentials), Error> {
+        let cache = &self.inner.credentials;
+        let deadline = Deadline::after(self.inner.connect_timeout);
+        let role = cache.assumed_role().map(|r| r.role_arn());
+        let credentials = deadline
+            .limit(fetch_stage(role), cache.credentials())
+            .await?;
+        let token = token::sign(&self.inner.token_params, &credentials, SystemTime::now());
+        Ok((token, credentials))
     }
 
     /// The credential cache (shared by every connection of this connector).
@@ -368,7 +380,7 @@ impl Connector {
                 vec![addr]
             }
             None => {
-                stage::run(rec, Stage::Dns, deadline, i.dial.resolve(), |addrs| {
+                runner::run(rec, Stage::Dns, deadline, i.dial.resolve(), |addrs| {
                     let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
                     format!("{} -> {}", i.dial.host, shown.join(", "))
                 })
@@ -376,13 +388,13 @@ impl Connector {
             }
         };
         let dial = i.dial.dial(&addresses, deadline, i.keepalive);
-        let stream = stage::run(rec, Stage::Tcp, deadline, dial, |s| {
+        let stream = runner::run(rec, Stage::Tcp, deadline, dial, |s| {
             s.peer_addr().map(|a| a.to_string()).unwrap_or_default()
         })
         .await?;
         let host = i.token_params.hostname();
         let handshake = tls::handshake(&i.tls, host, stream);
-        stage::run(rec, Stage::Tls, deadline, handshake, |_| {
+        runner::run(rec, Stage::Tls, deadline, handshake, |_| {
             format!("verified {host}")
         })
         .await
@@ -445,11 +457,7 @@ impl Connector {
                 Err(error)
             }
             None => {
-                let stage = if role.is_some() {
-                    Stage::AssumeRole
-                } else {
-                    Stage::Credentials
-                };
+                let stage = fetch_stage(role.as_deref());
                 let error = deadline.expired(stage);
                 rec.fail(stage, started.elapsed(), &error);
                 Err(error)
@@ -486,7 +494,7 @@ impl Connector {
             }
             Ok(session)
         };
-        stage::run(rec, Stage::Login, deadline, login, |_| {
+        runner::run(rec, Stage::Login, deadline, login, |_| {
             format!("{user} to {}", i.startup.get_dbname().unwrap_or(user))
         })
         .await

@@ -36,9 +36,10 @@ use aws_credential_types::Credentials;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::diagnosis::{credentials_error, stale_credentials, sts_answer_error, sts_error};
-use crate::error::{ConfigError, Error, SharedError};
-use crate::stage::Stage;
+use crate::error::classify::{
+    credentials_error, fetch_stage, refresh_lost, stale_credentials, sts_answer_error, sts_error,
+};
+use crate::error::{ConfigError, Error};
 use crate::token::MAX_EXPIRES_IN;
 
 /// How long before expiry a refresh starts (in the background): a token's full life plus a
@@ -221,7 +222,7 @@ struct Cached {
 /// The last refresh failed: with what, since when, how often in a row, and when the next
 /// attempt may start.
 struct Failure {
-    error: SharedError,
+    error: Error,
     base: Option<(Credentials, Duration)>,
     generation: u64,
     since: SystemTime,
@@ -515,10 +516,7 @@ impl Shared {
             let outcome = match catch_panic(fetch).await {
                 Some(Ok(outcome)) => outcome,
                 Some(Err(_)) => Err(FetchFailure {
-                    error: Error::Timeout {
-                        stage: shared.fetch_stage(),
-                        after: REFRESH_TIMEOUT,
-                    },
+                    error: Error::timeout(shared.fetch_stage(), REFRESH_TIMEOUT),
                     base: None,
                 }),
                 None => Err(FetchFailure {
@@ -532,19 +530,18 @@ impl Shared {
         });
     }
 
+    fn role_arn(&self) -> Option<&str> {
+        self.assume.as_ref().map(|(_, r)| r.role_arn.as_str())
+    }
+
     /// The stage a fetch that did not finish is reported at: assume-role when a role is
     /// assumed (the base chain is rarely what hangs), else credentials.
-    fn fetch_stage(&self) -> Stage {
-        if self.assume.is_some() {
-            Stage::AssumeRole
-        } else {
-            Stage::Credentials
-        }
+    fn fetch_stage(&self) -> crate::stage::Stage {
+        fetch_stage(self.role_arn())
     }
 
     fn refresh_lost(&self, message: &str) -> Error {
-        let role_arn = self.assume.as_ref().map(|(_, r)| r.role_arn.as_str());
-        crate::diagnosis::refresh_lost(role_arn, message)
+        refresh_lost(self.role_arn(), message)
     }
 
     /// Records a refresh's outcome and wakes every caller waiting for it.
@@ -592,7 +589,7 @@ impl Shared {
                     "credential refresh failed"
                 );
                 state.failure = Some(Failure {
-                    error: SharedError::new(error),
+                    error,
                     base,
                     generation,
                     since,
@@ -614,7 +611,7 @@ impl Shared {
             .provide_credentials()
             .await
             .map_err(credentials_error)
-            .and_then(|c| usable(c, Stage::Credentials, "", (self.clock)()))
+            .and_then(|c| usable(c, None, (self.clock)()))
             .map_err(|error| FetchFailure { error, base: None })?;
         let base_took = started.elapsed();
 
@@ -629,7 +626,7 @@ impl Shared {
         let started = Instant::now();
         match assume_role(sts, settings)
             .await
-            .and_then(|c| usable(c, Stage::AssumeRole, &settings.role_arn, (self.clock)()))
+            .and_then(|c| usable(c, Some(&settings.role_arn), (self.clock)()))
         {
             Ok(credentials) => Ok((
                 credentials,
@@ -696,7 +693,7 @@ async fn catch_panic<F: std::future::Future>(fut: F) -> Option<F::Output> {
 impl Failure {
     fn for_caller(&self) -> FetchFailure {
         FetchFailure {
-            error: self.error.get(),
+            error: self.error.clone(),
             base: self.base.clone(),
         }
     }
@@ -707,7 +704,7 @@ impl Failure {
         format!(
             "refresh failing for {for_secs} s ({} attempts): {}",
             self.in_a_row,
-            self.error.get().cause()
+            self.error.cause()
         )
     }
 }
@@ -765,16 +762,13 @@ async fn assume_role(
         .send()
         .await
         .map_err(|e| sts_error(&settings.role_arn, e))?;
-    let c = output.credentials.ok_or_else(|| {
-        sts_answer_error(
-            &settings.role_arn,
-            "STS answered without credentials".to_owned(),
-        )
-    })?;
+    let c = output
+        .credentials
+        .ok_or_else(|| sts_answer_error(&settings.role_arn, "STS answered without credentials"))?;
     let expiry = SystemTime::try_from(c.expiration).map_err(|e| {
         sts_answer_error(
             &settings.role_arn,
-            format!("STS answered an unusable expiration: {e}"),
+            &format!("STS answered an unusable expiration: {e}"),
         )
     })?;
     Ok(Credentials::new(
@@ -789,8 +783,7 @@ async fn assume_role(
 /// Refuses credentials that are already (nearly) expired.
 fn usable(
     credentials: Credentials,
-    stage: Stage,
-    role_arn: &str,
+    role_arn: Option<&str>,
     now: SystemTime,
 ) -> Result<Credentials, Error> {
     let Some(expiry) = credentials.expiry() else {
@@ -800,7 +793,7 @@ fn usable(
     if remaining > MIN_REMAINING {
         return Ok(credentials);
     }
-    Err(stale_credentials(stage, role_arn, remaining.as_secs()))
+    Err(stale_credentials(role_arn, remaining.as_secs()))
 }
 
 /// Credentials closer than this to expiry are refused from a provider, whatever their
@@ -869,8 +862,8 @@ mod tests {
     fn expired_credentials_are_refused() {
         let now = SystemTime::now();
         let c = creds_expiring(now - Duration::from_secs(1));
-        let err = usable(c, Stage::Credentials, "", now).unwrap_err();
-        assert_eq!(err.stage(), Stage::Credentials);
+        let err = usable(c, None, now).unwrap_err();
+        assert_eq!(err.stage(), crate::Stage::Credentials);
         assert!(err.to_string().contains("expire in 0 s"), "{err}");
     }
 

@@ -18,9 +18,9 @@
 //! | dns, tcp | `net.rs` | resolve the endpoint (or the dial override) and open the socket |
 //! | tls | [`tls`] | rustls on aws-lc-rs through `tokio-postgres-rustls`, verified against the endpoint name |
 //! | login | `login.rs` | PostgreSQL startup with the token as the password |
-//! | (all of them) | [`Connector`] (`connector.rs`) | runs the stages under one deadline (`stage.rs`): credentials and token alongside DNS, TCP and TLS, then login |
+//! | (all of them) | [`Connector`] (`connector.rs`) | runs the stages under one deadline (`runner.rs`: [`Outcome`], [`StageReport`]): credentials and token alongside DNS, TCP and TLS, then login |
 //! | query | [`Connector::check`] (`check.rs`) | the staged check: every stage's outcome and time ([`CheckReport`]) |
-//! | (any failure) | `diagnosis.rs`, [`Error`] | what each failure means: the [`Stage`], its cause and a hint |
+//! | (any failure) | [`Error`] (`error/`, with `classify.rs`) | what each failure means: the [`Stage`], the [`Reason`], its cause and a hint |
 //! | (pooling) | `pool` | deadpool-postgres pools whose every connection gets a fresh token (feature `deadpool-postgres`) |
 //! | (sqlx) | `sqlx` | a sqlx `PgPool` whose options get a fresh token on a schedule (feature `sqlx`) |
 //!
@@ -66,12 +66,12 @@ mod check;
 mod config;
 mod connector;
 pub mod credentials;
-mod diagnosis;
 mod error;
 mod login;
 mod net;
 #[cfg(feature = "deadpool-postgres")]
 pub mod pool;
+mod runner;
 #[cfg(feature = "sqlx")]
 pub mod sqlx;
 mod stage;
@@ -79,12 +79,13 @@ pub mod tls;
 pub mod token;
 mod warm;
 
-pub use check::{format_duration, CheckReport, Outcome, StageReport};
+pub use check::CheckReport;
 pub use config::{env, Config};
 pub use connector::{AfterConnect, BoxFuture, Connector, DEFAULT_CONNECT_TIMEOUT};
 pub use credentials::{AssumeRole, CredentialCache};
-pub use error::{BoxError, ConfigError, Error};
+pub use error::{BoxError, ConfigError, Error, Reason};
 pub use net::Keepalive;
+pub use runner::{Outcome, StageReport};
 pub use stage::Stage;
 pub use tls::CaBundle;
 pub use token::{AuthToken, TokenParams};

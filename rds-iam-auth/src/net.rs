@@ -11,8 +11,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::error::classify::{dns_error, tcp_error};
 use crate::error::Error;
-use crate::stage::Deadline;
+use crate::runner::Deadline;
 
 /// TCP keepalive probes on every connection: a peer that vanished (failover, a NAT that
 /// dropped the flow) is noticed within `idle + interval * retries` instead of never.
@@ -60,10 +61,7 @@ impl DialTarget {
     pub(crate) async fn resolve(&self) -> Result<Vec<SocketAddr>, Error> {
         match tokio::net::lookup_host((self.host.as_str(), self.port)).await {
             Ok(addresses) => Ok(addresses.collect()),
-            Err(source) => Err(Error::Dns {
-                host: self.host.clone(),
-                source,
-            }),
+            Err(source) => Err(dns_error(&self.host, source)),
         }
     }
 
@@ -117,16 +115,13 @@ impl DialTarget {
                 (format!("{}:{}", self.host, self.port), listed)
             }
         };
-        Err(Error::Tcp {
-            address,
-            reason,
-            // The socket error of a single attempt; several are listed in the reason.
-            source: if addresses.len() == 1 {
-                last_source
-            } else {
-                None
-            },
-        })
+        // The socket error of a single attempt; several are listed in the reason.
+        let source = if addresses.len() == 1 {
+            last_source
+        } else {
+            None
+        };
+        Err(tcp_error(&address, &reason, source))
     }
 }
 

@@ -290,10 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connect_error_travels_inside_a_tokio_postgres_error() {
-        let error = Error::Timeout {
-            stage: Stage::AssumeRole,
-            after: Duration::from_secs(3),
-        };
+        let error = Error::timeout(Stage::AssumeRole, Duration::from_secs(3));
         let expected = error.to_string();
         let carried = carry(error).await;
         let back = stage_error(&carried).expect("our error is the cause");

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::diagnosis::{tls_error, tls_refused};
+use crate::error::classify::{tls_error, tls_refused};
 use crate::error::{ConfigError, Error};
 
 /// Extra trusted CA certificates, from PEM.

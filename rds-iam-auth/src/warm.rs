@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-
 use crate::connector::Connector;
+use crate::error::classify::{fetch_stage, refresh_lost};
 use crate::error::Error;
-use crate::stage::Stage;
 
 impl Connector {
     /// Does ahead of time what the first connect would otherwise do on its critical path,
@@ -32,7 +31,7 @@ impl Connector {
     ///
     /// [`CredentialCache::prefetch`]: crate::CredentialCache::prefetch
     pub async fn warm_up(&self, limit: Duration) -> Result<(), Error> {
-        let until = crate::stage::instant_after(limit);
+        let until = crate::runner::instant_after(limit);
         let rng = tokio::task::spawn_blocking(|| {
             let mut seed = [0u8; 32];
             let _ = rustls::crypto::aws_lc_rs::default_provider()
@@ -53,22 +52,14 @@ impl Connector {
         let connector = self.clone();
         let credentials = tokio::spawn(async move { connector.inner.credentials.prefetch().await });
 
-        let stage = if self.inner.credentials.assumes_role() {
-            Stage::AssumeRole
-        } else {
-            Stage::Credentials
-        };
+        let role = self.inner.credentials.assumed_role().map(|r| r.role_arn());
         let outcome = match tokio::time::timeout_at(until, credentials).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(join)) => Err(Error::Credentials {
-                message: format!("the credential fetch did not finish: {join}"),
-                hint: None,
-                source: None,
-            }),
-            Err(_) => Err(Error::Timeout {
-                stage,
-                after: limit,
-            }),
+            Ok(Err(join)) => Err(refresh_lost(
+                role,
+                &format!("the credential fetch did not finish: {join}"),
+            )),
+            Err(_) => Err(Error::timeout(fetch_stage(role), limit)),
         };
         // The rest only shortens the first connect: give it what is left of `limit`.
         let _ = tokio::time::timeout_at(until, async {

@@ -15,7 +15,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::connector::{AfterConnect, BoxFuture, Connector, Inner, DEFAULT_CONNECT_TIMEOUT};
 use crate::credentials::{AssumeRole, CredentialCache};
-use crate::diagnosis::HINT_NO_CREDENTIALS;
+use crate::error::classify::no_credentials_provider;
 use crate::error::{ConfigError, Error};
 use crate::login;
 use crate::net::{parse_address, DialTarget, Keepalive};
@@ -438,11 +438,7 @@ impl Config {
         let base = self
             .credentials_provider
             .or_else(|| sdk_config.credentials_provider())
-            .ok_or_else(|| Error::Credentials {
-                message: "no credentials provider is configured".to_owned(),
-                hint: Some(HINT_NO_CREDENTIALS),
-                source: None,
-            })?;
+            .ok_or_else(no_credentials_provider)?;
         let startup = login::startup(
             token_params.username(),
             self.database.as_deref(),
@@ -504,10 +500,7 @@ fn non_empty<'a>(value: Option<&'a str>, name: &'static str) -> Result<&'a str, 
 }
 
 fn invalid(name: &'static str, reason: &str) -> Error {
-    Error::Config(ConfigError::Invalid {
-        name,
-        reason: reason.to_owned(),
-    })
+    ConfigError::invalid(name, reason).into()
 }
 
 fn assume_settings(

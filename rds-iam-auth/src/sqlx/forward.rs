@@ -60,9 +60,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::error::{Error, SharedError};
+use crate::error::Error;
 use crate::net::{DialTarget, Keepalive};
-use crate::stage::{Deadline, Stage};
+use crate::runner::Deadline;
+use crate::stage::Stage;
 use crate::Connector;
 
 /// The start of every socket directory's name (then the process id and a random part).
@@ -93,7 +94,7 @@ struct Shared {
     connect_timeout: Duration,
     shutdown: Notify,
     /// The last failed dial, for the error a failed pool build returns.
-    failure: Mutex<Option<(Instant, SharedError)>>,
+    failure: Mutex<Option<(Instant, Error)>>,
 }
 
 /// A running forwarder; it shuts down when the last `Arc` is dropped.
@@ -205,7 +206,7 @@ impl Forwarder {
         failure
             .as_ref()
             .filter(|(at, _)| *at >= since)
-            .map(|(_, error)| error.get())
+            .map(|(_, error)| error.clone())
     }
 }
 
@@ -281,7 +282,7 @@ async fn forward(mut local: UnixStream, shared: Arc<Shared>) {
                 shared.target.host,
                 shared.target.port
             );
-            *lock(&shared.failure) = Some((Instant::now(), SharedError::new(error)));
+            *lock(&shared.failure) = Some((Instant::now(), error));
             // Dropping `local` closes it: sqlx fails at once instead of waiting.
             return;
         }

@@ -145,10 +145,11 @@ use tokio::sync::Notify;
 
 pub use ::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
-use crate::diagnosis::{error_chain, find_cause, login_hint, tls_error, HINT_TCP};
-use crate::error::{ConfigError, Error, SharedError};
+use crate::error::classify::{
+    error_chain, find_cause, login_failure, login_reason, tcp_error, tls_error,
+};
+use crate::error::{ConfigError, Error, Reason};
 use crate::stage::Stage;
-use crate::token;
 use crate::Connector;
 use tokio_postgres::config::TargetSessionAttrs;
 
@@ -293,24 +294,25 @@ impl PoolBuilder {
         };
         // Settings sqlx cannot carry are refused, not dropped.
         if self.connector.startup_config().get_options().is_some() {
-            return Err(Error::Config(ConfigError::Invalid {
-                name: "options",
-                reason: "is set, but sqlx takes startup options as key-value pairs: pass them with PoolBuilder::customize(|o| o.options([(\"search_path\", \"app\")])) (RDS Proxy refuses them either way)".to_owned(),
-            }));
+            return Err(ConfigError::invalid(
+                "options",
+                "is set, but sqlx takes startup options as key-value pairs: pass them with PoolBuilder::customize(|o| o.options([(\"search_path\", \"app\")])) (RDS Proxy refuses them either way)",
+            )
+            .into());
         }
         if self.connector.target_session_attrs() != TargetSessionAttrs::Any {
-            return Err(Error::Config(ConfigError::Invalid {
-                name: "target_session_attrs",
-                reason: "is set, but sqlx has no such check: verify with PgPoolOptions::after_connect (SHOW transaction_read_only)".to_owned(),
-            }));
+            return Err(ConfigError::invalid(
+                "target_session_attrs",
+                "is set, but sqlx has no such check: verify with PgPoolOptions::after_connect (SHOW transaction_read_only)",
+            )
+            .into());
         }
         if self.connector.has_after_connect() {
-            return Err(Error::Config(ConfigError::Invalid {
-                name: "after_connect",
-                reason:
-                    "is set, but sqlx opens its own connections: use PgPoolOptions::after_connect"
-                        .to_owned(),
-            }));
+            return Err(ConfigError::invalid(
+                "after_connect",
+                "is set, but sqlx opens its own connections: use PgPoolOptions::after_connect",
+            )
+            .into());
         }
         let settings = Settings::new(&self.connector, self.customize, self.accept_unverified_name)?;
         Ok((settings, every, self.pool_options))
@@ -318,10 +320,7 @@ impl PoolBuilder {
 }
 
 fn invalid_interval(reason: String) -> Error {
-    Error::Config(ConfigError::Invalid {
-        name: "refresh_every",
-        reason,
-    })
+    ConfigError::invalid("refresh_every", reason).into()
 }
 
 impl Connector {
@@ -362,7 +361,7 @@ struct State {
     /// When the credentials that signed it expire.
     credentials_expiry: Option<SystemTime>,
     /// The last failure, until a refresh succeeds.
-    error: Option<SharedError>,
+    error: Option<Error>,
 }
 
 impl Status {
@@ -386,7 +385,7 @@ impl RefreshHandle {
     /// The error of the last refresh while refreshing fails (the pool still has the
     /// previous options); `None` once a refresh succeeds.
     pub fn last_refresh_error(&self) -> Option<Error> {
-        self.status.lock().error.as_ref().map(SharedError::get)
+        self.status.lock().error.clone()
     }
 
     /// How many refreshes failed since the pool was built.
@@ -465,11 +464,11 @@ impl Route {
             let _ = accept_unverified_name;
             match forward::for_connector(connector) {
                 Ok(forwarder) => Ok(Route::Forwarded(forwarder)),
-                Err(e) => Err(Error::Tcp {
-                    address: format!("{dial}:{port}"),
-                    reason: format!("cannot start the local forwarder sqlx dials through: {e}"),
-                    source: Some(e),
-                }),
+                Err(e) => Err(tcp_error(
+                    &format!("{dial}:{port}"),
+                    &format!("cannot start the local forwarder sqlx dials through: {e}"),
+                    Some(e),
+                )),
             }
         }
         #[cfg(not(unix))]
@@ -478,12 +477,13 @@ impl Route {
                 warn_name_unverified(dial, port, endpoint);
                 Ok(Route::UnverifiedName)
             } else {
-                Err(Error::Config(ConfigError::Invalid {
-                    name: "connect_address",
-                    reason: format!(
+                Err(ConfigError::invalid(
+                    "connect_address",
+                    format!(
                         "is set ({dial}:{port}), but on this platform sqlx can verify only the certificate's chain there, not that it names {endpoint}: dial the endpoint name (no connect_address), or accept that with PoolBuilder::accept_unverified_name_over_connect_address()"
                     ),
-                }))
+                )
+                .into())
             }
         }
     }
@@ -510,24 +510,9 @@ impl Settings {
 
     /// Credentials from the connector's cache, a token signed with them, the options.
     async fn sign(&self) -> Result<Signed, Error> {
-        let cache = self.connector.credentials();
-        let limit = self.connector.connect_timeout();
-        let credentials = match tokio::time::timeout(limit, cache.credentials()).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    stage: if cache.assumes_role() {
-                        Stage::AssumeRole
-                    } else {
-                        Stage::Credentials
-                    },
-                    after: limit,
-                })
-            }
-        };
+        let (token, credentials) = self.connector.sign_within_timeout().await?;
         let signed_at = SystemTime::now();
         let params = self.connector.token_params();
-        let token = token::sign(params, &credentials, signed_at);
         #[cfg(unix)]
         if let Route::Forwarded(forwarder) = &self.route {
             // Whoever holds these options can dial the forwarder until the token expires.
@@ -622,37 +607,25 @@ impl Settings {
             ::sqlx::Error::Database(ref db) => {
                 let code = db.code().map(|c| c.into_owned());
                 let message = format!("{}: {}", code.as_deref().unwrap_or("error"), db.message());
-                // sqlx reports the server's own "too many connections" (53300) as a login
-                // failure: a capacity problem, where the TCP hint applies.
-                let hint = match code.as_deref() {
-                    Some("53300") => Some(HINT_TCP),
-                    code => login_hint(db.message(), code),
-                };
-                Error::Login {
-                    login: format!("{}@{}", p.username(), p.hostname()),
-                    message,
-                    code,
-                    hint,
-                    source: Some(Box::new(e)),
-                }
+                let reason = login_reason(db.message(), code.as_deref());
+                login_failure(p.username(), p.hostname(), reason, &message, code).with_source(e)
             }
-            ::sqlx::Error::Io(source) => Error::Tcp {
-                address: format!("{host}:{port}"),
-                reason: source.to_string(),
-                source: Some(source),
-            },
+            ::sqlx::Error::Io(source) => {
+                tcp_error(&format!("{host}:{port}"), &source.to_string(), Some(source))
+            }
             // The pool retries refused connections until its acquire timeout.
-            ::sqlx::Error::PoolTimedOut => Error::Timeout {
-                stage: Stage::Login,
-                after: acquire_timeout,
-            },
-            other => Error::Login {
-                login: format!("{}@{}", p.username(), p.hostname()),
-                message: error_chain(&other),
-                code: None,
-                hint: None,
-                source: Some(Box::new(other)),
-            },
+            ::sqlx::Error::PoolTimedOut => Error::timeout(Stage::Login, acquire_timeout),
+            other => {
+                let message = error_chain(&other);
+                login_failure(
+                    p.username(),
+                    p.hostname(),
+                    Reason::LoginFailed,
+                    &message,
+                    None,
+                )
+                .with_source(other)
+            }
         }
     }
 }
@@ -793,7 +766,7 @@ impl Refresher {
             retry_in = ?retry_in,
             "sqlx pool: refreshing the IAM token failed; new connections use the previous token until a refresh succeeds"
         );
-        self.status.lock().error = Some(SharedError::new(error));
+        self.status.lock().error = Some(error);
     }
 }
 
@@ -807,7 +780,6 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnosis::{HINT_IAM_FAILED, HINT_NO_DATABASE};
 
     #[test]
     fn pem_round_trips_through_the_bundle_parser() {
@@ -830,14 +802,21 @@ mod tests {
     }
 
     #[test]
-    fn login_hints_follow_the_proxy_messages() {
+    fn login_reasons_follow_the_proxy_messages() {
         let iam = "The IAM authentication failed for the role app. Check the IAM token for this role and try again.";
-        assert_eq!(login_hint(iam, Some("28P01")), Some(HINT_IAM_FAILED));
+        assert_eq!(login_reason(iam, Some("28P01")), Reason::IamRefused);
         assert_eq!(
-            login_hint("database \"x\" does not exist", Some("3D000")),
-            Some(HINT_NO_DATABASE)
+            login_reason("database \"x\" does not exist", Some("3D000")),
+            Reason::DatabaseNotFound
         );
-        assert_eq!(login_hint("something else", Some("XX000")), None);
+        assert_eq!(
+            login_reason("too many", Some("53300")),
+            Reason::TooManyConnections
+        );
+        assert_eq!(
+            login_reason("something else", Some("XX000")),
+            Reason::LoginFailed
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What each failure means: the one place that turns a cause (an SDK error, a rustls
-//! error, a PostgreSQL error) into a stage [`Error`] with a one-line hint.
+//! error, a PostgreSQL error) into an [`Error`] with its [`Reason`], and each reason into
+//! a one-line hint.
 //!
 //! The hints say what to check, most likely cause first. The messages they key on are
 //! the ones RDS Proxy, STS and rustls really send; `ARCHITECTURE.md` lists them with their
@@ -10,7 +11,7 @@ use std::fmt;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
 
-use crate::error::Error;
+use super::{Error, Reason};
 use crate::stage::Stage;
 
 pub(crate) const HINT_NO_CREDENTIALS: &str = "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run where a role is attached (Lambda, ECS, EC2)";
@@ -34,8 +35,39 @@ pub(crate) const HINT_READ_ONLY: &str = "target_session_attrs=read-write reached
 pub(crate) const HINT_READ_WRITE: &str = "target_session_attrs=read-only reached a session that allows writes: is this the READ_WRITE endpoint?";
 pub(crate) const HINT_NO_DATABASE: &str = "check the database name (DBNAME / --database)";
 
+/// What to check for `reason` at `stage`: the one table of hints.
+pub(crate) fn hint(reason: Reason, stage: Stage) -> Option<&'static str> {
+    match reason {
+        Reason::NoCredentials => Some(HINT_NO_CREDENTIALS),
+        Reason::StaleCredentials if stage == Stage::AssumeRole => Some(HINT_STS_BAD_CALLER),
+        Reason::StaleCredentials => Some(HINT_STALE_CREDENTIALS),
+        Reason::AccessDenied => Some(HINT_ASSUME_ROLE_DENIED),
+        Reason::CallerRejected => Some(HINT_STS_BAD_CALLER),
+        Reason::StsUnreachable => Some(HINT_STS_UNREACHABLE),
+        Reason::NameNotResolved => Some(HINT_DNS),
+        Reason::ConnectFailed => Some(HINT_TCP),
+        Reason::Timeout => timeout_hint(stage),
+        Reason::TlsRequired => Some(HINT_TLS_REFUSED),
+        Reason::CertificateNameMismatch => Some(HINT_TLS_NAME),
+        Reason::UntrustedCertificate => Some(HINT_TLS_ISSUER),
+        Reason::CertificateExpired => Some(HINT_TLS_EXPIRED),
+        Reason::IamRefused => Some(HINT_IAM_FAILED),
+        Reason::NoSecretForUser => Some(HINT_NO_SECRET),
+        Reason::TooManyConnections => Some(HINT_TOO_MANY),
+        Reason::StartupOptionRefused => Some(HINT_PROXY_OPTION),
+        Reason::DatabaseNotFound => Some(HINT_NO_DATABASE),
+        Reason::ReadOnlySession => Some(HINT_READ_ONLY),
+        Reason::WritableSession => Some(HINT_READ_WRITE),
+        Reason::InvalidConfig
+        | Reason::CredentialsFailed
+        | Reason::TlsFailed
+        | Reason::LoginFailed
+        | Reason::QueryFailed => None,
+    }
+}
+
 /// The hint of a stage that ran out of time.
-pub(crate) fn timeout_hint(stage: Stage) -> Option<&'static str> {
+fn timeout_hint(stage: Stage) -> Option<&'static str> {
     match stage {
         Stage::Tcp | Stage::Tls | Stage::Login => Some(HINT_TCP),
         Stage::AssumeRole => Some(HINT_STS_UNREACHABLE),
@@ -46,60 +78,50 @@ pub(crate) fn timeout_hint(stage: Stage) -> Option<&'static str> {
 
 /// The base credential provider failed.
 pub(crate) fn credentials_error(e: CredentialsError) -> Error {
-    Error::Credentials {
-        message: error_chain(&e),
-        hint: Some(HINT_NO_CREDENTIALS),
-        source: Some(Box::new(e)),
+    Error::new(Stage::Credentials, Reason::NoCredentials, error_chain(&e)).with_source(e)
+}
+
+/// No credentials provider at all (none given, none in the SDK configuration).
+pub(crate) fn no_credentials_provider() -> Error {
+    Error::new(
+        Stage::Credentials,
+        Reason::NoCredentials,
+        "no credentials provider is configured",
+    )
+}
+
+/// The stage of a credentials fetch: assume-role when a role is assumed, else credentials.
+pub(crate) fn fetch_stage(role_arn: Option<&str>) -> Stage {
+    match role_arn {
+        Some(_) => Stage::AssumeRole,
+        None => Stage::Credentials,
+    }
+}
+
+/// A credentials fetch failed with `message` (no cause of its own): at assume-role (after
+/// the role's ARN) when a role is assumed, else at credentials.
+fn fetch_failed(role_arn: Option<&str>, reason: Reason, message: &str) -> Error {
+    match role_arn {
+        Some(role_arn) => Error::new(Stage::AssumeRole, reason, format!("{role_arn}: {message}")),
+        None => Error::new(Stage::Credentials, reason, message),
     }
 }
 
 /// A provider handed out credentials that expire in `remaining_secs` (too soon to use).
-pub(crate) fn stale_credentials(stage: Stage, role_arn: &str, remaining_secs: u64) -> Error {
+pub(crate) fn stale_credentials(role_arn: Option<&str>, remaining_secs: u64) -> Error {
     let message = format!("the provider returned credentials that expire in {remaining_secs} s");
-    match stage {
-        Stage::AssumeRole => Error::AssumeRole {
-            role_arn: role_arn.to_owned(),
-            message,
-            code: None,
-            hint: Some(HINT_STS_BAD_CALLER),
-            source: None,
-        },
-        _ => Error::Credentials {
-            message,
-            hint: Some(HINT_STALE_CREDENTIALS),
-            source: None,
-        },
-    }
+    fetch_failed(role_arn, Reason::StaleCredentials, &message)
 }
 
-/// A credential refresh that ended without an outcome (see `credentials::Refresh`): at
-/// assume-role when a role is assumed, else at credentials.
+/// A credential refresh that ended without an outcome (a provider that panicked, a runtime
+/// that shut down under it).
 pub(crate) fn refresh_lost(role_arn: Option<&str>, message: &str) -> Error {
-    match role_arn {
-        Some(role_arn) => Error::AssumeRole {
-            role_arn: role_arn.to_owned(),
-            message: message.to_owned(),
-            code: None,
-            hint: None,
-            source: None,
-        },
-        None => Error::Credentials {
-            message: message.to_owned(),
-            hint: None,
-            source: None,
-        },
-    }
+    fetch_failed(role_arn, Reason::CredentialsFailed, message)
 }
 
 /// STS answered AssumeRole with no usable credentials.
-pub(crate) fn sts_answer_error(role_arn: &str, message: String) -> Error {
-    Error::AssumeRole {
-        role_arn: role_arn.to_owned(),
-        message,
-        code: None,
-        hint: None,
-        source: None,
-    }
+pub(crate) fn sts_answer_error(role_arn: &str, message: &str) -> Error {
+    fetch_failed(Some(role_arn), Reason::CredentialsFailed, message)
 }
 
 /// STS refused or could not be reached.
@@ -108,177 +130,199 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
 {
-    let (message, code, hint) = match &err {
+    let (message, code, reason) = match &err {
         SdkError::ServiceError(service) => {
             let e = service.err();
             let code = e.code().map(str::to_owned);
-            let hint = match code.as_deref() {
-                Some("AccessDenied") => Some(HINT_ASSUME_ROLE_DENIED),
+            let reason = match code.as_deref() {
+                Some("AccessDenied") => Reason::AccessDenied,
                 Some(
                     "InvalidClientTokenId"
                     | "SignatureDoesNotMatch"
                     | "ExpiredToken"
                     | "ExpiredTokenException",
-                ) => Some(HINT_STS_BAD_CALLER),
-                _ => None,
+                ) => Reason::CallerRejected,
+                _ => Reason::CredentialsFailed,
             };
             let message = format!(
                 "{}: {}",
                 code.as_deref().unwrap_or("error"),
                 e.message().unwrap_or("(no message)")
             );
-            (message, code, hint)
+            (message, code, reason)
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => (
             format!("STS unreachable: {}", error_chain(&err)),
             None,
-            Some(HINT_STS_UNREACHABLE),
+            Reason::StsUnreachable,
         ),
-        _ => (error_chain(&err), None, None),
+        _ => (error_chain(&err), None, Reason::CredentialsFailed),
     };
-    Error::AssumeRole {
-        role_arn: role_arn.to_owned(),
-        message,
-        code,
-        hint,
-        source: Some(Box::new(err)),
+    Error::new(Stage::AssumeRole, reason, format!("{role_arn}: {message}"))
+        .with_aws_code(code)
+        .with_source(err)
+}
+
+/// `host` did not resolve.
+pub(crate) fn dns_error(host: &str, e: std::io::Error) -> Error {
+    Error::new(
+        Stage::Dns,
+        Reason::NameNotResolved,
+        format!("cannot resolve {host}: {e}"),
+    )
+    .with_source(e)
+}
+
+/// No TCP connection to `address` (`host:port` and the addresses tried): `reason` says why.
+pub(crate) fn tcp_error(address: &str, reason: &str, source: Option<std::io::Error>) -> Error {
+    let error = Error::new(
+        Stage::Tcp,
+        Reason::ConnectFailed,
+        format!("cannot connect to {address}: {reason}"),
+    );
+    match source {
+        Some(source) => error.with_source(source),
+        None => error,
     }
 }
 
 /// The server declined TLS (or is no PostgreSQL server).
 pub(crate) fn tls_refused(host: &str, message: &str) -> Error {
-    Error::Tls {
-        host: host.to_owned(),
-        message: message.to_owned(),
-        hint: Some(HINT_TLS_REFUSED),
-        source: None,
-    }
+    Error::new(
+        Stage::Tls,
+        Reason::TlsRequired,
+        format!("handshake with {host} failed: {message}"),
+    )
 }
 
 /// The TLS handshake with `host` failed (before the server saw a password).
 pub(crate) fn tls_error(host: &str, e: std::io::Error) -> Error {
-    let mut hint = find_cause::<rustls::Error>(&e).and_then(|rustls_error| {
+    let certificate = find_cause::<rustls::Error>(&e).and_then(|rustls_error| {
         use rustls::CertificateError as C;
         match rustls_error {
             rustls::Error::InvalidCertificate(
                 C::NotValidForName | C::NotValidForNameContext { .. },
-            ) => Some(HINT_TLS_NAME),
-            rustls::Error::InvalidCertificate(C::UnknownIssuer) => Some(HINT_TLS_ISSUER),
+            ) => Some(Reason::CertificateNameMismatch),
+            rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+                Some(Reason::UntrustedCertificate)
+            }
             rustls::Error::InvalidCertificate(
                 C::Expired
                 | C::ExpiredContext { .. }
                 | C::NotValidYet
                 | C::NotValidYetContext { .. },
-            ) => Some(HINT_TLS_EXPIRED),
+            ) => Some(Reason::CertificateExpired),
             _ => None,
         }
     });
+    let reason = certificate.unwrap_or(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Reason::TlsRequired
+    } else {
+        Reason::TlsFailed
+    });
     let message = error_chain(&e);
-    if hint.is_none() && e.kind() == std::io::ErrorKind::UnexpectedEof {
-        hint = Some(HINT_TLS_REFUSED);
-    }
-    Error::Tls {
-        host: host.to_owned(),
-        message,
-        hint,
-        source: Some(Box::new(e)),
-    }
+    Error::new(
+        Stage::Tls,
+        reason,
+        format!("handshake with {host} failed: {message}"),
+    )
+    .with_source(e)
 }
 
-/// The server refused the startup or the token (after TLS).
 /// A session whose `transaction_read_only` is not what `target_session_attrs` asks for.
 pub(crate) fn session_attrs_error(user: &str, host: &str, read_only: bool) -> Error {
-    let (message, hint) = if read_only {
+    let (message, reason) = if read_only {
         (
             "the session is read-only, target_session_attrs wants read-write",
-            HINT_READ_ONLY,
+            Reason::ReadOnlySession,
         )
     } else {
         (
             "the session allows writes, target_session_attrs wants read-only",
-            HINT_READ_WRITE,
+            Reason::WritableSession,
         )
     };
-    Error::Login {
-        login: format!("{user}@{host}"),
-        message: message.to_owned(),
-        code: None,
-        hint: Some(hint),
-        source: None,
-    }
+    Error::new(Stage::Login, reason, format!("{user}@{host}: {message}"))
 }
 
-/// The hint for a login the server refused: RDS Proxy's own messages first (its SQLSTATEs
-/// are generic), then the SQLSTATE. Shared by every path that logs in (tokio-postgres, sqlx).
-pub(crate) fn login_hint(text: &str, sqlstate: Option<&str>) -> Option<&'static str> {
+/// What a refused login means: RDS Proxy's own messages first (its SQLSTATEs are generic),
+/// then the SQLSTATE. Shared by every path that logs in (tokio-postgres, sqlx).
+pub(crate) fn login_reason(text: &str, sqlstate: Option<&str>) -> Reason {
     if text.contains("IAM authentication failed") {
-        Some(HINT_IAM_FAILED)
+        Reason::IamRefused
     } else if text.contains("has no credentials for the role") {
-        Some(HINT_NO_SECRET)
+        Reason::NoSecretForUser
     } else if text.contains("maximum number of client connections") {
-        Some(HINT_TOO_MANY)
+        Reason::TooManyConnections
     } else if text.contains("doesn't support the option") {
-        Some(HINT_PROXY_OPTION)
+        Reason::StartupOptionRefused
     } else if text.contains("requires TLS") || text.contains("only with SSL") {
-        Some(HINT_TLS_REFUSED)
+        Reason::TlsRequired
     } else {
         match sqlstate {
-            Some("28P01") => Some(HINT_IAM_FAILED),
-            Some("3D000") => Some(HINT_NO_DATABASE),
-            _ => None,
+            Some("28P01") => Reason::IamRefused,
+            Some("3D000") => Reason::DatabaseNotFound,
+            Some("53300") => Reason::TooManyConnections,
+            _ => Reason::LoginFailed,
         }
     }
 }
 
+/// The server refused the startup or the token (after TLS), or the login broke off.
 pub(crate) fn login_error(user: &str, host: &str, e: tokio_postgres::Error) -> Error {
-    let (message, code, hint) = match e.as_db_error() {
+    let (message, code, reason) = match e.as_db_error() {
         Some(db) => {
             let text = db.message();
             let sqlstate = db.code().code();
-            let hint = login_hint(text, Some(sqlstate));
             (
                 format!("{} {sqlstate}: {text}", db.severity()),
                 Some(sqlstate.to_owned()),
-                hint,
+                login_reason(text, Some(sqlstate)),
             )
         }
-        None => (error_chain(&e), None, None),
+        None => (error_chain(&e), None, Reason::LoginFailed),
     };
-    Error::Login {
-        login: format!("{user}@{host}"),
-        message,
-        code,
-        hint,
-        source: Some(Box::new(e)),
-    }
+    login_failure(user, host, reason, &message, code).with_source(e)
 }
 
-/// Whether the proxy refused the token itself (not the user, the database or TLS): the
-/// credentials that signed it may no longer be valid.
-pub(crate) fn is_iam_refusal(error: &Error) -> bool {
-    matches!(error, Error::Login { hint: Some(hint), .. } if *hint == HINT_IAM_FAILED)
+/// A refused login of `user` at `host`, from any client library.
+pub(crate) fn login_failure(
+    user: &str,
+    host: &str,
+    reason: Reason,
+    message: &str,
+    sqlstate: Option<String>,
+) -> Error {
+    Error::new(Stage::Login, reason, format!("{user}@{host}: {message}")).with_sqlstate(sqlstate)
 }
 
 /// The after-connect hook failed on a new session.
 pub(crate) fn after_connect_error(e: tokio_postgres::Error) -> Error {
-    match query_error(e) {
-        Error::Query { message, source } => Error::Query {
-            message: format!("after-connect hook: {message}"),
-            source,
-        },
-        other => other,
-    }
+    let (message, code) = query_message(&e);
+    Error::new(
+        Stage::Query,
+        Reason::QueryFailed,
+        format!("after-connect hook: {message}"),
+    )
+    .with_sqlstate(code)
+    .with_source(e)
 }
 
 /// A query failed on an open session.
 pub(crate) fn query_error(e: tokio_postgres::Error) -> Error {
-    let message = match e.as_db_error() {
-        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
-        None => error_chain(&e),
-    };
-    Error::Query {
-        message,
-        source: Some(Box::new(e)),
+    let (message, code) = query_message(&e);
+    Error::new(Stage::Query, Reason::QueryFailed, message)
+        .with_sqlstate(code)
+        .with_source(e)
+}
+
+fn query_message(e: &tokio_postgres::Error) -> (String, Option<String>) {
+    match e.as_db_error() {
+        Some(db) => (
+            format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+            Some(db.code().code().to_owned()),
+        ),
+        None => (error_chain(e), None),
     }
 }
 
