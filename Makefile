@@ -3,14 +3,17 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+# The project's Python virtualenv: cfn-lint and checkov (mk/cdk.mk), cargo-lambda and zig
+# (mk/lambda.mk). Defined here, before the includes, so every mk file sees the one value.
+VENV := $(ROOT)/.venv
 
 -include mk/*.mk
 
 .PHONY: help test lint
 help: ## List the commands
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}' | LC_ALL=C sort
 
-test: lint test-rust $(EXTRA_TESTS) ## Run every test: Rust (unit, end-to-end, doc), CDK, lint
+test: lint test-rust $(EXTRA_TESTS) ## Run every test: lint, Rust (unit, property, end-to-end, doc, then the 2-minute soak), CDK, test-smoke
 	@echo "make test: all suites passed"
 
-lint: $(EXTRA_LINTS) lint-rust ## cargo fmt --check, clippy -D warnings, rustdoc -D warnings, tsc
+lint: $(EXTRA_LINTS) lint-rust ## Every lint: cargo fmt --check, clippy -D warnings, rustdoc -D warnings, tsc

@@ -6,7 +6,6 @@ CDK_DIR      := $(ROOT)/cdk
 CDK_BIN      := $(CDK_DIR)/node_modules/.bin
 CDK_STAMP    := $(CDK_DIR)/node_modules/.npm-ci.stamp
 CDK_OUT      := $(ROOT)/cdk.out
-VENV         := $(ROOT)/.venv
 CFN_LINT     := $(VENV)/bin/cfn-lint
 CFN_LINT_REQ := $(CDK_DIR)/requirements-cfn-lint.txt
 CHECKOV      := $(VENV)/bin/checkov

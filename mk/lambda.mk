@@ -2,9 +2,8 @@
 # zig for cross-compiling), the arm64 zip for deployment, and the local demo under
 # `cargo lambda watch` against the local stack of mk/local.mk.
 #
-# VENV comes from mk/cdk.mk when it is present; the cargo-lambda install has its own stamp
-# (.venv/.cargo-lambda.stamp) so it never clashes with cfn-lint's rule there.
-VENV               ?= $(ROOT)/.venv
+# VENV (the project's .venv) is defined in the Makefile; the cargo-lambda install has its
+# own stamp (.venv/.cargo-lambda.stamp) so it never clashes with cfn-lint's rule in mk/cdk.mk.
 LAMBDA_STAMP       := $(VENV)/.cargo-lambda.stamp
 LAMBDA_PATH        := $(VENV)/bin:$(PATH)
 LAMBDA_PKG         := connection-test

@@ -7,13 +7,13 @@ RUST_EXCLUDE := --workspace --exclude token-bench --exclude peer-lambda
 RUST_FEATURES := --features rds-iam-auth/deadpool-postgres,rds-iam-auth/sqlx
 
 .PHONY: lint-rust test-rust soak bench bench-connect
-lint-rust:
+lint-rust: ## Rust lint: cargo fmt --check, clippy -D warnings, rustdoc -D warnings (with the deadpool-postgres and sqlx features)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(RUST_EXCLUDE) $(RUST_FEATURES) --all-targets -- -D warnings
 	@# Docs are part of the product: broken links and missing docs fail the build.
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps $(RUST_EXCLUDE) $(RUST_FEATURES)
 
-test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, doc tests)
+test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, doc tests), then the 2-minute soak
 	@command -v cargo-nextest >/dev/null || { echo "cargo-nextest missing: install it with 'cargo install cargo-nextest --locked'"; exit 1; }
 	@# The Lambda alone (its own feature set), as `cargo lambda watch` in the tests builds it.
 	$(CARGO) build -p connection-test
