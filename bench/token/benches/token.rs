@@ -95,18 +95,24 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 
-fn median_ns(dir: &PathBuf, function: &str) -> Option<f64> {
+/// The median criterion wrote for `function` during this run (`since`): none in `--test`
+/// mode, which measures nothing, and an earlier run's file is not this run's figure.
+fn median_ns(dir: &PathBuf, function: &str, since: SystemTime) -> Option<f64> {
     let path = dir
         .join("token")
         .join(function)
         .join("new")
         .join("estimates.json");
+    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
+        return None;
+    }
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["median"]["point_estimate"].as_f64()
 }
 
 fn main() {
+    let started = SystemTime::now();
     benches();
     criterion::Criterion::default()
         .configure_from_args()
@@ -117,8 +123,8 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
     let dir = target.join("criterion");
     match (
-        median_ns(&dir, "rds-iam-auth"),
-        median_ns(&dir, "aws-sdk-rds"),
+        median_ns(&dir, "rds-iam-auth", started),
+        median_ns(&dir, "aws-sdk-rds", started),
     ) {
         (Some(ours), Some(sdk)) => println!(
             "\ntoken summary: rds-iam-auth {:.2} us, aws-sdk-rds {:.2} us per token: {:.1}x faster",
@@ -127,7 +133,7 @@ fn main() {
             sdk / ours
         ),
         _ => println!(
-            "\ntoken summary: no estimates found under {}",
+            "\ntoken summary: no estimates from this run under {} (none are written in --test mode)",
             dir.display()
         ),
     }
