@@ -50,5 +50,7 @@ local-down: ## Stop the local stack and remove .local
 	else echo "local stack: not running"; fi
 
 # For the optimised figure: make local-down && make bench-pgbench LOCAL_PROFILE=release
+# The token CLI is built with test-rust's package selection (mk/rust.mk): after `make test`
+# it is already built.
 bench-pgbench: local-up ## pgbench TPS direct to PostgreSQL vs through the RDS Proxy stand-in (same run)
-	@EMULATOR="$(EMULATOR)" STATE_DIR="$(LOCAL_DIR)" "$(ROOT)/bench/pgbench-proxy"
+	@EMULATOR="$(EMULATOR)" STATE_DIR="$(LOCAL_DIR)" CLI_SELECT="$(RUST_EXCLUDE) $(RUST_FEATURES)" "$(ROOT)/bench/pgbench-proxy"
