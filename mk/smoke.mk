@@ -1,0 +1,10 @@
+# Every make target a user runs by hand and no test runs otherwise (bench, bench-connect,
+# bench-pgbench, invoke-local, demo, bench-lambda, bench-latency, fuzz, deploy and destroy
+# with DRY_RUN=1), run in a short mode by `make test`, so that none of them breaks
+# unnoticed. bench/smoke has the steps; SMOKE="step ..." runs some of them.
+EXTRA_TESTS += test-smoke
+
+.PHONY: test-smoke
+
+test-smoke: lambda-tools ## Run every benchmark, fuzz, demo, deploy/destroy DRY_RUN=1 in a short mode (part of make test; SMOKE=steps)
+	@MAKE="$(SUBMAKE)" CARGO="$(CARGO)" RUST_SELECT="$(RUST_EXCLUDE) $(RUST_FEATURES)" "$(ROOT)/bench/smoke"
