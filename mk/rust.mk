@@ -10,6 +10,8 @@ RUST_FEATURES := --features rds-iam-auth/deadpool-postgres,rds-iam-auth/sqlx
 lint-rust: ## Rust lint: cargo fmt --check, clippy -D warnings, rustdoc -D warnings (with the deadpool-postgres and sqlx features)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(RUST_EXCLUDE) $(RUST_FEATURES) --all-targets -- -D warnings
+	@# No two modules of a crate may use each other, directly or through others.
+	python3 scripts/module-cycles.py rds-iam-auth/src rds-iam-auth-cli/src connection-test/src rds-proxy-emulator/src
 	@# Docs are part of the product: broken links and missing docs fail the build.
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps $(RUST_EXCLUDE) $(RUST_FEATURES)
 

@@ -52,12 +52,10 @@ pub fn config_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
             Some(_) => {}
         }
     }
-    let named = lookup("DB_APPLICATION_NAME").is_some_and(|v| !v.trim().is_empty());
     let config = Config::from_lookup(lookup)?.role_session_name(APPLICATION_NAME);
-    Ok(if named {
-        config
-    } else {
-        config.application_name(APPLICATION_NAME)
+    Ok(match config.get_application_name() {
+        Some(_) => config,
+        None => config.application_name(APPLICATION_NAME),
     })
 }
 

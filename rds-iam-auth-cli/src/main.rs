@@ -172,25 +172,6 @@ struct TargetArgs {
 impl TargetArgs {
     /// The environment's settings, then the flags over them.
     fn config(self, application_name: &str) -> Result<Config, Error> {
-        for (flag, given, variable) in [
-            (
-                "--hostname",
-                self.hostname.is_some(),
-                "RDS_PROXY_APPLICATION_ENDPOINT",
-            ),
-            ("--username", self.username.is_some(), "DB_USERNAME"),
-        ] {
-            let from_env = std::env::var(variable).is_ok_and(|v| !v.trim().is_empty());
-            if !given && !from_env {
-                let name = if flag == "--hostname" {
-                    "hostname"
-                } else {
-                    "user"
-                };
-                let reason = format!("is required: pass {flag} or set {variable}");
-                return Err(ConfigError::invalid(name, reason).into());
-            }
-        }
         // A variable whose flag is given is not read at all: the flag wins, even over a
         // malformed value.
         let given = [
@@ -212,7 +193,7 @@ impl TargetArgs {
             _ => std::env::var(name).ok(),
         };
         let mut config = with_aws(Config::from_lookup(lookup)?, self.aws.into())?;
-        if std::env::var_os("DB_APPLICATION_NAME").is_none() {
+        if config.get_application_name().is_none() {
             config = config.application_name(application_name);
         }
         if let Some(hostname) = self.hostname {
@@ -235,6 +216,21 @@ impl TargetArgs {
         }
         if let Some(seconds) = self.connect_timeout {
             config = config.connect_timeout(Duration::from_secs(seconds));
+        }
+        let required = [
+            (
+                "hostname",
+                config.get_hostname(),
+                "--hostname",
+                "RDS_PROXY_APPLICATION_ENDPOINT",
+            ),
+            ("user", config.get_user(), "--username", "DB_USERNAME"),
+        ];
+        for (name, value, flag, variable) in required {
+            if value.is_none() {
+                let reason = format!("is required: pass {flag} or set {variable}");
+                return Err(ConfigError::invalid(name, reason).into());
+            }
         }
         Ok(config)
     }

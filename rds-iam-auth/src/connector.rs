@@ -8,8 +8,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -22,7 +21,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::credentials::{describe, CredentialCache, FetchFailure, Obtained};
 use crate::error::classify::{after_connect_error, fetch_stage, login_error, session_attrs_error};
-use crate::error::{Error, Reason};
+use crate::error::{Error, FailureLog, Reason};
 use crate::login;
 use crate::login::Session;
 use crate::net::{DialTarget, Keepalive};
@@ -58,27 +57,8 @@ pub(crate) struct Inner {
     pub(crate) connect_timeout: Duration,
     pub(crate) after_connect: Option<AfterConnect>,
     pub(crate) target_session_attrs: TargetSessionAttrs,
-    pub(crate) failures: Failures,
-}
-
-/// Failed connects, for [`Connector::last_connect_error`].
-#[derive(Default)]
-pub(crate) struct Failures {
-    last: Mutex<Option<(SystemTime, Error)>>,
-    count: AtomicU64,
-}
-
-impl Failures {
-    fn record(&self, error: &Error) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((SystemTime::now(), error.clone()));
-    }
-
-    fn last(&self) -> Option<(SystemTime, Error)> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.clone()
-    }
+    /// Failed connects, for [`Connector::last_connect_error`].
+    pub(crate) failures: FailureLog,
 }
 
 /// A future borrowed from the client it runs on.
@@ -142,7 +122,7 @@ impl Connector {
     }
 
     /// The last failed [`connect`](Connector::connect) (or pooled connect, or
-    /// [`connect_raw`](Connector::connect_raw)) of this connector and when it happened:
+    /// [`connect_unspawned`](Connector::connect_unspawned)) of this connector and when it happened:
     /// what a pool or a health endpoint can report when its own error type cannot carry the
     /// stage. A later success does not clear it; compare
     /// [`failed_connects`](Connector::failed_connects) over time to see whether failures go on.
@@ -152,14 +132,19 @@ impl Connector {
 
     /// How many connects of this connector have failed since it was built.
     pub fn failed_connects(&self) -> u64 {
-        self.inner.failures.count.load(Ordering::Relaxed)
+        self.inner.failures.count()
     }
 
     /// A connection whose [`Connection`] half the caller drives: for `LISTEN`, whose
     /// notifications arrive through [`Connection::poll_message`]. Spawn or poll the
     /// connection before using the client. The after-connect hook does not run here (it
     /// needs the connection driven): run your session setup once you poll it.
-    pub async fn connect_raw(&self) -> Result<(Client, Connection<TlsStream, NoTlsStream>), Error> {
+    ///
+    /// This is what `tokio_postgres::Config::connect` returns, through the whole IAM path;
+    /// (tokio-postgres's `connect_raw` is another thing: a login over a stream you supply).
+    pub async fn connect_unspawned(
+        &self,
+    ) -> Result<(Client, Connection<TlsStream, NoTlsStream>), Error> {
         let mut rec = Recorder::quiet();
         let deadline = Deadline::after(self.inner.connect_timeout);
         let result = Box::pin(self.establish(&mut rec, deadline)).await;

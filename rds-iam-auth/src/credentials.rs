@@ -10,14 +10,15 @@
 //! [`CredentialCache`] holds the result. It is what the AWS SDK's own `AssumeRoleProvider`
 //! lacks, for services that run for months:
 //! - **never failing early**: a token only has to be valid at login, which follows signing
-//!   within milliseconds, so cached credentials are used until [`HARD_MARGIN`] before they
-//!   expire. Refreshing *starts* at [`REFRESH_MARGIN`] before expiry, in the background:
+//!   within milliseconds, so cached credentials are used until 30 s before they
+//!   expire. Refreshing *starts* 16 minutes (a token's life plus a minute) before expiry,
+//!   in the background:
 //!   callers keep getting the cached credentials meanwhile, however slow STS is.
 //! - **one refresh, shared**: a refresh runs in a task of its own; every caller that needs
 //!   its result waits for the same task and gets the same outcome, success or failure. A
 //!   caller that gives up (its deadline passed) does not cancel it.
 //! - **bounded retries**: after a failure the next attempt waits (1 s, doubling up to
-//!   [`MAX_BACKOFF`], with jitter), so an STS outage costs a few calls, not one per connect.
+//!   5 s, with jitter), so an STS outage costs a few calls, not one per connect.
 //!   While credentials are still valid, connects keep working and the failure is logged at
 //!   WARN and shown by the staged check.
 //! - expired credentials are never handed out: a provider that returns them is an error.
@@ -44,17 +45,17 @@ use crate::token::MAX_EXPIRES_IN;
 
 /// How long before expiry a refresh starts (in the background): a token's full life plus a
 /// minute, which leaves a long-running service many minutes to ride out an STS hiccup.
-pub const REFRESH_MARGIN: Duration = Duration::from_secs(MAX_EXPIRES_IN.as_secs() + 60);
+pub(crate) const REFRESH_MARGIN: Duration = Duration::from_secs(MAX_EXPIRES_IN.as_secs() + 60);
 
 /// How long before expiry cached credentials stop being used: enough for a login (the
 /// default connect timeout) plus clock skew between this host and AWS.
-pub const HARD_MARGIN: Duration = Duration::from_secs(30);
+pub(crate) const HARD_MARGIN: Duration = Duration::from_secs(30);
 
 /// The longest wait between two refresh attempts after failures.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The longest one refresh (base chain plus STS) may take before it counts as failed.
-pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Validated settings of `sts:AssumeRole` into the database account.
 ///
@@ -77,12 +78,18 @@ pub struct AssumeRole {
     duration: Duration,
 }
 
+/// Whether `arn` is an IAM role's ARN (`arn:aws[-partition]:iam::ACCOUNT:role/NAME`): the one
+/// check, for the builder and the environment mapping alike.
+pub(crate) fn is_role_arn(arn: &str) -> bool {
+    arn.starts_with("arn:aws") && arn.contains(":role/")
+}
+
 impl AssumeRole {
     /// The role to assume, with the defaults: session `rds-iam-auth`, one hour, no
     /// external ID. The ARN must be a role ARN (`arn:aws:iam::ACCOUNT:role/NAME`).
     pub fn new(role_arn: impl Into<String>) -> Result<Self, ConfigError> {
         let role_arn = role_arn.into();
-        if !role_arn.starts_with("arn:aws") || !role_arn.contains(":role/") {
+        if !is_role_arn(&role_arn) {
             return Err(ConfigError::Invalid {
                 name: "assume_role",
                 reason: format!("{role_arn:?} is not a role ARN (arn:aws:iam::ACCOUNT:role/NAME)"),
@@ -189,10 +196,16 @@ struct Shared {
     refreshed: Notify,
     refreshes: AtomicU64,
     failures: AtomicU64,
-    clock: Clock,
+    clock: WallClock,
 }
 
-/// The wall clock the cache compares expiry times with (replaceable in tests).
+/// The wall clock, as the cache reads it.
+type WallClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The wall clock the cache compares expiry times with (replaceable in tests, with the
+/// `test-util` feature).
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 #[derive(Default)]
@@ -299,6 +312,8 @@ impl CredentialCache {
 
     /// Compares expiry times with `clock` instead of the system clock: for tests that
     /// need credentials to age by minutes in an instant. Call it before first use.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn with_clock(self, clock: Clock) -> Self {
         let mut shared = match Arc::try_unwrap(self.shared) {
             Ok(shared) => shared,
@@ -597,7 +612,7 @@ impl Shared {
                     retry_at: if retry_at_once {
                         Instant::now()
                     } else {
-                        Instant::now() + backoff(in_a_row)
+                        Instant::now() + backoff(in_a_row, MAX_BACKOFF)
                     },
                 });
             }
@@ -709,13 +724,14 @@ impl Failure {
     }
 }
 
-/// The wait after `failures` failed refreshes in a row: 1 s doubling up to [`MAX_BACKOFF`],
-/// less up to a fifth at random, so many processes do not retry in step.
-fn backoff(failures: u32) -> Duration {
+/// The wait after `failures` failed attempts in a row: 1 s doubling up to `cap`, less up
+/// to a fifth at random, so many processes do not retry in step. The one backoff of the
+/// crate: credential refreshes (capped at `MAX_BACKOFF`) and sqlx's token refreshes.
+pub(crate) fn backoff(failures: u32, cap: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let full = Duration::from_secs(1)
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF);
+        .min(cap);
     // A random fraction from the std hasher's per-process random keys: no RNG crate needed.
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(failures);
@@ -870,7 +886,7 @@ mod tests {
     #[test]
     fn backoff_doubles_to_its_cap_with_at_most_a_fifth_of_jitter() {
         for (failures, full) in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (40, 5.0)] {
-            let wait = backoff(failures).as_secs_f64();
+            let wait = backoff(failures, MAX_BACKOFF).as_secs_f64();
             assert!(wait <= full && wait >= full * 0.8, "{failures}: {wait}");
         }
     }

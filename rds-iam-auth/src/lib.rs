@@ -16,7 +16,7 @@
 //! | credentials, assume-role | [`credentials`] | base credentials, cross-account `AssumeRole`, cached and single-flight |
 //! | token | [`token`] | SigV4 query presigning (on `aws-sigv4`), byte-identical to `aws rds generate-db-auth-token` |
 //! | dns, tcp | `net.rs` | resolve the endpoint (or the dial override) and open the socket |
-//! | tls | [`tls`] | rustls on aws-lc-rs through `tokio-postgres-rustls`, verified against the endpoint name |
+//! | tls | `tls.rs` | rustls on aws-lc-rs through `tokio-postgres-rustls`, verified against the endpoint name |
 //! | login | `login.rs` | PostgreSQL startup with the token as the password |
 //! | (all of them) | [`Connector`] (`connector.rs`) | runs the stages under one deadline (`runner.rs`: [`Outcome`], [`StageReport`]): credentials and token alongside DNS, TCP and TLS, then login |
 //! | query | [`Connector::check`] (`check.rs`) | the staged check: every stage's outcome and time ([`CheckReport`]) |
@@ -61,6 +61,8 @@
 //!
 //! Tokens, secret keys and session tokens never appear in `Debug`, `Display` or logs.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(unreachable_pub)]
 
 mod check;
 mod config;
@@ -70,12 +72,14 @@ mod error;
 mod login;
 mod net;
 #[cfg(feature = "deadpool-postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool-postgres")))]
 pub mod pool;
 mod runner;
 #[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx;
 mod stage;
-pub mod tls;
+mod tls;
 pub mod token;
 mod warm;
 
@@ -87,7 +91,7 @@ pub use error::{BoxError, ConfigError, Error, Reason};
 pub use net::Keepalive;
 pub use runner::{Outcome, StageReport};
 pub use stage::Stage;
-pub use tls::CaBundle;
+pub use tls::{CaBundle, TlsStream};
 pub use token::{AuthToken, TokenParams};
 
 /// Re-exported so users name the same versions this crate uses.

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::error::classify::{dns_error, tcp_error};
 use crate::error::Error;
 use crate::runner::Deadline;
+use crate::stage::format_duration;
 
 /// TCP keepalive probes on every connection: a peer that vanished (failover, a NAT that
 /// dropped the flow) is noticed within `idle + interval * retries` instead of never.
@@ -22,6 +23,7 @@ use crate::runner::Deadline;
 /// these defaults find a dead peer in under two minutes and cost one small packet per
 /// minute on an idle connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Keepalive {
     /// Idle time before the first probe (libpq `keepalives_idle`).
     pub idle: Duration,
@@ -29,6 +31,19 @@ pub struct Keepalive {
     pub interval: Duration,
     /// Unanswered probes before the connection is dropped (libpq `keepalives_count`).
     pub retries: u32,
+}
+
+impl Keepalive {
+    /// Probes after `idle` without traffic, then every `interval`, dropping the connection
+    /// after `retries` unanswered ones (libpq's `keepalives_idle`, `keepalives_interval`,
+    /// `keepalives_count`).
+    pub fn new(idle: Duration, interval: Duration, retries: u32) -> Self {
+        Self {
+            idle,
+            interval,
+            retries,
+        }
+    }
 }
 
 impl Default for Keepalive {
@@ -90,7 +105,7 @@ impl DialTarget {
                     last_source = Some(e);
                     reason
                 }
-                Err(_) => format!("timed out after {:.1} s", started.elapsed().as_secs_f64()),
+                Err(_) => format!("timed out after {}", format_duration(started.elapsed())),
             };
             attempts.push((addr, reason));
         }
@@ -306,7 +321,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(&format!("{dead}: timed out after 0.5 s")),
+            text.contains(&format!("{dead}: timed out after 50")),
             "{text}"
         );
         assert!(

@@ -40,7 +40,7 @@ impl Outcome {
     }
 }
 
-/// One stage of a [`CheckReport`].
+/// One stage of a [`CheckReport`](crate::CheckReport).
 #[derive(Debug, Clone)]
 pub struct StageReport {
     /// Which stage.

@@ -105,7 +105,7 @@ impl CaBundle {
 /// The rustls client configuration: webpki roots plus the extra bundle, TLS 1.2 and 1.3,
 /// aws-lc-rs as the crypto provider (the AWS SDK's own, so one crypto library is compiled;
 /// chosen explicitly, so it does not matter which providers other crates enable).
-pub fn client_config(extra: Option<&CaBundle>) -> Result<ClientConfig, ConfigError> {
+pub(crate) fn client_config(extra: Option<&CaBundle>) -> Result<ClientConfig, ConfigError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(bundle) = extra {
@@ -129,7 +129,8 @@ pub fn client_config(extra: Option<&CaBundle>) -> Result<ClientConfig, ConfigErr
 }
 
 /// The TLS stream a session runs over (`tokio-postgres-rustls`'s), as in the
-/// [`Connection`](tokio_postgres::Connection) of [`Connector::connect_raw`](crate::Connector::connect_raw).
+/// [`Connection`](tokio_postgres::Connection) of
+/// [`Connector::connect_unspawned`](crate::Connector::connect_unspawned).
 pub type TlsStream = <MakeRustlsConnect as MakeTlsConnect<TcpStream>>::Stream;
 
 /// PostgreSQL's `SSLRequest`: length 8, then the request code 80877103.

@@ -337,7 +337,7 @@ pub(crate) fn validate_target(hostname: &str, port: u16, username: &str) -> Resu
     Ok(())
 }
 
-fn validate_hostname(hostname: &str) -> Result<(), TokenError> {
+pub(crate) fn validate_hostname(hostname: &str) -> Result<(), TokenError> {
     let invalid = |reason| TokenError::InvalidHostname {
         hostname: hostname.to_owned(),
         reason,

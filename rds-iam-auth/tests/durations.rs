@@ -104,7 +104,7 @@ proptest! {
     ) {
         runtime().block_on(async {
             let address = hang_up_listener().await;
-            let keepalive = Keepalive { idle, interval, retries: 3 };
+            let keepalive = Keepalive::new(idle, interval, 3);
             let config = base(address).connect_timeout(timeout).keepalive(Some(keepalive));
             exercise(config, warm_up).await;
         });

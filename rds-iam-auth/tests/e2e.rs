@@ -376,7 +376,7 @@ async fn listen_notify_works_through_the_stand_in_with_the_raw_connection() {
         .connector()
         .await
         .expect("connector");
-    let (listener, mut connection) = connector.connect_raw().await.expect("raw connection");
+    let (listener, mut connection) = connector.connect_unspawned().await.expect("raw connection");
     let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {

@@ -9,8 +9,10 @@
 use std::time::Duration;
 
 use super::Config;
+use crate::credentials::is_role_arn;
 use crate::error::ConfigError;
 use crate::tls::CaBundle;
+use crate::token::validate_hostname;
 
 /// One variable [`Config::from_env`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +117,7 @@ pub(crate) fn config_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
 
     let hostname = get("RDS_PROXY_APPLICATION_ENDPOINT");
     if let Some(h) = &hostname {
-        if h.contains("://") || h.contains(':') || h.contains('/') {
+        if validate_hostname(h).is_err() {
             return Err(ConfigError::env(
                 "RDS_PROXY_APPLICATION_ENDPOINT",
                 format!("is {h:?}: expected the bare endpoint name (no scheme, port or path; the port is DB_PORT)"),
@@ -124,7 +126,7 @@ pub(crate) fn config_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
     }
     let role = get("DATABASE_ACCOUNT_IAM_ROLE");
     if let Some(arn) = &role {
-        if !arn.starts_with("arn:aws") || !arn.contains(":role/") {
+        if !is_role_arn(arn) {
             return Err(ConfigError::env(
                 "DATABASE_ACCOUNT_IAM_ROLE",
                 format!("is {arn:?}: expected a role ARN, arn:aws:iam::ACCOUNT:role/NAME"),
@@ -138,7 +140,7 @@ pub(crate) fn config_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
         })
         .transpose()?;
 
-    let mut config = Config::new()
+    let config = Config::new()
         .set_hostname(hostname)
         .set_port(number("DB_PORT", 1..=65535)?.map(|p| p as u16))
         .set_user(get("DB_USERNAME"))
@@ -151,7 +153,6 @@ pub(crate) fn config_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
             number("DB_CONNECT_TIMEOUT_SECONDS", 1..=300)?.map(Duration::from_secs),
         )
         .set_application_name(get("DB_APPLICATION_NAME"));
-    config.from_env = true;
     Ok(config)
 }
 
@@ -206,7 +207,7 @@ mod tests {
         let err = config.connector().await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            "config: environment variable RDS_PROXY_APPLICATION_ENDPOINT is not set (setting `hostname`)"
+            "config: missing setting `hostname`: set it, or environment variable RDS_PROXY_APPLICATION_ENDPOINT for Config::from_env"
         );
     }
 }

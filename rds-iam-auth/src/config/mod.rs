@@ -65,8 +65,6 @@ pub struct Config {
     profile: Option<String>,
     sdk_config: Option<SdkConfig>,
     credentials_provider: Option<SharedCredentialsProvider>,
-    /// Built by `from_env`: a missing setting is reported as its variable.
-    pub(crate) from_env: bool,
 }
 
 impl fmt::Debug for Config {
@@ -300,6 +298,81 @@ impl Config {
         self
     }
 
+    /// The endpoint host name, if set.
+    pub fn get_hostname(&self) -> Option<&str> {
+        self.hostname.as_deref()
+    }
+    /// The port, if set (else 5432).
+    pub fn get_port(&self) -> Option<u16> {
+        self.port
+    }
+    /// The database user, if set.
+    pub fn get_user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+    /// The database name, if set (else the server uses the user name).
+    pub fn get_database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+    /// The signing region, if set (else from the host name or the AWS configuration).
+    pub fn get_region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+    /// The role to assume, if set.
+    pub fn get_assume_role(&self) -> Option<&str> {
+        self.assume_role.as_deref()
+    }
+    /// Whether an external ID is set (the value itself is not handed out: it stays out of
+    /// logs).
+    pub fn has_external_id(&self) -> bool {
+        self.external_id.is_some()
+    }
+    /// The role session name, if set.
+    pub fn get_role_session_name(&self) -> Option<&str> {
+        self.role_session_name.as_deref()
+    }
+    /// The role session length, if set.
+    pub fn get_role_duration(&self) -> Option<Duration> {
+        self.role_duration
+    }
+    /// The address dialed instead of the endpoint, if set.
+    pub fn get_connect_address(&self) -> Option<&str> {
+        self.connect_address.as_deref()
+    }
+    /// The extra trusted CA certificates, if set.
+    pub fn get_ca_bundle(&self) -> Option<&CaBundle> {
+        self.ca_bundle.as_ref()
+    }
+    /// The limit for a whole connect, if set (else [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub fn get_connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout
+    }
+    /// The keepalive setting: `None` when not set (the default applies), `Some(None)` when
+    /// turned off.
+    pub fn get_keepalive(&self) -> Option<Option<Keepalive>> {
+        self.keepalive
+    }
+    /// Whether an after-connect hook is set.
+    pub fn has_after_connect(&self) -> bool {
+        self.after_connect.is_some()
+    }
+    /// The `application_name`, if set.
+    pub fn get_application_name(&self) -> Option<&str> {
+        self.application_name.as_deref()
+    }
+    /// The `options` startup parameter, if set.
+    pub fn get_options(&self) -> Option<&str> {
+        self.options.as_deref()
+    }
+    /// What a session must allow, if set.
+    pub fn get_target_session_attrs(&self) -> Option<TargetSessionAttrs> {
+        self.target_session_attrs
+    }
+    /// The AWS profile for the base credentials, if set.
+    pub fn get_profile(&self) -> Option<&str> {
+        self.profile.as_deref()
+    }
+
     /// The settings from the process environment: see [`env::VARIABLES`] for the
     /// names (those of the connection-test Lambda). Variables that are unset or blank leave
     /// their setting unset; a malformed one is an error that names it. Set or override
@@ -360,8 +433,8 @@ impl Config {
     /// Validates the configuration, loads the AWS configuration when none was given, and
     /// returns a [`Connector`] to open any number of connections with.
     pub async fn connector(self) -> Result<Connector, Error> {
-        let hostname = required(self.hostname.as_deref(), "hostname", self.from_env)?.to_owned();
-        let user = required(self.user.as_deref(), "user", self.from_env)?.to_owned();
+        let hostname = required(self.hostname.as_deref(), "hostname")?.to_owned();
+        let user = required(self.user.as_deref(), "user")?.to_owned();
         let port = self.port.unwrap_or(5432);
         let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         if connect_timeout.is_zero() {
@@ -472,19 +545,15 @@ impl Config {
     }
 }
 
-/// A required setting; when the configuration came from the environment, a missing one is
-/// reported as its variable.
-fn required<'a>(
-    value: Option<&'a str>,
-    name: &'static str,
-    from_env: bool,
-) -> Result<&'a str, ConfigError> {
-    non_empty(value, name).map_err(|e| match (e, from_env) {
-        (ConfigError::Missing(name), true) => match env::variable_for(name) {
-            Some(variable) => ConfigError::env(variable, format!("is not set (setting `{name}`)")),
-            None => ConfigError::Missing(name),
+/// A required setting; a missing one is reported with the variable that would fill it
+/// (whether the configuration came from the builder or the environment is not recorded).
+fn required<'a>(value: Option<&'a str>, name: &'static str) -> Result<&'a str, ConfigError> {
+    non_empty(value, name).map_err(|e| match e {
+        ConfigError::Missing(setting) => match env::variable_for(setting) {
+            Some(variable) => ConfigError::MissingSetting { setting, variable },
+            None => ConfigError::Missing(setting),
         },
-        (e, _) => e,
+        e => e,
     })
 }
 
@@ -561,7 +630,10 @@ mod tests {
     async fn missing_settings_are_config_errors() {
         let err = Config::new().user("u").connector().await.unwrap_err();
         assert_eq!(err.stage(), Stage::Config);
-        assert_eq!(err.to_string(), "config: missing setting `hostname`");
+        assert_eq!(
+            err.to_string(),
+            "config: missing setting `hostname`: set it, or environment variable RDS_PROXY_APPLICATION_ENDPOINT for Config::from_env"
+        );
         let err = Config::new()
             .hostname("db.x.us-east-1.rds.amazonaws.com")
             .user("u")

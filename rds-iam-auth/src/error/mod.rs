@@ -35,6 +35,15 @@ pub enum ConfigError {
     /// A required setting was not given.
     #[error("missing setting `{0}`")]
     Missing(&'static str),
+    /// A required setting was given neither to the builder nor through its environment
+    /// variable (for [`Config::from_env`](crate::Config::from_env)).
+    #[error("missing setting `{setting}`: set it, or environment variable {variable} for Config::from_env")]
+    MissingSetting {
+        /// The setting.
+        setting: &'static str,
+        /// The variable of the environment mapping that fills it.
+        variable: &'static str,
+    },
     /// A setting has a value that cannot work.
     #[error("invalid `{name}`: {reason}")]
     Invalid {
@@ -241,6 +250,40 @@ impl Error {
     /// Wraps a query failure on an open connection (for `?` in user code).
     pub fn from_query(e: tokio_postgres::Error) -> Error {
         classify::query_error(e)
+    }
+}
+
+/// Failures of one kind of work (a connector's connects, a pool's token refreshes): how
+/// many there were, and the last one with when it happened.
+#[derive(Default)]
+pub(crate) struct FailureLog {
+    count: std::sync::atomic::AtomicU64,
+    last: std::sync::Mutex<Option<(std::time::SystemTime, Error)>>,
+}
+
+impl FailureLog {
+    pub(crate) fn record(&self, error: &Error) {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.lock() = Some((std::time::SystemTime::now(), error.clone()));
+    }
+
+    /// Forgets the last failure (the work succeeded since); the count stays.
+    #[cfg(feature = "sqlx")]
+    pub(crate) fn clear_last(&self) {
+        *self.lock() = None;
+    }
+
+    pub(crate) fn last(&self) -> Option<(std::time::SystemTime, Error)> {
+        self.lock().clone()
+    }
+
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(std::time::SystemTime, Error)>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

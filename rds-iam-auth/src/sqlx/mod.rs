@@ -145,10 +145,11 @@ use tokio::sync::Notify;
 
 pub use ::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
+use crate::credentials::backoff;
 use crate::error::classify::{
     error_chain, find_cause, login_failure, login_reason, tcp_error, tls_error,
 };
-use crate::error::{ConfigError, Error, Reason};
+use crate::error::{ConfigError, Error, FailureLog, Reason};
 use crate::stage::Stage;
 use crate::Connector;
 use tokio_postgres::config::TargetSessionAttrs;
@@ -157,7 +158,7 @@ use tokio_postgres::config::TargetSessionAttrs;
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest wait before retrying a failed refresh.
-pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
+pub(crate) const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Options for one connection, with a token signed now: for
 /// `PgConnection::connect_with(&options)`.
@@ -348,7 +349,8 @@ pub struct RefreshHandle {
 
 struct Status {
     refreshes: AtomicU64,
-    failures: AtomicU64,
+    /// Failed refreshes; the last one until a refresh succeeds.
+    failures: FailureLog,
     running: AtomicBool,
     stop: Notify,
     state: Mutex<State>,
@@ -360,8 +362,6 @@ struct State {
     signed_at: Option<SystemTime>,
     /// When the credentials that signed it expire.
     credentials_expiry: Option<SystemTime>,
-    /// The last failure, until a refresh succeeds.
-    error: Option<Error>,
 }
 
 impl Status {
@@ -385,12 +385,12 @@ impl RefreshHandle {
     /// The error of the last refresh while refreshing fails (the pool still has the
     /// previous options); `None` once a refresh succeeds.
     pub fn last_refresh_error(&self) -> Option<Error> {
-        self.status.lock().error.clone()
+        self.status.failures.last().map(|(_, error)| error)
     }
 
     /// How many refreshes failed since the pool was built.
     pub fn failed_refresh_count(&self) -> u64 {
-        self.status.failures.load(Ordering::Relaxed)
+        self.status.failures.count()
     }
 
     /// How many times fresh options were installed, the first ones included.
@@ -684,7 +684,7 @@ impl Refresher {
     fn spawn(settings: Settings, every: Duration, pool: PgPool, first: Signed) -> RefreshHandle {
         let status = Arc::new(Status {
             refreshes: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            failures: FailureLog::default(),
             running: AtomicBool::new(true),
             stop: Notify::new(),
             state: Mutex::default(),
@@ -727,7 +727,7 @@ impl Refresher {
                 }
                 Err(error) => {
                     failures_in_a_row += 1;
-                    let retry_in = backoff(failures_in_a_row).min(self.every);
+                    let retry_in = backoff(failures_in_a_row, MAX_RETRY_BACKOFF).min(self.every);
                     self.failed(error, failures_in_a_row, retry_in);
                     retry_in
                 }
@@ -743,8 +743,8 @@ impl Refresher {
         let mut state = self.status.lock();
         state.signed_at = Some(signed.signed_at);
         state.credentials_expiry = signed.credentials_expiry;
-        state.error = None;
         drop(state);
+        self.status.failures.clear_last();
         self.status.refreshes.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             next_refresh_in = ?wait,
@@ -754,7 +754,7 @@ impl Refresher {
     }
 
     fn failed(&self, error: Error, in_a_row: u32, retry_in: Duration) {
-        self.status.failures.fetch_add(1, Ordering::Relaxed);
+        self.status.failures.record(&error);
         let signed_at = self.status.lock().signed_at;
         let token_age = signed_at.and_then(|t| t.elapsed().ok());
         tracing::warn!(
@@ -766,15 +766,7 @@ impl Refresher {
             retry_in = ?retry_in,
             "sqlx pool: refreshing the IAM token failed; new connections use the previous token until a refresh succeeds"
         );
-        self.status.lock().error = Some(error);
     }
-}
-
-/// 1 s doubling up to [`MAX_RETRY_BACKOFF`].
-fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(1)
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(MAX_RETRY_BACKOFF)
 }
 
 #[cfg(test)]
@@ -795,10 +787,11 @@ mod tests {
     }
 
     #[test]
-    fn retry_backoff_doubles_to_its_cap() {
-        let waits: Vec<u64> = (1..=7).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
-        assert_eq!(backoff(u32::MAX), MAX_RETRY_BACKOFF);
+    fn retry_backoff_doubles_to_its_cap_with_at_most_a_fifth_of_jitter() {
+        for (n, full) in [(1, 1.0), (2, 2.0), (5, 16.0), (6, 30.0), (u32::MAX, 30.0)] {
+            let wait = backoff(n, MAX_RETRY_BACKOFF).as_secs_f64();
+            assert!(wait <= full && wait >= full * 0.8, "{n}: {wait}");
+        }
     }
 
     #[test]

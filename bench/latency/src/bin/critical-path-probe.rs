@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 
 use aws_config::BehaviorVersion;
 use aws_credential_types::Credentials;
-use rds_iam_auth::{tls, token, CaBundle};
+use rds_iam_auth::{token, CaBundle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -83,7 +83,7 @@ async fn main() -> Result<(), BoxError> {
     let dial = var("DB_CONNECT_HOST")?;
     let (dial_host, dial_port) = dial.rsplit_once(':').ok_or("DB_CONNECT_HOST: host:port")?;
     let bundle = CaBundle::from_pem_file(var("DB_CA_BUNDLE")?)?;
-    let config = tls::client_config(Some(&bundle))?;
+    let config = client_config(&bundle)?;
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config.clone()));
     let make_tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
     let server_name = rustls::pki_types::ServerName::try_from(endpoint.clone())?;
@@ -137,4 +137,20 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     Ok(())
+}
+
+/// The client configuration the library builds: the bundle as the only extra trust anchor
+/// (the stand-in's CA), aws-lc-rs, TLS 1.2 and 1.3. The library keeps its own private.
+fn client_config(
+    bundle: &CaBundle,
+) -> Result<rustls::ClientConfig, Box<dyn std::error::Error + Send + Sync>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in bundle.certificates() {
+        roots.add(cert.clone())?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
