@@ -59,7 +59,21 @@
 //! `login: app_reader@app-ro...: FATAL 28P01: The IAM authentication failed for the role
 //! app_reader. ... | hint: check rds-db:connect on arn:aws:rds-db:...`.
 //!
-//! Tokens, secret keys and session tokens never appear in `Debug`, `Display` or logs.
+//! Errors carry a [`Reason`] to decide on (`err.reason() == Reason::IamRefused`), and are
+//! `Clone`.
+//!
+//! Tokens, secret keys, session tokens and external IDs never appear in `Debug`, `Display`
+//! or logs.
+//!
+//! # Features
+//!
+//! - `sso` (default): base credentials from IAM Identity Center profiles and
+//!   `credential_process`;
+//! - `deadpool-postgres`: the `pool` module, deadpool-postgres pools whose every
+//!   connection gets a fresh token;
+//! - `sqlx`: the `sqlx` module, a sqlx `PgPool` whose options get a fresh token on a
+//!   schedule (Rust 1.94);
+//! - `test-util`: a replaceable clock for the credential cache, for tests.
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unreachable_pub)]
