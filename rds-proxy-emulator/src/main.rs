@@ -317,6 +317,14 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Signals are caught from here on. One that arrives while the stack starts, or
+        // right after `stack.env` appears, then stops the stack as soon as it is up
+        // (PostgreSQL stopped, state files removed) instead of killing `serve` with its
+        // servers left running.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
         write_atomically(&pid_file, &format!("{}\n", std::process::id()))?;
         let stack = LocalStack::start_with(
             config,
@@ -358,18 +366,17 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
             shell_quote(stack.db_name())
         );
         write_atomically(&state_dir.join("backend.env"), &backend)?;
-        // Written last: its presence means "ready".
-        write_atomically(&state_dir.join("stack.env"), &stack.env_file())?;
-        tracing::info!("ready: source {}", state_dir.join("stack.env").display());
-
         let socket_path = state_dir.join(CONTROL_SOCKET);
         let _ = std::fs::remove_file(&socket_path);
         let control_listener = tokio::net::UnixListener::bind(&socket_path)
             .map_err(|e| Failure(format!("binding {}: {e}", socket_path.display())))?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        // Written last: its presence means "ready" (the control socket answers, signals
+        // shut down cleanly).
+        write_atomically(&state_dir.join("stack.env"), &stack.env_file())?;
+        tracing::info!("ready: source {}", state_dir.join("stack.env").display());
+
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
             _ = hup.recv() => {}
             _ = serve_control(control_listener, &stack, &state_dir) => {}

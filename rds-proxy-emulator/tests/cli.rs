@@ -274,22 +274,54 @@ async fn serve_and_clean_shutdown() -> TestResult {
     Ok(())
 }
 
+fn spawn_serve(state_dir: &Path) -> std::io::Result<std::process::Child> {
+    Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("local-stack.toml"))
+        .arg("--state-dir")
+        .arg(state_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
+/// What a `serve` that did not shut down left running: its PostgreSQL servers (from
+/// `postgres.pid`), stopped here, and their directory (`postgres.dir`), removed. Returns
+/// the pids that were still running.
+fn stop_leftovers(state_dir: &Path) -> Vec<u32> {
+    let pids: Vec<u32> = std::fs::read_to_string(state_dir.join("postgres.pid"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    for pid in pids.iter().rev() {
+        // SAFETY: kill has no memory-safety preconditions; these are the servers the
+        // test's own `serve` started.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGINT) };
+    }
+    let started = Instant::now();
+    while pids
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Ok(dir) = std::fs::read_to_string(state_dir.join("postgres.dir")) {
+        let _ = std::fs::remove_dir_all(dir.trim());
+    }
+    pids
+}
+
 /// `stack.env` (the application principal's secret key) and `backend.env` (the database
 /// password) are readable by their owner only, from the moment they exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_files_holding_secrets_are_owner_only() -> TestResult {
     use std::os::unix::fs::PermissionsExt;
     let state = tempfile::tempdir()?;
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("local-stack.toml");
-    let mut serve = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(state.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut serve = spawn_serve(state.path())?;
     let env_path = state.path().join("stack.env");
     let started = Instant::now();
     while !env_path.exists() {
@@ -310,8 +342,58 @@ async fn state_files_holding_secrets_are_owner_only() -> TestResult {
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) };
     let status = tokio::task::spawn_blocking(move || serve.wait()).await??;
+    let left_running = stop_leftovers(state.path());
     assert!(status.success(), "{status}");
+    assert!(left_running.is_empty(), "{left_running:?}");
     assert_eq!(modes, [("stack.env", 0o600), ("backend.env", 0o600)]);
+    Ok(())
+}
+
+/// `stack.env` appearing means "ready": a SIGTERM sent at that very moment (as a script
+/// waiting for the file would) stops `serve` cleanly, PostgreSQL and the state files with
+/// it, instead of killing it with its servers left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_the_moment_stack_env_appears_shuts_down_cleanly() -> TestResult {
+    for attempt in 1..=4 {
+        let state = tempfile::tempdir()?;
+        let mut serve = spawn_serve(state.path())?;
+        let env_path = state.path().join("stack.env");
+        // Watched in a tight loop, so the signal follows the file as closely as it can.
+        let serve = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            while !env_path.exists() {
+                assert!(
+                    serve.try_wait().expect("try_wait").is_none(),
+                    "serve exited early"
+                );
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "serve not ready"
+                );
+            }
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGTERM) };
+            serve
+        })
+        .await?;
+        let status = tokio::task::spawn_blocking(move || {
+            let mut serve = serve;
+            serve.wait()
+        })
+        .await??;
+        let left_running = stop_leftovers(state.path());
+        let left_files: Vec<String> = std::fs::read_dir(state.path())?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f != "ca.pem")
+            .collect();
+        assert!(status.success(), "attempt {attempt}: {status}");
+        assert!(
+            left_running.is_empty(),
+            "attempt {attempt}: {left_running:?}"
+        );
+        assert!(left_files.is_empty(), "attempt {attempt}: {left_files:?}");
+    }
     Ok(())
 }
 
