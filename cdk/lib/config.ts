@@ -148,11 +148,6 @@ const SUBNETS_SHAPE =
 const SUBNET_RE = /^subnet-([0-9a-f]{8}|[0-9a-f]{17})$/;
 const SG_SHAPE = 'a security group id such as "sg-0123456789abcdef0" (ApplicationStack output LambdaSecurityGroupId)';
 const SG_RE = /^sg-([0-9a-f]{8}|[0-9a-f]{17})$/;
-/**
- * Offline default of application_lambda_security_group_id, like the VPC and subnet
- * placeholders of cdk.json: make deploy always passes the real one, read after phase 1.
- */
-export const PLACEHOLDER_LAMBDA_SECURITY_GROUP_ID = 'sg-0123456789abcdef0';
 const HOST_SHAPE = 'a DNS host name such as "connectiontest-read-only.endpoint.proxy-abc.us-east-1.rds.amazonaws.com", or "" before DatabaseStack is deployed';
 const HOST_RE = /^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 const ROLE_SHAPE = 'an IAM role name: 1 to 64 characters from A-Z a-z 0-9 + = , . @ _ -';
@@ -343,9 +338,7 @@ export function loadConfig(node: Node, env: Record<string, string | undefined> =
     databaseVpcCidr: cidr(node, 'database_vpc_cidr'),
     applicationVpcId: matching(node, 'application_vpc_id', VPC_SHAPE, VPC_RE),
     applicationVpcSubnets: subnets,
-    applicationLambdaSecurityGroupId: matching(node, 'application_lambda_security_group_id', SG_SHAPE, SG_RE, {
-      fallback: PLACEHOLDER_LAMBDA_SECURITY_GROUP_ID,
-    }),
+    applicationLambdaSecurityGroupId: matching(node, 'application_lambda_security_group_id', SG_SHAPE, SG_RE),
     applicationRdsProxyEndpoint: matching(node, 'application_rds_proxy_endpoint', HOST_SHAPE, HOST_RE, { optional: true }),
     lambdaRoleName: matching(node, 'connectiontest_lambda_role_name', ROLE_SHAPE, ROLE_RE),
     databaseConnectRoleName: matching(node, 'database_account_rdsdb_connect_role_name', ROLE_SHAPE, ROLE_RE),

@@ -193,9 +193,7 @@ describe('context validation', () => {
     const ctx = JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'cdk.json'), 'utf8')).context;
     for (const key of CONTEXT_KEYS) {
       expect(readme).toContain(`\`${key}\``);
-      // application_lambda_security_group_id: make deploy always passes it; its offline
-      // default is in config.ts (cdk.json is not part of this change).
-      if (!['db_ca_bundle', 'db_connect_host', 'application_lambda_security_group_id'].includes(key)) expect(Object.keys(ctx)).toContain(key);
+      if (!['db_ca_bundle', 'db_connect_host'].includes(key)) expect(Object.keys(ctx)).toContain(key);
     }
   });
 

@@ -425,14 +425,11 @@ fn status(state_dir: &Path) -> ExitCode {
             .map(|(_, v)| v.as_str())
             .unwrap_or("?")
     };
-    let (addr, port) = get("DB_CONNECT_HOST")
-        .rsplit_once(':')
-        .unwrap_or(("?", "?"));
     let env_path = state_dir.join("stack.env");
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "local stack running (pid {pid})\n  STS                {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n  binary             {}\n\nUse it:\n  source {}\n  PGPASSWORD=\"$(cargo run -q -p rds-iam-auth -- generate-db-auth-token --hostname $RDS_PROXY_APPLICATION_ENDPOINT --port $DB_PORT --username $DB_USERNAME --role-arn $DATABASE_ACCOUNT_IAM_ROLE --external-id $EXTERNAL_ID)\" psql \"host=$RDS_PROXY_APPLICATION_ENDPOINT hostaddr={addr} port={port} sslmode=verify-full sslrootcert=$DB_CA_BUNDLE user=$DB_USERNAME dbname=$DBNAME\" -c 'SELECT * FROM customers'\nStop it: make local-down",
+        "local stack running (pid {pid})\n  STS                {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n  binary             {}\n\nUse it (the CLI reads these variables; psql gets the token in a password file it reads once):\n  source {}\n  cargo run -q -p rds-iam-auth-cli -- check\n  cargo run -q -p rds-iam-auth-cli -- psql -- -c 'SELECT * FROM customers'\nStop it: make local-down",
         get("AWS_ENDPOINT_URL_STS"),
         get("RDS_PROXY_APPLICATION_ENDPOINT"),
         get("DB_PORT"),
