@@ -316,10 +316,10 @@ impl Connector {
     /// the credentials stage is recorded together with assume-role, when the cache answers:
     /// an unfinished fetch is reported as assume-role.
     fn signing_stages(&self) -> &'static [Stage] {
-        if self.inner.credentials.assumed_role().is_some() {
-            &[Stage::AssumeRole, Stage::Token]
-        } else {
-            &[Stage::Credentials, Stage::Token]
+        let role = self.inner.credentials.assumed_role().map(|r| r.role_arn());
+        match fetch_stage(role) {
+            Stage::AssumeRole => &[Stage::AssumeRole, Stage::Token],
+            _ => &[Stage::Credentials, Stage::Token],
         }
     }
 

@@ -433,22 +433,19 @@ impl CredentialCache {
                 let mut state = shared.lock();
                 let now = (shared.clock)();
                 let usable = state.current.as_ref().filter(|c| c.usable(now));
-                if let Some(cached) = usable.filter(|c| !c.suspect) {
-                    let obtained = Obtained {
-                        credentials: cached.credentials.clone(),
-                        fetch: None,
-                        refresh_failing: state.failure.as_ref().map(|f| f.describe(now)),
-                    };
-                    if now >= cached.soft {
-                        shared.start_refresh(&mut state, false);
+                if let Some(soft) = usable.filter(|c| !c.suspect).map(|c| c.soft) {
+                    if let Some(obtained) = state.cached(now) {
+                        if now >= soft {
+                            shared.start_refresh(&mut state, false);
+                        }
+                        return Ok(obtained);
                     }
-                    return Ok(obtained);
                 }
                 if let Some(failure) = &state.failure {
                     if !state.refreshing && Instant::now() < failure.retry_at {
                         // Backing off: STS gets nothing; callers get the suspect
                         // credentials while they last, or else the last failure.
-                        return state.fallback(now).ok_or_else(|| failure.for_caller());
+                        return state.cached(now).ok_or_else(|| failure.for_caller());
                     }
                 }
                 shared.start_refresh(&mut state, true);
@@ -467,7 +464,7 @@ impl CredentialCache {
                 .filter(|f| f.generation == state.generation)
             {
                 let now = (shared.clock)();
-                return state.fallback(now).ok_or_else(|| failure.for_caller());
+                return state.cached(now).ok_or_else(|| failure.for_caller());
             }
             if let Some(cached) = &state.current {
                 return Ok(Obtained {
@@ -485,9 +482,9 @@ impl CredentialCache {
 }
 
 impl State {
-    /// Suspect cached credentials that are still usable, served while refreshing them
-    /// fails, with the failure noted.
-    fn fallback(&self, now: SystemTime) -> Option<Obtained> {
+    /// The cached credentials as served while they are usable, with a failing refresh
+    /// noted: the normal case, and the fallback for suspect ones while refreshing fails.
+    fn cached(&self, now: SystemTime) -> Option<Obtained> {
         let cached = self.current.as_ref().filter(|c| c.usable(now))?;
         Some(Obtained {
             credentials: cached.credentials.clone(),

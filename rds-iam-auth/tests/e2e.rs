@@ -12,7 +12,7 @@ const UNTRUSTED: &str = "arn:aws:iam::111111111111:role/some-other-lambda-role";
 const NO_CONNECT_ROLE: &str = "arn:aws:iam::222222222222:role/proxy-no-connect-role";
 
 mod common;
-use common::{config, config_without_ca, ro, sdk_config, stack};
+use common::{config, config_without_ca, connector_for, ro, sdk_config, stack};
 
 async fn failure(config: Config) -> Error {
     let report = config.connector().await.expect("connector").check().await;
@@ -61,11 +61,7 @@ async fn connect_assumes_role_signs_and_reads_seeded_rows() {
 #[tokio::test]
 async fn check_reports_every_stage_in_order() {
     let stack = stack().await;
-    let connector = config(&stack, ro(&stack))
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = connector_for(&stack, ro(&stack)).await;
     let report = connector.check().await;
     assert!(report.is_success(), "{report}");
     let seen: Vec<(Stage, Outcome)> = report.stages.iter().map(|s| (s.stage, s.outcome)).collect();
@@ -100,11 +96,7 @@ async fn check_reports_every_stage_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_connections_share_one_assume_role_and_get_fresh_tokens() {
     let stack = stack().await;
-    let connector = config(&stack, ro(&stack))
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = connector_for(&stack, ro(&stack)).await;
     let tasks: Vec<_> = (0..12)
         .map(|i| {
             let c = connector.clone();
@@ -323,11 +315,8 @@ async fn connector_signing_with(stack: &LocalStack, provider: Sequence) -> rds_i
 async fn a_login_refused_for_revoked_credentials_is_retried_once_with_fresh_ones() {
     let stack = stack().await;
     // Valid role credentials from the STS stand-in.
-    let good = config(&stack, ro(&stack))
+    let good = connector_for(&stack, ro(&stack))
         .await
-        .connector()
-        .await
-        .expect("connector")
         .credentials()
         .credentials()
         .await
@@ -371,11 +360,7 @@ async fn a_login_refused_for_revoked_credentials_is_retried_once_with_fresh_ones
 async fn listen_notify_works_through_the_stand_in_with_the_raw_connection() {
     let stack = stack().await;
     let rw = stack.endpoint("READ_WRITE").expect("READ_WRITE endpoint");
-    let connector = config(&stack, rw)
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = connector_for(&stack, rw).await;
     let (listener, mut connection) = connector.connect_unspawned().await.expect("raw connection");
     let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -521,11 +506,7 @@ async fn a_set_in_the_after_connect_hook_pins_the_session_and_plain_queries_do_n
 #[tokio::test]
 async fn a_warm_check_recovers_from_a_revoked_role_session_with_fresh_credentials() {
     let stack = stack().await;
-    let connector = config(&stack, ro(&stack))
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = connector_for(&stack, ro(&stack)).await;
     let first = connector.check().await;
     assert!(first.is_success(), "{first}");
     let cached = connector
@@ -558,11 +539,7 @@ async fn a_warm_check_recovers_from_a_revoked_role_session_with_fresh_credential
 #[tokio::test]
 async fn one_iam_refusal_while_sts_refuses_does_not_stop_connects() {
     let stack = stack().await;
-    let connector = config(&stack, ro(&stack))
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = connector_for(&stack, ro(&stack)).await;
     connector.connect().await.expect("first connect");
     // The proxy refuses one login (an IAM hiccup) while STS is down: the credentials it
     // refused are still valid for an hour, so they must keep serving.

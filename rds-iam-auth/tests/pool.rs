@@ -8,7 +8,7 @@ use rds_iam_auth::Stage;
 use rds_proxy_emulator::{LocalStack, StackConfig};
 
 mod common;
-use common::{config, ro, stack};
+use common::{config, connector_for, ro, stack};
 
 fn verified() -> ManagerConfig {
     ManagerConfig {
@@ -21,11 +21,7 @@ async fn pool_bounds_connections_and_survives_the_proxy_idle_timeout() {
     let mut cfg = StackConfig::demo();
     cfg.proxy.idle_client_timeout_seconds = 1;
     let stack = LocalStack::start(cfg).await.expect("stack");
-    let connector = config(&stack, ro(&stack))
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = connector_for(&stack, ro(&stack)).await;
     let pool = pool::builder(&connector, verified())
         .max_size(3)
         .build()
@@ -175,11 +171,7 @@ async fn a_half_open_pooled_connection_is_replaced_within_the_recycle_timeout() 
 #[tokio::test]
 async fn pooled_connections_are_replaced_after_their_maximum_lifetime() {
     let stack = stack().await;
-    let connector = config(&stack, ro(&stack))
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = connector_for(&stack, ro(&stack)).await;
     let fast = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -266,11 +258,7 @@ async fn the_after_connect_hook_runs_once_per_physical_connection_and_its_settin
 async fn the_pool_recovers_from_a_failover_without_user_code() {
     let stack = stack().await;
     let rw = stack.endpoint("READ_WRITE").expect("READ_WRITE endpoint");
-    let connector = config(&stack, rw)
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = connector_for(&stack, rw).await;
     let pool = pool::builder(&connector, verified())
         .max_size(4)
         .build()
@@ -331,11 +319,7 @@ async fn pool_outlives_tokens_and_credentials(recycling_method: RecyclingMethod)
         c.proxy.token_lifetime_seconds = 6;
     })
     .await;
-    let connector = config(&stack, ro(&stack))
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = connector_for(&stack, ro(&stack)).await;
     let pool = Pool::builder(pool::manager(
         &connector,
         ManagerConfig { recycling_method },

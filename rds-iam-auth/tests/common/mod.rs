@@ -57,3 +57,12 @@ pub async fn config_without_ca(stack: &LocalStack, endpoint: &Endpoint) -> Confi
         .connect_timeout(Duration::from_secs(20))
         .sdk_config(sdk_config(stack, None).await)
 }
+
+/// A connector for `endpoint` with [`config`]'s settings.
+pub async fn connector_for(stack: &LocalStack, endpoint: &Endpoint) -> rds_iam_auth::Connector {
+    config(stack, endpoint)
+        .await
+        .connector()
+        .await
+        .expect("connector")
+}
