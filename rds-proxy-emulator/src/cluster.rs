@@ -1,5 +1,5 @@
 //! The database cluster behind the proxy: a writer and hot-standby readers (streaming
-//! replication), the proxy's [`Topology`], and failover.
+//! replication), the [`Topology`] the proxy follows, and failover.
 //!
 //! Like an Aurora cluster behind RDS Proxy: `READ_WRITE` endpoints reach the writer,
 //! `READ_ONLY` endpoints a reader. A failover stops the writer and promotes a reader;
@@ -17,8 +17,27 @@ use tokio::sync::watch;
 
 use crate::control::Control;
 use crate::pg::PgServer;
-use crate::proxy::{ProxyShared, Topology};
 use crate::Error;
+
+/// Where the proxy sends sessions: the database cluster as the proxy sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// The writer (for `READ_WRITE` endpoints); `None` while a failover is under way.
+    pub writer: Option<SocketAddr>,
+    /// The readers (for `READ_ONLY` endpoints, round robin); empty while none is ready.
+    pub readers: Vec<SocketAddr>,
+}
+
+impl Topology {
+    /// Every server address, writer first.
+    pub fn all(&self) -> Vec<SocketAddr> {
+        self.writer
+            .iter()
+            .chain(self.readers.iter())
+            .copied()
+            .collect()
+    }
+}
 
 /// What a server does in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,10 +195,12 @@ impl Cluster {
     }
 
     /// Stops the writer and promotes the first reader (see the module docs). A new reader
-    /// is then built in the background on `runtime`.
+    /// is then built in the background on `runtime`. `sessions_on` counts the proxy's client
+    /// sessions on the given servers (the proxy is passed as a function because it depends
+    /// on this module for its [`Topology`]).
     pub(crate) async fn failover(
         self: Arc<Self>,
-        proxy: Arc<ProxyShared>,
+        sessions_on: impl Fn(&[SocketAddr]) -> usize + Send,
         control: Arc<Control>,
         runtime: tokio::runtime::Handle,
     ) -> Result<FailoverReport, Error> {
@@ -222,7 +243,7 @@ impl Cluster {
             }
         }
         self.publish();
-        let sessions_closed = proxy.sessions_on(&[old.addr(), promoted.addr()]);
+        let sessions_closed = sessions_on(&[old.addr(), promoted.addr()]);
         control
             .sessions_closed_by_failover
             .fetch_add(sessions_closed as u64, Ordering::SeqCst);

@@ -383,8 +383,9 @@ impl LocalStack {
     /// arriving meanwhile wait), and a new reader is built from it in the background
     /// ([`LocalStack::wait_for_readers`]).
     pub async fn failover(&self) -> Result<FailoverReport, Error> {
+        let proxy = Arc::clone(&self.proxy);
         let fut = Arc::clone(&self.cluster).failover(
-            Arc::clone(&self.proxy),
+            move |servers: &[SocketAddr]| proxy.sessions_on(servers),
             Arc::clone(&self.control),
             self.runtime.clone(),
         );

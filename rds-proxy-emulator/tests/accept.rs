@@ -9,9 +9,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rds_proxy_emulator::cluster::Topology;
 use rds_proxy_emulator::control::Control;
 use rds_proxy_emulator::iam::Iam;
-use rds_proxy_emulator::proxy::{serve_endpoint, EndpointSpec, ProxyShared, Topology};
+use rds_proxy_emulator::proxy::{serve_endpoint, EndpointSpec, ProxyShared};
 use rds_proxy_emulator::sts::{Sts, StsServer};
 use rds_proxy_emulator::tls::ProxyTls;
 use rds_proxy_emulator::{StackConfig, TargetRole};

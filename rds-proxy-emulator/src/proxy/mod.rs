@@ -1,0 +1,453 @@
+//! The RDS Proxy stand-in: the PostgreSQL wire protocol with TLS required and IAM
+//! authentication, in front of a real PostgreSQL.
+//!
+//! One connection goes through these steps (the messages are RDS Proxy's, as listed in
+//! AWS's "Troubleshooting for RDS Proxy"; they and their SQLSTATEs are in `messages`,
+//! e.g. [`MSG_TLS_REQUIRED`], [`msg_iam_failed`], [`SQLSTATE_IAM`]):
+//!
+//! 1. Plaintext: `SSLRequest` gets `S` and the TLS handshake (certificate for the endpoint
+//!    host names); `GSSENCRequest` gets `N`; a `CancelRequest` is forwarded to PostgreSQL;
+//!    any startup packet in the clear gets FATAL `This RDS Proxy requires TLS connections.`
+//!    Startup packets are read by `wire` ([`parse_startup_packet`]), which also frames
+//!    the messages the proxy sends ([`fatal_message`]).
+//! 2. Inside TLS, the startup packet is checked: protocol 3.0 only, no replication, only
+//!    the startup parameters RDS Proxy accepts ([`ACCEPTED_PARAMETERS`]), a user name;
+//!    then the client limit.
+//! 3. `AuthenticationCleartextPassword`; the password is the IAM token. One function,
+//!    `authorize`, holds every rule for accepting it: the proxy has a secret for the user;
+//!    the token verifies ([`crate::token::verify_token`], against the credentials STS
+//!    issued and has not revoked); it is younger than `token_lifetime_seconds`; and the
+//!    role may `rds-db:connect` on `arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-ID/USER`.
+//!    Every refusal is logged (`tracing`, target `rds_proxy_emulator::proxy`) with its
+//!    precise reason; the client sees only the RDS Proxy text.
+//! 4. A backend session is opened as the db user with the proxy's secret (SCRAM-SHA-256),
+//!    on the writer for `READ_WRITE` endpoints and on a reader (a hot standby, round robin)
+//!    for `READ_ONLY` ones, following the [`Topology`] (which a failover changes). While
+//!    no suitable server is available the login waits, up to
+//!    `backend_connect_timeout_seconds`. Picking the server and the login are `backend`'s.
+//! 5. The traffic is relayed both ways (`relay`) until either side closes or the client is
+//!    idle too long. A client that ends its side first is half-closed: PostgreSQL sees the
+//!    end of its input, and what it still sends (results, a final FATAL) is relayed for up
+//!    to [`DRAIN_AFTER_CLIENT_END`]. The client's side is always ended with a TLS
+//!    close_notify. Client-to-database bytes are watched for pinning conditions
+//!    ([`crate::pinning`]) until the first one, logged as [`pinning_log_line`] writes it;
+//!    nothing else is parsed.
+//!
+//! This module runs the steps in order and holds what the endpoints share
+//! ([`ProxyShared`]); each step's work is in its own private module named above, and
+//! `endpoint` holds [`EndpointSpec`].
+
+mod authorize;
+mod backend;
+mod endpoint;
+mod messages;
+mod relay;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+pub use crate::cluster::Topology;
+pub use endpoint::EndpointSpec;
+pub use messages::{
+    msg_iam_failed, msg_no_credentials, msg_option, msg_too_many, ACCEPTED_PARAMETERS,
+    MSG_BACKEND_DOWN, MSG_BORROW_TIMEOUT, MSG_NO_USER, MSG_PROTOCOL, MSG_REPLICATION,
+    MSG_TLS_REQUIRED, SQLSTATE_AUTH_SPEC, SQLSTATE_BACKEND_DOWN, SQLSTATE_FEATURE, SQLSTATE_IAM,
+    SQLSTATE_TOO_MANY,
+};
+pub use relay::{pinning_log_line, DRAIN_AFTER_CLIENT_END};
+pub use wire::{fatal_message, parse_startup_packet, Startup};
+
+use crate::accept::{accept_with_backoff, Backoff};
+use crate::config::StackConfig;
+use crate::control::Control;
+use crate::iam::Iam;
+use authorize::authorize;
+use backend::{backend_login, pick_server, BackendLogin};
+use relay::{relay, SessionInfo};
+use wire::{ask_password, read_startup, ConnError};
+
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// State shared by all endpoints of one proxy.
+pub struct ProxyShared {
+    iam: Arc<Iam>,
+    config: Arc<StackConfig>,
+    topology: watch::Receiver<Topology>,
+    next_reader: AtomicUsize,
+    sessions: std::sync::Mutex<std::collections::HashMap<u64, SocketAddr>>,
+    next_session: AtomicU64,
+    tls: TlsAcceptor,
+    clients: AtomicUsize,
+    shutdown: watch::Sender<bool>,
+    control: Arc<Control>,
+}
+
+impl std::fmt::Debug for ProxyShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyShared")
+            .field("topology", &*self.topology.borrow())
+            .field("clients", &self.clients)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyShared {
+    /// Shared state for a proxy relaying to the servers of `topology`, obeying `control`'s
+    /// faults and counting there.
+    pub fn new(
+        iam: Arc<Iam>,
+        topology: watch::Receiver<Topology>,
+        tls: Arc<rustls::ServerConfig>,
+        control: Arc<Control>,
+    ) -> Arc<ProxyShared> {
+        let config = Arc::new(iam.config().clone());
+        Arc::new(ProxyShared {
+            iam,
+            config,
+            topology,
+            next_reader: AtomicUsize::new(0),
+            sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
+            next_session: AtomicU64::new(1),
+            tls: TlsAcceptor::from(tls),
+            clients: AtomicUsize::new(0),
+            shutdown: watch::channel(false).0,
+            control,
+        })
+    }
+
+    /// Number of client connections open now.
+    pub fn client_connections(&self) -> usize {
+        self.clients.load(Ordering::SeqCst)
+    }
+
+    /// Number of client sessions relayed to any of `servers` now.
+    pub fn sessions_on(&self, servers: &[SocketAddr]) -> usize {
+        self.sessions
+            .lock()
+            .map(|s| s.values().filter(|a| servers.contains(a)).count())
+            .unwrap_or(0)
+    }
+
+    /// Closes every client connection and stops the listeners.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+}
+
+/// Binds an endpoint's listener and serves it in the background.
+pub async fn serve_endpoint(
+    shared: Arc<ProxyShared>,
+    spec: EndpointSpec,
+    listen: SocketAddr,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), crate::Error> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        crate::Error::io(
+            format!("binding proxy endpoint {} on {listen}", spec.name),
+            e,
+        )
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| crate::Error::io("proxy listener address", e))?;
+    let spec = Arc::new(spec);
+    let mut stop = shared.shutdown.subscribe();
+    let task = tokio::spawn(async move {
+        let what = format!("proxy endpoint {}", spec.name);
+        let mut backoff = Backoff::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                a = accept_with_backoff(&what, &mut backoff, || listener.accept()) => a,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = Arc::clone(&shared);
+            let spec = Arc::clone(&spec);
+            let span = tracing::info_span!("proxy", %peer);
+            tokio::spawn(handle_client(shared, spec, stream).instrument(span));
+        }
+    });
+    Ok((addr, task))
+}
+
+struct ClientSlot<'a>(&'a AtomicUsize);
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Sends a FATAL refusal and counts it.
+async fn refuse<S: AsyncWrite + Unpin>(
+    shared: &ProxyShared,
+    s: &mut S,
+    sqlstate: &str,
+    message: &str,
+) {
+    Control::bump(&shared.control.logins_refused);
+    send_fatal(s, sqlstate, message).await;
+}
+
+async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, sqlstate: &str, message: &str) {
+    let _ = s.write_all(&fatal_message(sqlstate, message)).await;
+    let _ = s.flush().await;
+    let _ = s.shutdown().await;
+}
+
+/// Forwards a CancelRequest to every server (only the one holding the key acts on it).
+async fn forward_cancel(shared: &ProxyShared, packet: &[u8]) {
+    let servers = shared.topology.borrow().all();
+    for backend in servers {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(backend)).await
+        {
+            let _ = s.write_all(packet).await;
+            let _ = s.shutdown().await;
+        }
+    }
+}
+
+async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tcp: TcpStream) {
+    let count = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
+    let _slot = ClientSlot(&shared.clients);
+    let mut stop = shared.shutdown.subscribe();
+    if shared.control.proxy_stall() {
+        tracing::warn!(endpoint = %spec.name, "proxy fault: stalling a new connection");
+        let drain = async {
+            let mut sink = [0u8; 1024];
+            while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        tokio::select! {
+            _ = drain => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        return;
+    }
+    let handshake = async {
+        loop {
+            match read_startup(&mut tcp).await? {
+                Startup::Ssl => {
+                    tcp.write_all(b"S").await?;
+                    break;
+                }
+                Startup::GssEnc => tcp.write_all(b"N").await?,
+                Startup::Cancel(packet) => {
+                    forward_cancel(&shared, &packet).await;
+                    return Ok(None);
+                }
+                Startup::V3(_) | Startup::Other(_) => {
+                    tracing::warn!(endpoint = %spec.name, "refused: startup packet without TLS");
+                    refuse(&shared, &mut tcp, SQLSTATE_AUTH_SPEC, MSG_TLS_REQUIRED).await;
+                    return Ok(None);
+                }
+            }
+        }
+        let mut tls = shared.tls.accept(tcp).await?;
+        let params = match read_startup(&mut tls).await? {
+            Startup::V3(params) => params,
+            Startup::Cancel(packet) => {
+                forward_cancel(&shared, &packet).await;
+                return Ok(None);
+            }
+            Startup::Other(version) => {
+                tracing::warn!(endpoint = %spec.name, "refused: protocol {}.{}", version >> 16, version & 0xffff);
+                refuse(&shared, &mut tls, SQLSTATE_FEATURE, MSG_PROTOCOL).await;
+                return Ok(None);
+            }
+            Startup::Ssl | Startup::GssEnc => {
+                return Err(ConnError::Protocol("encryption request inside TLS".into()));
+            }
+        };
+        match login(&shared, &spec, &mut tls, params, count).await? {
+            Some(session) => Ok(Some((tls, session))),
+            None => Ok(None),
+        }
+    };
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(LOGIN_TIMEOUT, handshake) => r,
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let (tls, (backend, db_user, server)) = match outcome {
+        Ok(Ok(Some(ok))) => ok,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %spec.name, "connection closed during login: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(endpoint = %spec.name, "login timed out");
+            return;
+        }
+    };
+    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let _registered = SessionEntry::register(&shared, session, server);
+    tracing::info!(endpoint = %spec.name, user = %db_user, session, %server, "session started");
+    let idle = Duration::from_secs(shared.config.proxy.idle_client_timeout_seconds.max(1));
+    relay(
+        tls,
+        backend,
+        idle,
+        stop,
+        SessionInfo {
+            control: &shared.control,
+            endpoint: &spec.name,
+            session,
+        },
+    )
+    .await;
+    tracing::info!(endpoint = %spec.name, user = %db_user, session, "session ended");
+}
+
+/// A session's entry in the registry (removed on drop).
+struct SessionEntry<'a> {
+    shared: &'a ProxyShared,
+    id: u64,
+}
+
+impl<'a> SessionEntry<'a> {
+    fn register(shared: &'a ProxyShared, id: u64, server: SocketAddr) -> SessionEntry<'a> {
+        if let Ok(mut s) = shared.sessions.lock() {
+            s.insert(id, server);
+        }
+        SessionEntry { shared, id }
+    }
+}
+
+impl Drop for SessionEntry<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.sessions.lock() {
+            s.remove(&self.id);
+        }
+    }
+}
+
+/// Validates the startup packet, authenticates the token, opens the backend session.
+async fn login<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &ProxyShared,
+    spec: &EndpointSpec,
+    tls: &mut S,
+    params: Vec<(String, String)>,
+    count: usize,
+) -> Result<Option<(TcpStream, String, SocketAddr)>, ConnError> {
+    let max = shared.config.proxy.max_client_connections;
+    if params.iter().any(|(k, _)| k == "replication") {
+        tracing::warn!(endpoint = %spec.name, "refused: replication requested");
+        refuse(shared, tls, SQLSTATE_FEATURE, MSG_REPLICATION).await;
+        return Ok(None);
+    }
+    if let Some((k, _)) = params
+        .iter()
+        .find(|(k, _)| !ACCEPTED_PARAMETERS.contains(&k.as_str()))
+    {
+        tracing::warn!(endpoint = %spec.name, "refused: unsupported startup option {k}");
+        refuse(shared, tls, SQLSTATE_FEATURE, &msg_option(k)).await;
+        return Ok(None);
+    }
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some(user) = get("user").filter(|u| !u.is_empty()).map(str::to_string) else {
+        tracing::warn!(endpoint = %spec.name, "refused: no user in the startup packet");
+        refuse(shared, tls, SQLSTATE_AUTH_SPEC, MSG_NO_USER).await;
+        return Ok(None);
+    };
+    if count > max {
+        tracing::warn!(endpoint = %spec.name, "refused: {count} client connections, limit {max}");
+        refuse(shared, tls, SQLSTATE_TOO_MANY, &msg_too_many(max)).await;
+        return Ok(None);
+    }
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_string();
+
+    let token = ask_password(tls).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let accepted = match authorize(&shared.config, &shared.iam, spec, &user, &token, now) {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            tracing::warn!(endpoint = %spec.name, %user, "refused: {}", refusal.reason);
+            refuse(shared, tls, refusal.sqlstate, &refusal.message).await;
+            return Ok(None);
+        }
+    };
+    tracing::info!(endpoint = %spec.name, %user, principal = %accepted.caller.arn, "IAM authentication succeeded");
+    let secret = &accepted.db_user.backend_password;
+    open_backend(shared, spec, tls, user, &database, secret, &params).await
+}
+
+/// Opens the backend session of an authenticated login (waiting for a server of the
+/// endpoint's role), then tells the client `AuthenticationOk`, or why not.
+async fn open_backend<S: AsyncWrite + Unpin>(
+    shared: &ProxyShared,
+    spec: &EndpointSpec,
+    tls: &mut S,
+    user: String,
+    database: &str,
+    backend_password: &str,
+    params: &[(String, String)],
+) -> Result<Option<(TcpStream, String, SocketAddr)>, ConnError> {
+    let forwarded: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database"))
+        .cloned()
+        .collect();
+    let timeout = Duration::from_secs(shared.config.proxy.backend_connect_timeout_seconds.max(1));
+    let Some(server) = pick_server(
+        &shared.topology,
+        &shared.next_reader,
+        spec.target_role,
+        timeout,
+    )
+    .await
+    else {
+        tracing::error!(endpoint = %spec.name, role = %spec.target_role, "no {} server available within {} s", spec.target_role, timeout.as_secs());
+        refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BORROW_TIMEOUT).await;
+        return Ok(None);
+    };
+    match tokio::time::timeout(
+        timeout,
+        backend_login(server, &user, database, backend_password, &forwarded),
+    )
+    .await
+    {
+        Ok(Ok(BackendLogin::Ready(stream))) => {
+            // AuthenticationOk; the backend's ParameterStatus, BackendKeyData and
+            // ReadyForQuery follow through the relay.
+            tls.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await?;
+            tls.flush().await?;
+            Control::bump(&shared.control.logins_accepted);
+            Ok(Some((stream, user, server)))
+        }
+        Ok(Ok(BackendLogin::Refused(error_message))) => {
+            // PostgreSQL's own refusal (e.g. unknown database): pass it on.
+            tracing::warn!(endpoint = %spec.name, %user, "backend refused the session");
+            Control::bump(&shared.control.logins_refused);
+            let _ = tls.write_all(&error_message).await;
+            let _ = tls.flush().await;
+            let _ = tls.shutdown().await;
+            Ok(None)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(endpoint = %spec.name, backend = %server, "backend unreachable: {e}");
+            refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
+            Ok(None)
+        }
+        Err(_) => {
+            tracing::error!(endpoint = %spec.name, backend = %server, "backend login timed out");
+            refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
+            Ok(None)
+        }
+    }
+}
