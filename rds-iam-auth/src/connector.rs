@@ -20,13 +20,16 @@ use tokio_postgres::{Client, Connection};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::credentials::{describe, CredentialCache, FetchFailure, Obtained};
-use crate::error::classify::{after_connect_error, fetch_stage, login_error, session_attrs_error};
+use crate::error::classify::{
+    after_connect_error, fetch_stage, login_error, session_attrs_error, tls_error,
+};
 use crate::error::{Error, FailureLog, Reason};
 use crate::login;
 use crate::login::Session;
 use crate::net::{DialTarget, Keepalive};
 use crate::runner::{self, Deadline, Outcome, Recorder};
 use crate::stage::Stage;
+use crate::stream::{self, BackendKey, LoggedInStream};
 use crate::tls::{self, CaBundle, TlsStream};
 use crate::token::{self, AuthToken, TokenParams};
 
@@ -154,6 +157,68 @@ impl Connector {
         result
     }
 
+    /// A logged-in session as its raw TLS stream, for programs that speak PostgreSQL's
+    /// protocol themselves (a local auth proxy relaying it to a client that brought no
+    /// password).
+    ///
+    /// The same path as [`connect`](Connector::connect) (fresh token, verified TLS, one
+    /// deadline, one retry with refreshed credentials after an IAM refusal) up to the
+    /// server's first `ReadyForQuery`. `parameters` are sent in the startup message after
+    /// the connector's user and database: `database` replaces the configured database,
+    /// `user` and `replication` are refused (a configuration error, before any I/O). The
+    /// after-connect hook and `target_session_attrs` do not apply: the caller owns the
+    /// session from its first message.
+    ///
+    /// ```no_run
+    /// # async fn run(connector: rds_iam_auth::Connector) -> Result<(), rds_iam_auth::Error> {
+    /// let session = connector
+    ///     .connect_stream(&[("application_name", "relay")])
+    ///     .await?;
+    /// let key = session.backend_key(); // for cancel requests
+    /// let greeting = session.greeting().to_vec(); // ParameterStatus ... ReadyForQuery
+    /// let stream = session.into_stream(); // relay bytes both ways from here
+    /// # drop((key, greeting, stream)); Ok(()) }
+    /// ```
+    pub async fn connect_stream(
+        &self,
+        parameters: &[(&str, &str)],
+    ) -> Result<LoggedInStream, Error> {
+        let result = match stream::check_parameters(parameters) {
+            Ok(()) => {
+                let mut rec = Recorder::quiet();
+                let deadline = Deadline::after(self.inner.connect_timeout);
+                let step = StreamLogin { parameters };
+                Box::pin(self.establish_with(&mut rec, deadline, &step)).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            self.inner.failures.record(e);
+        }
+        result
+    }
+
+    /// Sends a `CancelRequest` for `key` to the server, on a new connection over verified
+    /// TLS (as libpq does for a session that uses TLS): the server interrupts the query
+    /// the session is running, if any. Like PostgreSQL, the server does not answer; an
+    /// error means the request could not be delivered.
+    pub async fn cancel(&self, key: BackendKey) -> Result<(), Error> {
+        use tokio::io::AsyncWriteExt;
+        let mut rec = Recorder::quiet();
+        let deadline = Deadline::after(self.inner.connect_timeout);
+        let mut stream = self.network(&mut rec, deadline).await?;
+        let host = self.inner.token_params.hostname();
+        let send = async {
+            stream.write_all(&key.cancel_request()).await?;
+            stream.shutdown().await
+        };
+        match deadline.within(send).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(tls_error(host, e)),
+            None => Err(deadline.expired(Stage::Tls)),
+        }
+    }
+
     /// The session; a login refused for IAM reasons is retried once with refreshed
     /// credentials.
     pub(crate) async fn establish(
@@ -161,7 +226,18 @@ impl Connector {
         rec: &mut Recorder,
         deadline: Deadline,
     ) -> Result<Session, Error> {
-        match self.open(rec, deadline).await {
+        self.establish_with(rec, deadline, &ClientLogin).await
+    }
+
+    /// [`Connector::establish`] with the login step `step` (tokio-postgres's startup, or
+    /// the raw exchange that leaves the stream to the caller).
+    async fn establish_with<L: LoginStep>(
+        &self,
+        rec: &mut Recorder,
+        deadline: Deadline,
+        step: &L,
+    ) -> Result<L::Session, Error> {
+        match self.open(rec, deadline, step).await {
             Err(Refused {
                 error,
                 credentials: Some(credentials),
@@ -173,7 +249,7 @@ impl Connector {
                     "login refused with IAM credentials that may be revoked: retrying once with refreshed credentials"
                 );
                 rec.retrying(Stage::Login);
-                self.open(rec, deadline).await.map_err(|r| r.error)
+                self.open(rec, deadline, step).await.map_err(|r| r.error)
             }
             other => other.map_err(|r| r.error),
         }
@@ -273,11 +349,12 @@ impl Connector {
     /// not after a slow STS call (or its timeout). The other branch's unfinished stage is
     /// recorded as skipped, and what it was doing is dropped safely: a credential refresh
     /// runs in a task of its own and goes on for the next caller.
-    pub(crate) async fn open(
+    async fn open<L: LoginStep>(
         &self,
         rec: &mut Recorder,
         deadline: Deadline,
-    ) -> Result<Session, Refused> {
+        step: &L,
+    ) -> Result<L::Session, Refused> {
         let (mut signing, mut network) = (rec.branch(), rec.branch());
         let both = {
             // Only to have credentials in the cache by the time the network is ready.
@@ -304,7 +381,7 @@ impl Connector {
         rec.append(signing);
         rec.append(network);
         let (credentials, token, stream) = signed.map_err(Refused::early)?;
-        self.login(rec, deadline, stream, &token)
+        step.login(self, rec, deadline, stream, &token)
             .await
             .map_err(|error| Refused {
                 error,
@@ -483,6 +560,62 @@ impl Connector {
             format!("{user} to {}", i.startup.get_dbname().unwrap_or(user))
         })
         .await
+    }
+}
+
+/// The last step of an open: logging in on the verified stream with the token.
+pub(crate) trait LoginStep: Sync {
+    /// What a successful login gives.
+    type Session: Send;
+    fn login<'a>(
+        &'a self,
+        connector: &'a Connector,
+        rec: &'a mut Recorder,
+        deadline: Deadline,
+        stream: TlsStream,
+        token: &'a AuthToken,
+    ) -> impl Future<Output = Result<Self::Session, Error>> + Send + 'a;
+}
+
+/// tokio-postgres's startup: a client and its connection.
+struct ClientLogin;
+
+impl LoginStep for ClientLogin {
+    type Session = Session;
+    fn login<'a>(
+        &'a self,
+        connector: &'a Connector,
+        rec: &'a mut Recorder,
+        deadline: Deadline,
+        stream: TlsStream,
+        token: &'a AuthToken,
+    ) -> impl Future<Output = Result<Session, Error>> + Send + 'a {
+        connector.login(rec, deadline, stream, token)
+    }
+}
+
+/// The raw startup exchange: the stream, handed over after the greeting.
+struct StreamLogin<'p> {
+    parameters: &'p [(&'p str, &'p str)],
+}
+
+impl LoginStep for StreamLogin<'_> {
+    type Session = LoggedInStream;
+    fn login<'a>(
+        &'a self,
+        connector: &'a Connector,
+        rec: &'a mut Recorder,
+        deadline: Deadline,
+        stream: TlsStream,
+        token: &'a AuthToken,
+    ) -> impl Future<Output = Result<LoggedInStream, Error>> + Send + 'a {
+        let i = &*connector.inner;
+        let (host, user) = (i.token_params.hostname(), i.token_params.username());
+        let database = i.startup.get_dbname();
+        let login = stream::login(stream, user, host, database, self.parameters, token);
+        runner::run(rec, Stage::Login, deadline, login, move |_| {
+            format!("{user} to {}", database.unwrap_or(user))
+        })
     }
 }
 

@@ -18,6 +18,7 @@
 //! | dns, tcp | `net.rs` | resolve the endpoint (or the dial override) and open the socket |
 //! | tls | `tls.rs` | rustls on aws-lc-rs through `tokio-postgres-rustls`, verified against the endpoint name |
 //! | login | `login.rs` | PostgreSQL startup with the token as the password |
+//! | login (relays) | `stream.rs` | the same startup done by hand, the session handed over as its stream ([`Connector::connect_stream`], [`LoggedInStream`]) |
 //! | (all of them) | [`Connector`] (`connector.rs`) | runs the stages under one deadline (`runner.rs`: [`Outcome`], [`StageReport`]): credentials and token alongside DNS, TCP and TLS, then login |
 //! | query | [`Connector::check`] (`check.rs`) | the staged check: every stage's outcome and time ([`CheckReport`]) |
 //! | (any failure) | [`Error`] (`error/`, with `classify.rs`) | what each failure means: the [`Stage`], the [`Reason`], its cause and a hint |
@@ -93,6 +94,7 @@ mod runner;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub mod sqlx;
 mod stage;
+mod stream;
 mod tls;
 pub mod token;
 mod warm;
@@ -105,6 +107,7 @@ pub use error::{BoxError, ConfigError, Error, Reason};
 pub use net::Keepalive;
 pub use runner::{Outcome, StageReport};
 pub use stage::Stage;
+pub use stream::{BackendKey, LoggedInStream};
 pub use tls::{CaBundle, TlsStream};
 pub use token::{AuthToken, TokenParams};
 
