@@ -20,4 +20,299 @@
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
 
+mod args;
+mod frontend;
+mod listen;
+mod session;
 pub mod targets;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::watch;
+
+pub use args::Args;
+use listen::{ListenArgs, Listener, Place, TargetListen};
+use session::{Served, Sessions};
+use targets::Target;
+
+/// Exit code for a configuration the proxy refuses before it listens.
+const EXIT_CONFIG: u8 = 2;
+
+/// Runs the proxy with these command-line arguments (the first is the program name), on
+/// a runtime of its own: what `rds-iam-auth-proxy` and `rds-iam-auth proxy` do.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = Args::parse_from(args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("rds-iam-auth-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+/// Runs the proxy until SIGTERM, SIGINT or `/quitquitquit`: exit 0 when every open
+/// connection ended within `--max-sigterm-delay`, 1 when some had to be closed or the
+/// start-up connection test failed, 2 for a configuration refused before listening.
+pub async fn run(args: Args) -> ExitCode {
+    init_logs(&args);
+    match start(&args).await {
+        Ok(running) => running.serve(&args).await,
+        Err(Refusal(code, message)) => {
+            // One plain line for a person at a terminal; an event for a log collector.
+            if args.structured_logs {
+                tracing::error!("{message}");
+            } else {
+                eprintln!("rds-iam-auth-proxy: {message}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Why the proxy did not start, and its exit code.
+struct Refusal(u8, String);
+
+fn config_error(message: impl Into<String>) -> Refusal {
+    Refusal(EXIT_CONFIG, message.into())
+}
+
+/// Everything bound and built, not yet accepting.
+struct Running {
+    sessions: Arc<Sessions>,
+    listeners: Vec<(usize, Place, Listener)>,
+}
+
+async fn start(args: &Args) -> Result<Running, Refusal> {
+    let targets = match &args.config {
+        Some(path) => targets::load(path).map_err(|e| config_error(e.to_string()))?,
+        None => vec![target_from_env()?],
+    };
+    let mut served = Vec::with_capacity(targets.len());
+    for target in &targets {
+        let db_user = target.config.get_user().unwrap_or_default().to_owned();
+        let connector = target
+            .config
+            .clone()
+            .connector()
+            .await
+            .map_err(|e| config_error(format!("target {}: {e}", target.name)))?;
+        served.push(Served {
+            name: target.name.clone(),
+            connector,
+            db_user,
+        });
+    }
+    let listen_args = ListenArgs {
+        address: args.address,
+        port: args.port,
+        unix_socket: args.unix_socket.clone(),
+        allow_non_loopback: args.allow_non_loopback,
+    };
+    let listen: Vec<TargetListen<'_>> = targets
+        .iter()
+        .map(|t| TargetListen {
+            name: &t.name,
+            local_port: t.local_port,
+            unix_socket: t.unix_socket.as_deref(),
+            endpoint_port: t.config.get_port().unwrap_or(5432),
+        })
+        .collect();
+    let places = listen::plan(&listen_args, &listen).map_err(config_error)?;
+    let mut listeners = Vec::with_capacity(places.len());
+    for (t, place) in places {
+        let listener = listen::bind(&place)
+            .await
+            .map_err(|e| config_error(format!("target {}: {e}", targets[t].name)))?;
+        listeners.push((t, place, listener));
+    }
+    Ok(Running {
+        sessions: Arc::new(Sessions::new(served, args.max_connections)),
+        listeners,
+    })
+}
+
+/// The one target of the environment mapping (the variables the Lambda reads).
+fn target_from_env() -> Result<Target, Refusal> {
+    let config = rds_iam_auth::Config::from_env().map_err(|e| config_error(e.to_string()))?;
+    if config.get_hostname().is_none() {
+        return Err(config_error(
+            "no target: give a targets file (--config FILE), or set RDS_PROXY_APPLICATION_ENDPOINT, DB_USERNAME and DBNAME (with DATABASE_ACCOUNT_IAM_ROLE and EXTERNAL_ID for a cross-account role)",
+        ));
+    }
+    Ok(Target {
+        name: config
+            .get_hostname()
+            .unwrap_or("default")
+            .split('.')
+            .next()
+            .unwrap_or("default")
+            .to_owned(),
+        config,
+        local_port: None,
+        unix_socket: None,
+    })
+}
+
+impl Running {
+    async fn serve(self, args: &Args) -> ExitCode {
+        let (quit_tx, mut quit) = watch::channel(false);
+        tokio::spawn(signals(quit_tx.clone()));
+        let mut accepting = Vec::new();
+        for (t, place, listener) in self.listeners {
+            let target = &self.sessions.targets[t];
+            tracing::info!(
+                target = %target.name,
+                "listening on {} for {}@{}",
+                listener.local(&place),
+                target.db_user,
+                target.connector.token_params().hostname()
+            );
+            accepting.push(tokio::spawn(accept_loop(
+                self.sessions.clone(),
+                t,
+                listener,
+                quit.clone(),
+            )));
+        }
+        tracing::info!("the proxy has started and is ready for new connections");
+        let _ = quit.wait_for(|q| *q).await;
+
+        // Stop accepting (the listeners close and sockets are removed), then let open
+        // sessions finish for up to the delay.
+        for task in accepting {
+            let _ = task.await;
+        }
+        let open = self.sessions.open();
+        let delay = args.max_sigterm_delay;
+        if open == 0 {
+            tracing::info!("shut down: no connection was open");
+            return ExitCode::SUCCESS;
+        }
+        tracing::info!("shutting down: waiting up to {delay:?} for {open} open connection(s)");
+        match tokio::time::timeout(delay, self.sessions.all_closed()).await {
+            Ok(()) => {
+                tracing::info!("shut down: every connection ended");
+                ExitCode::SUCCESS
+            }
+            Err(_) => {
+                tracing::error!(
+                    "{} connection(s) still open after --max-sigterm-delay {delay:?}: closed",
+                    self.sessions.open()
+                );
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Accepts clients of target `t` until the quit signal; each is served on a task of its
+/// own. The listener is dropped on return (a Unix socket file is removed).
+async fn accept_loop(
+    sessions: Arc<Sessions>,
+    t: usize,
+    listener: Listener,
+    mut quit: watch::Receiver<bool>,
+) {
+    // Errors such as EMFILE are passing: wait a little instead of spinning on them.
+    let pause = Duration::from_millis(100);
+    loop {
+        let accepted = tokio::select! {
+            _ = quit.wait_for(|q| *q) => return,
+            accepted = accept(&listener) => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let sessions = sessions.clone();
+                tokio::spawn(async move {
+                    match stream {
+                        Accepted::Tcp(s) => session::serve(&sessions, t, s, &peer).await,
+                        Accepted::Unix(s) => session::serve(&sessions, t, s, &peer).await,
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<(Accepted, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            // Small protocol messages go out at once, as libpq and PostgreSQL send them.
+            s.set_nodelay(true)?;
+            Ok((Accepted::Tcp(s), peer.to_string()))
+        }
+        Listener::Unix { listener: l, .. } => {
+            let (s, _) = l.accept().await?;
+            Ok((Accepted::Unix(s), "unix socket".to_owned()))
+        }
+    }
+}
+
+/// SIGTERM and SIGINT ask for a graceful shutdown; a second one ends the process at once.
+async fn signals(quit: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers: SIGTERM will end the proxy at once");
+        return;
+    };
+    for round in 0..2 {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        if round == 0 {
+            tracing::info!("{name} received: no new connections");
+            let _ = quit.send(true);
+        } else {
+            tracing::warn!("{name} received again: exiting now");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Human-readable logs on stderr, or JSON lines with --structured-logs; INFO, or DEBUG
+/// with --debug-logs; RUST_LOG wins when set.
+fn init_logs(args: &Args) {
+    use tracing_subscriber::EnvFilter;
+    let default = if args.debug_logs { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,rds_iam_auth_proxy={default},rds_iam_auth={default}"
+        ))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = if args.structured_logs {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

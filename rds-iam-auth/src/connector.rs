@@ -164,8 +164,9 @@ impl Connector {
     /// The same path as [`connect`](Connector::connect) (fresh token, verified TLS, one
     /// deadline, one retry with refreshed credentials after an IAM refusal) up to the
     /// server's first `ReadyForQuery`. `parameters` are sent in the startup message after
-    /// the connector's user and database: `database` replaces the configured database,
-    /// `user` and `replication` are refused (a configuration error, before any I/O). The
+    /// the connector's user; the configured database, application name and options are
+    /// sent unless `parameters` give their own. `user` and `replication` are refused (a
+    /// configuration error, before any I/O). The
     /// after-connect hook and `target_session_attrs` do not apply: the caller owns the
     /// session from its first message.
     ///
@@ -611,10 +612,16 @@ impl LoginStep for StreamLogin<'_> {
     ) -> impl Future<Output = Result<LoggedInStream, Error>> + Send + 'a {
         let i = &*connector.inner;
         let (host, user) = (i.token_params.hostname(), i.token_params.username());
-        let database = i.startup.get_dbname();
-        let login = stream::login(stream, user, host, database, self.parameters, token);
+        let login = stream::login(stream, host, user, &i.startup, self.parameters, token);
+        let database = self
+            .parameters
+            .iter()
+            .find(|(name, _)| *name == "database")
+            .map(|(_, db)| *db)
+            .or(i.startup.get_dbname())
+            .unwrap_or(user);
         runner::run(rec, Stage::Login, deadline, login, move |_| {
-            format!("{user} to {}", database.unwrap_or(user))
+            format!("{user} to {database}")
         })
     }
 }

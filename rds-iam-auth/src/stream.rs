@@ -114,30 +114,44 @@ pub(crate) fn check_parameters(parameters: &[(&str, &str)]) -> Result<(), Error>
     Ok(())
 }
 
-/// The startup message (the connector's user and database unless `parameters` name a
-/// `database`, then `parameters`), the token as the cleartext password the server asks
-/// for, and the greeting up to `ReadyForQuery`.
+/// The startup message: the connector's user, then its settings (`database`,
+/// `application_name`, `options`) unless `parameters` give them, then `parameters`.
+fn startup_parameters<'a>(
+    user: &'a str,
+    defaults: &'a tokio_postgres::Config,
+    parameters: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut startup = vec![("user", user)];
+    let configured = [
+        ("database", defaults.get_dbname()),
+        ("application_name", defaults.get_application_name()),
+        ("options", defaults.get_options()),
+    ];
+    for (name, value) in configured {
+        if let Some(value) = value {
+            if !parameters.iter().any(|(given, _)| *given == name) {
+                startup.push((name, value));
+            }
+        }
+    }
+    startup.extend_from_slice(parameters);
+    startup
+}
+
+/// The startup message ([`startup_parameters`]), the token as the cleartext password the
+/// server asks for, and the greeting up to `ReadyForQuery`.
 pub(crate) async fn login(
     mut stream: TlsStream,
-    user: &str,
     host: &str,
-    database: Option<&str>,
+    user: &str,
+    defaults: &tokio_postgres::Config,
     parameters: &[(&str, &str)],
     token: &AuthToken,
 ) -> Result<LoggedInStream, Error> {
     let io = |e: std::io::Error| {
         login_failure(user, host, Reason::LoginFailed, &e.to_string(), None).with_source(e)
     };
-    let mut startup: Vec<(&str, &str)> = vec![("user", user)];
-    let database = parameters
-        .iter()
-        .find(|(name, _)| *name == "database")
-        .map(|(_, value)| *value)
-        .or(database);
-    if let Some(database) = database {
-        startup.push(("database", database));
-    }
-    startup.extend(parameters.iter().filter(|(name, _)| *name != "database"));
+    let startup = startup_parameters(user, defaults, parameters);
     let mut out = BytesMut::new();
     frontend::startup_message(startup.iter().copied(), &mut out).map_err(io)?;
     stream.write_all(&out).await.map_err(io)?;
@@ -337,6 +351,30 @@ mod tests {
         assert!(check_parameters(&[("replication", "true")]).is_err());
         assert!(check_parameters(&[("", "x")]).is_err());
         assert!(check_parameters(&[("options", "a\0b")]).is_err());
+    }
+
+    #[test]
+    fn configured_settings_are_defaults_the_caller_may_replace() {
+        let mut defaults = tokio_postgres::Config::new();
+        defaults.dbname("orders").application_name("svc");
+        let given = [("database", "other"), ("TimeZone", "UTC")];
+        assert_eq!(
+            startup_parameters("app", &defaults, &given),
+            [
+                ("user", "app"),
+                ("application_name", "svc"),
+                ("database", "other"),
+                ("TimeZone", "UTC")
+            ]
+        );
+        assert_eq!(
+            startup_parameters("app", &defaults, &[]),
+            [
+                ("user", "app"),
+                ("database", "orders"),
+                ("application_name", "svc")
+            ]
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub(crate) const HINT_STALE_CREDENTIALS: &str =
     "refresh the credentials of this host (aws sso login, a new session)";
 pub(crate) const HINT_ASSUME_ROLE_DENIED: &str = "the role's trust policy must name the caller's role ARN, the external ID must match its sts:ExternalId condition, and the caller needs sts:AssumeRole on that role";
 pub(crate) const HINT_STS_UNREACHABLE: &str = "STS is unreachable: check the STS VPC endpoint (private DNS on), its security group (443 from this function), or AWS_ENDPOINT_URL_STS";
+pub(crate) const HINT_STS_UNAVAILABLE: &str = "STS is unavailable or throttling this caller (the SDK retried): sessions go on with cached credentials while they last; check the AWS Health Dashboard for STS in this region and how often this caller assumes the role";
 pub(crate) const HINT_STS_BAD_CALLER: &str = "the caller's own credentials were rejected by STS: check they are current, not expired, and for this partition";
 pub(crate) const HINT_DNS: &str = "check the proxy endpoint name and that the VPC has DNS resolution and DNS host names enabled (proxy endpoints resolve only inside their VPC)";
 pub(crate) const HINT_TCP: &str = "check security groups (5432 from this client to the proxy endpoint), subnet routes / RAM-shared subnets, and that the proxy endpoint is in this VPC";
@@ -44,6 +45,7 @@ pub(crate) fn hint(reason: Reason, stage: Stage) -> Option<&'static str> {
         Reason::AccessDenied => Some(HINT_ASSUME_ROLE_DENIED),
         Reason::CallerRejected => Some(HINT_STS_BAD_CALLER),
         Reason::StsUnreachable => Some(HINT_STS_UNREACHABLE),
+        Reason::StsUnavailable => Some(HINT_STS_UNAVAILABLE),
         Reason::NameNotResolved => Some(HINT_DNS),
         Reason::ConnectFailed => Some(HINT_TCP),
         Reason::Timeout => timeout_hint(stage),
@@ -142,6 +144,15 @@ where
                     | "ExpiredToken"
                     | "ExpiredTokenException",
                 ) => Reason::CallerRejected,
+                // STS's own word for "not now": retryable errors the SDK gave up on.
+                Some(
+                    "ServiceUnavailable"
+                    | "Throttling"
+                    | "ThrottlingException"
+                    | "RequestLimitExceeded"
+                    | "InternalFailure"
+                    | "InternalError",
+                ) => Reason::StsUnavailable,
                 _ => Reason::CredentialsFailed,
             };
             let message = format!(

@@ -110,6 +110,9 @@ pub enum Reason {
     CallerRejected,
     /// STS could not be reached.
     StsUnreachable,
+    /// STS answered that it cannot serve the request now (`ServiceUnavailable`, throttling,
+    /// an internal error), after the SDK's retries.
+    StsUnavailable,
     /// Fetching credentials failed otherwise (an STS error or answer without a known meaning,
     /// a provider that failed).
     CredentialsFailed,
