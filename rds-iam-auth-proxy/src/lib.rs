@@ -69,6 +69,9 @@ where
 pub async fn run(args: Args) -> ExitCode {
     init_logs(&args);
     match start(&args).await {
+        Ok(running) if args.run_connection_test && !running.connection_test().await => {
+            ExitCode::FAILURE
+        }
         Ok(running) => running.serve(&args).await,
         Err(Refusal(code, message)) => {
             // One plain line for a person at a terminal; an event for a log collector.
@@ -167,6 +170,25 @@ fn target_from_env() -> Result<Target, Refusal> {
 }
 
 impl Running {
+    /// The staged check of every target, at once; each report is logged. Whether all
+    /// passed.
+    async fn connection_test(&self) -> bool {
+        let checks = self.sessions.targets.iter().map(|t| async move {
+            let report = t.connector.check().await;
+            (t, report)
+        });
+        let mut passed = true;
+        for (target, report) in futures_util::future::join_all(checks).await {
+            if report.is_success() {
+                tracing::info!(target = %target.name, "connection test passed:\n{report}");
+            } else {
+                passed = false;
+                tracing::error!(target = %target.name, "connection test failed:\n{report}");
+            }
+        }
+        passed
+    }
+
     async fn serve(self, args: &Args) -> ExitCode {
         let (quit_tx, mut quit) = watch::channel(false);
         tokio::spawn(signals(quit_tx.clone()));
