@@ -20,4 +20,7 @@
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
 
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod scram;
 pub mod targets;
