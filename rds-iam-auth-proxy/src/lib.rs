@@ -22,7 +22,10 @@
 
 mod args;
 mod frontend;
+mod http;
 mod listen;
+mod metrics;
+mod scram;
 mod session;
 pub mod targets;
 
