@@ -3,20 +3,26 @@
 //! `generate-db-auth-token` is a drop-in for `aws rds generate-db-auth-token` (same flags,
 //! same output), plus `--role-arn` and an external ID (`--external-id-file`, `EXTERNAL_ID`
 //! or `--external-id`) to sign with cross-account credentials.
-//! `check` runs the whole path to the database and prints one line per stage.
+//! `check` runs the whole path to the database and prints one line per stage;
+//! `check --config targets.toml` checks every database of a targets file (the local
+//! proxy's, see `check_all.rs`) at once and prints one line per database.
 //!
 //! Exit codes: 0 success, 1 runtime failure (no credentials, STS refused, connection
-//! failed), 2 bad input (flags, host name, port, region, CA file).
+//! failed), 2 bad input (flags, host name, port, region, CA file, targets file).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod check_all;
 mod passfile;
+mod report;
 
 use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand};
-use rds_iam_auth::{CaBundle, CheckReport, Config, ConfigError, Error, Stage};
+use rds_iam_auth::{CaBundle, Config, ConfigError, Error, Stage};
+
+use crate::report::report_json;
 
 #[derive(Parser)]
 #[command(
@@ -253,7 +259,22 @@ fn environment_help() -> String {
 struct CheckArgs {
     #[command(flatten)]
     target: TargetArgs,
-    /// Print the report as one JSON object (stages, verdict, error with stage and hint).
+    /// Check every database of this targets file (TOML, the local proxy's) at once: one
+    /// line per database, then a summary. The databases come from the file alone: the
+    /// single-database flags are refused and their variables not read (--profile applies
+    /// to every database).
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "hostname", "port", "username", "database", "connect_address", "ca_bundle",
+            "connect_timeout", "region", "role_arn", "external_id", "external_id_file",
+            "role_session_name",
+        ],
+    )]
+    config: Option<PathBuf>,
+    /// Print the report as one JSON object (stages, verdict, error with stage and hint);
+    /// with --config, a JSON array of one object per database.
     #[arg(long)]
     json: bool,
 }
@@ -318,6 +339,10 @@ async fn generate(args: TokenArgs) -> Result<ExitCode, Error> {
 }
 
 async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
+    if let Some(path) = &args.config {
+        let profile = args.target.aws.profile;
+        return Ok(check_all::check_all(path, profile, args.json).await);
+    }
     let config = args.target.config("rds-iam-auth check")?;
     let report = config.connector().await?.check().await;
     if args.json {
@@ -438,37 +463,6 @@ fn system_ca_bundle() -> Option<PathBuf> {
     .into_iter()
     .map(PathBuf::from)
     .find(|p| p.is_file())
-}
-
-/// The staged report as JSON: what monitoring and scripts read instead of the text.
-fn report_json(report: &CheckReport) -> serde_json::Value {
-    let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-    let stages: Vec<serde_json::Value> = report
-        .stages
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "name": s.stage.name(),
-                "outcome": s.outcome.name().to_ascii_lowercase(),
-                "duration_ms": ms(s.duration),
-                "detail": s.detail,
-            })
-        })
-        .collect();
-    let error = report.error.as_ref().map(|e| {
-        serde_json::json!({
-            "stage": e.stage().name(),
-            "type": e.stage().failure_type(),
-            "message": e.cause(),
-            "hint": e.hint(),
-        })
-    });
-    serde_json::json!({
-        "verdict": if report.is_success() { "ok" } else { "failed" },
-        "total_ms": ms(report.total),
-        "stages": stages,
-        "error": error,
-    })
 }
 
 /// Applies the flags that were given; the others leave `config` as it is.

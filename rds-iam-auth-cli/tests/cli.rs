@@ -404,3 +404,134 @@ fn settings_come_from_the_environment_and_flags_win() {
         "pass --hostname or set RDS_PROXY_APPLICATION_ENDPOINT",
     );
 }
+
+/// A targets file in `home` holding `text`.
+fn targets_file(home: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let path = home.join("targets.toml");
+    std::fs::write(&path, text).expect("targets file");
+    path
+}
+
+#[test]
+fn check_config_refuses_a_bad_targets_file_in_one_line_before_checking_anything() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let good = format!(
+        "[[target]]\nname = \"orders\"\nendpoint = \"{HOST}\"\ndatabase = \"d\"\nuser = \"u\"\nconnect_address = \"127.0.0.1:9\"\n\n"
+    );
+    let cases = [
+        // An unknown key, in the second target: named with its target and line.
+        (
+            format!("{good}[[target]]\nname = \"billing\"\nendpoint = \"{HOST}\"\ndatabase = \"d\"\nuser = \"u\"\nconect_timeout = \"5s\"\n"),
+            ":13:1: target `billing`: unknown key `conect_timeout`".to_owned(),
+        ),
+        // The external ID itself: refused, pointing at the two keys, without repeating it.
+        (
+            format!("{good}external_id = \"xid-in-the-file\"\n"),
+            "unknown key `external_id`: the external ID is a secret shared between accounts".to_owned(),
+        ),
+        (
+            format!("{good}external_id_env = \"NOT_SET_ANYWHERE\"\nrole_arn = \"arn:aws:iam::222222222222:role/r\"\n"),
+            "target `orders`: `external_id_env` names environment variable NOT_SET_ANYWHERE, which is not set".to_owned(),
+        ),
+        // What only the library checks, when the connector is built: still bad input.
+        (
+            good.replace("127.0.0.1:9", "127.0.0.1:x"),
+            "targets.toml: target `orders`: config: invalid `connect_address`".to_owned(),
+        ),
+        ("[[target]\n".to_owned(), "targets.toml:1:9: not valid TOML: ".to_owned()),
+        (String::new(), "targets.toml: no targets".to_owned()),
+    ];
+    for (contents, needle) in cases {
+        let file = targets_file(home.path(), &contents);
+        for json in [false, true] {
+            let mut cmd = cli(home.path());
+            with_keys(&mut cmd).arg("check").arg("--config").arg(&file);
+            if json {
+                cmd.arg("--json");
+            }
+            let out = cmd.output().expect("run");
+            assert_one_line_error(&out, 2, &needle);
+            let stderr = text(&out.stderr);
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.starts_with("rds-iam-auth: error: "), "{stderr}");
+            assert!(!stderr.contains("xid-in-the-file"), "{stderr}");
+        }
+    }
+
+    let out = with_keys(&mut cli(home.path()))
+        .args(["check", "--config"])
+        .arg(home.path().join("missing.toml"))
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, 2, "missing.toml: cannot read the targets file");
+
+    // The file says where: the single-target flags are refused with it.
+    let file = targets_file(home.path(), &good);
+    let out = with_keys(&mut cli(home.path()))
+        .args(["check", "--hostname", HOST, "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, 2, "cannot be used with");
+}
+
+#[test]
+fn check_config_prints_one_aligned_line_per_target_and_a_summary() {
+    let home = tempfile::tempdir().expect("tempdir");
+    // Nothing listens on loopback port 9: both fail at tcp, with no STS in the way (no
+    // role: the application's own credentials sign).
+    let target = |name: &str| {
+        format!("[[target]]\nname = \"{name}\"\nendpoint = \"{HOST}\"\ndatabase = \"d\"\nuser = \"u\"\nconnect_address = \"127.0.0.1:9\"\n\n")
+    };
+    let file = targets_file(
+        home.path(),
+        &format!("{}{}", target("a"), target("long-name")),
+    );
+    let out = with_keys(&mut cli(home.path()))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with("a          own credentials  -  tcp  "),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("long-name  own credentials  -  tcp  "),
+        "{stdout}"
+    );
+    for line in &lines[..2] {
+        assert!(
+            line.contains("  FAILED: tcp: cannot connect to 127.0.0.1:9: Connection refused"),
+            "{stdout}"
+        );
+        assert!(line.contains(" | hint: check security groups"), "{stdout}");
+    }
+    assert_eq!(lines[0].find("FAILED"), lines[1].find("FAILED"), "{stdout}");
+    assert_eq!(lines[2], "2 targets: 0 ok, 2 failed");
+    assert!(!stdout.contains("secret-key-value") && !stdout.contains("session%2Ftoken"));
+
+    let out = with_keys(&mut cli(home.path()))
+        .args(["check", "--json", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let all = all.as_array().expect("array");
+    assert_eq!(all.len(), 2);
+    for (entry, name) in all.iter().zip(["a", "long-name"]) {
+        assert_eq!(entry["name"], name);
+        assert_eq!(entry["ok"], false);
+        assert!(
+            entry["account"].is_null() && entry["role_arn"].is_null(),
+            "{entry}"
+        );
+        assert_eq!(entry["report"]["error"]["stage"], "tcp");
+        assert_eq!(entry["report"]["verdict"], "failed");
+    }
+}

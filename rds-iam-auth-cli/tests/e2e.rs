@@ -463,3 +463,199 @@ async fn a_tab_in_a_database_name_or_ca_path_cannot_turn_off_tls() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 }
+
+/// A targets file for the stack's read-only endpoint with one target per (name, variable
+/// holding its external ID), each with `timeout` as its connect timeout.
+fn targets_file_with(
+    stack: &LocalStack,
+    dir: &std::path::Path,
+    targets: &[(&str, &str)],
+    timeout: &str,
+) -> std::path::PathBuf {
+    let ep = ro(stack);
+    let target = |(name, variable): &(&str, &str)| {
+        format!(
+            "[[target]]\n\
+             name = \"{name}\"\n\
+             endpoint = \"{}\"\n\
+             port = {}\n\
+             database = \"{}\"\n\
+             user = \"{}\"\n\
+             role_arn = \"{}\"\n\
+             external_id_env = \"{variable}\"\n\
+             connect_address = \"{}\"\n\
+             connect_timeout = \"{timeout}\"\n\n",
+            ep.hostname,
+            ep.port,
+            stack.db_name(),
+            stack.db_user(),
+            stack.role_arn(),
+            ep.listen,
+        )
+    };
+    let text = format!(
+        "[defaults]\nca_bundle = \"{}\"\n\n{}",
+        stack.ca_path().display(),
+        targets.iter().map(target).collect::<String>(),
+    );
+    let path = dir.join("targets.toml");
+    std::fs::write(&path, text).expect("targets file");
+    path
+}
+
+/// `good` reads the right external ID from GOOD_EXTERNAL_ID, `broken` a wrong one from
+/// WRONG_EXTERNAL_ID.
+fn targets_file(stack: &LocalStack, dir: &std::path::Path) -> std::path::PathBuf {
+    let targets = [
+        ("good", "GOOD_EXTERNAL_ID"),
+        ("broken", "WRONG_EXTERNAL_ID"),
+    ];
+    targets_file_with(stack, dir, &targets, "20s")
+}
+
+/// The CLI with the application's credentials and the STS stand-in, the two external IDs,
+/// and nothing else of this process's environment but PATH.
+fn cli_for_targets(stack: &LocalStack, home: &std::path::Path) -> Command {
+    let (akid, secret) = stack.app_credentials();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rds-iam-auth"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", akid)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", stack.region())
+        .env("AWS_ENDPOINT_URL_STS", stack.sts_endpoint_url())
+        .env("GOOD_EXTERNAL_ID", stack.external_id())
+        .env("WRONG_EXTERNAL_ID", "not-the-external-id");
+    cmd
+}
+
+#[tokio::test]
+async fn check_config_reports_every_target_and_fails_when_one_does() {
+    let stack = stack().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = targets_file(&stack, home.path());
+
+    let mut cmd = cli_for_targets(&stack, home.path());
+    cmd.arg("check").arg("--config").arg(&file);
+    let out = run(cmd).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    println!("{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let account = stack
+        .role_arn()
+        .split(':')
+        .nth(4)
+        .expect("account in the ARN");
+    let words = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let good = words(lines[0]);
+    assert_eq!(good[0], "good", "{stdout}");
+    assert_eq!(good[1], account, "{stdout}");
+    assert_eq!(good[3], "query", "the last stage passed: {stdout}");
+    assert_eq!(good.last().map(String::as_str), Some("ok"), "{stdout}");
+    let broken = words(lines[1]);
+    assert_eq!(broken[0], "broken", "{stdout}");
+    assert_eq!(broken[1], account, "{stdout}");
+    assert_eq!(broken[3], "assume-role", "the failing stage: {stdout}");
+    assert!(
+        lines[1].contains("FAILED: assume-role: ") && lines[1].contains("AccessDenied"),
+        "{stdout}"
+    );
+    // Columns line up: the verdicts start at the same place.
+    assert_eq!(lines[0].find(" ok"), lines[1].find(" FAILED"), "{stdout}");
+    assert_eq!(lines[2], "2 targets: 1 ok, 1 failed");
+    assert!(
+        !stdout.contains(stack.external_id()) && !stderr.contains(stack.external_id()),
+        "{stdout}{stderr}"
+    );
+
+    let mut cmd = cli_for_targets(&stack, home.path());
+    cmd.arg("check").arg("--config").arg(&file).arg("--json");
+    let out = run(cmd).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let all = all.as_array().expect("an array");
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[0]["name"], "good");
+    assert_eq!(all[0]["ok"], true);
+    assert_eq!(all[0]["account"], account);
+    assert_eq!(all[0]["role_arn"], stack.role_arn());
+    assert_eq!(all[0]["report"]["verdict"], "ok");
+    assert_eq!(all[1]["name"], "broken");
+    assert_eq!(all[1]["ok"], false);
+    assert_eq!(all[1]["report"]["verdict"], "failed");
+    assert_eq!(all[1]["report"]["error"]["stage"], "assume-role");
+    assert_eq!(all[1]["report"]["error"]["type"], "AssumeRoleFailed");
+    let raw = String::from_utf8_lossy(&out.stdout);
+    assert!(!raw.contains(stack.external_id()));
+}
+
+#[tokio::test]
+async fn check_config_passes_when_every_target_does() {
+    let stack = stack().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = targets_file(&stack, home.path());
+    let mut cmd = cli_for_targets(&stack, home.path());
+    cmd.env("WRONG_EXTERNAL_ID", stack.external_id())
+        .arg("check")
+        .arg("--config")
+        .arg(&file);
+    let out = run(cmd).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.ends_with("2 targets: 2 ok, 0 failed\n"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_config_checks_the_targets_concurrently() {
+    let stack = stack().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    // The proxy accepts connections and never answers: each check runs until its 3 s
+    // deadline. One after another, three would take 9 s.
+    let targets = [
+        ("one", "GOOD_EXTERNAL_ID"),
+        ("two", "GOOD_EXTERNAL_ID"),
+        ("three", "GOOD_EXTERNAL_ID"),
+    ];
+    let file = targets_file_with(&stack, home.path(), &targets, "3s");
+    stack.set_proxy_stall(true);
+    let mut cmd = cli_for_targets(&stack, home.path());
+    cmd.arg("check").arg("--config").arg(&file);
+    let started = std::time::Instant::now();
+    let out = run(cmd).await;
+    let elapsed = started.elapsed();
+    stack.set_proxy_stall(false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.ends_with("3 targets: 0 ok, 3 failed\n"), "{stdout}");
+    for line in stdout.lines().take(3) {
+        assert!(line.contains("timed out after 3.0 s"), "{stdout}");
+    }
+    assert!(
+        elapsed < std::time::Duration::from_secs(6),
+        "took {elapsed:?}: not concurrent\n{stdout}"
+    );
+}
