@@ -206,6 +206,34 @@ pub(crate) fn upstream_parameters<'a>(
     Ok(upstream)
 }
 
+/// The largest message a client may send before its session is open (a SASL message;
+/// PostgreSQL allows a few kilobytes).
+const MAX_AUTH_MESSAGE: usize = 16 * 1024;
+
+/// One tagged message from the client during authentication: (tag, body).
+pub(crate) async fn read_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(u8, Vec<u8>), OpeningError> {
+    let tag = stream.read_u8().await?;
+    let len = stream.read_u32().await? as usize;
+    if !(4..=MAX_AUTH_MESSAGE).contains(&len) {
+        return Err(OpeningError::Refused(
+            sqlstate::PROTOCOL,
+            format!("invalid message length {len} during authentication"),
+        ));
+    }
+    let mut body = vec![0u8; len - 4];
+    stream.read_exact(&mut body).await?;
+    Ok((tag, body))
+}
+
+/// An `Authentication*` request: code, then data.
+pub(crate) fn authentication(code: u32, data: &[u8]) -> Vec<u8> {
+    let mut body = code.to_be_bytes().to_vec();
+    body.extend_from_slice(data);
+    message(b'R', &body)
+}
+
 /// A protocol message: tag, length, body.
 pub(crate) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(body.len() + 5);

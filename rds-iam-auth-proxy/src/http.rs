@@ -12,7 +12,6 @@
 //! Paths whose flag is not given answer 404; with none of the flags nothing listens. The
 //! server listens on `--http-address` (loopback by default) and `--http-port` (9090).
 // used by the session and listener modules, written alongside
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::io;
@@ -32,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Source};
 
 /// The default `--http-port`, the Cloud SQL Auth Proxy's.
 pub(crate) const DEFAULT_PORT: u16 = 9090;
@@ -217,8 +216,15 @@ impl Status {
 
     /// The metrics in Prometheus text, with the credential caches' counters.
     pub(crate) fn render_metrics(&self) -> String {
-        let caches: Vec<_> = self.connectors.iter().map(|c| c.credentials()).collect();
-        self.metrics.render(&caches)
+        let sources: Vec<_> = self
+            .connectors
+            .iter()
+            .map(|c| Source {
+                credentials: c.credentials(),
+                tokens_signed: c.tokens_signed(),
+            })
+            .collect();
+        self.metrics.render(&sources)
     }
 }
 
@@ -627,9 +633,9 @@ mod tests {
         let server = server(health_check(), &[("a", true), ("b", true)], Some(2)).await;
         server.status.started();
         let metrics = &server.status.metrics;
-        metrics.opened(0);
+        assert!(metrics.try_open(0, 0));
         assert_eq!(get(server.address, "/readiness").await.code, 200);
-        metrics.opened(1);
+        assert!(metrics.try_open(1, 0));
         let readiness = get(server.address, "/readiness").await;
         assert_eq!(readiness.code, 503);
         assert_eq!(
@@ -639,8 +645,8 @@ mod tests {
         metrics.closed(0);
         assert_eq!(get(server.address, "/readiness").await.code, 200);
         // Liveness does not care.
-        metrics.opened(0);
-        metrics.opened(0);
+        assert!(metrics.try_open(0, 0));
+        assert!(metrics.try_open(0, 0));
         assert_eq!(get(server.address, "/liveness").await.code, 200);
     }
 
@@ -648,7 +654,7 @@ mod tests {
     async fn zero_max_connections_means_no_limit() {
         let server = server(health_check(), &[("a", true)], Some(0)).await;
         server.status.started();
-        server.status.metrics.opened(0);
+        assert!(server.status.metrics.try_open(0, 0));
         assert_eq!(get(server.address, "/readiness").await.code, 200);
     }
 
@@ -709,8 +715,7 @@ mod tests {
             ..HttpSettings::default()
         };
         let server = server(settings, &[("app", true)], None).await;
-        server.status.metrics.opened(0);
-        server.status.metrics.token_signed(0);
+        assert!(server.status.metrics.try_open(0, 0));
         let metrics = get(server.address, "/metrics").await;
         assert_eq!(metrics.code, 200);
         assert!(
@@ -725,7 +730,7 @@ mod tests {
             .contains("rds_iam_auth_proxy_connections_open{target=\"app\"} 1\n"));
         assert!(metrics
             .body
-            .contains("rds_iam_auth_proxy_tokens_signed_total{target=\"app\"} 1\n"));
+            .contains("rds_iam_auth_proxy_tokens_signed_total{target=\"app\"} 0\n"));
         assert_eq!(request(server.address, "PUT", "/metrics").await.code, 405);
         for path in ["/startup", "/readiness", "/liveness", "/quitquitquit"] {
             assert_eq!(get(server.address, path).await.code, 404, "{path}");

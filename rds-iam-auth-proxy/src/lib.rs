@@ -38,7 +38,10 @@ use clap::Parser;
 use tokio::sync::watch;
 
 pub use args::Args;
+use http::{HttpSettings, Status};
 use listen::{ListenArgs, Listener, Place, TargetListen};
+use metrics::Metrics;
+use scram::ScramVerifier;
 use session::{Served, Sessions};
 use targets::Target;
 
@@ -99,6 +102,8 @@ fn config_error(message: impl Into<String>) -> Refusal {
 struct Running {
     sessions: Arc<Sessions>,
     listeners: Vec<(usize, Place, Listener)>,
+    status: Arc<Status>,
+    http: Option<(tokio::net::TcpListener, HttpSettings)>,
 }
 
 async fn start(args: &Args) -> Result<Running, Refusal> {
@@ -136,7 +141,24 @@ async fn start(args: &Args) -> Result<Running, Refusal> {
             endpoint_port: t.config.get_port().unwrap_or(5432),
         })
         .collect();
+    let client_password = match &args.client_password_file {
+        Some(path) => Some(read_client_password(path)?),
+        None => None,
+    };
     let places = listen::plan(&listen_args, &listen).map_err(config_error)?;
+    let http_settings = HttpSettings {
+        address: args.http_address,
+        port: args.http_port,
+        health_check: args.health_check,
+        prometheus: args.prometheus,
+        quitquitquit: args.quitquitquit,
+    };
+    let http = http::bind(&http_settings).await.map_err(|e| {
+        config_error(format!(
+            "cannot serve HTTP on {}:{}: {e} (choose another --http-port)",
+            args.http_address, args.http_port
+        ))
+    })?;
     let mut listeners = Vec::with_capacity(places.len());
     for (t, place) in places {
         let listener = listen::bind(&place)
@@ -144,10 +166,48 @@ async fn start(args: &Args) -> Result<Running, Refusal> {
             .map_err(|e| config_error(format!("target {}: {e}", targets[t].name)))?;
         listeners.push((t, place, listener));
     }
+    let metrics = Arc::new(Metrics::new(
+        served.iter().map(|t| t.name.clone()).collect(),
+    ));
+    let connectors = served.iter().map(|t| t.connector.clone()).collect();
+    let status = Arc::new(Status::new(
+        connectors,
+        metrics.clone(),
+        Some(args.max_connections),
+    ));
     Ok(Running {
-        sessions: Arc::new(Sessions::new(served, args.max_connections)),
+        sessions: Arc::new(Sessions::new(
+            served,
+            args.max_connections,
+            client_password,
+            metrics,
+        )),
         listeners,
+        status,
+        http: http.map(|listener| (listener, http_settings)),
     })
+}
+
+/// The local clients' password, from its file (one line; a final newline is not part of
+/// it).
+fn read_client_password(path: &std::path::Path) -> Result<ScramVerifier, Refusal> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error(format!("--client-password-file {shown}: cannot read: {e}")))?;
+    let password = text.strip_suffix('\n').unwrap_or(&text);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(config_error(format!(
+            "--client-password-file {shown}: the file is empty"
+        )));
+    }
+    if password.contains('\n') {
+        return Err(config_error(format!(
+            "--client-password-file {shown}: more than one line (the password is the whole first line)"
+        )));
+    }
+    ScramVerifier::new(password)
+        .map_err(|e| Refusal(1, format!("--client-password-file {shown}: {e}")))
 }
 
 /// The one target of the environment mapping (the variables the Lambda reads).
@@ -195,6 +255,27 @@ impl Running {
     async fn serve(self, args: &Args) -> ExitCode {
         let (quit_tx, mut quit) = watch::channel(false);
         tokio::spawn(signals(quit_tx.clone()));
+        if let Some((listener, settings)) = self.http {
+            tracing::info!(
+                "HTTP endpoints on {}",
+                listener
+                    .local_addr()
+                    .map_or_else(|_| "?".to_owned(), |a| a.to_string())
+            );
+            tokio::spawn(http::serve(
+                listener,
+                settings,
+                self.status.clone(),
+                quit_tx.clone(),
+                quit.clone(),
+            ));
+        }
+        // Started once every target's credentials are in (the connection test, when asked
+        // for, has passed already): until then /startup and /readiness say what is missing.
+        tokio::spawn(fetch_credentials(
+            self.sessions.clone(),
+            self.status.clone(),
+        ));
         let mut accepting = Vec::new();
         for (t, place, listener) in self.listeners {
             let target = &self.sessions.targets[t];
@@ -241,6 +322,37 @@ impl Running {
             }
         }
     }
+}
+
+/// Fetches every target's credentials at once, then marks the proxy started. A target
+/// whose fetch fails is retried (with the cache's backoff) until it succeeds.
+async fn fetch_credentials(sessions: Arc<Sessions>, status: Arc<Status>) {
+    let total = sessions.targets.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    status.starting(format!("fetching credentials (0 of {total} targets done)"));
+    let fetches = sessions.targets.iter().map(|target| {
+        let (done, status) = (&done, &status);
+        async move {
+            let mut logged = false;
+            loop {
+                match target.connector.credentials().prefetch().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        if !logged {
+                            tracing::warn!(target = %target.name, error = %e, "credentials not fetched yet; retrying");
+                            logged = true;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            let n = done.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+            status.starting(format!("fetching credentials ({n} of {total} targets done)"));
+        }
+    });
+    futures_util::future::join_all(fetches).await;
+    status.started();
+    tracing::info!("credentials fetched for every target");
 }
 
 /// Accepts clients of target `t` until the quit signal; each is served on a task of its

@@ -6,7 +6,6 @@
 //! file; each one's name is the `target` label. The credential caches' counters are read
 //! when the text is rendered, not copied here.
 // used by the session and listener modules, written alongside
-#![allow(dead_code)]
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -61,6 +60,15 @@ impl Refusal {
     }
 }
 
+/// What the library counts for one target, read when the metrics are rendered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Source<'a> {
+    /// The target's credential cache (refreshes and their failures).
+    pub(crate) credentials: &'a CredentialCache,
+    /// Tokens its connector signed ([`rds_iam_auth::Connector::tokens_signed`]).
+    pub(crate) tokens_signed: u64,
+}
+
 /// The proxy's counters for every target.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -85,7 +93,6 @@ struct Target {
     connect_nanos: AtomicU64,
     to_server: AtomicU64,
     to_client: AtomicU64,
-    tokens_signed: AtomicU64,
 }
 
 impl Target {
@@ -100,7 +107,6 @@ impl Target {
             connect_nanos: AtomicU64::new(0),
             to_server: AtomicU64::new(0),
             to_client: AtomicU64::new(0),
-            tokens_signed: AtomicU64::new(0),
         }
     }
 }
@@ -130,14 +136,23 @@ impl Metrics {
         self.targets.get(t)
     }
 
-    /// A client connection to target `t` was admitted (it counts against
-    /// `--max-connections` until [`closed`](Self::closed)).
-    pub(crate) fn opened(&self, t: usize) {
-        if let Some(target) = self.target(t) {
+    /// Admits a client connection to target `t` unless `max` (over all targets; 0: no
+    /// limit) are open: one atomic step, so a burst cannot overshoot the limit.
+    pub(crate) fn try_open(&self, t: usize, max: usize) -> bool {
+        let Some(target) = self.target(t) else {
+            return false;
+        };
+        let admitted = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if admitted {
             target.opened.fetch_add(1, Ordering::Relaxed);
             target.open.fetch_add(1, Ordering::Relaxed);
-            self.open.fetch_add(1, Ordering::Relaxed);
         }
+        admitted
     }
 
     /// An admitted client connection to target `t` ended, whatever the outcome.
@@ -197,13 +212,6 @@ impl Metrics {
         }
     }
 
-    /// An IAM token was signed for target `t` (once per upstream login attempt).
-    pub(crate) fn token_signed(&self, t: usize) {
-        if let Some(target) = self.target(t) {
-            target.tokens_signed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
     /// Client connections open now, over all targets (readiness compares it with
     /// `--max-connections`).
     pub(crate) fn open_total(&self) -> usize {
@@ -223,7 +231,7 @@ impl Metrics {
     /// Every metric in the Prometheus text format 0.0.4. `caches[t]` is target `t`'s
     /// credential cache (its refresh counters are read now); a target without one has no
     /// credential lines.
-    pub(crate) fn render(&self, caches: &[&CredentialCache]) -> String {
+    pub(crate) fn render(&self, sources: &[Source<'_>]) -> String {
         let mut out = String::with_capacity(4096 + self.targets.len() * 3072);
         let targets = &self.targets;
 
@@ -345,13 +353,13 @@ impl Metrics {
             "counter",
             "Credential fetches (base chain, then AssumeRole when a role is assumed).",
         );
-        for (t, cache) in targets.iter().zip(caches) {
+        for (t, source) in targets.iter().zip(sources) {
             sample(
                 &mut out,
                 "credential_refreshes_total",
                 t,
                 &[],
-                cache.refresh_count(),
+                source.credentials.refresh_count(),
             );
         }
 
@@ -361,13 +369,13 @@ impl Metrics {
             "counter",
             "Credential fetches that failed.",
         );
-        for (t, cache) in targets.iter().zip(caches) {
+        for (t, source) in targets.iter().zip(sources) {
             sample(
                 &mut out,
                 "credential_refresh_failures_total",
                 t,
                 &[],
-                cache.failed_refresh_count(),
+                source.credentials.failed_refresh_count(),
             );
         }
 
@@ -377,13 +385,13 @@ impl Metrics {
             "counter",
             "IAM auth tokens signed (one per upstream login attempt).",
         );
-        for t in targets.iter() {
+        for (t, source) in targets.iter().zip(sources) {
             sample(
                 &mut out,
                 "tokens_signed_total",
                 t,
                 &[],
-                load(&t.tokens_signed),
+                source.tokens_signed,
             );
         }
 
@@ -453,8 +461,8 @@ mod tests {
     #[tokio::test]
     async fn renders_one_target_exactly() {
         let metrics = Metrics::new(vec!["app".to_owned()]);
-        metrics.opened(0);
-        metrics.opened(0);
+        assert!(metrics.try_open(0, 0));
+        assert!(metrics.try_open(0, 0));
         metrics.closed(0);
         metrics.failed(0, Stage::AssumeRole);
         metrics.failed(0, Stage::Login);
@@ -467,13 +475,13 @@ mod tests {
         metrics.connect_time(0, Duration::from_secs(12)); // above every bound
         metrics.bytes(0, 100, 2500);
         metrics.bytes(0, 1, 0);
-        metrics.token_signed(0);
-        metrics.token_signed(0);
-        metrics.token_signed(0);
         let cache = static_cache();
         cache.prefetch().await.expect("static keys");
 
-        let text = metrics.render(&[&cache]);
+        let text = metrics.render(&[Source {
+            credentials: &cache,
+            tokens_signed: 3,
+        }]);
         let expected = r#"# HELP rds_iam_auth_proxy_connections_open Client connections open now.
 # TYPE rds_iam_auth_proxy_connections_open gauge
 rds_iam_auth_proxy_connections_open{target="app"} 1
@@ -545,9 +553,9 @@ rds_iam_auth_proxy_tokens_signed_total{target="app"} 3
     #[test]
     fn counts_open_connections_over_targets() {
         let metrics = Metrics::new(vec!["a".to_owned(), "b".to_owned()]);
-        metrics.opened(0);
-        metrics.opened(1);
-        metrics.opened(1);
+        assert!(metrics.try_open(0, 0));
+        assert!(metrics.try_open(1, 0));
+        assert!(metrics.try_open(1, 0));
         assert_eq!(metrics.open_total(), 3);
         metrics.closed(1);
         assert_eq!(metrics.open_total(), 2);
@@ -562,11 +570,11 @@ rds_iam_auth_proxy_tokens_signed_total{target="app"} 3
     #[test]
     fn unmatched_close_stops_at_zero() {
         let metrics = Metrics::new(vec!["a".to_owned(), "b".to_owned()]);
-        metrics.opened(0);
+        assert!(metrics.try_open(0, 0));
         metrics.closed(0);
         metrics.closed(0);
         assert_eq!(metrics.open_total(), 0);
-        metrics.opened(1);
+        assert!(metrics.try_open(1, 0));
         metrics.closed(0);
         assert_eq!(metrics.open_total(), 1, "b's connection is still open");
         assert!(metrics
@@ -582,7 +590,7 @@ rds_iam_auth_proxy_tokens_signed_total{target="app"} 3
                 let metrics = metrics.clone();
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        metrics.opened(0);
+                        assert!(metrics.try_open(0, 0));
                         metrics.connect_time(0, Duration::from_millis(20));
                         metrics.closed(0);
                     }
@@ -607,7 +615,16 @@ rds_iam_auth_proxy_tokens_signed_total{target="app"} 3
         }
         metrics.connect_time(0, Duration::from_micros(1));
         let (a, b) = (static_cache(), static_cache());
-        let text = metrics.render(&[&a, &b]);
+        let text = metrics.render(&[
+            Source {
+                credentials: &a,
+                tokens_signed: 0,
+            },
+            Source {
+                credentials: &b,
+                tokens_signed: 0,
+            },
+        ]);
         check_shape(&text);
         // Every family has samples for both targets.
         for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {

@@ -20,7 +20,6 @@
 //! UTF-8 bytes, which is also what both of them do, so every client computes the same key.
 //! Only the derived keys are kept, never the password.
 // used by the session and listener modules, written alongside
-#![allow(dead_code)]
 
 use std::fmt;
 use std::sync::Arc;

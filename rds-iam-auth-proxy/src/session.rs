@@ -2,8 +2,7 @@
 //! target's connector, then the byte relay; or a cancel request forwarded upstream.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rds_iam_auth::{BackendKey, Connector, Error, Reason};
@@ -11,6 +10,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::frontend::{self, sqlstate, Opening, OpeningError};
+use crate::metrics::{Metrics, Refusal};
+use crate::scram::{ScramError, ScramVerifier, MECHANISM};
 
 /// How long a client may take to send its startup packet (PostgreSQL's
 /// `authentication_timeout` default).
@@ -28,7 +29,10 @@ pub(crate) struct Sessions {
     pub(crate) targets: Vec<Served>,
     /// Most open client sessions over all targets; 0: no limit.
     pub(crate) max_connections: usize,
-    open: AtomicUsize,
+    /// The password local clients must present, when the operator set one.
+    pub(crate) client_password: Option<ScramVerifier>,
+    /// Counts, and the number of open sessions the limit applies to.
+    pub(crate) metrics: Arc<Metrics>,
     all_closed: Notify,
     /// Cancel keys of open sessions and their target: a cancel request is only forwarded
     /// for a key this proxy handed out on that target's listener.
@@ -36,11 +40,17 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    pub(crate) fn new(targets: Vec<Served>, max_connections: usize) -> Self {
+    pub(crate) fn new(
+        targets: Vec<Served>,
+        max_connections: usize,
+        client_password: Option<ScramVerifier>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             targets,
             max_connections,
-            open: AtomicUsize::new(0),
+            client_password,
+            metrics,
             all_closed: Notify::new(),
             keys: Mutex::new(HashMap::new()),
         }
@@ -48,7 +58,7 @@ impl Sessions {
 
     /// Client sessions open now (logging in or relaying).
     pub(crate) fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.metrics.open_total()
     }
 
     /// Waits until no session is open.
@@ -62,15 +72,11 @@ impl Sessions {
         }
     }
 
-    /// A slot for one more session, unless the limit is reached.
-    fn take_slot(&self) -> Option<Slot<'_>> {
-        let max = self.max_connections;
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (max == 0 || n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(self))
+    /// A slot for one more session of target `t`, unless the limit is reached.
+    fn take_slot(&self, t: usize) -> Option<Slot<'_>> {
+        self.metrics
+            .try_open(t, self.max_connections)
+            .then_some(Slot(self, t))
     }
 
     fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<BackendKey, usize>> {
@@ -79,12 +85,13 @@ impl Sessions {
     }
 }
 
-/// One open session, counted until dropped.
-struct Slot<'a>(&'a Sessions);
+/// One open session of a target, counted until dropped.
+struct Slot<'a>(&'a Sessions, usize);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+        self.0.metrics.closed(self.1);
+        if self.0.open() == 0 {
             self.0.all_closed.notify_waiters();
         }
     }
@@ -138,30 +145,64 @@ where
         Opening::Cancel(key) => return cancel(sessions, t, key).await,
         Opening::Startup(parameters) => parameters,
     };
-    let Some(_slot) = sessions.take_slot() else {
+    let metrics = &sessions.metrics;
+    let Some(_slot) = sessions.take_slot(t) else {
         let text = format!(
             "too many connections to the local proxy: it allows {} (--max-connections)",
             sessions.max_connections
         );
         tracing::warn!(target = %target.name, client = peer, "refused: {text}");
+        metrics.refused(t, Refusal::MaxConnections);
         return frontend::refuse(&mut client, sqlstate::TOO_MANY, &text).await;
     };
     let upstream_parameters = match frontend::upstream_parameters(&parameters, &target.db_user) {
         Ok(p) => p,
         Err((state, text)) => {
             tracing::warn!(target = %target.name, client = peer, "refused: {text}");
+            let reason = if state == sqlstate::AUTH_SPEC {
+                Refusal::User
+            } else {
+                Refusal::Protocol
+            };
+            metrics.refused(t, reason);
             return frontend::refuse(&mut client, state, &text).await;
         }
     };
+    if let Some(verifier) = &sessions.client_password {
+        if let Err(e) = authenticate(&mut client, verifier).await {
+            let (state, text, reason) = match e {
+                AuthError::Scram(e) => {
+                    let reason = if e.is_wrong_password() {
+                        Refusal::Password
+                    } else {
+                        Refusal::Protocol
+                    };
+                    (e.sqlstate(), e.message(&target.db_user), reason)
+                }
+                AuthError::Opening(OpeningError::Refused(state, text)) => {
+                    (state, text, Refusal::Protocol)
+                }
+                AuthError::Opening(OpeningError::Io(e)) => {
+                    tracing::debug!(target = %target.name, client = peer, "closed during authentication: {e}");
+                    return;
+                }
+            };
+            tracing::warn!(target = %target.name, client = peer, "refused: {text}");
+            metrics.refused(t, reason);
+            return frontend::refuse(&mut client, state, &text).await;
+        }
+    }
 
     let started = Instant::now();
     let upstream = match target.connector.connect_stream(&upstream_parameters).await {
         Ok(upstream) => upstream,
         Err(e) => {
             tracing::warn!(target = %target.name, client = peer, stage = %e.stage(), error = %e, "upstream session failed");
+            metrics.failed(t, e.stage());
             return frontend::refuse(&mut client, client_sqlstate(&e), &e.to_string()).await;
         }
     };
+    metrics.connect_time(t, started.elapsed());
     tracing::debug!(target = %target.name, client = peer, took = ?started.elapsed(), "session open");
     let _key = KeyEntry(sessions, upstream.backend_key());
     if let Some(key) = upstream.backend_key() {
@@ -177,11 +218,86 @@ where
     let mut server = upstream.into_stream();
     match tokio::io::copy_bidirectional(&mut client, &mut server).await {
         Ok((to_server, to_client)) => {
+            metrics.bytes(t, to_server, to_client);
             tracing::debug!(target = %target.name, client = peer, to_server, to_client, "session closed");
         }
         Err(e) => {
             tracing::debug!(target = %target.name, client = peer, "session ended: {e}");
         }
+    }
+}
+
+enum AuthError {
+    Opening(OpeningError),
+    Scram(ScramError),
+}
+
+impl From<OpeningError> for AuthError {
+    fn from(e: OpeningError) -> Self {
+        AuthError::Opening(e)
+    }
+}
+
+impl From<std::io::Error> for AuthError {
+    fn from(e: std::io::Error) -> Self {
+        AuthError::Opening(OpeningError::Io(e))
+    }
+}
+
+/// The SASL exchange of the local password (SCRAM-SHA-256, as PostgreSQL runs it):
+/// `AuthenticationSASL`, the client's first message, `SASLContinue`, the client's proof,
+/// `SASLFinal`. `AuthenticationOk` follows once the upstream session is open.
+async fn authenticate<S>(client: &mut S, verifier: &ScramVerifier) -> Result<(), AuthError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    const SASL: u32 = 10;
+    const SASL_CONTINUE: u32 = 11;
+    const SASL_FINAL: u32 = 12;
+    let mut mechanisms = MECHANISM.as_bytes().to_vec();
+    mechanisms.extend_from_slice(b"\0\0");
+    client
+        .write_all(&frontend::authentication(SASL, &mechanisms))
+        .await?;
+
+    let mut exchange = verifier.start();
+    let body = password_message(client).await?;
+    // SASLInitialResponse: mechanism\0, then the length of the data (-1: none), the data.
+    let nul = body
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(ScramError::Malformed(
+            "SASLInitialResponse without a mechanism",
+        ))
+        .map_err(AuthError::Scram)?;
+    let mechanism = String::from_utf8_lossy(&body[..nul]).into_owned();
+    let data = body.get(nul + 5..).unwrap_or_default();
+    let server_first = exchange
+        .client_first(&mechanism, data)
+        .map_err(AuthError::Scram)?;
+    client
+        .write_all(&frontend::authentication(SASL_CONTINUE, &server_first))
+        .await?;
+
+    let proof = password_message(client).await?;
+    let server_final = exchange.client_final(&proof).map_err(AuthError::Scram)?;
+    client
+        .write_all(&frontend::authentication(SASL_FINAL, &server_final))
+        .await?;
+    Ok(())
+}
+
+/// The body of the client's next `p` message (password, SASL).
+async fn password_message<S: AsyncRead + Unpin>(client: &mut S) -> Result<Vec<u8>, AuthError> {
+    match frontend::read_message(client).await? {
+        (b'p', body) => Ok(body),
+        (tag, _) => Err(AuthError::Opening(OpeningError::Refused(
+            sqlstate::PROTOCOL,
+            format!(
+                "expected a SASL response, got message {:?}",
+                char::from(tag)
+            ),
+        ))),
     }
 }
 

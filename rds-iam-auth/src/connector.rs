@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) target_session_attrs: TargetSessionAttrs,
     /// Failed connects, for [`Connector::last_connect_error`].
     pub(crate) failures: FailureLog,
+    /// Tokens signed, for [`Connector::tokens_signed`].
+    pub(crate) tokens_signed: std::sync::atomic::AtomicU64,
 }
 
 /// A future borrowed from the client it runs on.
@@ -288,8 +290,23 @@ impl Connector {
         let credentials = deadline
             .limit(fetch_stage(role), cache.credentials())
             .await?;
-        let token = token::sign(&self.inner.token_params, &credentials, SystemTime::now());
+        let token = self.sign(&credentials);
         Ok((token, credentials))
+    }
+
+    /// A token signed now with `credentials`, counted.
+    fn sign(&self, credentials: &Credentials) -> AuthToken {
+        use std::sync::atomic::Ordering;
+        self.inner.tokens_signed.fetch_add(1, Ordering::Relaxed);
+        token::sign(&self.inner.token_params, credentials, SystemTime::now())
+    }
+
+    /// How many tokens this connector has signed (one per login attempt, and one per
+    /// [`token`](Connector::token) call): for metrics.
+    pub fn tokens_signed(&self) -> u64 {
+        self.inner
+            .tokens_signed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The credential cache (shared by every connection of this connector).
@@ -416,7 +433,7 @@ impl Connector {
         };
         let p = &self.inner.token_params;
         let started = Instant::now();
-        let token = token::sign(p, &credentials, SystemTime::now());
+        let token = self.sign(&credentials);
         rec.record(
             Stage::Token,
             Outcome::Ok,

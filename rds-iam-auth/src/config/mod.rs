@@ -533,6 +533,7 @@ impl Config {
                 after_connect: self.after_connect,
                 target_session_attrs: self.target_session_attrs.unwrap_or(TargetSessionAttrs::Any),
                 failures: Default::default(),
+                tokens_signed: Default::default(),
             }),
         })
     }
