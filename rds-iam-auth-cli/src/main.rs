@@ -47,6 +47,21 @@ enum Command {
     Check(CheckArgs),
     /// Run psql through the whole IAM path: role, fresh token, verify-full TLS.
     Psql(PsqlArgs),
+    /// Run the local auth proxy (`rds-iam-auth-proxy`): clients in any language connect
+    /// to localhost with no password. `rds-iam-auth proxy --help` lists its flags.
+    #[command(disable_help_flag = true)]
+    Proxy(ProxyArgs),
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// The proxy's own flags, passed on as given.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "PROXY FLAGS"
+    )]
+    args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Args)]
@@ -292,6 +307,11 @@ struct PsqlArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors: clap prints them and exits with 2
+    if let Command::Proxy(proxy) = cli.command {
+        // The proxy sets up its own logs and runtime, as its own binary does.
+        let program = std::ffi::OsString::from("rds-iam-auth proxy");
+        return rds_iam_auth_proxy::main_with_args(std::iter::once(program).chain(proxy.args));
+    }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -308,6 +328,7 @@ fn main() -> ExitCode {
             Command::GenerateDbAuthToken(args) => generate(args).await,
             Command::Check(args) => check(args).await,
             Command::Psql(args) => psql(args).await,
+            Command::Proxy(_) => unreachable!("run before the runtime is built"),
         }
     });
     match result {

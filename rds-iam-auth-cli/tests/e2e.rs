@@ -659,3 +659,49 @@ async fn check_config_checks_the_targets_concurrently() {
         "took {elapsed:?}: not concurrent\n{stdout}"
     );
 }
+
+/// `rds-iam-auth proxy` is the local auth proxy: psql through it with no password.
+#[tokio::test]
+async fn the_proxy_subcommand_serves_clients_with_no_password() {
+    use std::io::{BufRead, BufReader};
+    let stack = stack().await;
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_rds-iam-auth"))
+        .args(["proxy", "--port", "0"])
+        .envs(stack.env())
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("rds-iam-auth proxy starts");
+    let mut lines = BufReader::new(proxy.stderr.take().unwrap()).lines();
+    let mut port = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            port = rest.split(' ').next().and_then(|p| p.parse::<u16>().ok());
+        }
+        if line.contains("ready for new connections") {
+            break;
+        }
+    }
+    let port = port.expect("a listening line");
+    std::thread::spawn(move || lines.for_each(drop));
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} user={} dbname={}",
+            stack.db_user(),
+            stack.db_name()
+        ))
+        .args(["-X", "-A", "-t", "-c", "SELECT current_user"])
+        .env("PGPASSFILE", "/nonexistent")
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), stack.db_user());
+}
