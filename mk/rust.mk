@@ -25,8 +25,10 @@ test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, 
 	@$(MAKE) --no-print-directory soak
 
 SOAK_SECONDS ?= 120
-soak: ## Soak (SOAK_SECONDS=120): pool of 8 under 32 tasks + a connect every 250 ms, 30 s credentials, 20 s tokens
-	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) nextest run -p rds-iam-auth --features deadpool-postgres --test soak --run-ignored only --no-capture
+# The two soaks run side by side (one stack each): the library's pool, and pgbench through
+# the local auth proxy. Together they take SOAK_SECONDS, not twice that.
+soak: ## Soaks (SOAK_SECONDS=120), side by side: the library's pool of 8 under 32 tasks + a connect every 250 ms (30 s credentials, 20 s tokens); pgbench through the local auth proxy, new connection per transaction plus held sessions (20 s credentials, 10 s tokens)
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) nextest run -p rds-iam-auth -p rds-iam-auth-proxy --features rds-iam-auth/deadpool-postgres --test soak --run-ignored only --test-threads 2 --success-output final --failure-output final
 
 bench: ## Token benchmark: this crate against aws-sdk-rds (criterion)
 	$(CARGO) bench --bench token
