@@ -86,12 +86,7 @@ async fn sts_refusing_fails_new_clients_at_assume_role_while_open_sessions_go_on
     let stack = common::stack().await;
     stack.set_sts_fault(StsFault::Refuse);
     let proxy = Proxy::start(&stack, &["--port", "0"], &[]);
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={} dbname={}",
-        proxy.port(),
-        stack.db_user(),
-        stack.db_name()
-    );
+    let conninfo = common::conninfo(&stack, proxy.port());
     let (ok, _, err) = psql(&conninfo, "SELECT 1");
     assert!(!ok);
     assert!(err.contains("assume-role: "), "{err}");
@@ -128,12 +123,7 @@ async fn sts_refusing_fails_new_clients_at_assume_role_while_open_sessions_go_on
 async fn a_cancel_request_interrupts_the_query_within_a_second() {
     let stack = common::stack().await;
     let proxy = Proxy::start(&stack, &["--port", "0"], &[]);
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={} dbname={}",
-        proxy.port(),
-        stack.db_user(),
-        stack.db_name()
-    );
+    let conninfo = common::conninfo(&stack, proxy.port());
     let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
         .await
         .expect("session");

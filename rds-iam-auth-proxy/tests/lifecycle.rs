@@ -53,11 +53,7 @@ async fn sigterm_refuses_new_clients_and_lets_open_sessions_finish() {
     let stack = common::stack().await;
     let mut proxy = Proxy::start(&stack, &["--port", "0", "--max-sigterm-delay", "20s"], &[]);
     let port = proxy.port();
-    let conninfo = format!(
-        "host=127.0.0.1 port={port} user={} dbname={}",
-        stack.db_user(),
-        stack.db_name()
-    );
+    let conninfo = common::conninfo(&stack, port);
     let running = std::thread::spawn({
         let conninfo = conninfo.clone();
         move || psql(&conninfo, "SELECT pg_sleep(2); SELECT 'finished'")
@@ -85,12 +81,7 @@ async fn sigterm_refuses_new_clients_and_lets_open_sessions_finish() {
 async fn sessions_still_open_after_the_delay_are_closed_with_exit_1() {
     let stack = common::stack().await;
     let mut proxy = Proxy::start(&stack, &["--port", "0", "--max-sigterm-delay", "1s"], &[]);
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={} dbname={}",
-        proxy.port(),
-        stack.db_user(),
-        stack.db_name()
-    );
+    let conninfo = common::conninfo(&stack, proxy.port());
     let running = std::thread::spawn(move || psql(&conninfo, "SELECT pg_sleep(30)"));
     std::thread::sleep(Duration::from_millis(700));
     let signalled = Instant::now();
@@ -109,12 +100,7 @@ async fn sessions_still_open_after_the_delay_are_closed_with_exit_1() {
 async fn max_connections_refuses_the_one_too_many() {
     let stack = common::stack().await;
     let proxy = Proxy::start(&stack, &["--port", "0", "--max-connections", "1"], &[]);
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={} dbname={}",
-        proxy.port(),
-        stack.db_user(),
-        stack.db_name()
-    );
+    let conninfo = common::conninfo(&stack, proxy.port());
     let (client, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
         .await
         .expect("the first session");

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{psql, Proxy};
+use common::{conninfo, psql, Proxy};
 use rds_proxy_emulator::LocalStack;
 
 /// A free loopback port (for the HTTP server, whose port the log does not print first).
@@ -61,14 +61,6 @@ fn metric(text: &str, line_start: &str) -> f64 {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-fn conninfo(stack: &LocalStack, port: u16) -> String {
-    format!(
-        "host=127.0.0.1 port={port} user={} dbname={}",
-        stack.db_user(),
-        stack.db_name()
-    )
 }
 
 // Multi-threaded: the sessions' connection tasks run while this test blocks on HTTP.

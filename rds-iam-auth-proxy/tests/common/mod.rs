@@ -138,6 +138,16 @@ impl Drop for Proxy {
     }
 }
 
+/// libpq's connection string for the stack's database user and database through a proxy
+/// listener on 127.0.0.1:`port`, with no password.
+pub fn conninfo(stack: &LocalStack, port: u16) -> String {
+    format!(
+        "host=127.0.0.1 port={port} user={} dbname={}",
+        stack.db_user(),
+        stack.db_name()
+    )
+}
+
 /// `psql` with a connection string, `-c sql`: (success, stdout, stderr). No password
 /// anywhere: not in the environment, not in a file.
 pub fn psql(conninfo: &str, sql: &str) -> (bool, String, String) {
