@@ -629,30 +629,16 @@ fn check_unique(
     Ok(())
 }
 
-/// A duration with its unit: `500ms`, `10s`, `2m`, `1h` (whole numbers, more than zero).
+/// A duration with its unit, as the command line takes it (`500ms`, `10s`, `2m`, `1h30m`),
+/// more than zero.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("is {text:?}: expected a whole number and a unit (ms, s, m or h), e.g. \"10s\"");
-    let trimmed = text.trim();
-    let digits = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(digits);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let millis_per = match unit.trim() {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(bad()),
-    };
-    if number == 0 {
+    let duration = crate::args::parse_duration(text).map_err(|_| {
+        format!("is {text:?}: expected a whole number and a unit (ms, s, m or h), e.g. \"10s\"")
+    })?;
+    if duration.is_zero() {
         return Err(format!("is {text:?}: must be more than zero"));
     }
-    number
-        .checked_mul(millis_per)
-        .map(Duration::from_millis)
-        .ok_or_else(bad)
+    Ok(duration)
 }
 
 /// Line and column (from 1, in characters) of byte `offset` of `text`.
@@ -1366,6 +1352,8 @@ unix_socket = "sockets"
             ("10s", 10_000),
             (" 2m", 120_000),
             ("1h", 3_600_000),
+            ("1.5s", 1_500),
+            ("1h30m", 5_400_000),
         ] {
             assert_eq!(
                 parse_duration(text),
@@ -1376,7 +1364,6 @@ unix_socket = "sockets"
         for bad in [
             "10",
             "10x",
-            "1.5s",
             "-1s",
             "s",
             "",

@@ -123,3 +123,19 @@ async fn max_connections_refuses_the_one_too_many() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn structured_logs_are_json_lines() {
+    let stack = common::stack().await;
+    let proxy = Proxy::start(&stack, &["--port", "0", "--structured-logs"], &[]);
+    let (ok, _, err) = psql(&common::conninfo(&stack, proxy.port()), "SELECT 1");
+    assert!(ok, "{err}");
+    let log = proxy.log_text();
+    for line in log.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(event["level"].is_string(), "{line}");
+        assert!(event["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(log.contains("ready for new connections"));
+}
