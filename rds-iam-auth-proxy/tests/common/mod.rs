@@ -16,6 +16,23 @@ pub async fn stack() -> LocalStack {
         .expect("local stack starts")
 }
 
+/// The proxy's environment for the stack's READ_WRITE endpoint (the writer) instead of the
+/// application's READ_ONLY one: a hot standby behind that one takes no writes, not even to a
+/// temporary table. Pass it as `Proxy::start`'s `env`, through [`env_refs`].
+pub fn read_write_env(stack: &LocalStack) -> Vec<(&'static str, String)> {
+    let rw = stack.endpoint("READ_WRITE").expect("a READ_WRITE endpoint");
+    vec![
+        ("RDS_PROXY_APPLICATION_ENDPOINT", rw.hostname.clone()),
+        ("DB_PORT", rw.port.to_string()),
+        ("DB_CONNECT_HOST", rw.listen.to_string()),
+    ]
+}
+
+/// `(name, value)` pairs as the `&str` pairs `Proxy::start` takes.
+pub fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 /// A running `rds-iam-auth-proxy`.
 pub struct Proxy {
     pub child: Child,
