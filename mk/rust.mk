@@ -11,7 +11,7 @@ lint-rust: ## Rust lint: cargo fmt --check, clippy -D warnings, rustdoc -D warni
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy $(RUST_EXCLUDE) $(RUST_FEATURES) --all-targets -- -D warnings
 	@# No two modules of a crate may use each other, directly or through others.
-	python3 scripts/module-cycles.py rds-iam-auth/src rds-iam-auth-cli/src connection-test/src rds-proxy-emulator/src
+	python3 scripts/module-cycles.py rds-iam-auth/src rds-iam-auth-cli/src rds-iam-auth-proxy/src connection-test/src rds-proxy-emulator/src
 	@# Docs are part of the product: broken links and missing docs fail the build.
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --quiet --no-deps $(RUST_EXCLUDE) $(RUST_FEATURES)
 
