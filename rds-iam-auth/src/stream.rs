@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -148,9 +148,9 @@ pub(crate) async fn login(
     parameters: &[(&str, &str)],
     token: &AuthToken,
 ) -> Result<LoggedInStream, Error> {
-    let io = |e: std::io::Error| {
-        login_failure(user, host, Reason::LoginFailed, &e.to_string(), None).with_source(e)
-    };
+    // A login that failed for no reason the classification knows.
+    let failed = |message: &str| login_failure(user, host, Reason::LoginFailed, message, None);
+    let io = |e: std::io::Error| failed(&e.to_string()).with_source(e);
     let startup = startup_parameters(user, defaults, parameters);
     let mut out = BytesMut::new();
     frontend::startup_message(startup.iter().copied(), &mut out).map_err(io)?;
@@ -161,7 +161,8 @@ pub(crate) async fn login(
     let mut backend_key = None;
     let mut authenticated = false;
     loop {
-        let (tag, body, raw) = read_message(&mut stream, &mut input).await.map_err(io)?;
+        let raw = read_message(&mut stream, &mut input).await.map_err(io)?;
+        let (tag, body) = (raw[0], &raw[5..]);
         match tag {
             b'R' => {
                 let code = body
@@ -180,18 +181,12 @@ pub(crate) async fn login(
                             "the server asked for {}; an IAM token is sent as the cleartext password, over TLS",
                             auth_method(code)
                         );
-                        return Err(login_failure(
-                            user,
-                            host,
-                            Reason::LoginFailed,
-                            &message,
-                            None,
-                        ));
+                        return Err(failed(&message));
                     }
                 }
             }
             b'E' => {
-                let fields = error_fields(&body);
+                let fields = error_fields(body);
                 let text = fields.message.unwrap_or("(no message)");
                 let message = format!(
                     "{} {}: {text}",
@@ -207,13 +202,7 @@ pub(crate) async fn login(
                     "unexpected message {:?} before authentication ended",
                     char::from(tag)
                 );
-                return Err(login_failure(
-                    user,
-                    host,
-                    Reason::LoginFailed,
-                    &message,
-                    None,
-                ));
+                return Err(failed(&message));
             }
             b'K' if body.len() == 8 => {
                 backend_key = Some(BackendKey {
@@ -227,13 +216,7 @@ pub(crate) async fn login(
                 if !input.is_empty() {
                     // Nothing may follow ReadyForQuery before the client speaks.
                     let message = "the server sent data after ReadyForQuery";
-                    return Err(login_failure(
-                        user,
-                        host,
-                        Reason::LoginFailed,
-                        message,
-                        None,
-                    ));
+                    return Err(failed(message));
                 }
                 return Ok(LoggedInStream {
                     stream,
@@ -250,11 +233,8 @@ pub(crate) async fn login(
 /// packets is 10,000 bytes; parameter values and error texts stay far below this).
 const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
 
-/// One backend message: its tag, its body and its raw bytes (tag and length included).
-async fn read_message(
-    stream: &mut TlsStream,
-    input: &mut BytesMut,
-) -> std::io::Result<(u8, Vec<u8>, Vec<u8>)> {
+/// One backend message, raw (tag and length included: the body starts at byte 5).
+async fn read_message(stream: &mut TlsStream, input: &mut BytesMut) -> std::io::Result<Vec<u8>> {
     use std::io::{Error as IoError, ErrorKind};
     loop {
         if input.len() >= 5 {
@@ -266,10 +246,7 @@ async fn read_message(
                 ));
             }
             if input.len() > len {
-                let raw = input.split_to(len + 1).to_vec();
-                let mut header = &raw[..5];
-                let tag = header.get_u8();
-                return Ok((tag, raw[5..].to_vec(), raw));
+                return Ok(input.split_to(len + 1).to_vec());
             }
         }
         if stream.read_buf(input).await? == 0 {
