@@ -111,21 +111,22 @@ async fn start(args: &Args) -> Result<Running, Refusal> {
         Some(path) => targets::load(path).map_err(|e| config_error(e.to_string()))?,
         None => vec![target_from_env()?],
     };
-    let mut served = Vec::with_capacity(targets.len());
-    for target in &targets {
-        let db_user = target.config.get_user().unwrap_or_default().to_owned();
+    // Built at once: each loads the AWS configuration (files, the credential chain).
+    let built = futures_util::future::join_all(targets.iter().map(|target| async move {
         let connector = target
             .config
             .clone()
             .connector()
             .await
             .map_err(|e| config_error(format!("target {}: {e}", target.name)))?;
-        served.push(Served {
+        Ok(Served {
             name: target.name.clone(),
             connector,
-            db_user,
-        });
-    }
+            db_user: target.config.get_user().unwrap_or_default().to_owned(),
+        })
+    }))
+    .await;
+    let served = built.into_iter().collect::<Result<Vec<_>, Refusal>>()?;
     let listen_args = ListenArgs {
         address: args.address,
         port: args.port,
@@ -138,7 +139,7 @@ async fn start(args: &Args) -> Result<Running, Refusal> {
             name: &t.name,
             local_port: t.local_port,
             unix_socket: t.unix_socket.as_deref(),
-            endpoint_port: t.config.get_port().unwrap_or(5432),
+            endpoint_port: t.config.get_port().unwrap_or(targets::DEFAULT_PORT),
         })
         .collect();
     let client_password = match &args.client_password_file {

@@ -90,7 +90,7 @@ pub(crate) fn plan(
             // psql -h DIR -p PORT: the port names the socket; the local port when the
             // target has one, else the endpoint's (so `-p 5432` works as for a server).
             let port = t.local_port.unwrap_or(t.endpoint_port);
-            places.push((i, Place::Unix(dir.join(format!(".s.PGSQL.{port}")))));
+            places.push((i, Place::Unix(socket_path(dir, port))));
         }
         if !places.iter().any(|(target, _)| *target == i) {
             return Err(format!("target {}: nowhere to listen", t.name));
@@ -113,6 +113,12 @@ pub(crate) fn plan(
         }
     }
     Ok(places)
+}
+
+/// PostgreSQL's name for the socket of `port` in `dir`, which libpq looks for when given
+/// `host=DIR port=PORT`.
+pub(crate) fn socket_path(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!(".s.PGSQL.{port}"))
 }
 
 /// A bound listener.

@@ -87,16 +87,15 @@ impl Target {
             .local_port
             .or(self.config.get_port())
             .unwrap_or(DEFAULT_PORT);
-        socket_path(self.unix_socket.as_deref()?, port)
+        Some(crate::listen::socket_path(
+            self.unix_socket.as_deref()?,
+            port,
+        ))
     }
 }
 
 /// The endpoint port when a target gives none (the library's default too).
-const DEFAULT_PORT: u16 = 5432;
-
-fn socket_path(dir: &Path, port: u16) -> Option<PathBuf> {
-    Some(dir.join(format!(".s.PGSQL.{port}")))
-}
+pub(crate) const DEFAULT_PORT: u16 = 5432;
 
 /// Where in the file a problem is.
 #[derive(Debug, Clone, PartialEq, Eq)]
