@@ -66,6 +66,7 @@ pub use cluster::{FailoverReport, ServerRole, ServerStatus};
 pub use config::{StackConfig, TargetRole};
 pub use control::{Counters, StsFault};
 pub use iam::TemporaryCredentials;
+pub use proxy::MetricsSnapshot;
 pub use stack::{shell_quote, Endpoint, LocalStack, StartOptions};
 
 /// Everything that can go wrong starting or running the stack.

@@ -11,7 +11,7 @@ use crate::config::{StackConfig, TargetRole};
 use crate::control::{Control, Counters, StsFault};
 use crate::iam::{Iam, TemporaryCredentials};
 use crate::pg::{PgOptions, PgServer, PgTls};
-use crate::proxy::{serve_endpoint, EndpointSpec, ProxyShared};
+use crate::proxy::{serve_endpoint, EndpointSpec, MetricsSnapshot, ProxyShared};
 use crate::sts::{Sts, StsServer};
 use crate::tls::ProxyTls;
 use crate::Error;
@@ -377,16 +377,16 @@ impl LocalStack {
             .collect()
     }
 
-    /// Fails over like an Aurora cluster: stops the writer and promotes a reader. Client
-    /// sessions on both are closed (with PostgreSQL's shutdown error, 57P01), new
-    /// `READ_WRITE` sessions go to the new writer as soon as it accepts writes (logins
-    /// arriving meanwhile wait), and a new reader is built from it in the background
-    /// ([`LocalStack::wait_for_readers`]).
+    /// Fails over like an Aurora cluster: stops the writer and promotes a reader. As with
+    /// RDS Proxy, idle client connections stay open and their next transactions run on the
+    /// new writer (requests and logins arriving meanwhile wait, up to the borrow timeout);
+    /// clients in a request or a transaction, or pinned, get PostgreSQL's shutdown error
+    /// (57P01) and are closed. A new reader is built from the new writer in the background
+    /// ([`LocalStack::wait_for_readers`]) and joins the readers' pool.
     pub async fn failover(&self) -> Result<FailoverReport, Error> {
         let proxy = Arc::clone(&self.proxy);
         let fut = Arc::clone(&self.cluster).failover(
             move |servers: &[SocketAddr]| proxy.sessions_on(servers),
-            Arc::clone(&self.control),
             self.runtime.clone(),
         );
         self.runtime
@@ -406,6 +406,16 @@ impl LocalStack {
     /// Number of client connections the proxy holds now.
     pub fn proxy_client_connections(&self) -> usize {
         self.proxy.client_connections()
+    }
+
+    /// The proxy's metrics now, with RDS Proxy's CloudWatch names.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.proxy.metrics()
+    }
+
+    /// The writer's address, `None` while a failover is under way.
+    pub fn writer_addr(&self) -> Option<SocketAddr> {
+        self.cluster.current_topology().writer
     }
 
     /// Sets a fault of the STS stand-in ([`StsFault::None`] clears it).
