@@ -27,6 +27,8 @@ pub(super) struct BackendConn {
     pub(super) params: SessionParams,
     /// The `ParameterStatus` messages this session would greet a client with now, by name.
     reported: Vec<(Box<[u8]>, Box<[u8]>)>,
+    /// Those it was greeted with at login (no tracked parameter set).
+    login_greeting: Vec<u8>,
 }
 
 /// Why a database connection could not be opened.
@@ -104,22 +106,20 @@ impl Reader {
 
 impl BackendConn {
     /// Opens a session on `addr` as `user` on `database` with the proxy's secret
-    /// `password` (SCRAM-SHA-256, MD5 or cleartext, as the server asks), with the tracked
-    /// parameters `params`, and reads its greeting.
+    /// `password` (SCRAM-SHA-256, MD5 or cleartext, as the server asks), and reads its
+    /// greeting. No tracked parameter is set at login: a value given there would become
+    /// the session's default, which `RESET` returns to, so clients' values are applied
+    /// afterwards ([`BackendConn::restore`]).
     pub(super) async fn open(
         addr: SocketAddr,
         user: &str,
         database: &str,
         password: &str,
-        params: &SessionParams,
     ) -> Result<BackendConn, OpenError> {
         let mut s = TcpStream::connect(addr).await?;
         let _ = s.set_nodelay(true);
         let mut body = PROTOCOL_3.to_be_bytes().to_vec();
-        for (k, v) in [("user", user), ("database", database)]
-            .into_iter()
-            .chain(params.startup_pairs())
-        {
+        for (k, v) in [("user", user), ("database", database)] {
             body.extend_from_slice(k.as_bytes());
             body.push(0);
             body.extend_from_slice(v.as_bytes());
@@ -212,8 +212,9 @@ impl BackendConn {
             stream: s,
             addr,
             key: [0; 8],
-            params: params.clone(),
+            params: SessionParams::default(),
             reported: Vec::new(),
+            login_greeting: Vec::new(),
         };
         loop {
             let (tag, body) = r.next(&mut conn.stream).await?;
@@ -235,7 +236,13 @@ impl BackendConn {
         if !r.drained() {
             return Err(ConnError::Protocol("database data after ReadyForQuery".into()).into());
         }
+        conn.login_greeting = conn.greeting();
         Ok(conn)
+    }
+
+    /// The `ParameterStatus` messages of the session's login (no tracked parameter set).
+    pub(super) fn login_greeting(&self) -> &[u8] {
+        &self.login_greeting
     }
 
     fn report(&mut self, body: Vec<u8>) {
@@ -292,13 +299,16 @@ impl BackendConn {
         }
     }
 
-    /// Gives the session `wanted`'s tracked parameters (nothing to do when they are equal).
-    pub(super) async fn restore(&mut self, wanted: &SessionParams) -> Result<(), ConnError> {
-        if let Some(sql) = self.params.restore_sql(wanted) {
-            self.run(&sql).await?;
-            self.params = wanted.clone();
+    /// Gives the session `wanted`'s tracked parameters; whether anything had to change.
+    pub(super) async fn restore(&mut self, wanted: &SessionParams) -> Result<bool, ConnError> {
+        match self.params.restore_sql(wanted) {
+            Some(sql) => {
+                self.run(&sql).await?;
+                self.params = wanted.clone();
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        Ok(())
     }
 
     /// Prepares statements again (each `Parse` message followed by a `Sync`, its answers

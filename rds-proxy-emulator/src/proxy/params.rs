@@ -31,12 +31,10 @@ impl SessionParams {
         SessionParams(values)
     }
 
-    /// `(name, value)` pairs to send in a startup packet.
-    pub(super) fn startup_pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        TRACKED
-            .iter()
-            .zip(self.0.iter())
-            .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
+    /// The value of tracked parameter `name`, when the client set it.
+    pub(super) fn get(&self, name: &[u8]) -> Option<&str> {
+        let i = TRACKED.iter().position(|t| t.as_bytes() == name)?;
+        self.0[i].as_deref()
     }
 
     /// The SQL that turns a session with `self`'s values into one with `wanted`'s, or `None`
@@ -112,10 +110,7 @@ mod tests {
             p(&[]).restore_sql(&p(&[("DateStyle", "a\\b")])).as_deref(),
             Some("SELECT pg_catalog.set_config('DateStyle', E'a\\\\b', false);")
         );
-        let pairs: Vec<_> = client.startup_pairs().collect();
-        assert_eq!(
-            pairs,
-            [("application_name", "it's"), ("search_path", "app, public")]
-        );
+        assert_eq!(client.get(b"application_name"), Some("it's"));
+        assert_eq!(client.get(b"TimeZone"), None);
     }
 }

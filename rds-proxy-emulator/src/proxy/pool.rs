@@ -14,8 +14,11 @@
 //!   while the topology has no server for the role (a failover, a reader being built).
 //! - Idle connections on a server that left the role (a stopped writer) or that look dead
 //!   are closed when met.
-//! - The `ParameterStatus` set a client is greeted with comes from the pool's connections,
-//!   cached per set of tracked parameters.
+//! - The `ParameterStatus` set a client is greeted with comes from the pool's connections:
+//!   the set of the pool's first login, with the client's own values for the tracked
+//!   parameters (as PostgreSQL reported them once a connection was given those values,
+//!   else as the client sent them). A login needs no connection of its own once the pool
+//!   has one that is alive.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,9 +29,10 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::backend::{BackendConn, OpenError};
+use super::frames::header;
 use super::metrics::ProxyMetrics;
 use super::params::SessionParams;
-use super::wire::{fatal_message, ConnError};
+use super::wire::{message, ConnError};
 use crate::cluster::Topology;
 use crate::config::TargetRole;
 
@@ -111,7 +115,11 @@ struct Pool {
     idle: Vec<Backend>,
     /// Connections open or being opened.
     open: usize,
-    greetings: HashMap<SessionParams, Arc<[u8]>>,
+    /// The `ParameterStatus` set of a login without tracked parameters.
+    base: Option<Arc<[u8]>>,
+    /// The set as PostgreSQL reported it with given tracked parameters, learned when a
+    /// connection was given them.
+    exact: HashMap<SessionParams, Arc<[u8]>>,
 }
 
 struct Waiter {
@@ -372,22 +380,12 @@ impl Shared {
 
 impl Reservation {
     /// Opens the connection this reservation has room for.
-    async fn open(
-        mut self,
-        params: &SessionParams,
-        password: &str,
-    ) -> Result<Backend, BorrowError> {
+    async fn open(mut self, password: &str) -> Result<Backend, BorrowError> {
         let shared = Arc::clone(&self.shared);
         ProxyMetrics::bump(&shared.metrics.database_connection_requests);
         let opened = tokio::time::timeout(
             shared.settings.connect_timeout,
-            BackendConn::open(
-                self.addr,
-                &self.key.user,
-                &self.key.database,
-                password,
-                params,
-            ),
+            BackendConn::open(self.addr, &self.key.user, &self.key.database, password),
         )
         .await;
         let mut conn = match opened {
@@ -537,7 +535,7 @@ impl Pools {
                     b.set_borrowed(true);
                     return Ok(b);
                 }
-                Next::Open(r) => return r.open(params, password).await,
+                Next::Open(r) => return r.open(password).await,
                 Next::Wait(mut rx) => {
                     tokio::select! {
                         g = &mut rx => g.ok(),
@@ -569,7 +567,7 @@ impl Pools {
                 Some(Grant::Slot(r)) => {
                     // The role may have moved while the waiter waited.
                     if self.serves(r.addr, key.role) {
-                        return r.open(params, password).await;
+                        return r.open(password).await;
                     }
                 }
                 None => {}
@@ -644,10 +642,30 @@ impl Pools {
         drop(close);
     }
 
-    /// The `ParameterStatus` messages a client of pool `key` with `params` is greeted with.
-    /// Known ones are served when the pool has a live connection; otherwise a connection is
-    /// borrowed (opened if need be, which also proves the database is reachable) and given
-    /// `params`.
+    /// Gives a borrowed connection the client's tracked parameters, learning how
+    /// PostgreSQL reports them.
+    pub(super) async fn restore(
+        &self,
+        b: &mut Backend,
+        params: &SessionParams,
+    ) -> Result<(), ConnError> {
+        if b.restore(params).await? {
+            let g: Arc<[u8]> = b.greeting().into();
+            if let Ok(mut st) = self.shared.state.lock() {
+                if let Some(p) = st.pools.get_mut(&b.key) {
+                    if p.exact.len() < 1024 {
+                        p.exact.insert(params.clone(), g);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The `ParameterStatus` messages a client of pool `key` with `params` is greeted
+    /// with. Served from what the pool knows when it has a live connection; otherwise a
+    /// connection is borrowed first (opened if need be, which also proves the database is
+    /// reachable).
     pub(super) async fn greeting(
         &self,
         key: &PoolKey,
@@ -656,12 +674,12 @@ impl Pools {
     ) -> Result<Arc<[u8]>, BorrowError> {
         let shared = &self.shared;
         let mut dead = Vec::new();
-        let cached = shared.state.lock().ok().and_then(|mut st| {
+        let known = shared.state.lock().ok().and_then(|mut st| {
             let t = shared.topology.borrow().clone();
             let cands = candidates(&t, key.role);
             let State { pools, servers, .. } = &mut *st;
             let pool = pools.get_mut(key)?;
-            let g = pool.greetings.get(params).cloned()?;
+            let base = pool.base.clone()?;
             let mut i = pool.idle.len();
             while i > 0 {
                 i -= 1;
@@ -675,29 +693,28 @@ impl Pools {
                 }
             }
             // Connections dropped above are still counted in `open` until `dead` goes.
-            (pool.open > dead.len()).then_some(g)
+            (pool.open > dead.len()).then(|| (base, pool.exact.get(params).cloned()))
         });
         drop(dead);
-        if let Some(g) = cached {
-            return Ok(g);
-        }
-        let mut b = self.borrow(key, params, password).await?;
-        if let Err(e) = b.restore(params).await {
-            return Err(match e {
-                ConnError::Protocol(m) => BorrowError::Refused(fatal_message("22023", &m)),
-                ConnError::Io(e) => BorrowError::Unreachable(e.to_string()),
-            });
-        }
-        let g: Arc<[u8]> = b.greeting().into();
-        if let Ok(mut st) = shared.state.lock() {
-            st.pools
-                .entry(key.clone())
-                .or_default()
-                .greetings
-                .insert(params.clone(), Arc::clone(&g));
-        }
-        self.release(b);
-        Ok(g)
+        let (base, exact) = match known {
+            Some(k) => k,
+            None => {
+                let b = self.borrow(key, params, password).await?;
+                let base: Arc<[u8]> = b.login_greeting().into();
+                let exact = shared.state.lock().ok().and_then(|mut st| {
+                    let p = st.pools.entry(key.clone()).or_default();
+                    p.base = Some(Arc::clone(&base));
+                    p.exact.get(params).cloned()
+                });
+                self.release(b);
+                (base, exact)
+            }
+        };
+        Ok(match exact {
+            Some(g) => g,
+            None if *params == SessionParams::default() => base,
+            None => compose(&base, params).into(),
+        })
     }
 
     /// Closes the idle connections and turns borrowers away (the proxy is stopping).
@@ -714,4 +731,28 @@ impl Pools {
         }
         drop(idle);
     }
+}
+
+/// `base` (`ParameterStatus` messages) with the values of the tracked parameters `params`
+/// sets, as the client wrote them.
+fn compose(base: &[u8], params: &SessionParams) -> Vec<u8> {
+    let mut out = Vec::with_capacity(base.len() + 64);
+    let mut rest = base;
+    while let Some(Ok((_, len))) = header(rest) {
+        let Some(m) = rest.get(..len) else { break };
+        let body = &m[5..];
+        let name = body.split(|b| *b == 0).next().unwrap_or_default();
+        match params.get(name) {
+            Some(v) => {
+                let mut b = name.to_vec();
+                b.push(0);
+                b.extend_from_slice(v.as_bytes());
+                b.push(0);
+                out.extend_from_slice(&message(b'S', &b));
+            }
+            None => out.extend_from_slice(m),
+        }
+        rest = &rest[len..];
+    }
+    out
 }

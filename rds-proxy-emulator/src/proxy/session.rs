@@ -258,7 +258,7 @@ async fn attach<C: AsyncWrite + Unpin>(
         }
     };
     let prepared = async {
-        b.restore(&ctx.params).await?;
+        ctx.pools.restore(&mut b, &ctx.params).await?;
         if relay.scan.holds_statements() {
             b.replay(relay.scan.replay()).await?;
         }
