@@ -118,8 +118,7 @@ enum Token {
 }
 
 /// Tokenizes SQL text (PostgreSQL lexical rules, enough to find keywords and calls).
-fn tokens(sql: &[u8]) -> Vec<Token> {
-    let mut out = Vec::new();
+fn tokenize(sql: &[u8], out: &mut Vec<Token>) {
     let mut i = 0;
     let n = sql.len();
     while i < n {
@@ -233,7 +232,6 @@ fn tokens(sql: &[u8]) -> Vec<Token> {
             }
         }
     }
-    out
 }
 
 /// Index just past the closing `quote` of a literal starting at `start` (doubled quotes
@@ -339,9 +337,30 @@ pub fn pinning_reason_bytes(sql: &[u8]) -> Option<PinReason> {
     if sql.len() > MAX_UNPINNED_STATEMENT {
         return Some(PinReason::LargeStatement);
     }
-    let toks = tokens(sql);
-    toks.split(|t| *t == Token::Semicolon)
-        .find_map(statement_reason)
+    thread_local! {
+        // Reused: this runs on every statement of every unpinned session.
+        static TOKENS: std::cell::RefCell<Vec<Token>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let reason = |toks: &[Token]| {
+        toks.split(|t| *t == Token::Semicolon)
+            .find_map(statement_reason)
+    };
+    TOKENS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut toks) => {
+            toks.clear();
+            tokenize(sql, &mut toks);
+            let r = reason(&toks);
+            if toks.capacity() > 4096 {
+                *toks = Vec::new();
+            }
+            r
+        }
+        Err(_) => {
+            let mut toks = Vec::new();
+            tokenize(sql, &mut toks);
+            reason(&toks)
+        }
+    })
 }
 
 /// Watches the client-to-database byte stream of one session (after login) for the first

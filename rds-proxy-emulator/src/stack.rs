@@ -11,7 +11,7 @@ use crate::config::{StackConfig, TargetRole};
 use crate::control::{Control, Counters, StsFault};
 use crate::iam::{Iam, TemporaryCredentials};
 use crate::pg::{PgOptions, PgServer, PgTls};
-use crate::proxy::{serve_endpoint, EndpointSpec, MetricsSnapshot, ProxyShared};
+use crate::proxy::{serve_endpoint, EndpointSpec, MetricsSnapshot, ProxyShared, ProxyThread};
 use crate::sts::{Sts, StsServer};
 use crate::tls::ProxyTls;
 use crate::Error;
@@ -73,6 +73,7 @@ pub struct LocalStack {
     runtime: tokio::runtime::Handle,
     sts: StsServer,
     proxy: Arc<ProxyShared>,
+    proxy_thread: Option<ProxyThread>,
     control: Arc<Control>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
     endpoints: Vec<Endpoint>,
@@ -204,6 +205,7 @@ impl LocalStack {
             Arc::clone(&tls.server_config),
             Arc::clone(&control),
         );
+        let proxy_thread = ProxyThread::start()?;
         let mut endpoints = Vec::new();
         let mut listeners = Vec::new();
         for e in &config.proxy.endpoints {
@@ -213,7 +215,11 @@ impl LocalStack {
                 port: e.port,
                 target_role: e.target_role,
             };
-            let (addr, task) = serve_endpoint(Arc::clone(&proxy), spec, e.listen).await?;
+            let (addr, task) = proxy_thread
+                .handle()
+                .spawn(serve_endpoint(Arc::clone(&proxy), spec, e.listen))
+                .await
+                .map_err(|e| Error::Config(format!("serving a proxy endpoint: {e}")))??;
             listeners.push(task);
             endpoints.push(Endpoint {
                 name: e.name.clone(),
@@ -237,6 +243,7 @@ impl LocalStack {
             runtime: tokio::runtime::Handle::current(),
             sts,
             proxy,
+            proxy_thread: Some(proxy_thread),
             control,
             listeners,
             endpoints,
@@ -530,6 +537,7 @@ impl Drop for LocalStack {
         for l in &self.listeners {
             l.abort();
         }
+        drop(self.proxy_thread.take());
         self.sts.stop();
         self.cluster
             .wait_for_builds(std::time::Duration::from_secs(60));

@@ -227,8 +227,15 @@ async fn serve_and_clean_shutdown() -> TestResult {
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.parse().ok())
     };
-    assert_eq!(value("DatabaseConnectionsCurrentlyBorrowed"), Some(0), "{metrics}");
-    assert!(value("DatabaseConnections").is_some_and(|n| n >= 1), "{metrics}");
+    assert_eq!(
+        value("DatabaseConnectionsCurrentlyBorrowed"),
+        Some(0),
+        "{metrics}"
+    );
+    assert!(
+        value("DatabaseConnections").is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
     assert!(value("QueryDatabaseResponseLatency").is_some(), "{metrics}");
     let out = cli(&["failover"]);
     assert!(out.status.success(), "{out:?}");

@@ -284,14 +284,24 @@ async fn pgbench_with_more_clients_than_database_connections() -> TestResult {
     let stack = start(config).await;
     let rw = stack.endpoint("READ_WRITE").expect("READ_WRITE").clone();
     let creds = session(&stack, CONNECT_ROLE);
-    let token = sign_token(&stack, &rw, "app_user", &creds, time::OffsetDateTime::now_utc());
+    let token = sign_token(
+        &stack,
+        &rw,
+        "app_user",
+        &creds,
+        time::OffsetDateTime::now_utc(),
+    );
     let info = conninfo(&stack, &rw);
     let mut init = Command::new("pgbench");
     init.args(["-i", "-q", "-s", "1", &info])
         .env("PGPASSWORD", &token);
     let out =
         tokio::task::spawn_blocking(move || run_bounded(init, Duration::from_secs(60))).await?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let secret = stack.config().proxy.db_users[0].backend_password.clone();
     let mut cfg = tokio_postgres::Config::new();

@@ -57,6 +57,13 @@ pub(super) struct PoolKey {
     pub(super) database: Arc<str>,
 }
 
+/// A pool, as the sessions and connections of the pool name it (no hashing per borrow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PoolId {
+    index: usize,
+    role: TargetRole,
+}
+
 /// Why no connection was lent.
 #[derive(Debug)]
 pub(super) enum BorrowError {
@@ -92,7 +99,9 @@ struct Shared {
 #[derive(Default)]
 struct State {
     servers: HashMap<SocketAddr, Server>,
-    pools: HashMap<PoolKey, Pool>,
+    /// By [`PoolId::index`].
+    pools: Vec<Pool>,
+    index: HashMap<PoolKey, usize>,
     /// Borrowers waiting in line, per target role (the writer's, the readers').
     waiters: [VecDeque<Waiter>; 2],
     next_reader: usize,
@@ -109,8 +118,8 @@ struct Server {
     max_connections: Option<u32>,
 }
 
-#[derive(Default)]
 struct Pool {
+    key: PoolKey,
     /// Most recently used last.
     idle: Vec<Backend>,
     /// Connections open or being opened.
@@ -123,7 +132,7 @@ struct Pool {
 }
 
 struct Waiter {
-    key: PoolKey,
+    pool: PoolId,
     tx: oneshot::Sender<Grant>,
 }
 
@@ -178,7 +187,7 @@ impl Server {
 /// into a [`Backend`]).
 pub(super) struct Reservation {
     addr: SocketAddr,
-    key: PoolKey,
+    pool: PoolId,
     shared: Arc<Shared>,
     armed: bool,
 }
@@ -186,7 +195,7 @@ pub(super) struct Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.closed(self.addr, &self.key);
+            self.shared.closed(self.addr, self.pool);
         }
     }
 }
@@ -195,7 +204,7 @@ impl Drop for Reservation {
 /// closes it). Dereferences to the connection.
 pub(super) struct Backend {
     conn: BackendConn,
-    key: PoolKey,
+    pool: PoolId,
     shared: Arc<Shared>,
     borrowed: bool,
     pinned: bool,
@@ -221,7 +230,7 @@ impl Drop for Backend {
         self.set_pinned(false);
         self.set_in_transaction(false);
         ProxyMetrics::add(&self.shared.metrics.database_connections, -1);
-        self.shared.closed(self.conn.addr, &self.key);
+        self.shared.closed(self.conn.addr, self.pool);
     }
 }
 
@@ -262,20 +271,20 @@ impl Backend {
 
     /// The target role of its pool.
     pub(super) fn role(&self) -> TargetRole {
-        self.key.role
+        self.pool.role
     }
 }
 
 impl Shared {
     /// A connection (or a reservation) on `addr` of pool `key` is gone: its room goes to
     /// the first borrower waiting for that server's role.
-    fn closed(self: &Arc<Shared>, addr: SocketAddr, key: &PoolKey) {
+    fn closed(self: &Arc<Shared>, addr: SocketAddr, pool: PoolId) {
         let mut orphans = Vec::new();
         if let Ok(mut st) = self.state.lock() {
             if let Some(s) = st.servers.get_mut(&addr) {
                 s.open = s.open.saturating_sub(1);
             }
-            if let Some(p) = st.pools.get_mut(key) {
+            if let Some(p) = st.pools.get_mut(pool.index) {
                 p.open = p.open.saturating_sub(1);
             }
             self.grant_room(&mut st, addr, &mut orphans);
@@ -301,10 +310,10 @@ impl Shared {
                 continue;
             }
             st.servers.entry(addr).or_default().open += 1;
-            st.pools.entry(w.key.clone()).or_default().open += 1;
+            st.pools[w.pool.index].open += 1;
             let r = Reservation {
                 addr,
-                key: w.key,
+                pool: w.pool,
                 shared: Arc::clone(self),
                 armed: true,
             };
@@ -316,12 +325,12 @@ impl Shared {
         }
     }
 
-    /// Takes room on a server of `candidates` for pool `key`, if one has some (readers in
+    /// Takes room on a server of `candidates` for `pool`, if one has some (readers in
     /// turn).
     fn reserve(
         self: &Arc<Shared>,
         st: &mut State,
-        key: &PoolKey,
+        pool: PoolId,
         cands: &[SocketAddr],
     ) -> Option<Reservation> {
         let pct = self.settings.max_connections_percent;
@@ -332,27 +341,27 @@ impl Shared {
             .map(|i| cands[(start + i) % n])
             .find(|a| st.servers.entry(*a).or_default().has_room(pct))?;
         st.servers.entry(addr).or_default().open += 1;
-        st.pools.entry(key.clone()).or_default().open += 1;
+        st.pools[pool.index].open += 1;
         Some(Reservation {
             addr,
-            key: key.clone(),
+            pool,
             shared: Arc::clone(self),
             armed: true,
         })
     }
 
-    /// Takes the best idle connection of pool `key` on a server of `cands`: the most
+    /// Takes the best idle connection of `pool` on a server of `cands`: the most
     /// recently used one with `params`, else the most recently used. Connections on other
     /// servers, or that look dead, are moved to `dead`.
     fn take_idle(
         st: &mut State,
-        key: &PoolKey,
+        pool: PoolId,
         cands: &[SocketAddr],
         params: &SessionParams,
         dead: &mut Vec<Backend>,
     ) -> Option<Backend> {
         let State { pools, servers, .. } = st;
-        let pool = pools.get_mut(key)?;
+        let pool = pools.get_mut(pool.index)?;
         let mut i = pool.idle.len();
         while i > 0 {
             i -= 1;
@@ -383,9 +392,16 @@ impl Reservation {
     async fn open(mut self, password: &str) -> Result<Backend, BorrowError> {
         let shared = Arc::clone(&self.shared);
         ProxyMetrics::bump(&shared.metrics.database_connection_requests);
+        let key = shared
+            .state
+            .lock()
+            .map_err(|_| BorrowError::Unreachable("pool state poisoned".into()))?
+            .pools[self.pool.index]
+            .key
+            .clone();
         let opened = tokio::time::timeout(
             shared.settings.connect_timeout,
-            BackendConn::open(self.addr, &self.key.user, &self.key.database, password),
+            BackendConn::open(self.addr, &key.user, &key.database, password),
         )
         .await;
         let mut conn = match opened {
@@ -422,7 +438,7 @@ impl Reservation {
         ProxyMetrics::add(&shared.metrics.database_connections, 1);
         let mut b = Backend {
             conn,
-            key: self.key.clone(),
+            pool: self.pool,
             shared,
             borrowed: false,
             pinned: false,
@@ -472,6 +488,33 @@ impl Pools {
         }
     }
 
+    /// The pool for `key` (created on first use).
+    pub(super) fn pool(&self, key: &PoolKey) -> PoolId {
+        let mut st = match self.shared.state.lock() {
+            Ok(st) => st,
+            Err(p) => p.into_inner(),
+        };
+        let index = match st.index.get(key) {
+            Some(i) => *i,
+            None => {
+                let i = st.pools.len();
+                st.pools.push(Pool {
+                    key: key.clone(),
+                    idle: Vec::new(),
+                    open: 0,
+                    base: None,
+                    exact: HashMap::new(),
+                });
+                st.index.insert(key.clone(), i);
+                i
+            }
+        };
+        PoolId {
+            index,
+            role: key.role,
+        }
+    }
+
     /// The borrow timeout.
     pub(super) fn borrow_timeout(&self) -> Duration {
         self.shared.settings.borrow_timeout
@@ -482,12 +525,11 @@ impl Pools {
         role_of(&self.shared.topology.borrow(), addr) == Some(role)
     }
 
-    /// Lends a connection of pool `key`, its tracked parameters not yet restored to
-    /// `params` (see [`BackendConn::restore`]); `password` is the proxy's secret for
-    /// opening one.
+    /// Lends a connection of `pool`, its tracked parameters not yet restored to `params`
+    /// (see [`Pools::restore`]); `password` is the proxy's secret for opening one.
     pub(super) async fn borrow(
         &self,
-        key: &PoolKey,
+        pool: PoolId,
         params: &SessionParams,
         password: &str,
     ) -> Result<Backend, BorrowError> {
@@ -512,20 +554,17 @@ impl Pools {
                         "the proxy is shutting down".into(),
                     ));
                 }
-                let t = topology.borrow_and_update().clone();
-                let cands = candidates(&t, key.role);
+                let t = topology.borrow_and_update();
+                let cands = candidates(&t, pool.role);
                 if cands.is_empty() {
                     Next::NoServer
-                } else if let Some(b) = Shared::take_idle(&mut st, key, cands, params, &mut dead) {
+                } else if let Some(b) = Shared::take_idle(&mut st, pool, cands, params, &mut dead) {
                     Next::Lent(b)
-                } else if let Some(r) = shared.reserve(&mut st, key, cands) {
+                } else if let Some(r) = shared.reserve(&mut st, pool, cands) {
                     Next::Open(r)
                 } else {
                     let (tx, rx) = oneshot::channel();
-                    st.waiters[role_index(key.role)].push_back(Waiter {
-                        key: key.clone(),
-                        tx,
-                    });
+                    st.waiters[role_index(pool.role)].push_back(Waiter { pool, tx });
                     Next::Wait(rx)
                 }
             };
@@ -566,7 +605,7 @@ impl Pools {
                 }
                 Some(Grant::Slot(r)) => {
                     // The role may have moved while the waiter waited.
-                    if self.serves(r.addr, key.role) {
+                    if self.serves(r.addr, pool.role) {
                         return r.open(password).await;
                     }
                 }
@@ -591,10 +630,10 @@ impl Pools {
         let mut close = None;
         if let Ok(mut st) = shared.state.lock() {
             let role = role_of(&shared.topology.borrow(), b.conn.addr);
-            if st.closed || role != Some(b.key.role) {
+            if st.closed || role != Some(b.pool.role) {
                 close = Some(b);
             } else {
-                let q = role_index(b.key.role);
+                let q = role_index(b.pool.role);
                 let mut b = Some(b);
                 while let Some(conn) = b.take() {
                     let Some(w) = st.waiters[q].pop_front() else {
@@ -605,7 +644,7 @@ impl Pools {
                         b = Some(conn);
                         continue;
                     }
-                    if w.key == conn.key {
+                    if w.pool == conn.pool {
                         match w.tx.send(Grant::Conn(conn)) {
                             Ok(()) => {}
                             Err(Grant::Conn(back)) => b = Some(back),
@@ -627,11 +666,7 @@ impl Pools {
                         .unwrap_or(0);
                     if server.idle < idle_cap {
                         server.idle += 1;
-                        st.pools
-                            .entry(conn.key.clone())
-                            .or_default()
-                            .idle
-                            .push(conn);
+                        st.pools[conn.pool.index].idle.push(conn);
                     } else {
                         close = Some(conn);
                     }
@@ -652,7 +687,7 @@ impl Pools {
         if b.restore(params).await? {
             let g: Arc<[u8]> = b.greeting().into();
             if let Ok(mut st) = self.shared.state.lock() {
-                if let Some(p) = st.pools.get_mut(&b.key) {
+                if let Some(p) = st.pools.get_mut(b.pool.index) {
                     if p.exact.len() < 1024 {
                         p.exact.insert(params.clone(), g);
                     }
@@ -668,17 +703,17 @@ impl Pools {
     /// reachable).
     pub(super) async fn greeting(
         &self,
-        key: &PoolKey,
+        pool: PoolId,
         params: &SessionParams,
         password: &str,
     ) -> Result<Arc<[u8]>, BorrowError> {
         let shared = &self.shared;
         let mut dead = Vec::new();
         let known = shared.state.lock().ok().and_then(|mut st| {
-            let t = shared.topology.borrow().clone();
-            let cands = candidates(&t, key.role);
+            let t = shared.topology.borrow();
+            let cands = candidates(&t, pool.role);
             let State { pools, servers, .. } = &mut *st;
-            let pool = pools.get_mut(key)?;
+            let pool = pools.get_mut(pool.index)?;
             let base = pool.base.clone()?;
             let mut i = pool.idle.len();
             while i > 0 {
@@ -699,10 +734,10 @@ impl Pools {
         let (base, exact) = match known {
             Some(k) => k,
             None => {
-                let b = self.borrow(key, params, password).await?;
+                let b = self.borrow(pool, params, password).await?;
                 let base: Arc<[u8]> = b.login_greeting().into();
                 let exact = shared.state.lock().ok().and_then(|mut st| {
-                    let p = st.pools.entry(key.clone()).or_default();
+                    let p = st.pools.get_mut(pool.index)?;
                     p.base = Some(Arc::clone(&base));
                     p.exact.get(params).cloned()
                 });
@@ -722,7 +757,7 @@ impl Pools {
         let mut idle = Vec::new();
         if let Ok(mut st) = self.shared.state.lock() {
             st.closed = true;
-            for p in st.pools.values_mut() {
+            for p in st.pools.iter_mut() {
                 idle.append(&mut p.idle);
             }
             for q in &mut st.waiters {

@@ -32,7 +32,7 @@ use super::messages::{
 };
 use super::metrics::ProxyMetrics;
 use super::params::SessionParams;
-use super::pool::{Backend, BorrowError, PoolKey, Pools};
+use super::pool::{Backend, BorrowError, PoolId, Pools};
 use super::relay::{pinning_log_line, Relay, Step, DRAIN_AFTER_CLIENT_END};
 use super::wire::fatal_message;
 use crate::control::Control;
@@ -47,7 +47,7 @@ const RECYCLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a session needs to know.
 pub(super) struct Context<'a> {
     pub(super) pools: &'a Pools,
-    pub(super) key: PoolKey,
+    pub(super) pool: PoolId,
     pub(super) params: SessionParams,
     /// The proxy's secret for the database user (to open connections).
     pub(super) password: &'a str,
@@ -166,6 +166,14 @@ pub(super) async fn run<C: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             Step::ClientGone(e) => {
+                // A client that leaves after the database's shutdown error was relayed to it
+                // (it reads the FATAL before the proxy sees the connection end) was closed
+                // by the failover all the same.
+                if let Some(b) = &held {
+                    if relay.error_relayed && !ctx.pools.serves(b.addr, b.role()) {
+                        Control::bump(&ctx.control.sessions_closed_by_failover);
+                    }
+                }
                 if let Some(e) = e {
                     tracing::debug!(endpoint = %ctx.endpoint, session = ctx.session, "client side closed: {e}");
                 } else if held.is_some() && !relay.resting() {
@@ -239,7 +247,7 @@ async fn attach<C: AsyncWrite + Unpin>(
     client: &mut C,
 ) -> Result<Backend, End> {
     let refuse = |sqlstate: &str, message: &str| fatal_message(sqlstate, message);
-    let mut b = match ctx.pools.borrow(&ctx.key, &ctx.params, ctx.password).await {
+    let mut b = match ctx.pools.borrow(ctx.pool, &ctx.params, ctx.password).await {
         Ok(b) => b,
         Err(e) => {
             let m = match e {
