@@ -6,7 +6,7 @@
 //! e.g. [`MSG_TLS_REQUIRED`], [`msg_iam_failed`], [`SQLSTATE_IAM`]):
 //!
 //! 1. Plaintext: `SSLRequest` gets `S` and the TLS handshake (certificate for the endpoint
-//!    host names); `GSSENCRequest` gets `N`; a `CancelRequest` is forwarded to PostgreSQL;
+//!    host names); `GSSENCRequest` gets `N`; a `CancelRequest` goes to `cancel` (below);
 //!    any startup packet in the clear gets FATAL `This RDS Proxy requires TLS connections.`
 //!    Startup packets are read by `wire` ([`parse_startup_packet`]), which also frames
 //!    the messages the proxy sends ([`fatal_message`]).
@@ -20,22 +20,25 @@
 //!    role may `rds-db:connect` on `arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-ID/USER`.
 //!    Every refusal is logged (`tracing`, target `rds_proxy_emulator::proxy`) with its
 //!    precise reason; the client sees only the RDS Proxy text.
-//! 4. A backend session is opened as the db user with the proxy's secret (SCRAM-SHA-256),
-//!    on the writer for `READ_WRITE` endpoints and on a reader (a hot standby, round robin)
-//!    for `READ_ONLY` ones, following the [`Topology`] (which a failover changes). While
-//!    no suitable server is available the login waits, up to
-//!    `backend_connect_timeout_seconds`. Picking the server and the login are `backend`'s.
-//! 5. The traffic is relayed both ways (`relay`) until either side closes or the client is
-//!    idle too long. A client that ends its side first is half-closed: PostgreSQL sees the
-//!    end of its input, and what it still sends (results, a final FATAL) is relayed for up
-//!    to [`DRAIN_AFTER_CLIENT_END`]. The client's side is always ended with a TLS
-//!    close_notify. Client-to-database bytes are watched for pinning conditions
-//!    ([`crate::pinning`]) until the first one, logged as [`pinning_log_line`] writes it;
-//!    nothing else is parsed.
+//! 4. The greeting: `AuthenticationOk`, the `ParameterStatus` set of the client's pool
+//!    (`pool`: one per target role, database user and database) with the client's own
+//!    values, a `BackendKeyData` of the proxy's own (`cancel`), `ReadyForQuery`. A login
+//!    needs no database connection once its pool has a live one; the first login of a pool
+//!    opens one (SCRAM-SHA-256 with the proxy's secret, `backend`), waiting up to the borrow
+//!    timeout while no server serves the role.
+//! 5. The session (`session`): the client borrows a database connection for each
+//!    transaction and gives it back at `ReadyForQuery` idle, unless pinned (`frames` reads
+//!    what that decision needs of both message streams, [`crate::pinning`] the conditions;
+//!    the first is logged as [`pinning_log_line`] writes it). `relay` pumps the bytes, both
+//!    directions in one task. The client's side is always ended with a TLS close_notify;
+//!    what the database still sends for a request after the client ended its side is
+//!    relayed for up to [`DRAIN_AFTER_CLIENT_END`].
 //!
-//! This module runs the steps in order and holds what the endpoints share
-//! ([`ProxyShared`]); each step's work is in its own private module named above, and
-//! `endpoint` holds [`EndpointSpec`].
+//! The proxy runs on a thread of its own ([`ProxyThread`]). Its gauges and counters carry
+//! RDS Proxy's CloudWatch names ([`ProxyMetrics`]). This module runs the steps in order and
+//! holds what the endpoints share ([`ProxyShared`]); each step's work is in its own private
+//! module named above (`params` holds the session parameters carried between connections),
+//! and `endpoint` holds [`EndpointSpec`].
 
 mod authorize;
 mod backend;
