@@ -14,6 +14,8 @@ use common::*;
 use rds_proxy_emulator::{Endpoint, LocalStack, StackConfig};
 use time::OffsetDateTime;
 
+type Param = dyn tokio_postgres::types::ToSql + Sync;
+
 fn token(stack: &LocalStack, ep: &Endpoint) -> String {
     let creds = session(stack, CONNECT_ROLE);
     sign_token(stack, ep, "app_user", &creds, OffsetDateTime::now_utc())
@@ -196,11 +198,9 @@ async fn extended_protocol_pipelining_and_copy_across_shared_connections() -> Te
         tasks.push(tokio::spawn(async move {
             for round in 0..10i32 {
                 // Pipelined: tokio-postgres sends these without waiting for each answer.
-                let (p1, p2, p3): (
-                    [&(dyn tokio_postgres::types::ToSql + Sync); 1],
-                    [&(dyn tokio_postgres::types::ToSql + Sync); 1],
-                    [&(dyn tokio_postgres::types::ToSql + Sync); 1],
-                ) = ([&i], [&round], [&"y"]);
+                let p1: [&Param; 1] = [&i];
+                let p2: [&Param; 1] = [&round];
+                let p3: [&Param; 1] = [&"y"];
                 let (a, b, c3) = tokio::join!(
                     c.query_one("SELECT $1::int4 + 1", &p1),
                     c.query_one("SELECT $1::int4 * 2", &p2),

@@ -12,6 +12,9 @@ use super::frames::header;
 use super::params::SessionParams;
 use super::wire::{message, ConnError, PROTOCOL_3};
 
+/// A `ParameterStatus` message by its parameter name.
+type Reported = (Box<[u8]>, Box<[u8]>);
+
 /// Largest message read during the proxy's own exchanges.
 const MAX_MESSAGE: usize = 1 << 20;
 
@@ -26,7 +29,7 @@ pub(super) struct BackendConn {
     /// The tracked parameters as this session has them.
     pub(super) params: SessionParams,
     /// The `ParameterStatus` messages this session would greet a client with now, by name.
-    reported: Vec<(Box<[u8]>, Box<[u8]>)>,
+    reported: Vec<Reported>,
     /// Those it was greeted with at login (no tracked parameter set).
     login_greeting: Vec<u8>,
 }

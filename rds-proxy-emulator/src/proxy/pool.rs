@@ -603,13 +603,11 @@ impl Pools {
                     b.set_borrowed(true);
                     return Ok(b);
                 }
-                Some(Grant::Slot(r)) => {
-                    // The role may have moved while the waiter waited.
-                    if self.serves(r.addr, pool.role) {
-                        return r.open(password).await;
-                    }
+                // The role may have moved while the waiter waited.
+                Some(Grant::Slot(r)) if self.serves(r.addr, pool.role) => {
+                    return r.open(password).await;
                 }
-                None => {}
+                Some(Grant::Slot(_)) | None => {}
             }
             if Instant::now() >= deadline {
                 ProxyMetrics::bump(&shared.metrics.borrow_timeouts);
