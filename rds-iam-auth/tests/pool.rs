@@ -286,6 +286,13 @@ async fn the_pool_survives_a_failover_with_no_error() {
         );
     }
     drop(held);
+    // tokio-postgres closes a query's statement without waiting for the answer: let those
+    // finish, so that the connections are idle (not in a request) when the failover comes.
+    let idle_by = std::time::Instant::now() + Duration::from_secs(5);
+    while stack.metrics().database_connections_currently_borrowed > 0 {
+        assert!(std::time::Instant::now() < idle_by, "{:?}", stack.metrics());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let logins = stack.counters().logins_accepted;
 
     // RDS Proxy keeps idle client connections through a failover: the pool's connections

@@ -192,6 +192,13 @@ async fn failover_keeps_idle_clients_and_closes_those_in_a_transaction() -> Test
         .await?;
     let (pinned, pinned_conn) = open_watched(&stack, &rw).await;
     pinned.batch_execute("SET work_mem = '8MB'").await?;
+    // tokio-postgres closes a query's statement without waiting for the answer: let those
+    // finish, so that only the transaction and the pinned session hold connections.
+    let settled = Instant::now() + Duration::from_secs(5);
+    while stack.metrics().database_connections_currently_borrowed > 3 {
+        assert!(Instant::now() < settled, "{:?}", stack.metrics());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // A writer request sent once the failover has begun waits for the new writer.
     let failover = {
