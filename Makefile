@@ -6,6 +6,9 @@ ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 # The project's Python virtualenv: cfn-lint and checkov (mk/cdk.mk), cargo-lambda and zig
 # (mk/lambda.mk). Defined here, before the includes, so every mk file sees the one value.
 VENV := $(ROOT)/.venv
+# Where cargo puts what it builds: CARGO_TARGET_DIR when set (one target dir shared by
+# several checkouts), else the workspace's target/.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(ROOT)/target)
 
 -include mk/*.mk
 

@@ -12,7 +12,10 @@ FUZZ_TARGETS ?= startup_packet client_messages token_verifier sts_request
 # Built for the host triple named explicitly, so the flags apply to the fuzzed code only
 # (not to build scripts and proc macros, which run uninstrumented).
 FUZZ_TRIPLE  := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
-FUZZ_BIN     := $(FUZZ_DIR)/target/$(FUZZ_TRIPLE)/$(if $(filter dev,$(FUZZ_PROFILE)),debug,$(FUZZ_PROFILE))
+# A target dir of its own (instrumented builds of the same crates), inside CARGO_TARGET_DIR
+# when one is set for the workspace.
+FUZZ_TARGET_DIR := $(if $(CARGO_TARGET_DIR),$(CARGO_TARGET_DIR)/fuzz,$(FUZZ_DIR)/target)
+FUZZ_BIN     := $(FUZZ_TARGET_DIR)/$(FUZZ_TRIPLE)/$(if $(filter dev,$(FUZZ_PROFILE)),debug,$(FUZZ_PROFILE))
 FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
   -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
   -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks
@@ -21,7 +24,7 @@ FUZZ_RUSTFLAGS := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 
 fuzz-build:
 	@command -v c++ >/dev/null || { echo "make fuzz: a C++ compiler is needed to build libFuzzer: apt-get install g++"; exit 1; }
-	@cd "$(FUZZ_DIR)" && RUSTFLAGS="$(FUZZ_RUSTFLAGS)" CARGO_TARGET_DIR="$(FUZZ_DIR)/target" \
+	@cd "$(FUZZ_DIR)" && RUSTFLAGS="$(FUZZ_RUSTFLAGS)" CARGO_TARGET_DIR="$(FUZZ_TARGET_DIR)" \
 	  $(CARGO) build --quiet --profile $(FUZZ_PROFILE) --locked --bins --target "$(FUZZ_TRIPLE)" || { echo "make fuzz: building the fuzz targets failed (see above)"; exit 1; }
 
 fuzz: fuzz-build ## Fuzz the stand-ins' parsers, FUZZ_SECONDS (default 60) per target; stops at the first crash

@@ -8,7 +8,7 @@ LAMBDA_STAMP       := $(VENV)/.cargo-lambda.stamp
 LAMBDA_PATH        := $(VENV)/bin:$(PATH)
 LAMBDA_PKG         := connection-test
 LAMBDA_TARGET      := aarch64-unknown-linux-gnu
-LAMBDA_ZIP         := $(ROOT)/target/lambda/$(LAMBDA_PKG)/bootstrap.zip
+LAMBDA_ZIP         := $(TARGET_DIR)/lambda/$(LAMBDA_PKG)/bootstrap.zip
 # Port of `cargo lambda watch` (0: pick a free one on 127.0.0.1).
 LAMBDA_PORT        ?= 0
 # Seconds to wait for the function to answer one invocation (the first one may compile).

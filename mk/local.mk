@@ -4,14 +4,14 @@ LOCAL_DIR    := $(ROOT)/.local
 LOCAL_CONFIG ?= $(ROOT)/rds-proxy-emulator/local-stack.toml
 # LOCAL_PROFILE=release runs an optimised stand-in (slower to build; use it for benchmarks).
 LOCAL_PROFILE ?= debug
-EMULATOR     := $(ROOT)/target/$(LOCAL_PROFILE)/rds-proxy-emulator
+EMULATOR     := $(TARGET_DIR)/$(LOCAL_PROFILE)/rds-proxy-emulator
 
 .PHONY: local-up local-down local-status bench-pgbench
 
 local-up: ## Start PostgreSQL + the STS / RDS Proxy stand-ins in the background; writes .local/stack.env
 	@if [ -f "$(LOCAL_DIR)/stack.env" ] && [ -f "$(LOCAL_DIR)/serve.pid" ] && kill -0 "$$(cat "$(LOCAL_DIR)/serve.pid")" 2>/dev/null; then \
 	  echo "local stack already running"; \
-	  for exe in "$(EMULATOR)" "$(ROOT)"/target/*/rds-proxy-emulator; do [ -x "$$exe" ] && exec "$$exe" status --state-dir "$(LOCAL_DIR)"; done; \
+	  for exe in "$(EMULATOR)" "$(TARGET_DIR)"/*/rds-proxy-emulator; do [ -x "$$exe" ] && exec "$$exe" status --state-dir "$(LOCAL_DIR)"; done; \
 	fi; \
 	$(CARGO) build --quiet $(if $(filter release,$(LOCAL_PROFILE)),--release) -p rds-proxy-emulator --bin rds-proxy-emulator || exit 1; \
 	mkdir -p "$(LOCAL_DIR)"; rm -f "$(LOCAL_DIR)/stack.env"; \
@@ -50,7 +50,7 @@ local-down: ## Stop the local stack and remove .local
 	else echo "local stack: not running"; fi
 
 # For the optimised figure: make local-down && make bench-pgbench LOCAL_PROFILE=release
-# The token CLI is built with test-rust's package selection (mk/rust.mk): after `make test`
-# it is already built.
+# The token CLI (the rds-iam-auth-cli package, binary rds-iam-auth) is built with
+# test-rust's package selection (mk/rust.mk): after `make test` it is already built.
 bench-pgbench: local-up ## pgbench TPS direct to PostgreSQL vs through the RDS Proxy stand-in (same run)
 	@EMULATOR="$(EMULATOR)" STATE_DIR="$(LOCAL_DIR)" CLI_SELECT="$(RUST_EXCLUDE) $(RUST_FEATURES)" "$(ROOT)/bench/pgbench-proxy"

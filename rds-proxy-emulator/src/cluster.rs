@@ -3,10 +3,11 @@
 //!
 //! Like an Aurora cluster behind RDS Proxy: `READ_WRITE` endpoints reach the writer,
 //! `READ_ONLY` endpoints a reader. A failover stops the writer and promotes a reader;
-//! sessions on both are closed (a promoted Aurora reader restarts too), the proxy sends new
-//! `READ_WRITE` sessions to the new writer as soon as it accepts writes, and a new reader is
-//! built from the new writer in the background (the old writer rejoining as a reader, in
-//! Aurora terms), so `READ_ONLY` endpoints serve again a few seconds later.
+//! database sessions on both end (a promoted Aurora reader restarts too), the proxy lends
+//! connections to the new writer as soon as it accepts writes, and a new reader is built
+//! from the new writer in the background (the old writer rejoining as a reader, in Aurora
+//! terms), so `READ_ONLY` endpoints serve again a few seconds later. What clients see is
+//! the proxy's business: idle ones keep their connection.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::control::Control;
 use crate::pg::PgServer;
 use crate::Error;
 
@@ -85,7 +85,9 @@ pub struct FailoverReport {
     pub old_writer: String,
     /// The reader that was promoted.
     pub new_writer: String,
-    /// Client sessions closed (those on the old writer and on the promoted reader).
+    /// Client sessions that held a database connection on the old writer or the promoted
+    /// reader in a request or a transaction, or pinned, when the failover started: those
+    /// the proxy closes (idle clients keep their connection).
     pub sessions_closed: usize,
     /// From the start of the failover until the new writer accepted writes.
     pub took: Duration,
@@ -201,7 +203,6 @@ impl Cluster {
     pub(crate) async fn failover(
         self: Arc<Self>,
         sessions_on: impl Fn(&[SocketAddr]) -> usize + Send,
-        control: Arc<Control>,
         runtime: tokio::runtime::Handle,
     ) -> Result<FailoverReport, Error> {
         let _one_at_a_time = self.failover_lock.lock().await;
@@ -243,10 +244,9 @@ impl Cluster {
             }
         }
         self.publish();
+        // The proxy counts each client session it closes (`sessions_closed_by_failover`);
+        // the report gives those that hold a connection to these servers now.
         let sessions_closed = sessions_on(&[old.addr(), promoted.addr()]);
-        control
-            .sessions_closed_by_failover
-            .fetch_add(sessions_closed as u64, Ordering::SeqCst);
         // The writer goes down (its sessions get PostgreSQL's shutdown FATAL, which the
         // proxy passes on), the reader's sessions are ended, then it is promoted.
         let stopping = Arc::clone(&old);

@@ -149,13 +149,31 @@ pub struct ProxyConfig {
     /// Largest number of simultaneous client connections.
     #[serde(default = "default_max_clients")]
     pub max_client_connections: usize,
-    /// Seconds without traffic after which a client connection is closed (AWS default 1800).
+    /// `IdleClientTimeout`: seconds a client may stay idle (no request since its last one
+    /// completed, in a transaction or not) before its connection is closed (AWS default
+    /// 1800).
     #[serde(default = "default_idle")]
     pub idle_client_timeout_seconds: u64,
+    /// `MaxConnectionsPercent`: the pools' database connections on a server, all pools
+    /// together, are capped at this percentage of its `max_connections` (AWS default 100).
+    #[serde(default = "default_max_connections_percent")]
+    pub max_connections_percent: u32,
+    /// `MaxIdleConnectionsPercent`: idle database connections kept per server, as a
+    /// percentage of its `max_connections`; more are closed when given back. Unset: half of
+    /// `max_connections_percent` (AWS's default, 50 with the default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_connections_percent: Option<u32>,
+    /// `ConnectionBorrowTimeout`: seconds a client's request (or login) waits for a
+    /// database connection (all busy at the cap, or no server for the role during a
+    /// failover) before it gets `Timed-out waiting to acquire database connection.` (AWS
+    /// default 120).
+    #[serde(default = "default_borrow_timeout")]
+    pub connection_borrow_timeout_seconds: u64,
     /// Clock-skew allowance for a token's `X-Amz-Date`.
     #[serde(default = "default_skew")]
     pub max_clock_skew_seconds: u32,
-    /// Seconds to wait for PostgreSQL before telling the client it is unreachable.
+    /// Seconds opening one database connection (TCP and login) may take before the client
+    /// is told the database is unreachable.
     #[serde(default = "default_backend_timeout")]
     pub backend_connect_timeout_seconds: u64,
     /// Tokens older than this (by their `X-Amz-Date`) are refused at login with the IAM
@@ -167,6 +185,14 @@ pub struct ProxyConfig {
     /// Database users the proxy holds a secret for.
     #[serde(default)]
     pub db_users: Vec<DbUserConfig>,
+}
+
+impl ProxyConfig {
+    /// `max_idle_connections_percent`, or its default: half of `max_connections_percent`.
+    pub fn effective_max_idle_connections_percent(&self) -> u32 {
+        self.max_idle_connections_percent
+            .unwrap_or(self.max_connections_percent / 2)
+    }
 }
 
 /// One proxy endpoint.
@@ -281,6 +307,12 @@ fn default_max_clients() -> usize {
 }
 fn default_idle() -> u64 {
     1800
+}
+fn default_max_connections_percent() -> u32 {
+    100
+}
+fn default_borrow_timeout() -> u64 {
+    120
 }
 fn default_backend_timeout() -> u64 {
     10
@@ -424,6 +456,26 @@ impl StackConfig {
         }
         if self.sts.credentials_lifetime_seconds == Some(0) {
             return err("sts.credentials_lifetime_seconds must be at least 1".into());
+        }
+        let p = &self.proxy;
+        if !(1..=100).contains(&p.max_connections_percent) {
+            return err("proxy.max_connections_percent must be between 1 and 100".into());
+        }
+        if p.max_idle_connections_percent
+            .is_some_and(|i| i > p.max_connections_percent)
+        {
+            return err(
+                "proxy.max_idle_connections_percent must be between 0 and max_connections_percent"
+                    .into(),
+            );
+        }
+        if !(1..=3600).contains(&p.connection_borrow_timeout_seconds) {
+            return err(
+                "proxy.connection_borrow_timeout_seconds must be between 1 and 3600".into(),
+            );
+        }
+        if p.idle_client_timeout_seconds == 0 {
+            return err("proxy.idle_client_timeout_seconds must be at least 1".into());
         }
         if self.proxy.max_client_connections == 0 {
             return err("proxy.max_client_connections must be at least 1".into());

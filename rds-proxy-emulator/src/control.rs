@@ -51,7 +51,9 @@ pub struct Counters {
     pub logins_refused: u64,
     /// Client sessions that met a pinning condition (counted once per session).
     pub sessions_pinned: u64,
-    /// Client sessions closed by a failover.
+    /// Client sessions closed by a failover: those in a request or a transaction, or
+    /// pinned, when their database connection's server was stopped (idle clients keep
+    /// their connection).
     pub sessions_closed_by_failover: u64,
 }
 

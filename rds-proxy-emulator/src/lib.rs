@@ -13,9 +13,11 @@
 //! 2. [`sts`]: `AssumeRole` / `GetCallerIdentity` (Query protocol, SigV4-verified,
 //!    trust policy and `sts:ExternalId` enforced), answering the XML the AWS SDKs parse.
 //! 3. [`proxy`]: the PostgreSQL wire protocol with TLS required, an IAM token checked
-//!    as RDS Proxy checks it ([`token`]), the RDS Proxy refusal messages, then a SCRAM
-//!    login to the writer (`READ_WRITE`) or a reader (`READ_ONLY`) and a byte relay that
-//!    watches for pinning conditions ([`pinning`]).
+//!    as RDS Proxy checks it ([`token`]), the RDS Proxy refusal messages, then RDS Proxy's
+//!    connection pooling: database connections to the writer (`READ_WRITE`) or the readers
+//!    (`READ_ONLY`) opened once (SCRAM) and lent to clients one transaction at a time,
+//!    pinned on the conditions of [`pinning`], kept through a failover, with RDS Proxy's
+//!    CloudWatch metrics.
 //! 4. [`control`]: fault injection (STS hang/refuse, proxy stall) and counters for tests.
 //!
 //! The verifier is written from the AWS SigV4 specification and does not
@@ -66,6 +68,7 @@ pub use cluster::{FailoverReport, ServerRole, ServerStatus};
 pub use config::{StackConfig, TargetRole};
 pub use control::{Counters, StsFault};
 pub use iam::TemporaryCredentials;
+pub use proxy::MetricsSnapshot;
 pub use stack::{shell_quote, Endpoint, LocalStack, StartOptions};
 
 /// Everything that can go wrong starting or running the stack.

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! rds-proxy-emulator serve  --config local-stack.toml --state-dir .local   # foreground
-//! rds-proxy-emulator status --state-dir .local                             # summary, counters
+//! rds-proxy-emulator status --state-dir .local                             # summary, counters, metrics
+//! rds-proxy-emulator metrics --state-dir .local                            # RDS Proxy's metrics, `Name value` lines
 //! rds-proxy-emulator fault sts-hang|sts-refuse|proxy-stall|clear            # fault injection
 //! rds-proxy-emulator failover                                              # promote a reader
 //! rds-proxy-emulator check-config --config local-stack.toml
@@ -43,6 +44,12 @@ enum Command {
     },
     /// Print a summary of the running stack (exit 3 if it is not running).
     Status {
+        /// The state dir of `serve`.
+        #[arg(long, default_value = ".local")]
+        state_dir: PathBuf,
+    },
+    /// Print the proxy's metrics, with RDS Proxy's CloudWatch names (`Name value` lines).
+    Metrics {
         /// The state dir of `serve`.
         #[arg(long, default_value = ".local")]
         state_dir: PathBuf,
@@ -133,6 +140,7 @@ async fn control_command(stack: &LocalStack, command: &str) -> Result<String, St
                 stack.control().proxy_stall(),
             ))
         }
+        "metrics" => Ok(stack.metrics().render()),
         "servers" => {
             let mut out = String::new();
             for s in stack.servers().await {
@@ -155,7 +163,7 @@ async fn control_command(stack: &LocalStack, command: &str) -> Result<String, St
         "failover" => {
             let r = stack.failover().await.map_err(|e| e.to_string())?;
             Ok(format!(
-                "failover: {} stopped, {} promoted to writer in {} ms; {} client session(s) closed; a new reader is being built\n",
+                "failover: {} stopped, {} promoted to writer in {} ms; {} client session(s) in a transaction or pinned are closed, idle ones continue on the new writer; a new reader is being built\n",
                 r.old_writer,
                 r.new_writer,
                 r.took.as_millis(),
@@ -245,6 +253,9 @@ fn main() -> ExitCode {
         Command::Status { state_dir } => return status(&state_dir),
         Command::Fault { fault, state_dir } => {
             control(&state_dir, fault.command()).map(|answer| print!("{answer}"))
+        }
+        Command::Metrics { state_dir } => {
+            control(&state_dir, "metrics").map(|answer| print!("{answer}"))
         }
         Command::Failover { state_dir } => {
             control(&state_dir, "failover").map(|answer| print!("{answer}"))
@@ -488,6 +499,19 @@ fn status(state_dir: &Path) -> ExitCode {
         }
         Err(Failure(e)) => {
             let _ = writeln!(out, "\n(counters unavailable: {e})");
+        }
+    }
+    if let Ok(answer) = control(state_dir, "metrics") {
+        let _ = writeln!(out, "\nProxy metrics (RDS Proxy's CloudWatch names; `rds-proxy-emulator metrics` prints them alone):");
+        for line in answer.lines() {
+            if let Some((name, value)) = line.split_once(' ') {
+                let unit = if name == "QueryDatabaseResponseLatency" {
+                    " µs (average)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(out, "  {name:<42} {value}{unit}");
+            }
         }
     }
     ExitCode::SUCCESS

@@ -9,7 +9,7 @@
 //!
 //! | condition | detected as |
 //! |---|---|
-//! | `SET` commands | a statement starting with `SET` (not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`, which last one transaction) |
+//! | `SET` commands | a statement starting with `SET` (not `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`, which last one transaction), or `RESET` (a setting back to its default changes the session too) |
 //! | prepared statements | SQL `PREPARE`, `EXECUTE`, `DEALLOCATE` |
 //! | temporary tables, sequences, views | `CREATE [GLOBAL/LOCAL] TEMP/TEMPORARY ...`, `SELECT ... INTO TEMP ...` |
 //! | cursors | `DECLARE` |
@@ -43,6 +43,8 @@ pub const MAX_UNPINNED_STATEMENT: usize = 16 * 1024;
 pub enum PinReason {
     /// A `SET` command.
     Set,
+    /// A `RESET` command (a setting back to its default: session state all the same).
+    Reset,
     /// SQL `PREPARE`.
     Prepare,
     /// SQL `EXECUTE`.
@@ -74,6 +76,7 @@ impl PinReason {
     pub fn describe(self) -> &'static str {
         match self {
             PinReason::Set => "SQL changed session settings (SET)",
+            PinReason::Reset => "SQL changed session settings (RESET)",
             PinReason::Prepare => "SQL prepared a statement (PREPARE)",
             PinReason::Execute => "SQL executed a prepared statement (EXECUTE)",
             PinReason::Deallocate => "SQL deallocated a prepared statement (DEALLOCATE)",
@@ -115,8 +118,7 @@ enum Token {
 }
 
 /// Tokenizes SQL text (PostgreSQL lexical rules, enough to find keywords and calls).
-fn tokens(sql: &[u8]) -> Vec<Token> {
-    let mut out = Vec::new();
+fn tokenize(sql: &[u8], out: &mut Vec<Token>) {
     let mut i = 0;
     let n = sql.len();
     while i < n {
@@ -230,7 +232,6 @@ fn tokens(sql: &[u8]) -> Vec<Token> {
             }
         }
     }
-    out
 }
 
 /// Index just past the closing `quote` of a literal starting at `start` (doubled quotes
@@ -276,6 +277,7 @@ fn statement_reason(stmt: &[Token]) -> Option<PinReason> {
         Some("set") if !matches!(second, Some("local" | "transaction" | "constraints")) => {
             Some(PinReason::Set)
         }
+        Some("reset") => Some(PinReason::Reset),
         Some("prepare") if second != Some("transaction") => Some(PinReason::Prepare),
         Some("execute") => Some(PinReason::Execute),
         Some("deallocate") => Some(PinReason::Deallocate),
@@ -335,9 +337,30 @@ pub fn pinning_reason_bytes(sql: &[u8]) -> Option<PinReason> {
     if sql.len() > MAX_UNPINNED_STATEMENT {
         return Some(PinReason::LargeStatement);
     }
-    let toks = tokens(sql);
-    toks.split(|t| *t == Token::Semicolon)
-        .find_map(statement_reason)
+    thread_local! {
+        // Reused: this runs on every statement of every unpinned session.
+        static TOKENS: std::cell::RefCell<Vec<Token>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let reason = |toks: &[Token]| {
+        toks.split(|t| *t == Token::Semicolon)
+            .find_map(statement_reason)
+    };
+    TOKENS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut toks) => {
+            toks.clear();
+            tokenize(sql, &mut toks);
+            let r = reason(&toks);
+            if toks.capacity() > 4096 {
+                *toks = Vec::new();
+            }
+            r
+        }
+        Err(_) => {
+            let mut toks = Vec::new();
+            tokenize(sql, &mut toks);
+            reason(&toks)
+        }
+    })
 }
 
 /// Watches the client-to-database byte stream of one session (after login) for the first
@@ -432,7 +455,7 @@ impl PinWatch {
 }
 
 /// The statement text of a Query (`text\0`) or Parse (`name\0text\0...`) body.
-fn statement_text(tag: u8, body: &[u8]) -> &[u8] {
+pub fn statement_text(tag: u8, body: &[u8]) -> &[u8] {
     let body = if tag == b'P' {
         match body.iter().position(|b| *b == 0) {
             Some(p) => &body[p + 1..],
@@ -456,6 +479,7 @@ mod tests {
         let pinned = [
             ("SET search_path TO app", PinReason::Set),
             ("set session statement_timeout = 5", PinReason::Set),
+            ("RESET search_path", PinReason::Reset),
             (
                 "BEGIN; SET default_transaction_read_only = off; CREATE TABLE t (a int)",
                 PinReason::Set,

@@ -11,7 +11,7 @@ use crate::config::{StackConfig, TargetRole};
 use crate::control::{Control, Counters, StsFault};
 use crate::iam::{Iam, TemporaryCredentials};
 use crate::pg::{PgOptions, PgServer, PgTls};
-use crate::proxy::{serve_endpoint, EndpointSpec, ProxyShared};
+use crate::proxy::{serve_endpoint, EndpointSpec, MetricsSnapshot, ProxyShared, ProxyThread};
 use crate::sts::{Sts, StsServer};
 use crate::tls::ProxyTls;
 use crate::Error;
@@ -73,6 +73,7 @@ pub struct LocalStack {
     runtime: tokio::runtime::Handle,
     sts: StsServer,
     proxy: Arc<ProxyShared>,
+    proxy_thread: Option<ProxyThread>,
     control: Arc<Control>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
     endpoints: Vec<Endpoint>,
@@ -204,6 +205,7 @@ impl LocalStack {
             Arc::clone(&tls.server_config),
             Arc::clone(&control),
         );
+        let proxy_thread = ProxyThread::start()?;
         let mut endpoints = Vec::new();
         let mut listeners = Vec::new();
         for e in &config.proxy.endpoints {
@@ -213,7 +215,11 @@ impl LocalStack {
                 port: e.port,
                 target_role: e.target_role,
             };
-            let (addr, task) = serve_endpoint(Arc::clone(&proxy), spec, e.listen).await?;
+            let (addr, task) = proxy_thread
+                .handle()
+                .spawn(serve_endpoint(Arc::clone(&proxy), spec, e.listen))
+                .await
+                .map_err(|e| Error::Config(format!("serving a proxy endpoint: {e}")))??;
             listeners.push(task);
             endpoints.push(Endpoint {
                 name: e.name.clone(),
@@ -237,6 +243,7 @@ impl LocalStack {
             runtime: tokio::runtime::Handle::current(),
             sts,
             proxy,
+            proxy_thread: Some(proxy_thread),
             control,
             listeners,
             endpoints,
@@ -377,16 +384,16 @@ impl LocalStack {
             .collect()
     }
 
-    /// Fails over like an Aurora cluster: stops the writer and promotes a reader. Client
-    /// sessions on both are closed (with PostgreSQL's shutdown error, 57P01), new
-    /// `READ_WRITE` sessions go to the new writer as soon as it accepts writes (logins
-    /// arriving meanwhile wait), and a new reader is built from it in the background
-    /// ([`LocalStack::wait_for_readers`]).
+    /// Fails over like an Aurora cluster: stops the writer and promotes a reader. As with
+    /// RDS Proxy, idle client connections stay open and their next transactions run on the
+    /// new writer (requests and logins arriving meanwhile wait, up to the borrow timeout);
+    /// clients in a request or a transaction, or pinned, get PostgreSQL's shutdown error
+    /// (57P01) and are closed. A new reader is built from the new writer in the background
+    /// ([`LocalStack::wait_for_readers`]) and joins the readers' pool.
     pub async fn failover(&self) -> Result<FailoverReport, Error> {
         let proxy = Arc::clone(&self.proxy);
         let fut = Arc::clone(&self.cluster).failover(
             move |servers: &[SocketAddr]| proxy.sessions_on(servers),
-            Arc::clone(&self.control),
             self.runtime.clone(),
         );
         self.runtime
@@ -406,6 +413,16 @@ impl LocalStack {
     /// Number of client connections the proxy holds now.
     pub fn proxy_client_connections(&self) -> usize {
         self.proxy.client_connections()
+    }
+
+    /// The proxy's metrics now, with RDS Proxy's CloudWatch names.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.proxy.metrics()
+    }
+
+    /// The writer's address, `None` while a failover is under way.
+    pub fn writer_addr(&self) -> Option<SocketAddr> {
+        self.cluster.current_topology().writer
     }
 
     /// Sets a fault of the STS stand-in ([`StsFault::None`] clears it).
@@ -520,6 +537,7 @@ impl Drop for LocalStack {
         for l in &self.listeners {
             l.abort();
         }
+        drop(self.proxy_thread.take());
         self.sts.stop();
         self.cluster
             .wait_for_builds(std::time::Duration::from_secs(60));

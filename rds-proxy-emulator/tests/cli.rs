@@ -207,6 +207,36 @@ async fn serve_and_clean_shutdown() -> TestResult {
         status.contains("sessions pinned    0 pinned so far"),
         "{status}"
     );
+    // RDS Proxy's metrics, under CloudWatch's names: in `status`, and alone.
+    for name in [
+        "ClientConnections",
+        "DatabaseConnections",
+        "DatabaseConnectionsCurrentlyBorrowed",
+        "DatabaseConnectionsCurrentlySessionPinned",
+        "DatabaseConnectionsCurrentlyInTransaction",
+        "ClientConnectionsSetupFailedAuth",
+        "ClientConnectionsNoTLS",
+        "QueryDatabaseResponseLatency",
+    ] {
+        assert!(status.contains(&format!("  {name} ")), "{name}: {status}");
+    }
+    let metrics = String::from_utf8(cli(&["metrics"]).stdout)?;
+    let value = |name: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        value("DatabaseConnectionsCurrentlyBorrowed"),
+        Some(0),
+        "{metrics}"
+    );
+    assert!(
+        value("DatabaseConnections").is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
+    assert!(value("QueryDatabaseResponseLatency").is_some(), "{metrics}");
     let out = cli(&["failover"]);
     assert!(out.status.success(), "{out:?}");
     let said = String::from_utf8(out.stdout)?;

@@ -1,5 +1,6 @@
 //! Third-party clients through the stand-in: psql with `sslmode=verify-full` and a token
-//! as the password, and pgbench with several clients for a few seconds.
+//! as the password, and pgbench with several clients for a few seconds, also with more
+//! clients than the pools may open database connections.
 
 mod common;
 
@@ -269,5 +270,99 @@ async fn pgbench_through_the_proxy_has_no_failed_transactions() -> TestResult {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(stack.proxy_client_connections(), 0);
+    Ok(())
+}
+
+/// pgbench with 16 clients on a proxy allowed 4 database connections (2% of
+/// `max_connections`): every transaction waits its turn for a connection, none fails, and
+/// PostgreSQL never sees more than 4 sessions of the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_with_more_clients_than_database_connections() -> TestResult {
+    require("pgbench");
+    let mut config = rds_proxy_emulator::StackConfig::demo();
+    config.proxy.max_connections_percent = 2;
+    let stack = start(config).await;
+    let rw = stack.endpoint("READ_WRITE").expect("READ_WRITE").clone();
+    let creds = session(&stack, CONNECT_ROLE);
+    let token = sign_token(
+        &stack,
+        &rw,
+        "app_user",
+        &creds,
+        time::OffsetDateTime::now_utc(),
+    );
+    let info = conninfo(&stack, &rw);
+    let mut init = Command::new("pgbench");
+    init.args(["-i", "-q", "-s", "1", &info])
+        .env("PGPASSWORD", &token);
+    let out =
+        tokio::task::spawn_blocking(move || run_bounded(init, Duration::from_secs(60))).await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let secret = stack.config().proxy.db_users[0].backend_password.clone();
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(stack.backend_addr().port())
+        .user("app_user")
+        .password(secret.as_str())
+        .dbname(stack.db_name());
+    let (observer, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = std::sync::Arc::clone(&done);
+        tokio::spawn(async move {
+            let mut peak = 0i64;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let n: i64 = observer
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench' AND backend_type = 'client backend'",
+                        &[],
+                    )
+                    .await
+                    .expect("pg_stat_activity")
+                    .get(0);
+                peak = peak.max(n);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        })
+    };
+    let mut bench = Command::new("pgbench");
+    bench
+        .args(["-n", "-c", "16", "-j", "2", "-T", "3", &info])
+        .env("PGPASSWORD", &token);
+    let out =
+        tokio::task::spawn_blocking(move || run_bounded(bench, Duration::from_secs(60))).await?;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let peak = sampler.await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("number of clients: 16"), "{stdout}");
+    assert!(
+        stdout.contains("number of failed transactions: 0 (0.000%)"),
+        "{stdout}"
+    );
+    let processed: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .expect("processed count");
+    assert!(processed > 100, "{stdout}");
+    let m = stack.metrics();
+    println!("pgbench, 16 clients: peak {peak} database sessions of the pool in pg_stat_activity; {processed} transactions; {m:?}");
+    assert!(peak <= 4, "{peak} database sessions, cap 4");
+    assert!(peak >= 1);
+    assert!(m.database_connections <= 4, "{m:?}");
+    assert_eq!(m.max_database_connections_allowed, 4, "{m:?}");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The database cluster behind the proxy: a real reader (hot standby) for READ_ONLY
-//! endpoints, replication, TLS on PostgreSQL itself, failover with clients recovering, and
-//! pinning detection.
+//! endpoints, replication, TLS on PostgreSQL itself, failover (idle clients kept, those in
+//! a transaction closed), and pinning detection.
 
 mod common;
 
@@ -166,41 +166,73 @@ async fn postgres_itself_serves_tls_from_the_stack_ca() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_closes_sessions_and_new_connections_recover() -> TestResult {
+async fn failover_keeps_idle_clients_and_closes_those_in_a_transaction() -> TestResult {
     let stack = demo().await;
     let rw = stack.endpoint("READ_WRITE").unwrap().clone();
     let ro = stack.endpoint("READ_ONLY").unwrap().clone();
+    let old_writer_port = stack.backend_addr().port();
     let old_reader_port = stack.reader_addrs()[0].port();
 
-    // A small pool: three writer sessions and one reader session, each used once and idle
-    // when the failover comes. The simple query protocol leaves nothing outstanding once
-    // its answer is in; `query_one` would not: it prepares a statement whose drop sends a
-    // Close that is answered later, and a FATAL arriving before that answer is handed to
-    // the abandoned Close (the connection then ends as a bare close, without the error).
-    let mut pool = Vec::new();
-    for _ in 0..3 {
-        pool.push(open_watched(&stack, &rw).await);
+    // Twenty idle writer clients (used once: simple and extended protocol, one holding a
+    // prepared statement), an idle reader client, one in a transaction, one pinned.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(open_watched(&stack, &rw).await);
     }
-    let (ro_client, ro_conn) = open_watched(&stack, &ro).await;
-    for c in pool.iter().map(|(c, _)| c).chain([&ro_client]) {
-        let answer = c.simple_query("SELECT 1").await?;
-        assert!(
-            answer.iter().any(
-                |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("1"))
-            ),
-            "{answer:?}"
-        );
+    for (i, (c, _)) in idle.iter().enumerate() {
+        assert_eq!(server_port(c).await, old_writer_port);
+        c.simple_query(&format!("SELECT {i}")).await?;
+    }
+    let kept = idle[0].0.prepare("SELECT 40 + $1::int4").await?;
+    let (ro_client, _ro_conn) = open_watched(&stack, &ro).await;
+    assert_eq!(server_port(&ro_client).await, old_reader_port);
+    let (in_tx, in_tx_conn) = open_watched(&stack, &rw).await;
+    in_tx
+        .batch_execute("BEGIN; INSERT INTO products (id, name, price_cents) VALUES (70, 'lost', 1)")
+        .await?;
+    let (pinned, pinned_conn) = open_watched(&stack, &rw).await;
+    pinned.batch_execute("SET work_mem = '8MB'").await?;
+    // tokio-postgres closes a query's statement without waiting for the answer: let those
+    // finish, so that only the transaction and the pinned session hold connections.
+    let settled = Instant::now() + Duration::from_secs(5);
+    while stack.metrics().database_connections_currently_borrowed > 3 {
+        assert!(Instant::now() < settled, "{:?}", stack.metrics());
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let report = stack.failover().await?;
+    // A writer request sent once the failover has begun waits for the new writer.
+    let failover = {
+        let stack = &stack;
+        async move { stack.failover().await }
+    };
+    let during = async {
+        let until = Instant::now() + Duration::from_secs(10);
+        while stack.writer_addr().is_some() {
+            assert!(Instant::now() < until, "the failover did not start");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let sent = Instant::now();
+        let port = server_port(&idle[1].0).await;
+        (port, sent.elapsed())
+    };
+    let (report, (port_during, waited)) = tokio::join!(failover, during);
+    let report = report?;
     let failed_over = Instant::now();
     assert_eq!(report.old_writer, "pg-1");
     assert_eq!(report.new_writer, "pg-2");
-    assert_eq!(report.sessions_closed, 4);
-    assert_eq!(stack.counters().sessions_closed_by_failover, 4);
+    assert_eq!(report.sessions_closed, 2, "{report:?}");
+    assert_eq!(
+        port_during, old_reader_port,
+        "the waiting request ran on the new writer"
+    );
+    println!(
+        "failover took {:?}; a request sent during it waited {waited:?}",
+        report.took
+    );
 
-    // Every open session was closed with PostgreSQL's shutdown error (57P01).
-    for (client, conn) in pool.into_iter().chain([(ro_client, ro_conn)]) {
+    // The client in a transaction got PostgreSQL's shutdown error and was closed; so was
+    // the pinned one (its session state is gone).
+    for (client, conn) in [(in_tx, in_tx_conn), (pinned, pinned_conn)] {
         let ended = tokio::time::timeout(Duration::from_secs(10), conn).await??;
         let err = ended.expect_err("the session was closed");
         assert_eq!(
@@ -214,42 +246,45 @@ async fn failover_closes_sessions_and_new_connections_recover() -> TestResult {
         );
         assert!(client.is_closed());
     }
-
-    // The pool reopens its connections with fresh tokens: the writer endpoint follows
-    // the promoted reader.
-    let mut reopened = Vec::new();
-    for _ in 0..3 {
-        reopened.push(open(&stack, "READ_WRITE").await?);
+    let until = Instant::now() + Duration::from_secs(5);
+    while stack.counters().sessions_closed_by_failover < 2 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let recovered_in = failed_over.elapsed();
-    assert!(recovered_in < Duration::from_secs(5), "{recovered_in:?}");
-    for c in &reopened {
-        assert_eq!(server_port(c).await, old_reader_port);
+    assert_eq!(stack.counters().sessions_closed_by_failover, 2);
+
+    // Every idle client is still connected and its next transaction runs on the new
+    // writer, prepared statement included: 0 errors.
+    for (i, (c, conn)) in idle.iter().enumerate() {
+        assert!(
+            !c.is_closed() && !conn.is_finished(),
+            "client {i} was closed"
+        );
+        assert_eq!(server_port(c).await, old_reader_port, "client {i}");
         let recovering: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
         assert!(!recovering);
     }
-    reopened[0]
+    let n: i32 = idle[0].0.query_one(&kept, &[&2i32]).await?.get(0);
+    assert_eq!(n, 42);
+    idle[2]
+        .0
         .execute(
             "INSERT INTO products (id, name, price_cents) VALUES (77, 'After failover', 1)",
             &[],
         )
         .await?;
+    let recovered_in = failed_over.elapsed();
 
-    // READ_ONLY serves again once the new reader is built (logins wait meanwhile).
-    let ro_again = open(&stack, "READ_ONLY").await?;
+    // The idle reader client continues too, on the new reader once it is built (its
+    // request waits meanwhile); the row written on the new writer replicates to it.
+    assert!(in_recovery(&ro_client).await?);
     let ro_recovered_in = failed_over.elapsed();
     assert!(
         ro_recovered_in < Duration::from_secs(20),
         "{ro_recovered_in:?}"
     );
-    let recovering: bool = ro_again
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await?
-        .get(0);
-    assert!(recovering);
     let started = Instant::now();
     loop {
-        let n: i64 = ro_again
+        let n: i64 = ro_client
             .query_one("SELECT count(*) FROM products WHERE id = 77", &[])
             .await?
             .get(0);
@@ -259,6 +294,8 @@ async fn failover_closes_sessions_and_new_connections_recover() -> TestResult {
         assert!(started.elapsed() < Duration::from_secs(5));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let new_reader_port = server_port(&ro_client).await;
+    assert_ne!(new_reader_port, old_reader_port);
     let roles: Vec<(String, ServerRole)> = stack
         .servers()
         .await
@@ -273,9 +310,11 @@ async fn failover_closes_sessions_and_new_connections_recover() -> TestResult {
             ("pg-3".to_string(), ServerRole::Reader)
         ]
     );
+    // New logins work on both endpoints.
+    let fresh = open(&stack, "READ_WRITE").await?;
+    assert_eq!(server_port(&fresh).await, old_reader_port);
     println!(
-        "failover took {:?}; writer sessions back {:?} after it, reader sessions {:?}",
-        report.took, recovered_in, ro_recovered_in
+        "idle writer clients served by the new writer {recovered_in:?} after the failover, the idle reader client {ro_recovered_in:?}"
     );
     Ok(())
 }
@@ -334,7 +373,7 @@ async fn pinning_is_detected_for_session_state_and_not_for_plain_queries() -> Te
 async fn without_a_reader_read_only_logins_time_out_and_failover_is_refused() -> TestResult {
     let mut config = rds_proxy_emulator::StackConfig::demo();
     config.database.replicas = 0;
-    config.proxy.backend_connect_timeout_seconds = 1;
+    config.proxy.connection_borrow_timeout_seconds = 1;
     let stack = start(config).await;
     assert!(stack.reader_addrs().is_empty());
     let started = Instant::now();

@@ -4,7 +4,7 @@
 //!
 //! Run from the repository root: `cargo bench --bench token` (or `make bench`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -97,7 +97,7 @@ criterion_group!(benches, bench);
 
 /// The median criterion wrote for `function` during this run (`since`): none in `--test`
 /// mode, which measures nothing, and an earlier run's file is not this run's figure.
-fn median_ns(dir: &PathBuf, function: &str, since: SystemTime) -> Option<f64> {
+fn median_ns(dir: &Path, function: &str, since: SystemTime) -> Option<f64> {
     let path = dir
         .join("token")
         .join(function)

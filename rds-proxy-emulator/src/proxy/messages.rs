@@ -30,6 +30,12 @@ pub const MSG_BORROW_TIMEOUT: &str = "Timed-out waiting to acquire database conn
 pub const MSG_BACKEND_DOWN: &str =
     "RDS Proxy could not open a connection to the database: the database is not reachable.";
 
+/// The message sent to a client whose database connection ended during its request or
+/// transaction without an error of PostgreSQL's own (not an AWS text: AWS documents that
+/// such connections are cancelled, not what the client reads).
+pub const MSG_BACKEND_LOST: &str =
+    "RDS Proxy lost the database connection of this session during a transaction or statement.";
+
 /// `The IAM authentication failed for the role USER. ...`
 pub fn msg_iam_failed(user: &str) -> String {
     format!("The IAM authentication failed for the role {user}. Check the IAM token for this role and try again.")

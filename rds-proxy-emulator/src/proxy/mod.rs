@@ -6,7 +6,7 @@
 //! e.g. [`MSG_TLS_REQUIRED`], [`msg_iam_failed`], [`SQLSTATE_IAM`]):
 //!
 //! 1. Plaintext: `SSLRequest` gets `S` and the TLS handshake (certificate for the endpoint
-//!    host names); `GSSENCRequest` gets `N`; a `CancelRequest` is forwarded to PostgreSQL;
+//!    host names); `GSSENCRequest` gets `N`; a `CancelRequest` goes to `cancel` (below);
 //!    any startup packet in the clear gets FATAL `This RDS Proxy requires TLS connections.`
 //!    Startup packets are read by `wire` ([`parse_startup_packet`]), which also frames
 //!    the messages the proxy sends ([`fatal_message`]).
@@ -20,28 +20,37 @@
 //!    role may `rds-db:connect` on `arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-ID/USER`.
 //!    Every refusal is logged (`tracing`, target `rds_proxy_emulator::proxy`) with its
 //!    precise reason; the client sees only the RDS Proxy text.
-//! 4. A backend session is opened as the db user with the proxy's secret (SCRAM-SHA-256),
-//!    on the writer for `READ_WRITE` endpoints and on a reader (a hot standby, round robin)
-//!    for `READ_ONLY` ones, following the [`Topology`] (which a failover changes). While
-//!    no suitable server is available the login waits, up to
-//!    `backend_connect_timeout_seconds`. Picking the server and the login are `backend`'s.
-//! 5. The traffic is relayed both ways (`relay`) until either side closes or the client is
-//!    idle too long. A client that ends its side first is half-closed: PostgreSQL sees the
-//!    end of its input, and what it still sends (results, a final FATAL) is relayed for up
-//!    to [`DRAIN_AFTER_CLIENT_END`]. The client's side is always ended with a TLS
-//!    close_notify. Client-to-database bytes are watched for pinning conditions
-//!    ([`crate::pinning`]) until the first one, logged as [`pinning_log_line`] writes it;
-//!    nothing else is parsed.
+//! 4. The greeting: `AuthenticationOk`, the `ParameterStatus` set of the client's pool
+//!    (`pool`: one per target role, database user and database) with the client's own
+//!    values, a `BackendKeyData` of the proxy's own (`cancel`), `ReadyForQuery`. A login
+//!    needs no database connection once its pool has a live one; the first login of a pool
+//!    opens one (SCRAM-SHA-256 with the proxy's secret, `backend`), waiting up to the borrow
+//!    timeout while no server serves the role.
+//! 5. The session (`session`): the client borrows a database connection for each
+//!    transaction and gives it back at `ReadyForQuery` idle, unless pinned (`frames` reads
+//!    what that decision needs of both message streams, [`crate::pinning`] the conditions;
+//!    the first is logged as [`pinning_log_line`] writes it). `relay` pumps the bytes, both
+//!    directions in one task. The client's side is always ended with a TLS close_notify;
+//!    what the database still sends for a request after the client ended its side is
+//!    relayed for up to [`DRAIN_AFTER_CLIENT_END`].
 //!
-//! This module runs the steps in order and holds what the endpoints share
-//! ([`ProxyShared`]); each step's work is in its own private module named above, and
-//! `endpoint` holds [`EndpointSpec`].
+//! The proxy runs on a thread of its own ([`ProxyThread`]). Its gauges and counters carry
+//! RDS Proxy's CloudWatch names ([`ProxyMetrics`]). This module runs the steps in order and
+//! holds what the endpoints share ([`ProxyShared`]); each step's work is in its own private
+//! module named above (`params` holds the session parameters carried between connections),
+//! and `endpoint` holds [`EndpointSpec`].
 
 mod authorize;
 mod backend;
+mod cancel;
 mod endpoint;
+mod frames;
 mod messages;
+mod metrics;
+mod params;
+mod pool;
 mod relay;
+mod session;
 mod wire;
 
 use std::net::SocketAddr;
@@ -59,10 +68,11 @@ pub use crate::cluster::Topology;
 pub use endpoint::EndpointSpec;
 pub use messages::{
     msg_iam_failed, msg_no_credentials, msg_option, msg_too_many, ACCEPTED_PARAMETERS,
-    MSG_BACKEND_DOWN, MSG_BORROW_TIMEOUT, MSG_NO_USER, MSG_PROTOCOL, MSG_REPLICATION,
-    MSG_TLS_REQUIRED, SQLSTATE_AUTH_SPEC, SQLSTATE_BACKEND_DOWN, SQLSTATE_FEATURE, SQLSTATE_IAM,
-    SQLSTATE_TOO_MANY,
+    MSG_BACKEND_DOWN, MSG_BACKEND_LOST, MSG_BORROW_TIMEOUT, MSG_NO_USER, MSG_PROTOCOL,
+    MSG_REPLICATION, MSG_TLS_REQUIRED, SQLSTATE_AUTH_SPEC, SQLSTATE_BACKEND_DOWN, SQLSTATE_FEATURE,
+    SQLSTATE_IAM, SQLSTATE_TOO_MANY,
 };
+pub use metrics::{MetricsSnapshot, ProxyMetrics};
 pub use relay::{pinning_log_line, DRAIN_AFTER_CLIENT_END};
 pub use wire::{fatal_message, parse_startup_packet, Startup};
 
@@ -71,22 +81,25 @@ use crate::config::StackConfig;
 use crate::control::Control;
 use crate::iam::Iam;
 use authorize::authorize;
-use backend::{backend_login, pick_server, BackendLogin};
-use relay::{relay, SessionInfo};
+use backend::send_cancel;
+use cancel::Registry;
+use params::SessionParams;
+use pool::{BorrowError, PoolKey, Pools, Settings};
 use wire::{ask_password, read_startup, ConnError};
 
+/// How long a client may take from its first byte to its password.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// State shared by all endpoints of one proxy.
 pub struct ProxyShared {
     iam: Arc<Iam>,
     config: Arc<StackConfig>,
-    topology: watch::Receiver<Topology>,
-    next_reader: AtomicUsize,
-    sessions: std::sync::Mutex<std::collections::HashMap<u64, SocketAddr>>,
+    pools: Pools,
+    cancel_keys: Registry,
     next_session: AtomicU64,
     tls: TlsAcceptor,
     clients: AtomicUsize,
+    metrics: Arc<ProxyMetrics>,
     shutdown: watch::Sender<bool>,
     control: Arc<Control>,
 }
@@ -94,7 +107,7 @@ pub struct ProxyShared {
 impl std::fmt::Debug for ProxyShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyShared")
-            .field("topology", &*self.topology.borrow())
+            .field("pools", &self.pools)
             .field("clients", &self.clients)
             .finish_non_exhaustive()
     }
@@ -110,15 +123,23 @@ impl ProxyShared {
         control: Arc<Control>,
     ) -> Arc<ProxyShared> {
         let config = Arc::new(iam.config().clone());
+        let p = &config.proxy;
+        let settings = Settings {
+            max_connections_percent: p.max_connections_percent,
+            max_idle_connections_percent: p.effective_max_idle_connections_percent(),
+            borrow_timeout: Duration::from_secs(p.connection_borrow_timeout_seconds.max(1)),
+            connect_timeout: Duration::from_secs(p.backend_connect_timeout_seconds.max(1)),
+        };
+        let metrics = Arc::new(ProxyMetrics::default());
         Arc::new(ProxyShared {
             iam,
+            pools: Pools::new(settings, topology, Arc::clone(&metrics)),
             config,
-            topology,
-            next_reader: AtomicUsize::new(0),
-            sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
+            cancel_keys: Registry::default(),
             next_session: AtomicU64::new(1),
             tls: TlsAcceptor::from(tls),
             clients: AtomicUsize::new(0),
+            metrics,
             shutdown: watch::channel(false).0,
             control,
         })
@@ -129,17 +150,79 @@ impl ProxyShared {
         self.clients.load(Ordering::SeqCst)
     }
 
-    /// Number of client sessions relayed to any of `servers` now.
+    /// Client sessions holding a database connection on any of `servers` in a request or a
+    /// transaction, or pinned to it: those a failover of these servers closes.
     pub fn sessions_on(&self, servers: &[SocketAddr]) -> usize {
-        self.sessions
-            .lock()
-            .map(|s| s.values().filter(|a| servers.contains(a)).count())
-            .unwrap_or(0)
+        self.cancel_keys.busy_on(servers)
+    }
+
+    /// The metrics now, with CloudWatch's names.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let mut m = self.metrics.snapshot();
+        m.client_connections = self.client_connections() as u64;
+        m
     }
 
     /// Closes every client connection and stops the listeners.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
+        self.pools.shutdown();
+    }
+}
+
+/// The thread the proxy's endpoints and client sessions run on: a runtime of one thread
+/// of its own. Every session is I/O between two sockets, with little work between reads;
+/// on one thread, a session woken by the I/O driver runs right there, where a
+/// multi-threaded runtime keeps waking its other worker to share the work (about a fifth of
+/// the proxy's CPU time, per transaction, in the profile of `make bench-pgbench`). STS and
+/// the cluster's operations stay on the stack's own runtime.
+#[derive(Debug)]
+pub struct ProxyThread {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyThread {
+    /// Starts the thread and its runtime.
+    pub fn start() -> Result<ProxyThread, crate::Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| crate::Error::io("starting the proxy's runtime", e))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("rds-proxy-emulator-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+                // Sessions told to stop (ProxyShared::shutdown) get a moment to close TLS.
+                runtime.shutdown_timeout(Duration::from_secs(2));
+            })
+            .map_err(|e| crate::Error::io("starting the proxy's thread", e))?;
+        Ok(ProxyThread {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The runtime to serve endpoints on ([`serve_endpoint`] spawns there).
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl Drop for ProxyThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -171,8 +254,11 @@ pub async fn serve_endpoint(
             let _ = stream.set_nodelay(true);
             let shared = Arc::clone(&shared);
             let spec = Arc::clone(&spec);
+            // The span covers the login (its log lines name the peer); the session's own
+            // lines name the session, which "session started" ties to the peer. Entering a
+            // span on every poll of a relay costs more than the relay's own work.
             let span = tracing::info_span!("proxy", %peer);
-            tokio::spawn(handle_client(shared, spec, stream).instrument(span));
+            tokio::spawn(handle_client(shared, spec, stream, span));
         }
     });
     Ok((addr, task))
@@ -202,20 +288,36 @@ async fn send_fatal<S: AsyncWrite + Unpin>(s: &mut S, sqlstate: &str, message: &
     let _ = s.shutdown().await;
 }
 
-/// Forwards a CancelRequest to every server (only the one holding the key acts on it).
+/// Sends a CancelRequest on to the database connection the client with that key holds
+/// now, with that connection's own key; unknown keys and idle clients are ignored.
 async fn forward_cancel(shared: &ProxyShared, packet: &[u8]) {
-    let servers = shared.topology.borrow().all();
-    for backend in servers {
-        if let Ok(Ok(mut s)) =
-            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(backend)).await
-        {
-            let _ = s.write_all(packet).await;
-            let _ = s.shutdown().await;
+    let Some(key) = packet.get(8..16) else {
+        return;
+    };
+    match shared.cancel_keys.cancel_target(key) {
+        Some((addr, backend_key)) => {
+            tracing::info!(backend = %addr, "cancel request forwarded");
+            send_cancel(addr, backend_key).await;
         }
+        None => tracing::debug!("cancel request for no running request: ignored"),
     }
 }
 
-async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tcp: TcpStream) {
+/// An authenticated login, ready for its greeting.
+struct Admitted {
+    user: String,
+    database: String,
+    params: SessionParams,
+    password: String,
+}
+
+async fn handle_client(
+    shared: Arc<ProxyShared>,
+    spec: Arc<EndpointSpec>,
+    mut tcp: TcpStream,
+    span: tracing::Span,
+) {
+    let login_span = span.clone();
     let count = shared.clients.fetch_add(1, Ordering::SeqCst) + 1;
     let _slot = ClientSlot(&shared.clients);
     let mut stop = shared.shutdown.subscribe();
@@ -245,7 +347,10 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
                 }
                 Startup::V3(_) | Startup::Other(_) => {
                     tracing::warn!(endpoint = %spec.name, "refused: startup packet without TLS");
+                    ProxyMetrics::add(&shared.metrics.client_connections_no_tls, 1);
+                    ProxyMetrics::bump(&shared.metrics.client_connections_setup_failed_auth);
                     refuse(&shared, &mut tcp, SQLSTATE_AUTH_SPEC, MSG_TLS_REQUIRED).await;
+                    ProxyMetrics::add(&shared.metrics.client_connections_no_tls, -1);
                     return Ok(None);
                 }
             }
@@ -267,76 +372,109 @@ async fn handle_client(shared: Arc<ProxyShared>, spec: Arc<EndpointSpec>, mut tc
             }
         };
         match login(&shared, &spec, &mut tls, params, count).await? {
-            Some(session) => Ok(Some((tls, session))),
+            Some(admitted) => Ok(Some((tls, admitted))),
             None => Ok(None),
         }
     };
     let outcome = tokio::select! {
-        r = tokio::time::timeout(LOGIN_TIMEOUT, handshake) => r,
+        r = tokio::time::timeout(LOGIN_TIMEOUT, handshake).instrument(login_span.clone()) => r,
         _ = stop.wait_for(|s| *s) => return,
     };
-    let (tls, (backend, db_user, server)) = match outcome {
-        Ok(Ok(Some(ok))) => ok,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::debug!(endpoint = %spec.name, "connection closed during login: {e}");
-            return;
+    let greeted = async {
+        let (mut tls, admitted) = match outcome {
+            Ok(Ok(Some(ok))) => ok,
+            Ok(Ok(None)) => return None,
+            Ok(Err(e)) => {
+                tracing::debug!(endpoint = %spec.name, "connection closed during login: {e}");
+                return None;
+            }
+            Err(_) => {
+                tracing::info!(endpoint = %spec.name, "login timed out");
+                return None;
+            }
+        };
+        let key = PoolKey {
+            role: spec.target_role,
+            user: admitted.user.as_str().into(),
+            database: admitted.database.as_str().into(),
+        };
+        let pool = shared.pools.pool(&key);
+        let greeting = tokio::select! {
+            g = shared.pools.greeting(pool, &admitted.params, &admitted.password) => g,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        let greeting = match greeting {
+            Ok(g) => g,
+            Err(BorrowError::Timeout) => {
+                tracing::error!(endpoint = %spec.name, role = %spec.target_role, "no {} database connection within {} s", spec.target_role, shared.pools.borrow_timeout().as_secs());
+                refuse(&shared, &mut tls, SQLSTATE_BACKEND_DOWN, MSG_BORROW_TIMEOUT).await;
+                return None;
+            }
+            Err(BorrowError::Refused(error_message)) => {
+                // PostgreSQL's own refusal (e.g. unknown database): pass it on.
+                tracing::warn!(endpoint = %spec.name, user = %admitted.user, "the database refused the session");
+                Control::bump(&shared.control.logins_refused);
+                let _ = tls.write_all(&error_message).await;
+                let _ = tls.flush().await;
+                let _ = tls.shutdown().await;
+                return None;
+            }
+            Err(BorrowError::Unreachable(why)) => {
+                tracing::error!(endpoint = %spec.name, "database unreachable: {why}");
+                refuse(&shared, &mut tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
+                return None;
+            }
+        };
+        let registered = shared.cancel_keys.register();
+        let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        // AuthenticationOk, the pool's ParameterStatus set, the client's own key, idle.
+        let mut hello = Vec::with_capacity(greeting.len() + 40);
+        hello.extend_from_slice(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]);
+        hello.extend_from_slice(&greeting);
+        hello.extend_from_slice(&[b'K', 0, 0, 0, 12]);
+        hello.extend_from_slice(&registered.key);
+        hello.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        if tls.write_all(&hello).await.is_err() || tls.flush().await.is_err() {
+            return None;
         }
-        Err(_) => {
-            tracing::info!(endpoint = %spec.name, "login timed out");
-            return;
-        }
+        Control::bump(&shared.control.logins_accepted);
+        tracing::info!(endpoint = %spec.name, user = %admitted.user, session, "session started");
+        Some((tls, admitted, pool, registered, session))
+    }
+    .instrument(login_span)
+    .await;
+    let Some((tls, admitted, pool, registered, session)) = greeted else {
+        return;
     };
-    let session = shared.next_session.fetch_add(1, Ordering::Relaxed);
-    let _registered = SessionEntry::register(&shared, session, server);
-    tracing::info!(endpoint = %spec.name, user = %db_user, session, %server, "session started");
     let idle = Duration::from_secs(shared.config.proxy.idle_client_timeout_seconds.max(1));
-    relay(
+    session::run(
         tls,
-        backend,
-        idle,
-        stop,
-        SessionInfo {
+        session::Context {
+            pools: &shared.pools,
+            pool,
+            params: admitted.params,
+            password: &admitted.password,
+            slot: &registered.slot,
             control: &shared.control,
+            metrics: &shared.metrics,
             endpoint: &spec.name,
             session,
+            idle,
         },
+        stop,
     )
     .await;
-    tracing::info!(endpoint = %spec.name, user = %db_user, session, "session ended");
+    tracing::info!(endpoint = %spec.name, user = %admitted.user, session, "session ended");
 }
 
-/// A session's entry in the registry (removed on drop).
-struct SessionEntry<'a> {
-    shared: &'a ProxyShared,
-    id: u64,
-}
-
-impl<'a> SessionEntry<'a> {
-    fn register(shared: &'a ProxyShared, id: u64, server: SocketAddr) -> SessionEntry<'a> {
-        if let Ok(mut s) = shared.sessions.lock() {
-            s.insert(id, server);
-        }
-        SessionEntry { shared, id }
-    }
-}
-
-impl Drop for SessionEntry<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.shared.sessions.lock() {
-            s.remove(&self.id);
-        }
-    }
-}
-
-/// Validates the startup packet, authenticates the token, opens the backend session.
+/// Validates the startup packet and authenticates the token.
 async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &ProxyShared,
     spec: &EndpointSpec,
     tls: &mut S,
     params: Vec<(String, String)>,
     count: usize,
-) -> Result<Option<(TcpStream, String, SocketAddr)>, ConnError> {
+) -> Result<Option<Admitted>, ConnError> {
     let max = shared.config.proxy.max_client_connections;
     if params.iter().any(|(k, _)| k == "replication") {
         tracing::warn!(endpoint = %spec.name, "refused: replication requested");
@@ -378,76 +516,16 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(accepted) => accepted,
         Err(refusal) => {
             tracing::warn!(endpoint = %spec.name, %user, "refused: {}", refusal.reason);
+            ProxyMetrics::bump(&shared.metrics.client_connections_setup_failed_auth);
             refuse(shared, tls, refusal.sqlstate, &refusal.message).await;
             return Ok(None);
         }
     };
     tracing::info!(endpoint = %spec.name, %user, principal = %accepted.caller.arn, "IAM authentication succeeded");
-    let secret = &accepted.db_user.backend_password;
-    open_backend(shared, spec, tls, user, &database, secret, &params).await
-}
-
-/// Opens the backend session of an authenticated login (waiting for a server of the
-/// endpoint's role), then tells the client `AuthenticationOk`, or why not.
-async fn open_backend<S: AsyncWrite + Unpin>(
-    shared: &ProxyShared,
-    spec: &EndpointSpec,
-    tls: &mut S,
-    user: String,
-    database: &str,
-    backend_password: &str,
-    params: &[(String, String)],
-) -> Result<Option<(TcpStream, String, SocketAddr)>, ConnError> {
-    let forwarded: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "user" | "database"))
-        .cloned()
-        .collect();
-    let timeout = Duration::from_secs(shared.config.proxy.backend_connect_timeout_seconds.max(1));
-    let Some(server) = pick_server(
-        &shared.topology,
-        &shared.next_reader,
-        spec.target_role,
-        timeout,
-    )
-    .await
-    else {
-        tracing::error!(endpoint = %spec.name, role = %spec.target_role, "no {} server available within {} s", spec.target_role, timeout.as_secs());
-        refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BORROW_TIMEOUT).await;
-        return Ok(None);
-    };
-    match tokio::time::timeout(
-        timeout,
-        backend_login(server, &user, database, backend_password, &forwarded),
-    )
-    .await
-    {
-        Ok(Ok(BackendLogin::Ready(stream))) => {
-            // AuthenticationOk; the backend's ParameterStatus, BackendKeyData and
-            // ReadyForQuery follow through the relay.
-            tls.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 0]).await?;
-            tls.flush().await?;
-            Control::bump(&shared.control.logins_accepted);
-            Ok(Some((stream, user, server)))
-        }
-        Ok(Ok(BackendLogin::Refused(error_message))) => {
-            // PostgreSQL's own refusal (e.g. unknown database): pass it on.
-            tracing::warn!(endpoint = %spec.name, %user, "backend refused the session");
-            Control::bump(&shared.control.logins_refused);
-            let _ = tls.write_all(&error_message).await;
-            let _ = tls.flush().await;
-            let _ = tls.shutdown().await;
-            Ok(None)
-        }
-        Ok(Err(e)) => {
-            tracing::error!(endpoint = %spec.name, backend = %server, "backend unreachable: {e}");
-            refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
-            Ok(None)
-        }
-        Err(_) => {
-            tracing::error!(endpoint = %spec.name, backend = %server, "backend login timed out");
-            refuse(shared, tls, SQLSTATE_BACKEND_DOWN, MSG_BACKEND_DOWN).await;
-            Ok(None)
-        }
-    }
+    Ok(Some(Admitted {
+        password: accepted.db_user.backend_password.clone(),
+        params: SessionParams::from_startup(&params),
+        user,
+        database,
+    }))
 }

@@ -1,14 +1,25 @@
-//! The relay of an open session: bytes both ways, the pinning watch, half-close and drain.
+//! The relay of one client session: both directions pumped by one task, through two
+//! buffers, with the framing of [`super::frames`] deciding what may go where.
+//!
+//! One poll function reads what each side has (one read per readiness, into a 64 KiB
+//! buffer), writes what the other side can take (everything read so far in one write),
+//! and stops at the points where the session has something to decide: a request arrived
+//! and no database connection is held ([`Step::NeedBackend`]), every answer owed was
+//! delivered ([`Step::AtRest`]), a pinning condition, either side ending. The state lives in
+//! [`Relay`], so the session may drop a pending `run` (a timer, shutdown) and call it again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
-use crate::control::Control;
-use crate::pinning::PinWatch;
+use super::frames::{header, ClientEvent, ClientScan};
+use super::metrics::ProxyMetrics;
+use crate::pinning::PinReason;
 
 /// The log line for a session's first pinning condition, in the shape of RDS Proxy's:
 /// the endpoint, the session, the reason and a digest of the statement.
@@ -34,162 +45,421 @@ pub fn pinning_log_line(
     format!("[{endpoint}] The client session was pinned to the database connection [session={session}] for the remainder of the session. The proxy can't reuse this connection until the session ends. Reason: {reason}. Digest: \"{digest}\"")
 }
 
-/// What the relay needs to know about its session.
-pub(super) struct SessionInfo<'a> {
-    /// Where pinned sessions are counted.
-    pub(super) control: &'a Control,
-    /// The endpoint's name, for the log lines.
-    pub(super) endpoint: &'a str,
-    /// The session's id, for the pinning log line.
-    pub(super) session: u64,
-}
-
-/// Relay buffer size: large enough that a burst of results moves in few reads.
-const RELAY_BUFFER: usize = 64 * 1024;
-
 /// After the client has ended its side, how long the database's last messages (results of
 /// what was sent, an error, a FATAL) are still relayed to it.
 pub const DRAIN_AFTER_CLIENT_END: Duration = Duration::from_secs(2);
 
-/// How long closing the client's side may take (flushing and TLS close_notify, to a
-/// client that may have stopped reading).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Each direction's buffer: a whole statement up to the 16 KB pinning limit fits, and a
+/// burst of results moves in few reads and one write.
+pub(super) const BUFFER: usize = 64 * 1024;
 
-/// Why the two-way relay stopped.
-enum RelayEnd {
-    /// The client ended its side (EOF); the backend's write side is shut.
-    ClientDone,
-    /// The backend ended its side (EOF).
-    BackendDone,
-    /// Reading from or writing to the client failed.
-    ClientError(std::io::Error),
-    /// Reading from or writing to the backend failed.
-    BackendError(std::io::Error),
-    /// The client was idle too long.
-    Idle,
-    /// The proxy is shutting down.
-    Stop,
+/// A one-way buffer: `[sent, scanned)` is committed and not yet written, `[scanned, end)`
+/// read and not yet framed.
+struct Buf {
+    data: Box<[u8]>,
+    sent: usize,
+    scanned: usize,
+    end: usize,
 }
 
-/// Relays a session both ways until it ends, then closes the client's side cleanly.
-///
-/// When the client ends its side first, the relay half-closes: the backend's write side is
-/// shut (PostgreSQL sees the end of the client's input as it would directly), and what the
-/// backend still sends is relayed for up to [`DRAIN_AFTER_CLIENT_END`], so replies already
-/// on their way and a final error are not lost. However the session ends, the client's side
-/// is then shut with a TLS close_notify (bounded by a timeout), so a client can tell a
-/// closed session from a cut connection.
-pub(super) async fn relay<C: AsyncRead + AsyncWrite + Unpin>(
-    client: C,
-    backend: TcpStream,
-    idle: Duration,
-    mut stop: watch::Receiver<bool>,
-    info: SessionInfo<'_>,
-) {
-    let endpoint = info.endpoint;
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut br, mut bw) = backend.into_split();
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    {
-        let c2b = async {
-            let mut buf = vec![0u8; RELAY_BUFFER];
-            let mut watch = PinWatch::new();
-            loop {
-                let n = match cr.read(&mut buf).await {
-                    Ok(n) => n,
-                    // A client that closes TCP without a TLS close_notify (libpq does) has
-                    // ended its side all the same.
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-                    Err(e) => return RelayEnd::ClientError(e),
-                };
-                if n == 0 {
-                    return match bw.shutdown().await {
-                        Ok(()) => RelayEnd::ClientDone,
-                        Err(e) => RelayEnd::BackendError(e),
-                    };
-                }
-                touch();
-                if !watch.done() {
-                    if let Some(reason) = watch.feed(&buf[..n]) {
-                        Control::bump(&info.control.sessions_pinned);
-                        tracing::warn!(
-                            target: "rds_proxy_emulator::pinning",
-                            "{}",
-                            pinning_log_line(endpoint, info.session, reason, watch.last_statement())
-                        );
-                    }
-                }
-                if let Err(e) = bw.write_all(&buf[..n]).await {
-                    return RelayEnd::BackendError(e);
-                }
-            }
-        };
-        let b2c = async {
-            let mut buf = vec![0u8; RELAY_BUFFER];
-            loop {
-                let n = match br.read(&mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => return RelayEnd::BackendError(e),
-                };
-                if n == 0 {
-                    return RelayEnd::BackendDone;
-                }
-                touch();
-                let sent = async {
-                    cw.write_all(&buf[..n]).await?;
-                    cw.flush().await
-                };
-                if let Err(e) = sent.await {
-                    return RelayEnd::ClientError(e);
-                }
-            }
-        };
-        let idle_watch = async {
-            loop {
-                let since = Duration::from_millis(last.load(Ordering::Relaxed));
-                let quiet = start.elapsed().saturating_sub(since);
-                if quiet >= idle {
-                    return;
-                }
-                tokio::time::sleep(idle - quiet).await;
-            }
-        };
-        tokio::pin!(b2c);
-        let mut end = tokio::select! {
-            r = c2b => r,
-            r = &mut b2c => r,
-            _ = idle_watch => RelayEnd::Idle,
-            _ = stop.wait_for(|s| *s) => RelayEnd::Stop,
-        };
-        if matches!(end, RelayEnd::ClientDone) {
-            end = tokio::select! {
-                r = tokio::time::timeout(DRAIN_AFTER_CLIENT_END, &mut b2c) => match r {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::debug!(%endpoint, "the backend did not end its side within {} ms of the client's", DRAIN_AFTER_CLIENT_END.as_millis());
-                        RelayEnd::ClientDone
-                    }
-                },
-                _ = stop.wait_for(|s| *s) => RelayEnd::Stop,
-            };
+impl Buf {
+    fn new() -> Buf {
+        Buf {
+            data: vec![0u8; BUFFER].into_boxed_slice(),
+            sent: 0,
+            scanned: 0,
+            end: 0,
         }
-        match end {
-            RelayEnd::ClientDone | RelayEnd::BackendDone | RelayEnd::Stop => {}
-            RelayEnd::ClientError(e) => tracing::debug!(%endpoint, "client side closed: {e}"),
-            RelayEnd::BackendError(e) => tracing::debug!(%endpoint, "backend side closed: {e}"),
-            RelayEnd::Idle => {
-                tracing::info!(%endpoint, "closing idle client connection after {} s", idle.as_secs())
+    }
+
+    /// Free space at the end, moving the unsent bytes to the front when that makes room.
+    fn space(&mut self) -> &mut [u8] {
+        if self.sent == self.end {
+            self.sent = 0;
+            self.scanned = 0;
+            self.end = 0;
+        } else if self.end == self.data.len() && self.sent > 0 {
+            self.data.copy_within(self.sent..self.end, 0);
+            self.scanned -= self.sent;
+            self.end -= self.sent;
+            self.sent = 0;
+        }
+        &mut self.data[self.end..]
+    }
+
+    fn unsent(&self) -> &[u8] {
+        &self.data[self.sent..self.scanned]
+    }
+
+    fn unscanned(&self) -> &[u8] {
+        &self.data[self.scanned..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sent == self.end
+    }
+}
+
+/// Where the relay stopped.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// A request arrived and no database connection is held.
+    NeedBackend,
+    /// A request arrived on the connection the client keeps (asked for with
+    /// [`Relay::stop_at_next_request`]).
+    RequestStart,
+    /// Every answer owed was delivered and nothing new came from the client.
+    AtRest,
+    /// The message just committed meets a pinning condition.
+    Pinned(PinReason, Vec<u8>),
+    /// The client ended its side (end of stream, `Terminate`) or failed.
+    ClientGone(Option<io::Error>),
+    /// The database connection ended, failed, or (at rest, when told to watch for it)
+    /// sent an error: it is going away.
+    BackendGone(Option<io::Error>),
+    /// The client's stream is not PostgreSQL messages.
+    Protocol(String),
+}
+
+/// The relay state of one session.
+pub(super) struct Relay {
+    up: Buf,
+    down: Buf,
+    /// The client-to-database framing.
+    pub(super) scan: ClientScan,
+    /// Body bytes of a database message still to pass.
+    down_skip: usize,
+    /// Status of the last `ReadyForQuery` (`I`, `T` or `E`).
+    pub(super) status: u8,
+    /// An `ErrorResponse` was relayed since the last `ReadyForQuery`.
+    pub(super) error_relayed: bool,
+    client_eof: bool,
+    client_eof_reported: bool,
+    client_error: Option<io::Error>,
+    backend_eof: Option<Option<io::Error>>,
+    client_unflushed: bool,
+    /// Nothing owed, nothing new from the client since [`Step::AtRest`] was reported.
+    resting: bool,
+    rest_since: Instant,
+    stop_at_request: bool,
+    /// An error message from the database while nothing is owed means it is going away:
+    /// not relayed, [`Step::BackendGone`] instead.
+    watch_backend_errors: bool,
+    /// When the request now owed was written to the database (for the response latency).
+    sent_at: Option<Instant>,
+}
+
+impl Relay {
+    pub(super) fn new() -> Relay {
+        Relay {
+            up: Buf::new(),
+            down: Buf::new(),
+            scan: ClientScan::new(),
+            down_skip: 0,
+            status: b'I',
+            error_relayed: false,
+            client_eof: false,
+            client_eof_reported: false,
+            client_error: None,
+            backend_eof: None,
+            client_unflushed: false,
+            resting: true,
+            rest_since: Instant::now(),
+            stop_at_request: false,
+            watch_backend_errors: false,
+            sent_at: None,
+        }
+    }
+
+    /// Nothing is owed and the client sent nothing new: the client is idle (in a
+    /// transaction or not), since [`Relay::rest_since`].
+    pub(super) fn resting(&self) -> bool {
+        self.resting
+    }
+
+    /// When the client last came to rest.
+    pub(super) fn rest_since(&self) -> Instant {
+        self.rest_since
+    }
+
+    /// Stop with [`Step::RequestStart`] when the next request arrives.
+    pub(super) fn stop_at_next_request(&mut self, on: bool) {
+        self.stop_at_request = on;
+    }
+
+    /// Treat an error message from the database while nothing is owed as its end.
+    pub(super) fn watch_backend_errors(&mut self, on: bool) {
+        self.watch_backend_errors = on;
+    }
+
+    /// A new database connection: nothing of the old one's stream is kept.
+    pub(super) fn new_backend(&mut self) {
+        self.down_skip = 0;
+        self.backend_eof = None;
+        // Bytes of the old connection not yet framed are dropped (a partial message
+        // cannot be completed by another connection).
+        self.down.end = self.down.scanned;
+    }
+
+    /// Pumps both directions until the session has something to decide.
+    pub(super) async fn run<C: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+        mut backend: Option<&mut TcpStream>,
+        metrics: &ProxyMetrics,
+    ) -> Step {
+        poll_fn(|cx| self.poll(cx, client, backend.as_deref_mut(), metrics)).await
+    }
+
+    /// Writes what is committed for the client and flushes it (the session's last words).
+    pub(super) async fn flush_client<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+    ) -> io::Result<()> {
+        poll_fn(|cx| {
+            while !self.down.unsent().is_empty() {
+                let n =
+                    std::task::ready!(Pin::new(&mut *client).poll_write(cx, self.down.unsent()))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.down.sent += n;
+            }
+            Pin::new(&mut *client).poll_flush(cx)
+        })
+        .await
+    }
+
+    fn poll<C: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        mut backend: Option<&mut TcpStream>,
+        metrics: &ProxyMetrics,
+    ) -> Poll<Step> {
+        loop {
+            let mut progress = false;
+
+            // The client's bytes in.
+            if !self.client_eof && self.client_error.is_none() {
+                let space = self.up.space();
+                if !space.is_empty() {
+                    let mut rb = ReadBuf::new(space);
+                    match Pin::new(&mut *client).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) => {
+                            let n = rb.filled().len();
+                            if n == 0 {
+                                self.client_eof = true;
+                            } else {
+                                self.up.end += n;
+                            }
+                            progress = true;
+                        }
+                        // A client that closes TCP without a TLS close_notify (libpq does)
+                        // has ended its side all the same.
+                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            self.client_eof = true;
+                            progress = true;
+                        }
+                        Poll::Ready(Err(e)) => {
+                            self.client_error = Some(e);
+                            progress = true;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if let Some(e) = self.client_error.take() {
+                return Poll::Ready(Step::ClientGone(Some(e)));
+            }
+
+            // Frame them; a request may need a connection first.
+            if !self.up.unscanned().is_empty() {
+                let starting = self.scan.at_boundary() && self.scan.settled();
+                let stop =
+                    starting && (backend.is_none() || (self.stop_at_request && self.resting));
+                if stop {
+                    match header(self.up.unscanned()) {
+                        Some(Ok((b'X', _))) => {
+                            self.client_eof = true;
+                            self.up.end = self.up.scanned;
+                        }
+                        Some(_) => {
+                            if backend.is_none() {
+                                return Poll::Ready(Step::NeedBackend);
+                            }
+                            self.stop_at_request = false;
+                            return Poll::Ready(Step::RequestStart);
+                        }
+                        None if self.client_eof => {
+                            // A partial message and the end of the stream: nothing to send.
+                            self.up.end = self.up.scanned;
+                        }
+                        None => {}
+                    }
+                } else if backend.is_some() {
+                    let (n, event) = self.scan.scan(self.up.unscanned(), BUFFER);
+                    if n > 0 {
+                        self.up.scanned += n;
+                        self.resting = false;
+                        progress = true;
+                    }
+                    match event {
+                        ClientEvent::More => {}
+                        ClientEvent::Pin(reason, text) => {
+                            return Poll::Ready(Step::Pinned(reason, text))
+                        }
+                        ClientEvent::Terminate => {
+                            // Nothing after Terminate is read; it is not forwarded.
+                            self.client_eof = true;
+                            self.up.end = self.up.scanned;
+                        }
+                        ClientEvent::Protocol(e) => return Poll::Ready(Step::Protocol(e)),
+                    }
+                }
+            }
+
+            if let Some(b) = backend.as_deref_mut() {
+                // Committed client bytes out to the database.
+                if !self.up.unsent().is_empty() {
+                    match Pin::new(&mut *b).poll_write(cx, self.up.unsent()) {
+                        Poll::Ready(Ok(n)) => {
+                            self.up.sent += n;
+                            if self.sent_at.is_none() {
+                                self.sent_at = Some(Instant::now());
+                            }
+                            progress = true;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Step::BackendGone(Some(e))),
+                        Poll::Pending => {}
+                    }
+                }
+                // The database's bytes in.
+                if self.backend_eof.is_none() {
+                    let space = self.down.space();
+                    if !space.is_empty() {
+                        let mut rb = ReadBuf::new(space);
+                        match Pin::new(&mut *b).poll_read(cx, &mut rb) {
+                            Poll::Ready(Ok(())) => {
+                                let n = rb.filled().len();
+                                if n == 0 {
+                                    self.backend_eof = Some(None);
+                                } else {
+                                    self.down.end += n;
+                                    if let Some(t) = self.sent_at.take() {
+                                        metrics.latency(t.elapsed().as_micros() as u64);
+                                    }
+                                }
+                                progress = true;
+                            }
+                            Poll::Ready(Err(e)) => {
+                                self.backend_eof = Some(Some(e));
+                                progress = true;
+                            }
+                            Poll::Pending => {}
+                        }
+                    }
+                }
+            }
+
+            // Frame the database's bytes.
+            if let Some(step) = self.scan_down() {
+                return Poll::Ready(step);
+            }
+
+            // Committed database bytes out to the client.
+            if !self.down.unsent().is_empty() {
+                match Pin::new(&mut *client).poll_write(cx, self.down.unsent()) {
+                    Poll::Ready(Ok(n)) => {
+                        self.down.sent += n;
+                        self.client_unflushed = true;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Step::ClientGone(Some(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if self.client_unflushed && self.down.unsent().is_empty() {
+                match Pin::new(&mut *client).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.client_unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Step::ClientGone(Some(e))),
+                    Poll::Pending => {}
+                }
+            }
+            let delivered = self.down.unsent().is_empty() && !self.client_unflushed;
+
+            if delivered && self.backend_eof.is_some() && backend.is_some() {
+                let e = self.backend_eof.take().flatten();
+                return Poll::Ready(Step::BackendGone(e));
+            }
+            if backend.is_some()
+                && !self.resting
+                && delivered
+                && self.up.is_empty()
+                && self.down.is_empty()
+                && self.scan.settled()
+                && self.scan.at_boundary()
+            {
+                self.resting = true;
+                self.rest_since = Instant::now();
+                return Poll::Ready(Step::AtRest);
+            }
+            if self.client_eof && !self.client_eof_reported && self.up.unscanned().is_empty() {
+                self.client_eof_reported = true;
+                return Poll::Ready(Step::ClientGone(None));
+            }
+            if !progress {
+                return Poll::Pending;
             }
         }
     }
-    // Both directions are done (the futures above, which borrow the halves, are dropped):
-    // end the client's side with a close_notify, then drop both connections.
-    if tokio::time::timeout(CLOSE_TIMEOUT, cw.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::debug!(%endpoint, "closing the client's side timed out");
+
+    /// Frames what the database sent; returns a step when an error message arrives at
+    /// rest and the session watches for those.
+    fn scan_down(&mut self) -> Option<Step> {
+        loop {
+            let avail = self.down.end - self.down.scanned;
+            if self.down_skip > 0 {
+                let take = self.down_skip.min(avail);
+                self.down_skip -= take;
+                self.down.scanned += take;
+                if self.down_skip > 0 {
+                    return None;
+                }
+                continue;
+            }
+            let (tag, len) = match header(self.down.unscanned()) {
+                None => return None,
+                Some(Err(_)) => {
+                    // Not PostgreSQL messages: pass everything on (the client will fail it).
+                    self.down.scanned = self.down.end;
+                    return None;
+                }
+                Some(Ok(h)) => h,
+            };
+            match tag {
+                b'Z' => {
+                    if avail < len {
+                        return None;
+                    }
+                    if len >= 6 {
+                        self.status = self.down.data[self.down.scanned + 5];
+                    }
+                    self.scan.ready();
+                    self.error_relayed = false;
+                    self.down.scanned += len;
+                }
+                b'E' if self.watch_backend_errors && self.scan.settled() => {
+                    return Some(Step::BackendGone(None));
+                }
+                _ => {
+                    if tag == b'E' {
+                        self.error_relayed = true;
+                    }
+                    self.down.scanned += 5;
+                    self.down_skip = len - 5;
+                }
+            }
+        }
     }
 }

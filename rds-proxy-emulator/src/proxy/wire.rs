@@ -149,20 +149,6 @@ pub(super) async fn ask_password<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(String::from_utf8_lossy(&password).into_owned())
 }
 
-/// Reads one tagged message (at most 1 MiB), as PostgreSQL sends them.
-pub(super) async fn read_message<S: AsyncRead + Unpin>(
-    s: &mut S,
-) -> Result<(u8, Vec<u8>), ConnError> {
-    let tag = s.read_u8().await?;
-    let len = s.read_u32().await? as usize;
-    if !(4..=1 << 20).contains(&len) {
-        return Err(ConnError::Protocol(format!("backend message length {len}")));
-    }
-    let mut body = vec![0u8; len - 4];
-    s.read_exact(&mut body).await?;
-    Ok((tag, body))
-}
-
 /// A tagged message: the tag, the length, the body.
 pub(super) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];

@@ -288,24 +288,70 @@ impl Raw {
     /// TLS, startup, the token as the password; returns once the session is ready
     /// (ReadyForQuery).
     pub async fn login(stack: &LocalStack, endpoint: &Endpoint, user: &str, token: &str) -> Raw {
+        Raw::login_with(stack, endpoint, user, token, &[]).await.0
+    }
+
+    /// [`Raw::login`] with more startup parameters; also returns the greeting: the
+    /// `ParameterStatus` pairs and the `BackendKeyData` body.
+    pub async fn login_with(
+        stack: &LocalStack,
+        endpoint: &Endpoint,
+        user: &str,
+        token: &str,
+        params: &[(&str, &str)],
+    ) -> (Raw, Greeting) {
         let mut raw = Raw::open(stack, endpoint, true).await;
-        raw.write(&startup_packet(
-            196_608,
-            &[("user", user), ("database", stack.db_name())],
-        ))
-        .await;
+        let mut all = vec![("user", user), ("database", stack.db_name())];
+        all.extend_from_slice(params);
+        raw.write(&startup_packet(196_608, &all)).await;
         let (tag, body) = raw.read_message().await.expect("password request");
         assert_eq!((tag, body.as_slice()), (b'R', &[0, 0, 0, 3][..]));
         let mut password = token.as_bytes().to_vec();
         password.push(0);
         raw.write(&message(b'p', &password)).await;
+        let mut greeting = Greeting::default();
         loop {
             let (tag, body) = raw.read_message().await.expect("login answer");
             assert_ne!(tag, b'E', "login refused: {:?}", error_fields(&body));
-            if tag == b'Z' {
-                return raw;
+            match tag {
+                b'S' => {
+                    let mut parts = body.split(|b| *b == 0);
+                    let k = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    let v = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    greeting.parameters.push((k, v));
+                }
+                b'K' => greeting.key = body,
+                b'Z' => return (raw, greeting),
+                _ => {}
             }
         }
+    }
+
+    /// Sends a simple query and reads its answer up to ReadyForQuery: the rows (text
+    /// columns) and the first error's fields.
+    pub async fn simple(
+        &mut self,
+        sql: &str,
+    ) -> (Vec<Vec<Option<String>>>, Option<(String, String, String)>) {
+        self.write(&query_message(sql)).await;
+        self.answer().await
+    }
+
+    /// Reads answers up to ReadyForQuery: the rows and the first error's fields.
+    pub async fn answer(&mut self) -> (Vec<Vec<Option<String>>>, Option<(String, String, String)>) {
+        let mut rows = Vec::new();
+        let mut error = None;
+        while let Some((tag, body)) = self.read_message().await {
+            match tag {
+                b'D' => rows.push(columns(&body)),
+                b'E' => {
+                    error.get_or_insert_with(|| error_fields(&body));
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        (rows, error)
     }
 
     pub async fn read_message(&mut self) -> Option<(u8, Vec<u8>)> {
@@ -323,6 +369,24 @@ impl Raw {
         };
         r.ok()?;
         Some((head[0], body))
+    }
+}
+
+/// What a login greets a client with.
+#[derive(Debug, Default, Clone)]
+pub struct Greeting {
+    /// `ParameterStatus` pairs, in order.
+    pub parameters: Vec<(String, String)>,
+    /// The `BackendKeyData` body: process id and secret.
+    pub key: Vec<u8>,
+}
+
+impl Greeting {
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -1,0 +1,400 @@
+//! What the relay reads of the two message streams of a session: the framing (tag and
+//! length) of every message, and the few bodies a borrowing decision needs.
+//!
+//! Client to database ([`ClientScan`]): `Query` and `Parse` texts (pinning conditions),
+//! the names in `Parse`, `Close` and `Bind` (which prepared statements the client holds on
+//! its connection), and the messages that ask for a `ReadyForQuery` (`Query`, `Sync`,
+//! `FunctionCall`), counted so that a connection is given back only when every answer is
+//! in. Database to client: only `ReadyForQuery`'s status byte ([`header`] frames the rest).
+//! Other bodies are passed through unread, however they are split across reads.
+
+use std::collections::HashMap;
+
+use crate::pinning::{pinning_reason_bytes, statement_text, PinReason, MAX_UNPINNED_STATEMENT};
+
+/// Largest `Close` body accepted (names are at most 63 bytes in PostgreSQL).
+const MAX_CLOSE: usize = 4096;
+/// How much of a `Bind` body is read for its statement name.
+const BIND_PEEK: usize = 256;
+/// Bytes of `Parse` messages kept to prepare a client's statements again on another
+/// connection (after a failover); beyond it the client is treated as pinned.
+const MAX_TRACKED_STATEMENTS: usize = 4 << 20;
+
+/// `(tag, total length including the tag)` of the message at the start of `data`, when its
+/// 5-byte header is there. `Err` for a length below 4.
+pub(super) fn header(data: &[u8]) -> Option<Result<(u8, usize), String>> {
+    if data.len() < 5 {
+        return None;
+    }
+    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+    if len < 4 {
+        return Some(Err(format!(
+            "message {:?} with length {len}",
+            char::from(data[0])
+        )));
+    }
+    Some(Ok((data[0], len + 1)))
+}
+
+/// What stopped a [`ClientScan::scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ClientEvent {
+    /// Everything available was scanned (or the next message is not complete yet).
+    More,
+    /// The message just committed meets a pinning condition (its statement text, for the log).
+    Pin(PinReason, Vec<u8>),
+    /// The next message is `Terminate` (not committed).
+    Terminate,
+    /// The stream is not PostgreSQL messages.
+    Protocol(String),
+}
+
+/// The client-to-database stream of one session, after login.
+#[derive(Debug, Default)]
+pub(super) struct ClientScan {
+    /// Body bytes of a passed-through message still to come.
+    skip: usize,
+    /// `ReadyForQuery` messages the database still owes (one per `Query`, `Sync`,
+    /// `FunctionCall` committed).
+    pub(super) expected_rfq: u32,
+    /// Extended-protocol messages were committed since the last `Sync`.
+    pub(super) extended_open: bool,
+    /// A pinning condition was met: bodies are no longer read.
+    pinned: bool,
+    /// Named prepared statements the client holds: name -> its `Parse` message.
+    statements: HashMap<Box<[u8]>, Box<[u8]>>,
+    statement_bytes: usize,
+    /// More statements than can be kept for preparing again.
+    statements_overflow: bool,
+    /// The unnamed statement was parsed in the current batch and not bound yet.
+    unnamed_unbound: bool,
+    /// An unnamed statement parsed (and not used) in an earlier batch may be used later.
+    unnamed_kept: bool,
+}
+
+impl ClientScan {
+    /// A scanner at a message boundary, nothing owed.
+    pub(super) fn new() -> ClientScan {
+        ClientScan::default()
+    }
+
+    /// Whether the next byte starts a message.
+    pub(super) fn at_boundary(&self) -> bool {
+        self.skip == 0
+    }
+
+    /// Nothing is owed by the database and no extended-protocol batch is open.
+    pub(super) fn settled(&self) -> bool {
+        self.expected_rfq == 0 && !self.extended_open
+    }
+
+    /// The client holds state on its connection that a later transaction may use:
+    /// named prepared statements, or an unnamed one it parsed without using.
+    pub(super) fn holds_statements(&self) -> bool {
+        !self.statements.is_empty() || self.unnamed_kept || self.statements_overflow
+    }
+
+    /// Whether the statements the client holds can be prepared again on another connection
+    /// ([`ClientScan::replay`] has them all).
+    pub(super) fn replayable(&self) -> bool {
+        !self.unnamed_kept && !self.statements_overflow
+    }
+
+    /// The `Parse` messages that recreate the client's named statements.
+    pub(super) fn replay(&self) -> impl Iterator<Item = &[u8]> {
+        self.statements.values().map(|m| &m[..])
+    }
+
+    /// Marks the session pinned: bodies are no longer read.
+    pub(super) fn pin(&mut self) {
+        self.pinned = true;
+        self.statements.clear();
+        self.statement_bytes = 0;
+    }
+
+    /// A `ReadyForQuery` arrived.
+    pub(super) fn ready(&mut self) {
+        self.expected_rfq = self.expected_rfq.saturating_sub(1);
+    }
+
+    /// Scans `data` (the bytes after those already committed): returns how many bytes are
+    /// committed (whole messages, or the part of a passed-through body that is there) and
+    /// what stopped the scan. `room` is the buffer's size: a message that must be read
+    /// whole and is larger is refused.
+    pub(super) fn scan(&mut self, data: &[u8], room: usize) -> (usize, ClientEvent) {
+        let mut at = 0;
+        loop {
+            if self.skip > 0 {
+                let take = self.skip.min(data.len() - at);
+                self.skip -= take;
+                at += take;
+                if self.skip > 0 {
+                    return (at, ClientEvent::More);
+                }
+            }
+            let rest = &data[at..];
+            let (tag, len) = match header(rest) {
+                None => return (at, ClientEvent::More),
+                Some(Err(e)) => return (at, ClientEvent::Protocol(e)),
+                Some(Ok(h)) => h,
+            };
+            let inspect = !self.pinned && matches!(tag, b'Q' | b'P' | b'C' | b'B');
+            let body_len = len - 5;
+            if tag == b'X' {
+                return (at, ClientEvent::Terminate);
+            }
+            let large =
+                matches!(tag, b'Q' | b'P') && body_len > MAX_UNPINNED_STATEMENT && !self.pinned;
+            if !inspect || large {
+                self.count(tag);
+                if large {
+                    self.pin();
+                    at += 5;
+                    self.skip = body_len;
+                    let take = self.skip.min(data.len() - at);
+                    self.skip -= take;
+                    at += take;
+                    return (at, ClientEvent::Pin(PinReason::LargeStatement, Vec::new()));
+                }
+                at += 5;
+                self.skip = body_len;
+                continue;
+            }
+            let needed = if tag == b'B' {
+                5 + body_len.min(BIND_PEEK)
+            } else {
+                len
+            };
+            if tag == b'C' && body_len > MAX_CLOSE {
+                return (
+                    at,
+                    ClientEvent::Protocol(format!("Close of {body_len} bytes")),
+                );
+            }
+            if needed > room {
+                return (
+                    at,
+                    ClientEvent::Protocol(format!(
+                        "message {:?} of {len} bytes does not fit the buffer",
+                        char::from(tag)
+                    )),
+                );
+            }
+            if rest.len() < needed {
+                return (at, ClientEvent::More);
+            }
+            let body = &rest[5..needed];
+            self.count(tag);
+            let event = match tag {
+                b'Q' => {
+                    self.unnamed_kept = false;
+                    self.unnamed_unbound = false;
+                    pinning_reason_bytes(statement_text(b'Q', body))
+                        .map(|r| ClientEvent::Pin(r, statement_text(b'Q', body).to_vec()))
+                }
+                b'P' => {
+                    let name = cstr(body);
+                    if name.is_empty() {
+                        self.unnamed_unbound = true;
+                        self.unnamed_kept = false;
+                    } else {
+                        self.track(name, &rest[..len]);
+                    }
+                    pinning_reason_bytes(statement_text(b'P', body))
+                        .map(|r| ClientEvent::Pin(r, statement_text(b'P', body).to_vec()))
+                }
+                b'C' => {
+                    if body.first() == Some(&b'S') {
+                        let name = cstr(&body[1..]);
+                        if name.is_empty() {
+                            self.unnamed_kept = false;
+                            self.unnamed_unbound = false;
+                        } else if let Some(m) = self.statements.remove(name) {
+                            self.statement_bytes -= m.len();
+                        }
+                    }
+                    None
+                }
+                _ => {
+                    // Bind: portal name, then statement name.
+                    let portal = cstr(body);
+                    if body.len() > portal.len() + 1 && body[portal.len() + 1] == 0 {
+                        self.unnamed_unbound = false;
+                    }
+                    None
+                }
+            };
+            at += needed;
+            self.skip = len - needed;
+            if let Some(e) = event {
+                let take = self.skip.min(data.len() - at);
+                self.skip -= take;
+                at += take;
+                self.pin();
+                return (at, e);
+            }
+        }
+    }
+
+    fn count(&mut self, tag: u8) {
+        match tag {
+            b'Q' | b'F' => self.expected_rfq += 1,
+            b'S' => {
+                self.expected_rfq += 1;
+                self.extended_open = false;
+                if self.unnamed_unbound {
+                    self.unnamed_unbound = false;
+                    self.unnamed_kept = true;
+                }
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.extended_open = true,
+            _ => {}
+        }
+    }
+
+    fn track(&mut self, name: &[u8], message: &[u8]) {
+        if self.statements_overflow {
+            return;
+        }
+        if self.statement_bytes + message.len() > MAX_TRACKED_STATEMENTS {
+            self.statements_overflow = true;
+            self.statements.clear();
+            self.statement_bytes = 0;
+            return;
+        }
+        self.statement_bytes += message.len();
+        if let Some(old) = self.statements.insert(name.into(), message.into()) {
+            self.statement_bytes -= old.len();
+        }
+    }
+}
+
+/// The NUL-terminated string at the start of `b` (all of `b` without a NUL).
+fn cstr(b: &[u8]) -> &[u8] {
+    match b.iter().position(|c| *c == 0) {
+        Some(p) => &b[..p],
+        None => b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// Scans `stream` cut into `chunk`-byte reads, as the relay feeds it.
+    fn scan_all(s: &mut ClientScan, stream: &[u8], chunk: usize) -> Vec<ClientEvent> {
+        let mut events = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        for part in stream.chunks(chunk) {
+            buf.extend_from_slice(part);
+            loop {
+                let (n, e) = s.scan(&buf, 1 << 16);
+                buf.drain(..n);
+                match e {
+                    ClientEvent::More => break,
+                    ClientEvent::Terminate => {
+                        events.push(e);
+                        return events;
+                    }
+                    other => events.push(other),
+                }
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn counts_the_answers_owed_across_any_split() {
+        let mut stream = msg(b'Q', b"SELECT 1\0");
+        stream.extend(msg(b'P', b"s1\0SELECT $1\0\0\0"));
+        stream.extend(msg(b'B', b"\0s1\0\0\0\0\0\0\0"));
+        stream.extend(msg(b'E', b"\0\0\0\0\0"));
+        stream.extend(msg(b'S', b""));
+        stream.extend(msg(b'd', &[7u8; 100]));
+        stream.extend(msg(b'C', b"Ss1\0"));
+        stream.extend(msg(b'S', b""));
+        for chunk in 1..=stream.len() {
+            let mut s = ClientScan::new();
+            assert_eq!(scan_all(&mut s, &stream, chunk), [], "chunk {chunk}");
+            assert_eq!(s.expected_rfq, 3);
+            assert!(!s.extended_open);
+            assert!(!s.holds_statements(), "s1 was closed");
+            assert!(s.at_boundary());
+        }
+    }
+
+    #[test]
+    fn named_and_unused_unnamed_statements_are_held() {
+        let mut s = ClientScan::new();
+        let parse = msg(b'P', b"s7\0SELECT 7\0\0\0");
+        let mut stream = parse.clone();
+        stream.extend(msg(b'S', b""));
+        scan_all(&mut s, &stream, 3);
+        assert!(s.holds_statements() && s.replayable());
+        assert_eq!(s.replay().collect::<Vec<_>>(), [&parse[..]]);
+
+        // Parse + Bind of the unnamed statement in one batch (PQexecParams): nothing held.
+        let mut s = ClientScan::new();
+        let mut stream = msg(b'P', b"\0SELECT 1\0\0\0");
+        stream.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        stream.extend(msg(b'E', b"\0\0\0\0\0"));
+        stream.extend(msg(b'S', b""));
+        scan_all(&mut s, &stream, 1);
+        assert!(!s.holds_statements());
+        // Parse of the unnamed statement alone (PQprepare with ""): held, not replayable.
+        let mut stream = msg(b'P', b"\0SELECT 1\0\0\0");
+        stream.extend(msg(b'S', b""));
+        scan_all(&mut s, &stream, 1);
+        assert!(s.holds_statements() && !s.replayable());
+        // A simple query destroys it.
+        scan_all(&mut s, &msg(b'Q', b"SELECT 2\0"), 4);
+        assert!(!s.holds_statements());
+    }
+
+    #[test]
+    fn pinning_conditions_and_terminate_stop_the_scan() {
+        let mut stream = msg(b'Q', b"SELECT 1\0");
+        stream.extend(msg(b'Q', b"SET search_path TO app\0"));
+        stream.extend(msg(b'Q', b"LISTEN x\0"));
+        stream.extend(msg(b'X', b""));
+        for chunk in [1, 5, 9, stream.len()] {
+            let mut s = ClientScan::new();
+            let events = scan_all(&mut s, &stream, chunk);
+            assert_eq!(
+                events,
+                [
+                    ClientEvent::Pin(PinReason::Set, b"SET search_path TO app".to_vec()),
+                    ClientEvent::Terminate
+                ],
+                "chunk {chunk}: pinned once; then bodies are not read"
+            );
+            assert_eq!(s.expected_rfq, 3);
+        }
+        let mut s = ClientScan::new();
+        let big = msg(b'Q', &vec![b'x'; MAX_UNPINNED_STATEMENT + 1]);
+        let events = scan_all(&mut s, &big, 1000);
+        assert_eq!(
+            events,
+            [ClientEvent::Pin(PinReason::LargeStatement, vec![])]
+        );
+        assert!(s.at_boundary());
+    }
+
+    #[test]
+    fn bad_lengths_are_protocol_errors() {
+        let mut s = ClientScan::new();
+        let (n, e) = s.scan(&[b'Q', 0, 0, 0, 3], 1 << 16);
+        assert_eq!(n, 0);
+        assert!(matches!(e, ClientEvent::Protocol(_)));
+        let mut s = ClientScan::new();
+        let (_, e) = s.scan(&msg(b'Q', b"SELECT 1\0"), 8);
+        assert!(matches!(e, ClientEvent::Protocol(_)), "{e:?}");
+    }
+}
