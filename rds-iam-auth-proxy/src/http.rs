@@ -7,7 +7,7 @@
 //! | `--health-check` | `/readiness` | 200 `ok` when started, every target has usable credentials and fewer than `--max-connections` are open; else 503, one reason a line |
 //! | `--health-check` | `/liveness` | 200 `ok` while the process serves |
 //! | `--prometheus` | `/metrics` | the counters in Prometheus text ([`Metrics::render`]) |
-//! | `--quitquitquit` | `/quitquitquit` | `POST`: 200, then the same graceful shutdown as SIGTERM; other methods 405 |
+//! | `--quitquitquit` | `/quitquitquit` | `POST` or `GET` (a Kubernetes `preStop` `httpGet` hook sends GET, as the Cloud SQL Auth Proxy accepts): 200, then the same graceful shutdown as SIGTERM; other methods 405 |
 //!
 //! Paths whose flag is not given answer 404; with none of the flags nothing listens. The
 //! server listens on `--http-address` (loopback by default) and `--http-port` (9090).
@@ -64,7 +64,7 @@ pub(crate) struct HttpSettings {
     pub(crate) health_check: bool,
     /// `--prometheus`: `/metrics`.
     pub(crate) prometheus: bool,
-    /// `--quitquitquit`: `POST /quitquitquit`.
+    /// `--quitquitquit`: `POST` or `GET /quitquitquit`.
     pub(crate) quitquitquit: bool,
 }
 
@@ -374,8 +374,9 @@ impl Endpoints {
                 response
             }
             "/quitquitquit" if settings.quitquitquit => {
-                if method != Method::POST {
-                    return not_allowed("POST");
+                // GET too: Kubernetes `preStop` `httpGet` hooks cannot send anything else.
+                if method != Method::POST && method != Method::GET {
+                    return not_allowed("GET, POST");
                 }
                 tracing::info!("shutdown asked for through /quitquitquit");
                 // `send_replace`: the flag is set even when nobody watches it yet.
@@ -738,15 +739,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn quitquitquit_asks_for_shutdown_on_post_only() {
+    async fn quitquitquit_asks_for_shutdown_on_post_or_get_only() {
         let settings = HttpSettings {
             quitquitquit: true,
             ..HttpSettings::default()
         };
         let mut server = server(settings, &[("app", true)], None).await;
-        let get = get(server.address, "/quitquitquit").await;
-        assert_eq!(get.code, 405);
-        assert!(get.headers.contains("allow: post"), "{get:?}");
+        for method in ["PUT", "DELETE"] {
+            let refused = request(server.address, method, "/quitquitquit").await;
+            assert_eq!(refused.code, 405, "{method}");
+            assert!(refused.headers.contains("allow: get, post"), "{refused:?}");
+        }
         assert!(!*server.quit.borrow());
         for path in ["/startup", "/readiness", "/liveness", "/metrics"] {
             assert_eq!(

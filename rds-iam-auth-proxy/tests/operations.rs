@@ -156,9 +156,9 @@ async fn health_metrics_and_quitquitquit_report_what_happened() {
     drop(open);
     wait_http(hp, "/readiness", 200);
 
-    // A batch job's sidecar ends with the job.
-    assert_eq!(http(hp, "GET", "/quitquitquit").0, 405);
-    assert_eq!(http(hp, "POST", "/quitquitquit").0, 200);
+    // A batch job's sidecar ends with the job; a Kubernetes preStop httpGet hook sends GET.
+    assert_eq!(http(hp, "PUT", "/quitquitquit").0, 405);
+    assert_eq!(http(hp, "GET", "/quitquitquit").0, 200);
     let status = proxy.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", proxy.log_text());
 }

@@ -29,8 +29,8 @@ pub(crate) const HINT_TLS_EXPIRED: &str = "the server certificate is expired or 
 pub(crate) const HINT_TLS_REFUSED: &str = "the server does not accept TLS: check that this is an RDS Proxy or PostgreSQL endpoint with TLS enabled";
 pub(crate) const HINT_IAM_FAILED: &str = "check rds-db:connect on arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-RESOURCEID/DBUSER for the assumed role, the token's region, the clock (skew), and that the credentials are not expired";
 pub(crate) const HINT_NO_SECRET: &str = "the proxy has no secret for this database user: add a Secrets Manager secret with this user name to the proxy's auth, or use the user name the secret holds";
-pub(crate) const HINT_TOO_MANY: &str =
-    "the proxy's client connection limit is reached: close idle connections or raise the limit";
+// One reason covers both limits (the SQLSTATE is the same); the message says which was hit.
+pub(crate) const HINT_TOO_MANY: &str = "a connection limit is reached: the proxy's client limit (\"maximum number of client connections\") or, on a direct connection or behind a pool that logs in per client, the database's max_connections (\"too many clients\", \"remaining connection slots\"): close idle connections or raise the limit the message names";
 pub(crate) const HINT_PROXY_OPTION: &str = "RDS Proxy accepts only user, database, application_name, client_encoding, DateStyle, TimeZone, extra_float_digits and search_path at startup: drop `options` and set such defaults on the role (ALTER ROLE ... SET), or in after_connect (which pins the session)";
 pub(crate) const HINT_READ_ONLY: &str = "target_session_attrs=read-write reached a read-only session: is this the READ_ONLY endpoint, or a writer demoted by a failover?";
 pub(crate) const HINT_READ_WRITE: &str = "target_session_attrs=read-only reached a session that allows writes: is this the READ_WRITE endpoint?";
