@@ -63,6 +63,7 @@ pub mod proxy;
 pub mod secrets;
 pub mod signed_request;
 pub mod sigv4;
+pub mod ssm;
 mod stack;
 pub mod sts;
 pub mod tls;
