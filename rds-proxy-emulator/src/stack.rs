@@ -239,6 +239,7 @@ impl LocalStack {
         .await?;
         let proxy = ProxyShared::new(
             Arc::clone(&iam),
+            Arc::clone(&secrets),
             cluster.topology(),
             Arc::clone(&tls.server_config),
             Arc::clone(&control),
