@@ -59,6 +59,20 @@ async fn get_secret_value(
     creds: &rds_proxy_emulator::TemporaryCredentials,
     secret_id: &str,
 ) -> std::io::Result<(u16, String)> {
+    let keys = (
+        creds.access_key_id.as_str(),
+        creds.secret_access_key.as_str(),
+        Some(creds.session_token.as_str()),
+    );
+    get_secret_value_with(stack, keys, secret_id).await
+}
+
+/// [`get_secret_value`] with any keys: `(access key id, secret key, session token)`.
+async fn get_secret_value_with(
+    stack: &rds_proxy_emulator::LocalStack,
+    (access_key_id, secret_access_key, session_token): (&str, &str, Option<&str>),
+    secret_id: &str,
+) -> std::io::Result<(u16, String)> {
     use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = stack
@@ -67,9 +81,9 @@ async fn get_secret_value(
         .to_string();
     let body = serde_json::json!({ "SecretId": secret_id }).to_string();
     let identity = aws_credential_types::Credentials::new(
-        &creds.access_key_id,
-        &creds.secret_access_key,
-        Some(creds.session_token.clone()),
+        access_key_id,
+        secret_access_key,
+        session_token.map(str::to_string),
         None,
         "test",
     )
@@ -217,5 +231,39 @@ async fn rotation_moves_the_password_and_keeps_open_sessions() -> TestResult {
     open.query_one("SELECT 1", &[]).await?;
     open_rw.batch_execute("COMMIT").await?;
     assert_eq!(stack.counters().secret_rotations, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_aws_managed_key_cannot_be_used_from_another_account() -> TestResult {
+    use rds_proxy_emulator::config::KmsKey;
+    // The application principal (account 111111111111) is allowed by the resource policy,
+    // so only the key decides.
+    let mut config = rds_proxy_emulator::StackConfig::demo();
+    let app = config.client.principal.clone();
+    config.secrets.secrets[0].readers.push(app.clone());
+    config.secrets.secrets[0].kms_key = KmsKey::AwsManaged;
+    let stack = common::start(config).await;
+    let (akid, key) = stack.app_credentials();
+    let arn = stack.secret_arn().expect("the secret");
+    let (status, body) = get_secret_value_with(&stack, (&akid, &key, None), &arn).await?;
+    assert_eq!(status, 400);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body)?,
+        serde_json::json!({"__type": "AccessDeniedException", "message": "Access to KMS is not allowed"})
+    );
+    // The database account's own role is not affected by the key.
+    let (status, _) = get_secret_value(&stack, &session(&stack, CONNECT_ROLE), &arn).await?;
+    assert_eq!(status, 200);
+    drop(stack);
+
+    // With the customer managed key, the same cross-account read succeeds.
+    let mut config = rds_proxy_emulator::StackConfig::demo();
+    config.secrets.secrets[0].readers.push(app);
+    let stack = common::start(config).await;
+    let (akid, key) = stack.app_credentials();
+    let arn = stack.secret_arn().expect("the secret");
+    let (status, body) = get_secret_value_with(&stack, (&akid, &key, None), &arn).await?;
+    assert_eq!(status, 200, "{body}");
     Ok(())
 }
