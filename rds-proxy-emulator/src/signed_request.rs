@@ -75,19 +75,7 @@ impl SignedRequest {
     fn canonical_request(&self, signed_headers: &str) -> Result<String, AuthFailure> {
         let mismatch = || AuthFailure::Signature(SIGNATURE_MISMATCH.into());
         // SigV4 canonical query: decoded RFC 3986 (a `+` is a literal plus sign there).
-        let query: Vec<(String, String)> = self
-            .query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                Some((
-                    sigv4::percent_decode(k, false)?,
-                    sigv4::percent_decode(v, false)?,
-                ))
-            })
-            .collect::<Option<_>>()
-            .ok_or_else(mismatch)?;
+        let query = decode_pairs(&self.query, false).ok_or_else(mismatch)?;
         let mut canonical_headers = String::new();
         for name in signed_headers.split(';') {
             let values: Vec<String> = self
@@ -125,6 +113,21 @@ impl SignedRequest {
             payload_hash
         ))
     }
+}
+
+/// Splits `k=v&k=v` and percent-decodes each name and value (`+` as a space when
+/// `plus_is_space`, as forms write it); `None` on a malformed escape or non-UTF-8 text.
+pub fn decode_pairs(s: &str, plus_is_space: bool) -> Option<Vec<(String, String)>> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Some((
+                sigv4::percent_decode(k, plus_is_space)?,
+                sigv4::percent_decode(v, plus_is_space)?,
+            ))
+        })
+        .collect()
 }
 
 /// Verifies the request's SigV4 `Authorization` header for `service` at `now` (allowing

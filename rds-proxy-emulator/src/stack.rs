@@ -375,7 +375,7 @@ impl LocalStack {
     }
 
     /// Rotates every secret now with Secrets Manager's single-user rotation steps (see
-    /// [`crate::rotation`]): a new password as AWSPENDING, `ALTER ROLE` at PostgreSQL, a
+    /// the rotation module): a new password as AWSPENDING, `ALTER ROLE` at PostgreSQL, a
     /// test login, then AWSCURRENT moved to it (the old value stays as AWSPREVIOUS). New
     /// logins through the proxy need the new password; open sessions carry on. Returns how
     /// many secrets were rotated. `[secrets] rotate_every_seconds` does this on a schedule.

@@ -26,8 +26,7 @@ use time::{Duration, OffsetDateTime};
 use crate::control::Control;
 use crate::http_service::{fault_refuses, HttpAnswer, HttpServer};
 use crate::iam::{Caller, Iam};
-use crate::signed_request::{authenticate, AuthFailure};
-use crate::sigv4;
+use crate::signed_request::{authenticate, decode_pairs, AuthFailure};
 
 /// The request type of the STS stand-in (the same as the other AWS API stand-ins').
 pub use crate::signed_request::SignedRequest as StsRequest;
@@ -94,16 +93,7 @@ fn iso8601(t: OffsetDateTime) -> String {
 /// assert!(rds_proxy_emulator::sts::parse_form("a=%zz").is_none());
 /// ```
 pub fn parse_form(s: &str) -> Option<Vec<(String, String)>> {
-    s.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Some((
-                sigv4::percent_decode(k, true)?,
-                sigv4::percent_decode(v, true)?,
-            ))
-        })
-        .collect()
+    decode_pairs(s, true)
 }
 
 /// Query protocol parameters: query string, plus the body for a form POST.

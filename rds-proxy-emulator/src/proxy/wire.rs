@@ -135,16 +135,10 @@ pub(super) async fn ask_password<S: AsyncRead + AsyncWrite + Unpin>(
     // AuthenticationCleartextPassword.
     s.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3]).await?;
     s.flush().await?;
-    let tag = s.read_u8().await?;
-    let len = s.read_u32().await? as usize;
-    if tag != b'p' || !(5..=MAX_PASSWORD).contains(&len) {
-        return Err(ConnError::Protocol(format!(
-            "expected a password message, got {:?} ({len} bytes)",
-            char::from(tag)
-        )));
+    let mut password = read_password_message(s).await?;
+    if password.is_empty() {
+        return Err(ConnError::Protocol("an empty password message".into()));
     }
-    let mut password = vec![0u8; len - 4];
-    s.read_exact(&mut password).await?;
     if password.last() == Some(&0) {
         password.pop();
     }
@@ -158,7 +152,7 @@ async fn read_password_message<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8
     let len = s.read_u32().await? as usize;
     if tag != b'p' || !(4..=MAX_PASSWORD).contains(&len) {
         return Err(ConnError::Protocol(format!(
-            "expected a SASL response, got {:?} ({len} bytes)",
+            "expected a password message, got {:?} ({len} bytes)",
             char::from(tag)
         )));
     }
