@@ -830,6 +830,50 @@ mod tests {
     }
 
     #[test]
+    fn password_users_are_checked_against_their_secret() {
+        let demo = StackConfig::demo();
+        type Break = fn(&mut StackConfig);
+        let cases: [(&str, Break); 6] = [
+            ("auth = \"secret\" users take no backend_password", |c| {
+                c.proxy.db_users[1].backend_password = "fixed".into()
+            }),
+            ("secret nowhere is not one of [[secrets.secret]]", |c| {
+                c.proxy.db_users[1].secret = Some("nowhere".into())
+            }),
+            ("auth = \"secret\" needs secret = NAME", |c| {
+                c.proxy.db_users[1].secret = None
+            }),
+            ("secret is only for auth = \"secret\" users", |c| {
+                c.proxy.db_users[0].secret = Some("connectiontest/app_password_user".into())
+            }),
+            (
+                "must be the secret of exactly one db user (it is of 0)",
+                |c| {
+                    c.proxy.db_users[1].auth = DbAuth::Iam;
+                    c.proxy.db_users[1].secret = None;
+                    c.proxy.db_users[1].backend_password = "x".into();
+                },
+            ),
+            (
+                "parameter_store.db_user \"app_user\" is not an auth = \"secret\" user",
+                |c| c.parameter_store.db_user = Some("app_user".into()),
+            ),
+        ];
+        // The cases below change db_users[1]: the demo's password user.
+        assert_eq!(demo.proxy.db_users[1].name, "app_password_user");
+        assert_eq!(demo.proxy.db_users[1].auth, DbAuth::Secret);
+        for (want, break_it) in cases {
+            let mut c = demo.clone();
+            break_it(&mut c);
+            let e = c.validate().expect_err(want).to_string();
+            assert!(e.contains(want), "{e} does not say {want}");
+        }
+        let mut c = demo.clone();
+        c.secrets.secrets[0].account = "2222".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
     fn unknown_field_is_reported() {
         let text = format!("{DEMO_TOML}\nbogus = 1\n");
         assert!(StackConfig::from_toml(&text).is_err());

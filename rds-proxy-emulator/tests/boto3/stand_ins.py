@@ -65,6 +65,14 @@ check(hasattr(got["CreatedDate"], "year"), "CreatedDate parses as a timestamp")
 code, message = error_code(lambda: sm.get_secret_value(SecretId=arn, VersionStage="AWSPENDING"))
 check(code == "ResourceNotFoundException", f"no AWSPENDING version: {code}")
 
+# PutSecretValue with a label of its own: AWSCURRENT does not move.
+put = sm.put_secret_value(SecretId=arn, SecretString='{"note": "staged"}', VersionStages=["STAGED"])
+check(put["VersionStages"] == ["STAGED"] and put["ARN"] == arn, "PutSecretValue with VersionStages")
+by_id = sm.get_secret_value(SecretId=arn, VersionId=put["VersionId"])
+check(by_id["SecretString"] == '{"note": "staged"}', "GetSecretValue by VersionId")
+check(sm.get_secret_value(SecretId=arn, VersionStage="STAGED")["VersionId"] == put["VersionId"], "by VersionStage")
+check(sm.get_secret_value(SecretId=arn)["VersionId"] == got["VersionId"], "AWSCURRENT unchanged")
+
 # The application principal's own keys are not in the secret's resource policy.
 own = client("secretsmanager")
 code, message = error_code(lambda: own.get_secret_value(SecretId=arn))
