@@ -182,3 +182,50 @@ async fn the_sdk_retries_a_refusing_secrets_manager_and_times_out_on_a_hung_one(
     assert_eq!(stack.counters().get_secret_value_succeeded, 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn unknown_and_expired_keys_get_the_json_protocols_errors() -> TestResult {
+    let stack = demo().await;
+    let arn = stack.secret_arn().expect("secret");
+    let unknown = Credentials::new("AKIAUNKNOWN000000000", "secret", None, None, "test");
+    let e = secrets_client(&stack, unknown)
+        .get_secret_value()
+        .secret_id(&arn)
+        .send()
+        .await
+        .expect_err("unknown key");
+    assert_eq!(e.code(), Some("UnrecognizedClientException"));
+    assert_eq!(
+        e.message(),
+        Some("The security token included in the request is invalid.")
+    );
+    let expired = stack.issue_credentials(
+        stack.role_arn(),
+        "expired",
+        time::OffsetDateTime::now_utc() - time::Duration::minutes(1),
+    )?;
+    let creds = Credentials::new(
+        expired.access_key_id.clone(),
+        expired.secret_access_key.clone(),
+        Some(expired.session_token.clone()),
+        None,
+        "expired",
+    );
+    let e = ssm_client(&stack, creds)
+        .get_parameter()
+        .name("/connectiontest/db/user")
+        .send()
+        .await
+        .expect_err("expired credentials");
+    assert_eq!(e.code(), Some("ExpiredTokenException"));
+    let (akid, _) = stack.app_credentials();
+    let wrong_secret = Credentials::new(akid, "not-the-secret", None, None, "test");
+    let e = ssm_client(&stack, wrong_secret)
+        .get_parameter()
+        .name("/connectiontest/db/user")
+        .send()
+        .await
+        .expect_err("bad signature");
+    assert_eq!(e.code(), Some("InvalidSignatureException"));
+    Ok(())
+}
