@@ -267,3 +267,30 @@ async fn the_aws_managed_key_cannot_be_used_from_another_account() -> TestResult
     assert_eq!(status, 200, "{body}");
     Ok(())
 }
+
+#[tokio::test]
+async fn rotate_every_seconds_rotates_on_a_schedule() -> TestResult {
+    let mut config = rds_proxy_emulator::StackConfig::demo();
+    config.secrets.rotate_every_seconds = 1;
+    let stack = common::start(config).await;
+    let first = stack.current_password().expect("password");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stack.counters().secret_rotations < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(stack.counters().secret_rotations >= 2);
+    let now = stack.current_password().expect("password");
+    assert_ne!(now, first);
+    let ep = stack.app_endpoint().clone();
+    let user = stack.password_user().expect("password user").to_string();
+    // A login may race the next rotation: retry once with the password then current.
+    let ok = match connect(&stack, &ep, &user, &now).await {
+        Ok(_) => true,
+        Err(_) => {
+            let again = stack.current_password().expect("password");
+            connect(&stack, &ep, &user, &again).await.is_ok()
+        }
+    };
+    assert!(ok, "the scheduled rotation's password logs in");
+    Ok(())
+}
