@@ -201,16 +201,7 @@ pub fn authenticate(
         )));
     }
     let creq = req.canonical_request(signed_headers)?;
-    let key = sigv4::signing_key(
-        &known.secret_access_key,
-        &scope.date,
-        &scope.region,
-        service,
-    );
-    let expected = sigv4::signature(
-        &key,
-        &sigv4::string_to_sign(amz_date, &scope.scope(), &creq),
-    );
+    let expected = scope.sign(&known.secret_access_key, amz_date, &creq);
     if !sigv4::signatures_equal(&expected, signature) {
         tracing::warn!(caller = %caller.arn, service, "signature does not match");
         return Err(AuthFailure::Signature(SIGNATURE_MISMATCH.into()));
