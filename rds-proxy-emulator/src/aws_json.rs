@@ -134,6 +134,7 @@ fn dispatch<S: JsonService>(
     let op = operation::<S>(req)
         .filter(|op| req.method == "POST" && service.has_operation(op))
         .ok_or_else(|| JsonError::client("UnknownOperationException", ""))?;
+    // One clock-skew allowance for every AWS API stand-in: `[sts] max_clock_skew_seconds`.
     let skew =
         time::Duration::seconds(i64::from(service.iam().config().sts.max_clock_skew_seconds));
     let caller =
