@@ -1,5 +1,5 @@
-# Local stack: a real PostgreSQL behind local stand-ins for STS and RDS Proxy.
-# State lives in .local/ (stack.env, ca.pem, backend.env, serve.log, pid files).
+# Local stack: a real PostgreSQL behind local stand-ins for STS, Secrets Manager, Parameter Store and RDS Proxy.
+# State lives in .local/ (stack.env, secret.env, ca.pem, backend.env, serve.log, pid files).
 LOCAL_DIR    := $(ROOT)/.local
 LOCAL_CONFIG ?= $(ROOT)/rds-proxy-emulator/local-stack.toml
 # LOCAL_PROFILE=release runs an optimised stand-in (slower to build; use it for benchmarks).

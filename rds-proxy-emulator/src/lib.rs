@@ -1,5 +1,6 @@
-//! A local stand-in for AWS STS and for an Amazon RDS Proxy (PostgreSQL, IAM
-//! authentication and TLS required), in front of a real, throwaway PostgreSQL server.
+//! A local stand-in for AWS STS, Secrets Manager, Parameter Store and an Amazon RDS Proxy
+//! (PostgreSQL, IAM or password authentication and TLS required), in front of a real,
+//! throwaway PostgreSQL server.
 //!
 //! It exists so that everything in this project — end-to-end tests, `make demo`, a user's
 //! own service — can run the whole connection path (STS `AssumeRole`, an IAM token, a TLS
@@ -18,7 +19,14 @@
 //!    (`READ_ONLY`) opened once (SCRAM) and lent to clients one transaction at a time,
 //!    pinned on the conditions of [`pinning`], kept through a failover, with RDS Proxy's
 //!    CloudWatch metrics.
-//! 4. [`control`]: fault injection (STS hang/refuse, proxy stall) and counters for tests.
+//! 4. [`secrets`], [`ssm`]: Secrets Manager (`GetSecretValue`, `PutSecretValue`, resource
+//!    policy and KMS key checks) and Parameter Store (`GetParameter*`) over the JSON
+//!    protocol ([`aws_json`]), sharing STS's SigV4 check ([`signed_request`]) and HTTP side
+//!    ([`http_service`]). Password users (`auth = "secret"`) log in to the proxy with
+//!    SCRAM-SHA-256 ([`scram`]) against their secret, which rotates on demand or on a
+//!    schedule with Secrets Manager's single-user steps.
+//! 5. [`control`]: fault injection (STS and Secrets Manager hang/refuse, proxy stall) and
+//!    counters for tests.
 //!
 //! The verifier is written from the AWS SigV4 specification and does not
 //! depend on the `rds-iam-auth` crate, so a signing bug there cannot be mirrored here.
@@ -51,14 +59,21 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod aws_json;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod http_service;
 pub mod iam;
 pub mod pg;
 pub mod pinning;
 pub mod proxy;
+mod rotation;
+pub mod scram;
+pub mod secrets;
+pub mod signed_request;
 pub mod sigv4;
+pub mod ssm;
 mod stack;
 pub mod sts;
 pub mod tls;
@@ -66,7 +81,7 @@ pub mod token;
 
 pub use cluster::{FailoverReport, ServerRole, ServerStatus};
 pub use config::{StackConfig, TargetRole};
-pub use control::{Counters, StsFault};
+pub use control::{Counters, ServiceFault, StsFault};
 pub use iam::TemporaryCredentials;
 pub use proxy::MetricsSnapshot;
 pub use stack::{shell_quote, Endpoint, LocalStack, StartOptions};

@@ -5,6 +5,8 @@
 //! rds-proxy-emulator status --state-dir .local                             # summary, counters, metrics
 //! rds-proxy-emulator metrics --state-dir .local                            # RDS Proxy's metrics, `Name value` lines
 //! rds-proxy-emulator fault sts-hang|sts-refuse|proxy-stall|clear            # fault injection
+//! rds-proxy-emulator fault secrets hang|refuse|none                         # Secrets Manager faults
+//! rds-proxy-emulator rotate-secret                                          # rotate the secrets now
 //! rds-proxy-emulator failover                                              # promote a reader
 //! rds-proxy-emulator check-config --config local-stack.toml
 //! ```
@@ -56,11 +58,16 @@ enum Command {
     },
     /// Inject a fault into the running stack, or clear them: `sts-hang` (STS takes requests
     /// in and does not answer), `sts-refuse` (STS answers 503 ServiceUnavailable),
-    /// `proxy-stall` (the proxy accepts connections and never answers), `clear`.
+    /// `proxy-stall` (the proxy accepts connections and never answers), `clear`;
+    /// `secrets hang|refuse|none` (Secrets Manager holds requests, answers 500
+    /// InternalServiceError, or serves normally).
     Fault {
         /// The fault.
         #[arg(value_enum)]
         fault: FaultArg,
+        /// For `secrets`: `hang`, `refuse` or `none`.
+        #[arg(value_enum, required_if_eq("fault", "secrets"))]
+        mode: Option<ModeArg>,
         /// The state dir of `serve`.
         #[arg(long, default_value = ".local")]
         state_dir: PathBuf,
@@ -68,6 +75,12 @@ enum Command {
     /// Fail over: stop the writer, promote a reader (sessions on both are closed; a new
     /// reader is built from the new writer in the background).
     Failover {
+        /// The state dir of `serve`.
+        #[arg(long, default_value = ".local")]
+        state_dir: PathBuf,
+    },
+    /// Rotate every secret now, as Secrets Manager's single-user rotation does.
+    RotateSecret {
         /// The state dir of `serve`.
         #[arg(long, default_value = ".local")]
         state_dir: PathBuf,
@@ -86,16 +99,35 @@ enum FaultArg {
     StsRefuse,
     ProxyStall,
     Clear,
+    Secrets,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ModeArg {
+    Hang,
+    Refuse,
+    None,
 }
 
 impl FaultArg {
-    fn command(self) -> &'static str {
-        match self {
-            FaultArg::StsHang => "fault sts-hang",
-            FaultArg::StsRefuse => "fault sts-refuse",
-            FaultArg::ProxyStall => "fault proxy-stall",
-            FaultArg::Clear => "fault clear",
-        }
+    fn command(self, mode: Option<ModeArg>) -> Result<&'static str, Failure> {
+        Ok(match (self, mode) {
+            (FaultArg::StsHang, None) => "fault sts-hang",
+            (FaultArg::StsRefuse, None) => "fault sts-refuse",
+            (FaultArg::ProxyStall, None) => "fault proxy-stall",
+            (FaultArg::Clear, None) => "fault clear",
+            (FaultArg::Secrets, Some(ModeArg::Hang)) => "fault secrets hang",
+            (FaultArg::Secrets, Some(ModeArg::Refuse)) => "fault secrets refuse",
+            (FaultArg::Secrets, Some(ModeArg::None)) => "fault secrets none",
+            (FaultArg::Secrets, None) => {
+                return Err(Failure("fault secrets needs hang, refuse or none".into()))
+            }
+            (_, Some(_)) => {
+                return Err(Failure(
+                    "hang, refuse or none only follow `fault secrets`".into(),
+                ))
+            }
+        })
     }
 }
 
@@ -129,14 +161,18 @@ async fn control_command(stack: &LocalStack, command: &str) -> Result<String, St
         "counters" => {
             let c = stack.counters();
             Ok(format!(
-                "assume_role_calls={}\nassume_role_succeeded={}\nlogins_accepted={}\nlogins_refused={}\nsessions_pinned={}\nsessions_closed_by_failover={}\nsts_fault={}\nproxy_stall={}\n",
+                "assume_role_calls={}\nassume_role_succeeded={}\nlogins_accepted={}\nlogins_refused={}\nsessions_pinned={}\nsessions_closed_by_failover={}\nget_secret_value_calls={}\nget_secret_value_succeeded={}\nsecret_rotations={}\nsts_fault={}\nsecrets_fault={}\nproxy_stall={}\n",
                 c.assume_role_calls,
                 c.assume_role_succeeded,
                 c.logins_accepted,
                 c.logins_refused,
                 c.sessions_pinned,
                 c.sessions_closed_by_failover,
+                c.get_secret_value_calls,
+                c.get_secret_value_succeeded,
+                c.secret_rotations,
                 stack.control().sts_fault().as_str(),
+                stack.control().secrets_fault().as_str(),
                 stack.control().proxy_stall(),
             ))
         }
@@ -181,6 +217,23 @@ async fn control_command(stack: &LocalStack, command: &str) -> Result<String, St
         "fault proxy-stall" => {
             stack.set_proxy_stall(true);
             Ok("proxy: stalling new connections until `fault clear`\n".into())
+        }
+        "rotate-secret" => {
+            let n = stack.rotate_secret_now().await.map_err(|e| e.to_string())?;
+            Ok(format!(
+                "rotated {n} secret(s): AWSCURRENT holds a new password, AWSPREVIOUS the old one\n"
+            ))
+        }
+        "fault secrets hang" | "fault secrets refuse" | "fault secrets none" => {
+            let mode = command.trim().rsplit(' ').next().unwrap_or_default();
+            let fault = rds_proxy_emulator::ServiceFault::parse(mode)
+                .ok_or_else(|| format!("unknown fault {mode}"))?;
+            stack.set_secrets_fault(fault);
+            Ok(match fault {
+                rds_proxy_emulator::ServiceFault::None => "Secrets Manager: serving normally\n".into(),
+                rds_proxy_emulator::ServiceFault::Hang => "Secrets Manager: hanging every request until `fault secrets none`\n".into(),
+                rds_proxy_emulator::ServiceFault::Refuse => "Secrets Manager: answering 500 InternalServiceError until `fault secrets none`\n".into(),
+            })
         }
         "fault clear" => {
             stack.clear_faults();
@@ -251,8 +304,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, state_dir } => serve(&config, &state_dir),
         Command::Status { state_dir } => return status(&state_dir),
-        Command::Fault { fault, state_dir } => {
-            control(&state_dir, fault.command()).map(|answer| print!("{answer}"))
+        Command::Fault {
+            fault,
+            mode,
+            state_dir,
+        } => fault
+            .command(mode)
+            .and_then(|command| control(&state_dir, command))
+            .map(|answer| print!("{answer}")),
+        Command::RotateSecret { state_dir } => {
+            control(&state_dir, "rotate-secret").map(|answer| print!("{answer}"))
         }
         Command::Metrics { state_dir } => {
             control(&state_dir, "metrics").map(|answer| print!("{answer}"))
@@ -383,6 +444,8 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
             .map_err(|e| Failure(format!("binding {}: {e}", socket_path.display())))?;
         // Written last: its presence means "ready" (the control socket answers, signals
         // shut down cleanly).
+        let secret_env = stack.secret_env_file();
+        write_atomically(&state_dir.join("secret.env"), &secret_env)?;
         write_atomically(&state_dir.join("stack.env"), &stack.env_file())?;
         tracing::info!("ready: source {}", state_dir.join("stack.env").display());
 
@@ -393,7 +456,7 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
             _ = serve_control(control_listener, &stack, &state_dir) => {}
         }
         tracing::info!("shutting down");
-        for f in ["stack.env", "backend.env", "postgres.pid", "postgres.dir", CONTROL_SOCKET] {
+        for f in ["stack.env", "secret.env", "backend.env", "postgres.pid", "postgres.dir", CONTROL_SOCKET] {
             let _ = std::fs::remove_file(state_dir.join(f));
         }
         stack.shutdown().await;
@@ -440,8 +503,10 @@ fn status(state_dir: &Path) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "local stack running (pid {pid})\n  STS                {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n  binary             {}\n\nUse it (the CLI reads these variables; psql gets the token in a password file it reads once):\n  source {}\n  cargo run -q -p rds-iam-auth-cli -- check\n  cargo run -q -p rds-iam-auth-cli -- psql -- -c 'SELECT * FROM customers'\nStop it: make local-down",
+        "local stack running (pid {pid})\n  STS                {}\n  Secrets Manager    {}\n  Parameter Store    {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n  binary             {}\n\nUse it (the CLI reads these variables; psql gets the token in a password file it reads once):\n  source {}\n  cargo run -q -p rds-iam-auth-cli -- check\n  cargo run -q -p rds-iam-auth-cli -- psql -- -c 'SELECT * FROM customers'\nPassword user (SCRAM through the proxy, password in Secrets Manager): source {} too\nStop it: make local-down",
         get("AWS_ENDPOINT_URL_STS"),
+        get("AWS_ENDPOINT_URL_SECRETS_MANAGER"),
+        get("AWS_ENDPOINT_URL_SSM"),
         get("RDS_PROXY_APPLICATION_ENDPOINT"),
         get("DB_PORT"),
         get("DB_CONNECT_HOST"),
@@ -456,6 +521,7 @@ fn status(state_dir: &Path) -> ExitCode {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "?".into()),
         env_path.display(),
+        state_dir.join("secret.env").display(),
     );
     if let Ok(answer) = control(state_dir, "servers") {
         let _ = writeln!(
@@ -486,14 +552,18 @@ fn status(state_dir: &Path) -> ExitCode {
             };
             let _ = writeln!(
                 out,
-                "\nSince start:\n  STS AssumeRole     {} received, {} succeeded\n  proxy logins       {} accepted, {} refused\n  sessions pinned    {} pinned so far\n  closed by failover {}\n  faults             STS {}, proxy stall {}",
+                "\nSince start:\n  STS AssumeRole     {} received, {} succeeded\n  proxy logins       {} accepted, {} refused\n  sessions pinned    {} pinned so far\n  closed by failover {}\n  GetSecretValue     {} received, {} succeeded; {} rotation(s)\n  faults             STS {}, Secrets Manager {}, proxy stall {}",
                 c("assume_role_calls"),
                 c("assume_role_succeeded"),
                 c("logins_accepted"),
                 c("logins_refused"),
                 c("sessions_pinned"),
                 c("sessions_closed_by_failover"),
+                c("get_secret_value_calls"),
+                c("get_secret_value_succeeded"),
+                c("secret_rotations"),
                 c("sts_fault"),
+                c("secrets_fault"),
                 if c("proxy_stall") == "true" { "on" } else { "off" },
             );
         }

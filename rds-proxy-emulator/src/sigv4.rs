@@ -188,6 +188,16 @@ impl CredentialScope {
             self.date, self.region, self.service
         )
     }
+
+    /// The hex signature, with `secret_access_key` in this scope, of a canonical request
+    /// signed at `amz_date` (what a verifier compares the presented signature with).
+    pub fn sign(&self, secret_access_key: &str, amz_date: &str, canonical_request: &str) -> String {
+        let key = signing_key(secret_access_key, &self.date, &self.region, &self.service);
+        signature(
+            &key,
+            &string_to_sign(amz_date, &self.scope(), canonical_request),
+        )
+    }
 }
 
 #[cfg(test)]

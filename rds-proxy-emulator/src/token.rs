@@ -334,16 +334,8 @@ where
     }
 
     let creq = canonical_request(&sigv4::canonical_query(&params), &host_header(host, port));
-    let key = sigv4::signing_key(
-        &known.secret_access_key,
-        &scope.date,
-        &scope.region,
-        SERVICE,
-    );
-    let computed = sigv4::signature(
-        &key,
-        &sigv4::string_to_sign(amz_date, &scope.scope(), &creq),
-    );
+    // The scope's service is `rds-db`: checked above.
+    let computed = scope.sign(&known.secret_access_key, amz_date, &creq);
     if !sigv4::signatures_equal(&computed, &signature) {
         return Err(TokenRejection::Signature);
     }

@@ -179,15 +179,22 @@ async fn serve_and_clean_shutdown() -> TestResult {
         "{status}"
     );
     assert!(
-        status.contains("faults             STS refuse, proxy stall off"),
+        status.contains("faults             STS refuse, Secrets Manager none, proxy stall off"),
         "{status}"
     );
     assert!(cli(&["fault", "proxy-stall"]).status.success());
+    assert!(cli(&["fault", "secrets", "hang"]).status.success());
     assert!(String::from_utf8(cli(&["status"]).stdout)?
-        .contains("faults             STS refuse, proxy stall on"));
+        .contains("faults             STS refuse, Secrets Manager hang, proxy stall on"));
+    let out = cli(&["fault", "secrets"]);
+    assert_eq!(out.status.code(), Some(2), "a mode is required: {out:?}");
     assert!(cli(&["fault", "clear"]).status.success());
     assert!(String::from_utf8(cli(&["status"]).stdout)?
-        .contains("faults             STS none, proxy stall off"));
+        .contains("faults             STS none, Secrets Manager none, proxy stall off"));
+    let out = cli(&["rotate-secret"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8(cli(&["status"]).stdout)?
+        .contains("GetSecretValue     0 received, 0 succeeded; 1 rotation(s)"));
 
     // Servers with their roles, the pinned count; then a failover from the CLI.
     let status = String::from_utf8(cli(&["status"]).stdout)?;
@@ -294,6 +301,7 @@ async fn serve_and_clean_shutdown() -> TestResult {
     assert!(!Path::new(&pg_dir).exists(), "{pg_dir} left behind");
     for f in [
         "stack.env",
+        "secret.env",
         "serve.pid",
         "postgres.pid",
         "backend.env",
@@ -362,7 +370,7 @@ async fn state_files_holding_secrets_are_owner_only() -> TestResult {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let modes: Vec<(&str, u32)> = ["stack.env", "backend.env"]
+    let modes: Vec<(&str, u32)> = ["stack.env", "secret.env", "backend.env"]
         .into_iter()
         .map(|f| {
             let meta = std::fs::metadata(state.path().join(f)).expect(f);
@@ -375,7 +383,14 @@ async fn state_files_holding_secrets_are_owner_only() -> TestResult {
     let left_running = stop_leftovers(state.path());
     assert!(status.success(), "{status}");
     assert!(left_running.is_empty(), "{left_running:?}");
-    assert_eq!(modes, [("stack.env", 0o600), ("backend.env", 0o600)]);
+    assert_eq!(
+        modes,
+        [
+            ("stack.env", 0o600),
+            ("secret.env", 0o600),
+            ("backend.env", 0o600)
+        ]
+    );
     Ok(())
 }
 
