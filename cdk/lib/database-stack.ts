@@ -208,8 +208,13 @@ export class DatabaseStack extends OfflineStack {
         Port: String(POSTGRES_PORT),
         DatabaseName: cfg.databaseName,
         Username: cfg.databaseUsername,
-        // Present: the user logs in with this secret's password instead of IAM.
-        ...(appSecret ? { PasswordSecretArn: appSecret.secretArn } : {}),
+        // Present: the user logs in with this secret's password instead of IAM. Single-user
+        // rotation logs in as the user and changes its own password, which PostgreSQL refuses
+        // in a read-only transaction: with rotation on, its sessions start read-write (its
+        // privileges stay read-only).
+        ...(appSecret
+          ? { PasswordSecretArn: appSecret.secretArn, ReadOnlySessions: String(this.applicationUserSecret?.rotation === undefined) }
+          : {}),
         // A new version of the statements runs them again on the next deployment.
         CodeVersion: crypto.createHash('sha256').update(Buffer.concat(code)).digest('hex').slice(0, 16),
       },

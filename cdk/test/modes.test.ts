@@ -120,7 +120,8 @@ describe('database_user_auth "secret": DatabaseStack', () => {
 
   test('the provisioning gives the user the secret password (no rds_iam), and may read that secret too', () => {
     const user = Object.values(t.findResources('Custom::ApplicationDatabaseUser'))[0];
-    expect(user.Properties).toMatchObject({ Username: 'connectiontest', PasswordSecretArn: { Ref: secret } });
+    // Rotated (the default): sessions read-write, so single-user rotation can change the password.
+    expect(user.Properties).toMatchObject({ Username: 'connectiontest', PasswordSecretArn: { Ref: secret }, ReadOnlySessions: 'false' });
     const provisionerRole = logicalId(t, 'AWS::IAM::Role', '/ProvisionerRole/Resource');
     const masterSecret = logicalId(t, 'AWS::SecretsManager::SecretTargetAttachment', '/Cluster/Secret/Attachment/Resource');
     expect(roleStatements(t, provisionerRole)).toEqual([
@@ -149,6 +150,8 @@ describe('database_user_auth "secret": DatabaseStack', () => {
     const weekly = synth({ database_user_auth: 'secret', database_secret_rotation_days: 7 }).dbTemplate;
     weekly.hasResourceProperties('AWS::SecretsManager::RotationSchedule', { RotationRules: { ScheduleExpression: 'rate(7 days)' }, HostedRotationLambda: Match.anyValue() });
     const off = synth({ database_user_auth: 'secret', database_secret_rotation_days: 0 }).dbTemplate;
+    // Nothing logs in as the user to change its password: its sessions start read-only again.
+    expect(Object.values(off.findResources('Custom::ApplicationDatabaseUser'))[0].Properties.ReadOnlySessions).toBe('true');
     // Only the master secret's rotation is left.
     expect(Object.values(off.findResources('AWS::SecretsManager::RotationSchedule')).map((r) => r.Metadata['aws:cdk:path'])).toEqual([
       'DatabaseStack/Cluster/Secret/Attachment/RotationSchedule/Resource',

@@ -234,6 +234,29 @@ describe('provisioning function (real PostgreSQL)', () => {
       expect(psql('postgres', `SELECT rolpassword FROM pg_authid WHERE rolname = '${APP}'`)).toBe(before);
     });
 
+    test('read-only sessions keep single-user rotation from changing the password; ReadOnlySessions "false" lets it, and nothing else', async () => {
+      // What the hosted single-user rotation does: log in as the user, ALTER its own password.
+      const selfRotate = async (password: string, next: string) => {
+        const session = await connect({ host: '127.0.0.1', port, user: APP, password, database: DB, ssl: { ca } });
+        try {
+          await session.query(`ALTER USER ${APP} WITH PASSWORD '${next}'`);
+        } finally {
+          await session.end();
+        }
+      };
+      await provision.handle(passwordEvent('Update'), withAppSecret());
+      await expect(selfRotate(APP_SECRET.password, 'next-Pa55word')).rejects.toThrow(/cannot execute ALTER ROLE in a read-only transaction/);
+
+      await provision.handle(event('Update', { PasswordSecretArn: 'arn:app-secret', ReadOnlySessions: 'false' }), withAppSecret());
+      await selfRotate(APP_SECRET.password, 'next-Pa55word');
+      // Its privileges stay read-only: writes and DDL still fail.
+      expect(psqlError(APP, 'INSERT INTO orders VALUES (4)')).toMatch(/permission denied for table orders/);
+      expect(psqlError(APP, 'CREATE TABLE mine (x int)')).toMatch(/permission denied for schema public/);
+      await expect(provision.handle(event('Update', { PasswordSecretArn: 'arn:app-secret', ReadOnlySessions: 'no' }), withAppSecret())).rejects.toThrow(
+        'property ReadOnlySessions must be "true" or "false", got "no"',
+      );
+    });
+
     test('back to IAM mode: the password goes and rds_iam comes back', async () => {
       await provision.handle(event('Update'), withAppSecret());
       expect(psql('postgres', `SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = '${APP}'`)).toBe('t');

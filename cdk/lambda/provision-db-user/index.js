@@ -8,7 +8,10 @@
  *                  schema public nor make temp tables in the database. It logs in either with
  *                  IAM only (rds_iam, no password) or, when PasswordSecretArn is given, with
  *                  the password of that secret and without rds_iam (RDS refuses a password
- *                  login to a member of rds_iam). Then it reads the result back and fails if
+ *                  login to a member of rds_iam); ReadOnlySessions "false" leaves its sessions
+ *                  read-write by default, so that single-user rotation, which logs in as the
+ *                  user to change its own password, can (PostgreSQL refuses ALTER ROLE in a
+ *                  read-only transaction). Then it reads the result back and fails if
  *                  the user holds any other power (attribute, role membership, CREATE or TEMP).
  *   Delete         drops the role (a renamed user leaves no old one behind); best effort,
  *                  so a cluster that is already unreachable never blocks `make destroy`.
@@ -39,12 +42,16 @@ function props(event) {
   for (const key of ['SecretArn', 'Host', 'Port']) {
     if (!p[key]) throw new Error(`property ${key} is missing`);
   }
+  if (p.ReadOnlySessions !== undefined && !['true', 'false'].includes(p.ReadOnlySessions)) {
+    throw new Error(`property ReadOnlySessions must be "true" or "false", got ${JSON.stringify(p.ReadOnlySessions)}`);
+  }
   return {
     username: p.Username,
     database: p.DatabaseName,
     secretArn: p.SecretArn,
     // Absent: the user logs in with IAM (the default).
     passwordSecretArn: p.PasswordSecretArn || undefined,
+    readOnlySessions: p.ReadOnlySessions !== 'false',
     host: p.Host,
     port: Number(p.Port),
   };
@@ -53,8 +60,10 @@ function props(event) {
 /**
  * The statements run on Create and Update, as one transaction (simple query protocol).
  * `verifier`: the SCRAM verifier of the user's password; undefined for an IAM-only user.
+ * `readOnlySessions`: its sessions start read-only (false only for a user that rotates its
+ * own password); its privileges are read-only either way.
  */
-function provisionSql(username, database, verifier) {
+function provisionSql(username, database, verifier, readOnlySessions = true) {
   const u = qi(username);
   const granted = verifier === undefined ? GRANTED_ROLES : PASSWORD_GRANTED_ROLES;
   return [
@@ -74,7 +83,7 @@ function provisionSql(username, database, verifier) {
     // rds_iam only for IAM logins: RDS refuses a password login to one of its members.
     ...(verifier === undefined ? [`GRANT rds_iam TO ${u}`] : []),
     `GRANT pg_read_all_data TO ${u}`,
-    `ALTER ROLE ${u} SET default_transaction_read_only = on`,
+    readOnlySessions ? `ALTER ROLE ${u} SET default_transaction_read_only = on` : `ALTER ROLE ${u} RESET default_transaction_read_only`,
     // PostgreSQL 15 and later already keep PUBLIC from creating in schema public; 14 does not.
     `REVOKE CREATE ON SCHEMA public FROM PUBLIC`,
     `REVOKE TEMPORARY ON DATABASE ${qi(database)} FROM PUBLIC`,
@@ -207,7 +216,7 @@ async function handle(event, deps) {
   const passwordUser = p.passwordSecretArn !== undefined;
   const verifier = passwordUser ? scramVerifier(await applicationPassword(p, deps)) : undefined;
   const problems = await withMasterSession(p, deps, async (s) => {
-    await s.query(provisionSql(p.username, p.database, verifier));
+    await s.query(provisionSql(p.username, p.database, verifier, p.readOnlySessions));
     try {
       return await s.query(verifySql(p.username, p.database, passwordUser));
     } catch (e) {
@@ -219,7 +228,10 @@ async function handle(event, deps) {
     throw new Error(`user ${p.username} has more than read access after provisioning: ${problems.map((r) => r[0]).join('; ')}`);
   }
   const granted = passwordUser ? PASSWORD_GRANTED_ROLES : GRANTED_ROLES;
-  deps.log(`user ${p.username}: LOGIN, ${passwordUser ? 'password of its secret' : 'IAM only'}, member of ${granted.join(' and ')}, read-only by default`);
+  deps.log(
+    `user ${p.username}: LOGIN, ${passwordUser ? 'password of its secret' : 'IAM only'}, member of ${granted.join(' and ')}, ` +
+      `${p.readOnlySessions ? 'read-only by default' : 'read-only privileges (sessions read-write, for rotation)'}`,
+  );
   return { PhysicalResourceId: physicalId, Data: { Username: p.username, GrantedRoles: granted.join(',') } };
 }
 
