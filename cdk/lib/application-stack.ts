@@ -142,7 +142,8 @@ export class ApplicationStack extends OfflineStack {
     // The password secret lives in the database account; this endpoint serves calls for any
     // account's secrets, and the assumed role's credentials decide what they may read.
     if (cfg.databaseUserAuth === 'secret') {
-      functionEndpoint('SecretsManagerEndpoint', ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER, 'secretsmanager', 'Secrets Manager', 'the database user password');
+      const service = ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER;
+      functionEndpoint('SecretsManagerEndpoint', service, 'secretsmanager', 'Secrets Manager', 'the database user password');
     }
     if (settingsFromParameters) {
       functionEndpoint('SsmEndpoint', ec2.InterfaceVpcEndpointAwsService.SSM, 'ssm', 'Systems Manager', 'Parameter Store settings');
@@ -258,8 +259,8 @@ export class ApplicationStack extends OfflineStack {
     });
     if (!cfg.applicationRdsProxyEndpoint) {
       Annotations.of(this.function).addInfo(
-        'application_rds_proxy_endpoint is empty, so the function has no proxy endpoint (RDS_PROXY_APPLICATION_ENDPOINT, or parameter hostname): expected before ' +
-          'DatabaseStack exists; make deploy sets it in its third phase',
+        'application_rds_proxy_endpoint is empty, so the function has no proxy endpoint (RDS_PROXY_APPLICATION_ENDPOINT, or parameter ' +
+          'hostname): expected before DatabaseStack exists; make deploy sets it in its third phase',
       );
     }
     if (cfg.databaseUserAuth === 'secret' && !cfg.applicationDbSecretArn) {

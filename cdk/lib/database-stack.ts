@@ -129,8 +129,7 @@ export class DatabaseStack extends OfflineStack {
       vpcSubnets: isolated,
     });
     const masterSecret = this.cluster.secret!;
-    const passwordUser = cfg.databaseUserAuth === 'secret';
-    if (passwordUser) {
+    if (cfg.databaseUserAuth === 'secret') {
       this.applicationUserSecret = new ApplicationUserSecret(this, 'ApplicationUserSecret', {
         username: cfg.databaseUsername,
         databaseName: cfg.databaseName,
@@ -144,9 +143,9 @@ export class DatabaseStack extends OfflineStack {
 
     // --- The application's database user ------------------------------------------------
     // Created on the writer by a function in this VPC that logs in with the master secret:
-    // LOGIN, rds_iam (IAM only, no password) or else the password of its secret,
-    // pg_read_all_data, read-only by default; it then
-    // reads the user back and fails the deployment if the user can do more. (Not the RDS
+    // LOGIN, rds_iam (IAM only, no password) or else the password of its own secret,
+    // pg_read_all_data, read-only by default; it then reads the user back and fails the
+    // deployment if the user can do more. (Not the RDS
     // Data API: it does not serve T instance classes, and it would open an HTTPS path to the
     // database for anyone allowed to read the master secret.)
     const provisionerLogs = new logs.LogGroup(this, 'ProvisionerLogs', {
@@ -178,8 +177,8 @@ export class DatabaseStack extends OfflineStack {
       // The RDS certificate authorities, so the TLS connection to the writer is verified.
       environment: { NODE_EXTRA_CA_CERTS: '/var/runtime/ca-cert.pem' },
     });
-    // GetSecretValue/DescribeSecret on the master secret and kms:Decrypt through Secrets
-    // Manager only: nothing else.
+    // GetSecretValue/DescribeSecret on the master secret (and the application user's) and
+    // kms:Decrypt through Secrets Manager only: nothing else.
     masterSecret.grantRead(this.provisioner);
     appSecret?.grantRead(this.provisioner);
     this.cluster.connections.allowDefaultPortFrom(provisionerSg, 'PostgreSQL from the database user provisioning function');
@@ -357,7 +356,8 @@ export class DatabaseStack extends OfflineStack {
       reason:
         'AWSLambdaVPCAccessExecutionRole is the AWS-maintained minimum for a function in a VPC: CloudWatch Logs writes plus the ec2 ' +
         'network-interface calls Lambda makes to attach the function to its subnets, which EC2 only authorizes on Resource "*". ' +
-        'Beyond it the provisioning role may only read the one master secret (and decrypt it through Secrets Manager).',
+        'Beyond it the provisioning role may only read the master secret and, with a password user, that user\'s secret (and decrypt them ' +
+        'through Secrets Manager).',
     });
     Validations.of(this.cluster).acknowledge({
       id: 'AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole]',
