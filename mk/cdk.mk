@@ -10,6 +10,14 @@ CFN_LINT     := $(VENV)/bin/cfn-lint
 CFN_LINT_REQ := $(CDK_DIR)/requirements-cfn-lint.txt
 CHECKOV      := $(VENV)/bin/checkov
 CHECKOV_REQ  := $(CDK_DIR)/requirements-checkov.txt
+# The other modes of the app (cdk.json's defaults are iam and environment), each synthesized
+# (cdk-nag included) into its own directory and linted like the default templates.
+CDK_MODES_OUT := $(ROOT)/cdk.out-modes
+CDK_MODES     := secret-parameters secret-no-rotation
+CDK_MODE_secret-parameters  := -c database_user_auth=secret -c lambda_settings_from=parameters
+CDK_MODE_secret-no-rotation := -c database_user_auth=secret -c database_secret_rotation_days=0
+# An offline synth's external ID: CONNECTIONTEST_EXTERNAL_ID, else a random one.
+SYNTH_EXTERNAL_ID = CONNECTIONTEST_EXTERNAL_ID="$${CONNECTIONTEST_EXTERNAL_ID:-synth-only-$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 
 # make deploy / invoke / destroy inputs (see scripts/cdk-common.sh).
 APP_PROFILE ?=
@@ -25,7 +33,7 @@ CDK_SCRIPT_ENV = PATH="$(CDK_BIN):$$PATH" MAKE="$(MAKE)" APP_PROFILE="$(APP_PROF
 EXTRA_TESTS += test-cdk
 EXTRA_LINTS += lint-cdk
 
-.PHONY: cdk-deps lint-cdk test-cdk synth checkov deploy invoke destroy
+.PHONY: cdk-deps lint-cdk test-cdk synth synth-modes checkov deploy invoke destroy
 
 $(CDK_STAMP): $(CDK_DIR)/package.json $(CDK_DIR)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm not found: install Node.js 20+ with npm (apt-get install nodejs npm, or nodejs.org)"; exit 1; }
@@ -53,27 +61,30 @@ $(CHECKOV): $(CHECKOV_REQ) $(CFN_LINT)
 lint-cdk: $(CDK_STAMP) ## TypeScript type check of the CDK app and its tests (tsc --noEmit)
 	cd $(CDK_DIR) && $(CDK_BIN)/tsc --noEmit -p .
 
-test-cdk: lint-cdk $(CFN_LINT) $(CHECKOV) ## CDK: jest (assertions, cdk-nag, context checks, deploy scripts, provisioning SQL on PostgreSQL), synth, cfn-lint, checkov
+test-cdk: lint-cdk $(CFN_LINT) $(CHECKOV) ## CDK: jest (assertions, cdk-nag, context checks, deploy scripts, provisioning SQL on PostgreSQL), synth of every mode, cfn-lint, checkov
 	cd $(CDK_DIR) && $(CDK_BIN)/jest --runInBand
-	@$(MAKE) --no-print-directory synth
+	@$(MAKE) --no-print-directory synth synth-modes
 	@# W3005 (DependsOn duplicating a Ref/GetAtt) is emitted by CDK's own constructs: harmless noise.
-	$(CFN_LINT) --non-zero-exit-code error --ignore-checks W3005 -- $(CDK_OUT)/*.template.json
+	$(CFN_LINT) --non-zero-exit-code error --ignore-checks W3005 -- $(CDK_OUT)/*.template.json $(CDK_MODES_OUT)/*/*.template.json
 	@$(MAKE) --no-print-directory checkov
 	@echo "test-cdk: jest, synth (cdk-nag AwsSolutions clean), cfn-lint (no errors) and checkov (no unsuppressed failure) passed"
 
-checkov: $(CHECKOV) ## checkov on the synthesized templates in cdk.out/ (run make synth first); fails on any unsuppressed finding
+checkov: $(CHECKOV) ## checkov on the synthesized templates in cdk.out/ and cdk.out-modes/ (run make synth first); fails on any unsuppressed finding
 	@ls $(CDK_OUT)/ApplicationStack.template.json $(CDK_OUT)/DatabaseStack.template.json >/dev/null 2>&1 || \
 		{ echo "checkov: no templates in $(CDK_OUT): run 'make synth' first"; exit 1; }
 	@# Suppressions live in each resource's Metadata.checkov.skip, each with its reason (lib/checkov.ts).
 	$(CHECKOV) --quiet --compact --framework cloudformation --skip-download \
-		-f $(CDK_OUT)/ApplicationStack.template.json -f $(CDK_OUT)/DatabaseStack.template.json
+		-f $(CDK_OUT)/ApplicationStack.template.json -f $(CDK_OUT)/DatabaseStack.template.json \
+		$(addprefix -f ,$(wildcard $(CDK_MODES_OUT)/*/*.template.json))
 
 # The app refuses cdk.json's placeholder external ID on every synth, so this offline synth
 # gives it a random one of its own (unless CONNECTIONTEST_EXTERNAL_ID is set): no template
 # ever carries a value anyone can read in this repository.
 synth: $(CDK_STAMP) ## Synthesize both stacks into cdk.out/ offline (a random external ID); fails on any cdk-nag finding
-	cd $(ROOT) && CONNECTIONTEST_EXTERNAL_ID="$${CONNECTIONTEST_EXTERNAL_ID:-synth-only-$$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}" \
-		$(CDK_BIN)/cdk synth --quiet
+	cd $(ROOT) && $(SYNTH_EXTERNAL_ID) $(CDK_BIN)/cdk synth --quiet
+
+synth-modes: $(CDK_STAMP) ## Synthesize both stacks in the other modes (password secret, Parameter Store settings) into cdk.out-modes/MODE/
+	cd $(ROOT) && $(foreach m,$(CDK_MODES),$(SYNTH_EXTERNAL_ID) $(CDK_BIN)/cdk synth --quiet -o $(CDK_MODES_OUT)/$(m) $(CDK_MODE_$(m)) &&) true
 
 deploy: $(CDK_STAMP) ## Build, then deploy both stacks in 3 phases: APP_PROFILE=.. DB_PROFILE=.. [EXTERNAL_ID=generate] [REGION=..] [DRY_RUN=1]
 	@$(CDK_SCRIPT_ENV) bash $(ROOT)/scripts/deploy.sh

@@ -211,18 +211,22 @@ base_context() {
   CTX=(-c "region=$REGION" -c "application_account_id=$APP_ACCOUNT" -c "database_account_id=$DB_ACCOUNT")
 }
 
-# stack_output PROFILE STACK KEY VAR-NAME: one CloudFormation output (placeholder in dry runs).
+# stack_output PROFILE STACK KEY VAR-NAME [optional]: one CloudFormation output (placeholder
+# in dry runs). "optional": an output the stack has in some configurations only (empty if absent).
 stack_output() {
-  local profile="$1" stack="$2" key="$3" var="$4" value
+  local profile="$1" stack="$2" key="$3" var="$4" optional="${5:-}" value
   local cmd=(aws cloudformation describe-stacks --stack-name "$stack" --profile "$profile" --region "$REGION"
     --query "Stacks[0].Outputs[?OutputKey=='$key'].OutputValue | [0]" --output text)
   show "${cmd[@]}"
   if [[ "$DRY_RUN" == 1 ]]; then
-    printf -v "$var" '%s' "<$stack output $key>"
+    printf -v "$var" '%s' "<$stack output $key${optional:+, if it has one}>"
     return 0
   fi
   value="$("${cmd[@]}")" || die "could not read output $key of $stack (aws cloudformation describe-stacks failed)"
   value="${value%$'\n'}"
-  [[ -n "$value" && "$value" != None ]] || die "$stack has no output $key: was it deployed by this version of the app?"
+  if [[ -z "$value" || "$value" == None ]]; then
+    [[ "$optional" == optional ]] || die "$stack has no output $key: was it deployed by this version of the app?"
+    value=""
+  fi
   printf -v "$var" '%s' "$value"
 }

@@ -6,8 +6,10 @@
 #              ApplicationSubnetIds and LambdaSecurityGroupId (the only source the proxy
 #              endpoints will admit)
 #   phase 2/3  deploy DatabaseStack (database account) into those shared subnets; read
-#              ApplicationProxyEndpoint
-#   phase 3/3  redeploy ApplicationStack so the Lambda gets the proxy endpoint
+#              ApplicationProxyEndpoint (and ApplicationUserSecretArn, which it has with
+#              database_user_auth "secret")
+#   phase 3/3  redeploy ApplicationStack so the Lambda gets the proxy endpoint (and the
+#              password secret's ARN)
 #
 # The external ID (EXTERNAL_ID=..., or "external_id" in cdk.json) is checked before anything
 # else runs: the shipped placeholder and IDs under 16 characters are refused. EXTERNAL_ID=generate
@@ -65,9 +67,13 @@ CTX+=(-c "application_vpc_id=$VPC_ID" -c "application_vpc_subnets=$SUBNET_IDS" -
 say "phase 2/3: $DB_STACK in the database account (Aurora and RDS Proxy: expect 20-30 minutes the first time)"
 cdk_step "phase 2/3 (deploy $DB_STACK)" deploy "$DB_STACK" --profile "$DB_PROFILE" "${DEPLOY[@]}" "${CTX[@]}"
 stack_output "$DB_PROFILE" "$DB_STACK" ApplicationProxyEndpoint PROXY_ENDPOINT
+PHASE3_CTX=(-c "application_rds_proxy_endpoint=$PROXY_ENDPOINT")
+stack_output "$DB_PROFILE" "$DB_STACK" ApplicationUserSecretArn SECRET_ARN optional
+if [[ -n "$SECRET_ARN" ]]; then
+  PHASE3_CTX+=(-c "application_db_secret_arn=$SECRET_ARN")
+fi
 
 say "phase 3/3: $APP_STACK again, with the proxy endpoint"
-cdk_step "phase 3/3 (redeploy $APP_STACK)" deploy "$APP_STACK" --profile "$APP_PROFILE" "${DEPLOY[@]}" "${CTX[@]}" \
-  -c "application_rds_proxy_endpoint=$PROXY_ENDPOINT"
+cdk_step "phase 3/3 (redeploy $APP_STACK)" deploy "$APP_STACK" --profile "$APP_PROFILE" "${DEPLOY[@]}" "${CTX[@]}" "${PHASE3_CTX[@]}"
 
 say "done: try it with 'make invoke APP_PROFILE=$APP_PROFILE REGION=$REGION'"

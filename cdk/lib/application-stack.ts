@@ -3,6 +3,8 @@
  * account through AWS RAM, an STS interface endpoint instead of NAT gateways, and the
  * connection-test Lambda with the narrowest role and security group that let it do its job:
  * assume one role in the database account, then connect to the proxy endpoint on 5432.
+ * Optionally (context) the function reads the database user's password secret in the
+ * database account, and its settings from Parameter Store instead of its environment.
  */
 import { Annotations, CfnOutput, Duration, Fn, RemovalPolicy, Validations } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -14,12 +16,41 @@ import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as ram from 'aws-cdk-lib/aws-ram';
 import * as sns from 'aws-cdk-lib/aws-sns';
+import * as ssm from 'aws-cdk-lib/aws-ssm';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import { Construct } from 'constructs';
 import { ConnectionTestStackProps, logsKey, OfflineStack, POSTGRES_PORT, subnetMask } from './base-stack';
 import { skipCheckov } from './checkov';
-import { databaseConnectRoleArn } from './config';
+import { AppConfig, databaseConnectRoleArn } from './config';
 import { chooseLambdaCode } from './lambda-code';
+
+/**
+ * One setting of connectiontest-lambda: its environment variable, and the name of its
+ * parameter under lambda_settings_parameter_path (what the function reads at init when
+ * CONFIG_PARAMETER_PATH is set; the environment overrides it).
+ */
+export interface FunctionSetting {
+  readonly env: string;
+  readonly parameter: string;
+  readonly value: string;
+}
+
+/** The function's settings, in the order of its environment. Empty optional ones are left out. */
+export function functionSettings(cfg: AppConfig, dbRoleArn: string): FunctionSetting[] {
+  const optional = (env: string, parameter: string, value: string) => (value ? [{ env, parameter, value }] : []);
+  return [
+    { env: 'DATABASE_ACCOUNT_IAM_ROLE', parameter: 'assume_role', value: dbRoleArn },
+    // Empty before DatabaseStack exists; kept in the environment so the function names it.
+    { env: 'RDS_PROXY_APPLICATION_ENDPOINT', parameter: 'hostname', value: cfg.applicationRdsProxyEndpoint },
+    { env: 'DB_USERNAME', parameter: 'user', value: cfg.databaseUsername },
+    { env: 'DBNAME', parameter: 'database', value: cfg.databaseName },
+    { env: 'DB_PORT', parameter: 'port', value: String(POSTGRES_PORT) },
+    { env: 'EXTERNAL_ID', parameter: 'external_id', value: cfg.externalId },
+    ...optional('DB_CA_BUNDLE', 'ca_bundle', cfg.dbCaBundle),
+    ...optional('DB_CONNECT_HOST', 'connect_host', cfg.dbConnectHost),
+    ...(cfg.databaseUserAuth === 'secret' ? optional('DB_SECRET_ARN', 'secret_arn', cfg.applicationDbSecretArn) : []),
+  ];
+}
 
 export class ApplicationStack extends OfflineStack {
   public readonly vpc: ec2.Vpc;
@@ -35,12 +66,16 @@ export class ApplicationStack extends OfflineStack {
   public readonly usesStandInAsset: boolean;
   /** Absolute path of what was packaged as the function's code. */
   public readonly lambdaAssetPath: string;
+  /** The function's settings in Parameter Store (lambda_settings_from "parameters"), by parameter name. */
+  public readonly settingsParameters: Record<string, ssm.StringParameter> = {};
 
   constructor(scope: Construct, id: string, props: ConnectionTestStackProps) {
     super(scope, id, props.config.applicationAccountId, props);
     const cfg = props.config;
     const dbRoleArn = databaseConnectRoleArn(cfg, this.partition);
     const functionName = cfg.functionName;
+    const settingsFromParameters = cfg.lambdaSettingsFrom === 'parameters';
+    const settingsPath = cfg.lambdaSettingsParameterPath;
     this.key = logsKey(this, 'ApplicationKey', 'connectiontest ApplicationStack: log groups and the alarm topic');
 
     // --- Network: isolated subnets only (no NAT, no internet gateway) -------------------
@@ -90,26 +125,36 @@ export class ApplicationStack extends OfflineStack {
       ),
     );
 
-    const stsEndpointSecurityGroup = new ec2.SecurityGroup(this, 'StsEndpointSecurityGroup', {
-      vpc: this.vpc,
-      securityGroupName: 'connectiontest-sts-endpoint-sg',
-      description: 'STS interface endpoint: HTTPS from connectiontest-lambda only',
-      allowAllOutbound: false,
-    });
-    const stsEndpoint = this.vpc.addInterfaceEndpoint('StsEndpoint', {
-      service: ec2.InterfaceVpcEndpointAwsService.STS,
-      privateDnsEnabled: true,
-      subnets: { subnets },
-      securityGroups: [stsEndpointSecurityGroup],
-      open: false,
-    });
-    // Adds the ingress rule on the endpoint's group and the egress rule on the Lambda's.
-    stsEndpoint.connections.allowDefaultPortFrom(this.lambdaSecurityGroup, 'HTTPS from connectiontest-lambda to STS (AssumeRole)');
+    // An interface endpoint (private DNS) for an AWS API the function calls, which admits
+    // the function alone: there is no other way out of these subnets.
+    const functionEndpoint = (id: string, service: ec2.InterfaceVpcEndpointAwsService, name: string, label: string, purpose: string) => {
+      const group = new ec2.SecurityGroup(this, `${id}SecurityGroup`, {
+        vpc: this.vpc,
+        securityGroupName: `connectiontest-${name}-endpoint-sg`,
+        description: `${label} interface endpoint: HTTPS from connectiontest-lambda only`,
+        allowAllOutbound: false,
+      });
+      const endpoint = this.vpc.addInterfaceEndpoint(id, { service, privateDnsEnabled: true, subnets: { subnets }, securityGroups: [group], open: false });
+      // Adds the ingress rule on the endpoint's group and the egress rule on the Lambda's.
+      endpoint.connections.allowDefaultPortFrom(this.lambdaSecurityGroup, `HTTPS from connectiontest-lambda to ${label} (${purpose})`);
+    };
+    functionEndpoint('StsEndpoint', ec2.InterfaceVpcEndpointAwsService.STS, 'sts', 'STS', 'AssumeRole');
+    // The password secret lives in the database account; this endpoint serves calls for any
+    // account's secrets, and the assumed role's credentials decide what they may read.
+    if (cfg.databaseUserAuth === 'secret') {
+      const service = ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER;
+      functionEndpoint('SecretsManagerEndpoint', service, 'secretsmanager', 'Secrets Manager', 'the database user password');
+    }
+    if (settingsFromParameters) {
+      functionEndpoint('SsmEndpoint', ec2.InterfaceVpcEndpointAwsService.SSM, 'ssm', 'Systems Manager', 'Parameter Store settings');
+    }
 
     // --- IAM -------------------------------------------------------------------------------
     this.role = new iam.Role(this, 'LambdaRole', {
       roleName: cfg.lambdaRoleName,
-      description: 'connectiontest-lambda: assume the database account role, run in the VPC',
+      description: settingsFromParameters
+        ? `connectiontest-lambda: assume the database account role, read its settings under ${settingsPath}, run in the VPC`
+        : 'connectiontest-lambda: assume the database account role, run in the VPC',
       assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
       managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole')],
       inlinePolicies: {
@@ -122,6 +167,19 @@ export class ApplicationStack extends OfflineStack {
             }),
           ],
         }),
+        ...(settingsFromParameters
+          ? {
+              ReadSettings: new iam.PolicyDocument({
+                statements: [
+                  new iam.PolicyStatement({
+                    sid: 'ReadSettings',
+                    actions: ['ssm:GetParametersByPath'],
+                    resources: [settingsPath, `${settingsPath}/*`].map((p) => `arn:${this.partition}:ssm:${this.region}:${this.account}:parameter${p}`),
+                  }),
+                ],
+              }),
+            }
+          : {}),
       },
     });
     Validations.of(this.role).acknowledge({
@@ -130,8 +188,17 @@ export class ApplicationStack extends OfflineStack {
         'AWSLambdaVPCAccessExecutionRole is the AWS-maintained minimum for a function in a VPC: CloudWatch Logs ' +
         'writes plus the ec2 network-interface calls Lambda makes to attach the function to its subnets, which ' +
         'EC2 only authorizes on Resource "*". A hand-written copy would be the same wildcard without AWS updates. ' +
-        'The only permission this stack adds is sts:AssumeRole on the one database-account role ARN.',
+        'Beyond it this stack adds sts:AssumeRole on the one database-account role ARN (and, when the settings come from ' +
+        'Parameter Store, ssm:GetParametersByPath on their path).',
     });
+    if (settingsFromParameters) {
+      Validations.of(this.role).acknowledge({
+        id: `AwsSolutions::AwsSolutions-IAM5[Resource::arn:${this.partition}:ssm:${this.region}:${this.account}:parameter${settingsPath}/*]`,
+        reason:
+          `The function reads its settings with GetParametersByPath (recursive) under ${settingsPath}; "${settingsPath}/*" names the ` +
+          'parameters below that one path, which this stack writes itself, and no other parameter of the account.',
+      });
+    }
 
     // --- The function ----------------------------------------------------------------------
     const code = chooseLambdaCode(this, cfg);
@@ -143,16 +210,22 @@ export class ApplicationStack extends OfflineStack {
       removalPolicy: RemovalPolicy.DESTROY,
       encryptionKey: this.key,
     });
-    const environment: Record<string, string> = {
-      DATABASE_ACCOUNT_IAM_ROLE: dbRoleArn,
-      RDS_PROXY_APPLICATION_ENDPOINT: cfg.applicationRdsProxyEndpoint,
-      DB_USERNAME: cfg.databaseUsername,
-      DBNAME: cfg.databaseName,
-      DB_PORT: String(POSTGRES_PORT),
-      EXTERNAL_ID: cfg.externalId,
-    };
-    if (cfg.dbCaBundle) environment.DB_CA_BUNDLE = cfg.dbCaBundle;
-    if (cfg.dbConnectHost) environment.DB_CONNECT_HOST = cfg.dbConnectHost;
+    const settings = functionSettings(cfg, dbRoleArn);
+    let environment: Record<string, string>;
+    if (settingsFromParameters) {
+      // None of these is a secret (the password stays in Secrets Manager): String parameters.
+      // Parameter Store refuses an empty value, so a setting not known yet is left out.
+      for (const setting of settings.filter((st) => st.value !== '')) {
+        this.settingsParameters[setting.parameter] = new ssm.StringParameter(this, `Setting-${setting.parameter}`, {
+          parameterName: `${settingsPath}/${setting.parameter}`,
+          stringValue: setting.value,
+          description: `connectiontest-lambda setting (environment variable ${setting.env})`,
+        });
+      }
+      environment = { CONFIG_PARAMETER_PATH: settingsPath };
+    } else {
+      environment = Object.fromEntries(settings.map((st) => [st.env, st.value]));
+    }
 
     this.function = new lambda.Function(this, 'ConnectionTestFunction', {
       functionName,
@@ -173,6 +246,8 @@ export class ApplicationStack extends OfflineStack {
       logGroup: functionLogs,
       environment,
     });
+    // The function reads its settings at init: they exist before it does.
+    this.function.node.addDependency(...Object.values(this.settingsParameters));
     skipCheckov(this.function, {
       CKV_AWS_116:
         'Invoked synchronously (make invoke, or a caller that reads the answer): a failure is returned to the caller as a function error ' +
@@ -184,8 +259,14 @@ export class ApplicationStack extends OfflineStack {
     });
     if (!cfg.applicationRdsProxyEndpoint) {
       Annotations.of(this.function).addInfo(
-        'application_rds_proxy_endpoint is empty, so RDS_PROXY_APPLICATION_ENDPOINT is too: expected before ' +
-          'DatabaseStack exists; make deploy sets it in its third phase',
+        'application_rds_proxy_endpoint is empty, so the function has no proxy endpoint (RDS_PROXY_APPLICATION_ENDPOINT, or parameter ' +
+          'hostname): expected before DatabaseStack exists; make deploy sets it in its third phase',
+      );
+    }
+    if (cfg.databaseUserAuth === 'secret' && !cfg.applicationDbSecretArn) {
+      Annotations.of(this.function).addInfo(
+        'application_db_secret_arn is empty, so DB_SECRET_ARN is not set: expected before DatabaseStack exists; ' +
+          'make deploy sets it in its third phase from DatabaseStack output ApplicationUserSecretArn',
       );
     }
 

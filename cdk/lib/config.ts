@@ -20,6 +20,10 @@ export class ContextError extends Error {
 
 export type TargetRole = 'READ_ONLY' | 'READ_WRITE';
 export type LambdaCodeSource = 'auto' | 'zip' | 'stand-in';
+/** How the application user logs in: IAM auth tokens, or the password in a Secrets Manager secret. */
+export type DatabaseUserAuth = 'iam' | 'secret';
+/** Where connectiontest-lambda reads its settings: its environment, or Parameter Store. */
+export type LambdaSettingsSource = 'environment' | 'parameters';
 
 /** Everything both stacks need, already validated. */
 export interface AppConfig {
@@ -68,6 +72,19 @@ export interface AppConfig {
   /** Optional Lambda settings (DB_CA_BUNDLE, DB_CONNECT_HOST); empty string means "not set". */
   readonly dbCaBundle: string;
   readonly dbConnectHost: string;
+  /**
+   * "iam" (default): the application user has rds_iam and no password. "secret": it has the
+   * password of a Secrets Manager secret in the database account (DatabaseStack output
+   * ApplicationUserSecretArn), which the Lambda reads with the database-account role.
+   */
+  readonly databaseUserAuth: DatabaseUserAuth;
+  /** Days between rotations of that secret; 0 turns rotation off. Secret mode only. */
+  readonly databaseSecretRotationDays: number;
+  /** The secret's ARN (DatabaseStack output ApplicationUserSecretArn); empty before DatabaseStack exists. */
+  readonly applicationDbSecretArn: string;
+  readonly lambdaSettingsFrom: LambdaSettingsSource;
+  /** Parameter Store path of the Lambda's settings ("parameters" mode), e.g. "/connectiontest/db". */
+  readonly lambdaSettingsParameterPath: string;
 }
 
 /** The keys, for documentation and for the tests. */
@@ -98,6 +115,11 @@ export const CONTEXT_KEYS = [
   'lambda_zip_path',
   'db_ca_bundle',
   'db_connect_host',
+  'database_user_auth',
+  'database_secret_rotation_days',
+  'application_db_secret_arn',
+  'lambda_settings_from',
+  'lambda_settings_parameter_path',
 ] as const;
 
 type Key = (typeof CONTEXT_KEYS)[number];
@@ -187,6 +209,19 @@ const ENGINE_SHAPE =
   'an Aurora PostgreSQL version "MAJOR.MINOR" from 15 on (the read-only application user relies on pg_read_all_data and on schema public without CREATE for PUBLIC), such as "17.9"';
 const ENGINE_RE = /^1[5-9]\.\d{1,2}$/;
 const CODE_SOURCE_SHAPE = '"auto" (the built zip if present, else a stand-in), "zip" (the built zip, required) or "stand-in"';
+const USER_AUTH_SHAPE = '"iam" (IAM auth tokens, the default) or "secret" (the password in a Secrets Manager secret)';
+const ROTATION_DAYS_SHAPE = 'a whole number of days from 0 (no rotation) to 365';
+const SECRET_ARN_SHAPE =
+  'the ARN of a Secrets Manager secret in database_account_id and region, such as ' +
+  '"arn:aws:secretsmanager:us-east-1:222222222222:secret:connectiontest-app-AbCdEf" (DatabaseStack output ApplicationUserSecretArn), ' +
+  'or "" before DatabaseStack is deployed';
+const SETTINGS_FROM_SHAPE = '"environment" (environment variables, the default) or "parameters" (Parameter Store, under lambda_settings_parameter_path)';
+const PARAMETER_PATH_SHAPE =
+  'a Parameter Store path such as "/connectiontest/db": "/"-separated names of A-Z a-z 0-9 _ . -, at most 14 levels, ' +
+  'not under /aws or /ssm, no trailing "/"';
+const PARAMETER_PATH_RE = /^(\/[A-Za-z0-9_.-]+){1,14}$/;
+/** Default of lambda_settings_parameter_path. */
+export const DEFAULT_SETTINGS_PARAMETER_PATH = '/connectiontest/db';
 
 /** Parses "a.b.c.d/n" and checks octets, prefix range and alignment. */
 export function isCidr(value: string, minPrefix = 16, maxPrefix = 24): boolean {
@@ -268,6 +303,13 @@ function databaseUser(node: Node, key: Key, fallback?: string): string {
   return value;
 }
 
+/** One of `choices` (the first is the default when the key is absent or empty). */
+function oneOf<T extends string>(node: Node, key: Key, shape: string, choices: readonly T[]): T {
+  const value = str(node, key, shape, { fallback: choices[0] }) || choices[0];
+  if (!(choices as readonly string[]).includes(value)) throw invalid(key, shape, value);
+  return value as T;
+}
+
 /** A whole number in [min, max], written as a JSON number or a string (the form -c carries). */
 function integer(node: Node, key: Key, shape: string, min: number, max: number, fallback: number): number {
   const raw: unknown = node.tryGetContext(key);
@@ -310,10 +352,28 @@ export function loadConfig(node: Node, env: Record<string, string | undefined> =
     );
   }
 
-  const lambdaCodeSource = str(node, 'lambda_code_source', CODE_SOURCE_SHAPE, { fallback: 'auto' }) || 'auto';
-  if (!['auto', 'zip', 'stand-in'].includes(lambdaCodeSource)) {
-    throw invalid('lambda_code_source', CODE_SOURCE_SHAPE, lambdaCodeSource);
+  const lambdaCodeSource = oneOf<LambdaCodeSource>(node, 'lambda_code_source', CODE_SOURCE_SHAPE, ['auto', 'zip', 'stand-in']);
+
+  const databaseUserAuth = oneOf<DatabaseUserAuth>(node, 'database_user_auth', USER_AUTH_SHAPE, ['iam', 'secret']);
+  const databaseSecretRotationDays = integer(node, 'database_secret_rotation_days', ROTATION_DAYS_SHAPE, 0, 365, 30);
+  const applicationDbSecretArn = str(node, 'application_db_secret_arn', SECRET_ARN_SHAPE, { optional: true });
+  if (applicationDbSecretArn) {
+    const m = /^arn:aws[a-z-]*:secretsmanager:([a-z0-9-]+):(\d{12}):secret:[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$/.exec(applicationDbSecretArn);
+    if (!m || m[1] !== region || m[2] !== databaseAccountId) throw invalid('application_db_secret_arn', SECRET_ARN_SHAPE, applicationDbSecretArn);
+    if (databaseUserAuth !== 'secret') {
+      throw new ContextError(
+        'application_db_secret_arn',
+        'context "application_db_secret_arn" is set but "database_user_auth" is not "secret": the Lambda would ignore it (clear it, or set database_user_auth to "secret")',
+      );
+    }
   }
+
+  const lambdaSettingsFrom = oneOf<LambdaSettingsSource>(node, 'lambda_settings_from', SETTINGS_FROM_SHAPE, ['environment', 'parameters']);
+  const lambdaSettingsParameterPath = matching(node, 'lambda_settings_parameter_path', PARAMETER_PATH_SHAPE, PARAMETER_PATH_RE, {
+    fallback: DEFAULT_SETTINGS_PARAMETER_PATH,
+  });
+  // Parameter names under /aws and /ssm are reserved by AWS (any case).
+  if (/^\/(aws|ssm)(\/|$)/i.test(lambdaSettingsParameterPath)) throw invalid('lambda_settings_parameter_path', PARAMETER_PATH_SHAPE, lambdaSettingsParameterPath);
 
   const externalId = externalIdOf(node, env);
 
@@ -353,10 +413,15 @@ export function loadConfig(node: Node, env: Record<string, string | undefined> =
     alarmTopicArn,
     databaseInstanceType: matching(node, 'database_instance_type', INSTANCE_SHAPE, INSTANCE_RE, { fallback: 't4g.medium' }),
     databaseEngineVersion: matching(node, 'database_engine_version', ENGINE_SHAPE, ENGINE_RE, { fallback: DEFAULT_ENGINE_VERSION }),
-    lambdaCodeSource: lambdaCodeSource as LambdaCodeSource,
+    lambdaCodeSource,
     lambdaZipPath: str(node, 'lambda_zip_path', 'a path to bootstrap.zip', { fallback: 'target/lambda/connection-test/bootstrap.zip' }),
     dbCaBundle: str(node, 'db_ca_bundle', 'a path to a PEM file inside the function package', { optional: true }),
     dbConnectHost: matching(node, 'db_connect_host', 'a host name or IPv4 address to dial instead of the endpoint', HOST_RE, { optional: true }),
+    databaseUserAuth,
+    databaseSecretRotationDays,
+    applicationDbSecretArn,
+    lambdaSettingsFrom,
+    lambdaSettingsParameterPath,
   };
 }
 

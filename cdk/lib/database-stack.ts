@@ -18,6 +18,7 @@ import * as logs from 'aws-cdk-lib/aws-logs';
 import * as rds from 'aws-cdk-lib/aws-rds';
 import * as cr from 'aws-cdk-lib/custom-resources';
 import { Construct } from 'constructs';
+import { ApplicationUserSecret } from './application-user-secret';
 import { ConnectionTestStackProps, logsKey, OfflineStack, POSTGRES_PORT, subnetMask } from './base-stack';
 import { skipCheckov } from './checkov';
 import { lambdaRoleArn, roleSlug, rolePascal } from './config';
@@ -44,6 +45,8 @@ export class DatabaseStack extends OfflineStack {
   /** Creates the application's database user (Custom::ApplicationDatabaseUser). */
   public readonly provisioner: lambda.Function;
   public readonly applicationUser: CustomResource;
+  /** The application user's password, when it logs in with one (database_user_auth "secret"). */
+  public readonly applicationUserSecret?: ApplicationUserSecret;
 
   constructor(scope: Construct, id: string, props: ConnectionTestStackProps) {
     super(scope, id, props.config.databaseAccountId, props);
@@ -126,11 +129,23 @@ export class DatabaseStack extends OfflineStack {
       vpcSubnets: isolated,
     });
     const masterSecret = this.cluster.secret!;
+    if (cfg.databaseUserAuth === 'secret') {
+      this.applicationUserSecret = new ApplicationUserSecret(this, 'ApplicationUserSecret', {
+        username: cfg.databaseUsername,
+        databaseName: cfg.databaseName,
+        cluster: this.cluster,
+        rotationDays: cfg.databaseSecretRotationDays,
+        // The master secret's rotation group: it already reaches the cluster and Secrets Manager.
+        rotationNetwork: { vpc: this.vpc, subnets: isolated, securityGroup: rotationSg },
+      });
+    }
+    const appSecret = this.applicationUserSecret?.secret;
 
     // --- The application's database user ------------------------------------------------
     // Created on the writer by a function in this VPC that logs in with the master secret:
-    // LOGIN, rds_iam (IAM only, no password), pg_read_all_data, read-only by default; it then
-    // reads the user back and fails the deployment if the user can do more. (Not the RDS
+    // LOGIN, rds_iam (IAM only, no password) or else the password of its own secret,
+    // pg_read_all_data, read-only by default; it then reads the user back and fails the
+    // deployment if the user can do more. (Not the RDS
     // Data API: it does not serve T instance classes, and it would open an HTTPS path to the
     // database for anyone allowed to read the master secret.)
     const provisionerLogs = new logs.LogGroup(this, 'ProvisionerLogs', {
@@ -139,12 +154,12 @@ export class DatabaseStack extends OfflineStack {
       encryptionKey: this.key,
     });
     const provisionerRole = new iam.Role(this, 'ProvisionerRole', {
-      description: 'Database user provisioning function: read the master secret, run in the VPC',
+      description: `Database user provisioning function: read the master secret${appSecret ? ' and the application user secret' : ''}, run in the VPC`,
       assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
       managedPolicies: [iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole')],
     });
     this.provisioner = new lambda.Function(this, 'Provisioner', {
-      description: 'Creates the application database user (read-only, IAM auth only) with the master secret',
+      description: `Creates the application database user (read-only, ${appSecret ? 'password of its secret' : 'IAM auth only'}) with the master secret`,
       runtime: lambda.Runtime.NODEJS_24_X,
       architecture: lambda.Architecture.ARM_64,
       handler: 'index.handler',
@@ -162,9 +177,10 @@ export class DatabaseStack extends OfflineStack {
       // The RDS certificate authorities, so the TLS connection to the writer is verified.
       environment: { NODE_EXTRA_CA_CERTS: '/var/runtime/ca-cert.pem' },
     });
-    // GetSecretValue/DescribeSecret on the master secret and kms:Decrypt through Secrets
-    // Manager only: nothing else.
+    // GetSecretValue/DescribeSecret on the master secret (and the application user's) and
+    // kms:Decrypt through Secrets Manager only: nothing else.
     masterSecret.grantRead(this.provisioner);
+    appSecret?.grantRead(this.provisioner);
     this.cluster.connections.allowDefaultPortFrom(provisionerSg, 'PostgreSQL from the database user provisioning function');
     skipCheckov(this.provisioner, {
       CKV_AWS_116:
@@ -191,6 +207,13 @@ export class DatabaseStack extends OfflineStack {
         Port: String(POSTGRES_PORT),
         DatabaseName: cfg.databaseName,
         Username: cfg.databaseUsername,
+        // Present: the user logs in with this secret's password instead of IAM. Single-user
+        // rotation logs in as the user and changes its own password, which PostgreSQL refuses
+        // in a read-only transaction: with rotation on, its sessions start read-write (its
+        // privileges stay read-only).
+        ...(appSecret
+          ? { PasswordSecretArn: appSecret.secretArn, ReadOnlySessions: String(this.applicationUserSecret?.rotation === undefined) }
+          : {}),
         // A new version of the statements runs them again on the next deployment.
         CodeVersion: crypto.createHash('sha256').update(Buffer.concat(code)).digest('hex').slice(0, 16),
       },
@@ -198,16 +221,22 @@ export class DatabaseStack extends OfflineStack {
     // The writer must be up (and the first rotation started) and the network path open before
     // the function runs, and all of it must still be there when it runs again on deletion.
     this.applicationUser.node.addDependency(this.cluster, clusterSg, provisionerSg, secretsEndpoint, secretsEndpointSg);
+    // The first rotation logs in with the secret's password: the user must have it by then.
+    this.applicationUserSecret?.rotation?.node.addDependency(this.applicationUser);
 
-    // --- RDS Proxy: end-to-end IAM --------------------------------------------------------
-    // DefaultAuthScheme IAM_AUTH: clients authenticate with IAM tokens, and the proxy itself
-    // logs in to the database with IAM as the same user. The proxy holds no secret, so it can
-    // only log in as users that have rds_iam and that its role may rds-db:connect as: here,
-    // the application user alone (never the master user).
+    // --- RDS Proxy: end-to-end IAM, or the application user's secret ---------------------
+    // IAM mode: DefaultAuthScheme IAM_AUTH: clients authenticate with IAM tokens, and the
+    // proxy itself logs in to the database with IAM as the same user. The proxy holds no
+    // secret, so it can only log in as users that have rds_iam and that its role may
+    // rds-db:connect as: here, the application user alone (never the master user).
+    // Secret mode: the proxy knows the application user's secret alone (its role may read
+    // that one); clients log in with its password over SCRAM-SHA-256, IAM auth off.
     this.proxyRole = new iam.Role(this, 'ProxyRole', {
-      description: `RDS Proxy ${PROXY_NAME}: log in to the cluster with IAM as ${cfg.databaseUsername} only`,
+      description: appSecret
+        ? `RDS Proxy ${PROXY_NAME}: read the password secret of ${cfg.databaseUsername} only`
+        : `RDS Proxy ${PROXY_NAME}: log in to the cluster with IAM as ${cfg.databaseUsername} only`,
       assumedBy: new iam.ServicePrincipal('rds.amazonaws.com'),
-      inlinePolicies: {
+      inlinePolicies: appSecret ? undefined : {
         ConnectToCluster: new iam.PolicyDocument({
           statements: [
             new iam.PolicyStatement({
@@ -224,7 +253,9 @@ export class DatabaseStack extends OfflineStack {
     this.proxy = new rds.DatabaseProxy(this, 'Proxy', {
       dbProxyName: PROXY_NAME,
       proxyTarget: rds.ProxyTarget.fromCluster(this.cluster),
-      defaultAuthScheme: rds.DefaultAuthScheme.IAM_AUTH,
+      ...(appSecret
+        ? { secrets: [appSecret], iamAuth: false, clientPasswordAuthType: rds.ClientPasswordAuthType.POSTGRES_SCRAM_SHA_256 }
+        : { defaultAuthScheme: rds.DefaultAuthScheme.IAM_AUTH }),
       role: this.proxyRole,
       vpc: this.vpc,
       vpcSubnets: isolated,
@@ -240,12 +271,15 @@ export class DatabaseStack extends OfflineStack {
     const dbUserArn = `arn:${this.partition}:rds-db:${this.region}:${this.account}:dbuser:${proxyResourceId}/${cfg.databaseUsername}`;
     this.connectRole = new iam.Role(this, 'CrossAccountConnectRole', {
       roleName: cfg.databaseConnectRoleName,
-      description: `Assumed by ${cfg.lambdaRoleName} in account ${cfg.applicationAccountId} to sign RDS Proxy IAM auth tokens`,
+      description: appSecret
+        ? `Assumed by ${cfg.lambdaRoleName} in account ${cfg.applicationAccountId} to read the password secret of ${cfg.databaseUsername}`
+        : `Assumed by ${cfg.lambdaRoleName} in account ${cfg.applicationAccountId} to sign RDS Proxy IAM auth tokens`,
       assumedBy: new iam.ArnPrincipal(lambdaRoleArn(cfg, this.partition)).withConditions({
         StringEquals: { 'sts:ExternalId': cfg.externalId },
       }),
       maxSessionDuration: Duration.hours(1),
-      inlinePolicies: {
+      // Secret mode: no rds-db:connect (the user has no rds_iam, so a token could not log in).
+      inlinePolicies: appSecret ? undefined : {
         ConnectThroughProxy: new iam.PolicyDocument({
           statements: [
             new iam.PolicyStatement({ sid: 'ConnectThroughProxy', actions: ['rds-db:connect'], resources: [dbUserArn] }),
@@ -253,6 +287,7 @@ export class DatabaseStack extends OfflineStack {
         }),
       },
     });
+    this.applicationUserSecret?.grantReadTo(this.connectRole);
 
     // --- Proxy endpoints in the application account's shared subnets -----------------------
     const applicationVpc = ec2.Vpc.fromVpcAttributes(this, 'SharedApplicationVpc', {
@@ -306,8 +341,14 @@ export class DatabaseStack extends OfflineStack {
     new CfnOutput(this, 'ProxyResourceId', { value: proxyResourceId });
     new CfnOutput(this, 'ApplicationDatabaseUser', {
       value: this.applicationUser.getAttString('Username'),
-      description: 'The read-only, IAM-only database user the Lambda logs in as (DB_USERNAME)',
+      description: `The read-only, ${appSecret ? 'password' : 'IAM-only'} database user the Lambda logs in as (DB_USERNAME)`,
     });
+    if (appSecret) {
+      new CfnOutput(this, 'ApplicationUserSecretArn', {
+        value: appSecret.secretArn,
+        description: "The application user's password secret, read with CrossAccountRoleArn (context application_db_secret_arn, DB_SECRET_ARN)",
+      });
+    }
 
     // --- cdk-nag: findings that are deliberate ----------------------------------------------
     Validations.of(provisionerRole).acknowledge({
@@ -315,7 +356,8 @@ export class DatabaseStack extends OfflineStack {
       reason:
         'AWSLambdaVPCAccessExecutionRole is the AWS-maintained minimum for a function in a VPC: CloudWatch Logs writes plus the ec2 ' +
         'network-interface calls Lambda makes to attach the function to its subnets, which EC2 only authorizes on Resource "*". ' +
-        'Beyond it the provisioning role may only read the one master secret (and decrypt it through Secrets Manager).',
+        'Beyond it the provisioning role may only read the master secret and, with a password user, that user\'s secret (and decrypt them ' +
+        'through Secrets Manager).',
     });
     Validations.of(this.cluster).acknowledge({
       id: 'AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole]',

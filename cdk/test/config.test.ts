@@ -82,6 +82,22 @@ describe('context validation', () => {
     ['database_engine_version', '17', 'an Aurora PostgreSQL version "MAJOR.MINOR"'],
     ['database_engine_version', '9.6', 'an Aurora PostgreSQL version "MAJOR.MINOR"'],
     ['database_engine_version', '14.17', 'from 15 on (the read-only application user relies on pg_read_all_data'],
+    ['database_user_auth', 'password', '"iam" (IAM auth tokens, the default) or "secret"'],
+    ['database_user_auth', 'IAM', '"iam" (IAM auth tokens, the default) or "secret"'],
+    ['database_secret_rotation_days', -1, 'a whole number of days from 0 (no rotation) to 365'],
+    ['database_secret_rotation_days', '366', 'a whole number of days from 0 (no rotation) to 365'],
+    ['database_secret_rotation_days', 'monthly', 'a whole number of days from 0 (no rotation) to 365'],
+    ['application_db_secret_arn', 'connectiontest-app-secret', 'the ARN of a Secrets Manager secret in database_account_id and region'],
+    ['application_db_secret_arn', 'arn:aws:secretsmanager:us-east-1:111111111111:secret:app-AbCdEf', 'in database_account_id and region'],
+    ['application_db_secret_arn', 'arn:aws:secretsmanager:eu-west-1:222222222222:secret:app-AbCdEf', 'in database_account_id and region'],
+    ['application_db_secret_arn', 'arn:aws:ssm:us-east-1:222222222222:parameter/app', 'the ARN of a Secrets Manager secret'],
+    ['lambda_settings_from', 'ssm', '"environment" (environment variables, the default) or "parameters"'],
+    ['lambda_settings_parameter_path', 'connectiontest/db', 'a Parameter Store path such as "/connectiontest/db"'],
+    ['lambda_settings_parameter_path', '/connectiontest/db/', 'no trailing "/"'],
+    ['lambda_settings_parameter_path', '/connection test', 'a Parameter Store path'],
+    ['lambda_settings_parameter_path', '/aws/connectiontest', 'not under /aws or /ssm'],
+    ['lambda_settings_parameter_path', '/SSM', 'not under /aws or /ssm'],
+    ['lambda_settings_parameter_path', '/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o', 'at most 14 levels'],
   ])('%s = %j is rejected', (key, value, shape) => {
     const e = errorOf({ [key]: value });
     // A clash between the two users is reported on database_username.
@@ -186,6 +202,40 @@ describe('context validation', () => {
           '(set CONNECTIONTEST_EXTERNAL_ID in the environment or "external_id" in cdk.json; not -c external_id=..., which any local user can read in the process list)',
       );
     });
+  });
+
+  test('the auth and settings modes: defaults, and values from context', () => {
+    expect(load({ database_user_auth: undefined, database_secret_rotation_days: undefined, lambda_settings_from: undefined, lambda_settings_parameter_path: undefined })).toMatchObject({
+      databaseUserAuth: 'iam',
+      databaseSecretRotationDays: 30,
+      applicationDbSecretArn: '',
+      lambdaSettingsFrom: 'environment',
+      lambdaSettingsParameterPath: '/connectiontest/db',
+    });
+    const arn = 'arn:aws:secretsmanager:us-east-1:222222222222:secret:ApplicationUserSecretA6CF3A7A-AbCdEf';
+    expect(
+      load({
+        database_user_auth: 'secret',
+        database_secret_rotation_days: '0',
+        application_db_secret_arn: arn,
+        lambda_settings_from: 'parameters',
+        lambda_settings_parameter_path: '/team-a/connectiontest.db',
+      }),
+    ).toMatchObject({
+      databaseUserAuth: 'secret',
+      databaseSecretRotationDays: 0,
+      applicationDbSecretArn: arn,
+      lambdaSettingsFrom: 'parameters',
+      lambdaSettingsParameterPath: '/team-a/connectiontest.db',
+    });
+  });
+
+  test('a secret ARN with database_user_auth "iam" is refused: the Lambda would never read it', () => {
+    const e = errorOf({ application_db_secret_arn: 'arn:aws:secretsmanager:us-east-1:222222222222:secret:app-AbCdEf' });
+    expect(e.key).toBe('application_db_secret_arn');
+    expect(e.message).toBe(
+      'context "application_db_secret_arn" is set but "database_user_auth" is not "secret": the Lambda would ignore it (clear it, or set database_user_auth to "secret")',
+    );
   });
 
   test('every context key is in cdk.json and in the README configuration table', () => {

@@ -108,6 +108,7 @@ function expectedDeployCalls(zip: string, region = 'eu-west-1'): string[] {
     out('app-admin', 'ApplicationStack', 'LambdaSecurityGroupId'),
     `cdk deploy DatabaseStack --profile db-admin ${deployFlags} ${ctx} ${shared}`,
     out('db-admin', 'DatabaseStack', 'ApplicationProxyEndpoint'),
+    out('db-admin', 'DatabaseStack', 'ApplicationUserSecretArn'),
     `cdk deploy ApplicationStack --profile app-admin ${deployFlags} ${ctx} ${shared} -c application_rds_proxy_endpoint=${HOST}`,
   ];
 }
@@ -256,11 +257,23 @@ describe('scripts/deploy.sh (make deploy)', () => {
       'aws cloudformation describe-stacks',
       'cdk deploy DatabaseStack',
       'aws cloudformation describe-stacks',
+      'aws cloudformation describe-stacks',
       'cdk deploy ApplicationStack',
     ]);
     expect(printed[7]).toContain("'application_vpc_subnets=<ApplicationStack output ApplicationSubnetIds>'");
     expect(printed[7]).toContain("'application_lambda_security_group_id=<ApplicationStack output LambdaSecurityGroupId>'");
-    expect(printed[9]).toContain("'application_rds_proxy_endpoint=<DatabaseStack output ApplicationProxyEndpoint>'");
+    expect(printed[10]).toContain("'application_rds_proxy_endpoint=<DatabaseStack output ApplicationProxyEndpoint>'");
+    expect(printed[10]).toContain("'application_db_secret_arn=<DatabaseStack output ApplicationUserSecretArn, if it has one>'");
+  });
+
+  test('with a password user (DatabaseStack output ApplicationUserSecretArn), phase 3 passes the secret ARN too', () => {
+    const arn = 'arn:aws:secretsmanager:eu-west-1:222222222222:secret:ApplicationUserSecretA6CF3A7A-AbCdEf';
+    const r = box.run('deploy.sh', DEPLOY, [...CANNED, ["OutputKey=='ApplicationUserSecretArn'", arn]]);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const expected = expectedDeployCalls(box.zip);
+    expected[expected.length - 1] += ` -c application_db_secret_arn=${arn}`;
+    expect(r.calls).toEqual(expected);
   });
 
   test('REGION defaults to cdk.json; EXTERNAL_ID overrides cdk.json in every cdk call, through its environment', () => {

@@ -38,6 +38,18 @@ describe('cdk-nag AwsSolutions', () => {
     ['both target roles and optional Lambda settings', { target_roles: 'READ_ONLY,READ_WRITE', db_connect_host: '10.0.16.10' }],
     ['an alarm e-mail (a new encrypted topic)', { alarm_email: 'ops@example.com' }],
     ['an existing alarm topic', { alarm_topic_arn: 'arn:aws:sns:us-east-1:111111111111:alerts' }],
+    ['a password user (secret mode, rotated)', { database_user_auth: 'secret' }],
+    ['a password user without rotation', { database_user_auth: 'secret', database_secret_rotation_days: 0 }],
+    ['settings in Parameter Store', { lambda_settings_from: 'parameters' }],
+    [
+      'secret mode with its ARN known and settings in Parameter Store',
+      {
+        database_user_auth: 'secret',
+        application_db_secret_arn: 'arn:aws:secretsmanager:us-east-1:222222222222:secret:ApplicationUserSecretA6CF3A7A-AbCdEf',
+        lambda_settings_from: 'parameters',
+        lambda_settings_parameter_path: '/team-a/connectiontest',
+      },
+    ],
   ])('no unacknowledged finding on either stack (%s)', (_name, overrides) => {
     const { app, outdir } = freshApp(overrides);
     const findings = validationFindings(app, outdir).filter((f) => f.plugin === 'AwsSolutions');
@@ -79,5 +91,21 @@ describe('cdk-nag AwsSolutions', () => {
       expect(a.reason.length).toBeGreaterThan(120);
       expect(a.reason).not.toMatch(/out of scope|not in scope|cannot control/i);
     }
+  });
+
+  test('the modes add exactly their own acknowledgments: the settings path wildcard, and a secret without rotation', () => {
+    const ours = (overrides: Record<string, unknown>) =>
+      acknowledgments(freshApp(overrides).app).filter((a) => !a.id.startsWith('CloudFormation-Validate::') && !a.id.includes('stand-in'));
+    const base = new Set(ours({}).map((a) => `${a.path} ${a.id}`));
+    const added = ours({ database_user_auth: 'secret', database_secret_rotation_days: 0, lambda_settings_from: 'parameters' }).filter(
+      (a) => !base.has(`${a.path} ${a.id}`),
+    );
+    expect(added.map((a) => `${a.path} ${a.id}`).sort()).toEqual([
+      'ApplicationStack/LambdaRole AwsSolutions::AwsSolutions-IAM5[Resource::arn:aws:ssm:us-east-1:111111111111:parameter/connectiontest/db/*]',
+      'DatabaseStack/ApplicationUserSecret/Secret AwsSolutions::AwsSolutions-SMG4',
+    ]);
+    for (const a of added) expect(a.reason.length).toBeGreaterThan(120);
+    // Rotated: no acknowledgment on the secret at all.
+    expect(ours({ database_user_auth: 'secret' }).some((a) => a.path.includes('ApplicationUserSecret'))).toBe(false);
   });
 });

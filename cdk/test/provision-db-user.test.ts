@@ -194,6 +194,79 @@ describe('provisioning function (real PostgreSQL)', () => {
     expect(logs[logs.length - 1]).toMatch(/^WARNING: could not drop role connectiontest: could not connect to 127.0.0.1:1/);
   });
 
+  describe('with PasswordSecretArn (database_user_auth "secret")', () => {
+    const APP_SECRET = { username: APP, password: 'app-Pa55word-from-its-secret' };
+    const withAppSecret = (appSecret = APP_SECRET) => ({
+      ...deps(),
+      getSecret: async (arn: string) => (arn === 'arn:app-secret' ? appSecret : MASTER),
+    });
+    const passwordEvent = (type: string) => event(type, { PasswordSecretArn: 'arn:app-secret' });
+    const memberships = () =>
+      psql('postgres', `SELECT string_agg(g.rolname, ',' ORDER BY g.rolname) FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = '${APP}'::regrole`);
+
+    test('Create: the user logs in with the secret password, is not in rds_iam, and reads only', async () => {
+      const out = await provision.handle(passwordEvent('Create'), withAppSecret());
+      expect(out).toEqual({ PhysicalResourceId: `${APP}@${DB}`, Data: { Username: APP, GrantedRoles: 'pg_read_all_data' } });
+      expect(memberships()).toBe('pg_read_all_data');
+      // Stored as the SCRAM verifier computed by the function: the server never saw the password.
+      expect(psql('postgres', `SELECT rolpassword FROM pg_authid WHERE rolname = '${APP}'`)).toMatch(/^SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$/);
+      const session = await connect({ host: '127.0.0.1', port, user: APP, password: APP_SECRET.password, database: DB, ssl: { ca } });
+      expect(await session.query('SELECT count(*) FROM orders')).toEqual([['3']]);
+      await expect(session.query('INSERT INTO orders VALUES (4)')).rejects.toThrow(/read-only transaction/);
+      await session.end();
+      await expect(connect({ host: '127.0.0.1', port, user: APP, password: 'not-the-password', database: DB, ssl: { ca } })).rejects.toThrow(
+        /28P01: password authentication failed/,
+      );
+      expect(logs.join('\n')).not.toContain(APP_SECRET.password);
+    });
+
+    test('Update after a rotation sets the current password of the secret', async () => {
+      const rotated = { username: APP, password: 'rotated-Pa55word' };
+      await provision.handle(passwordEvent('Update'), withAppSecret(rotated));
+      const session = await connect({ host: '127.0.0.1', port, user: APP, password: rotated.password, database: DB, ssl: { ca } });
+      await session.end();
+    });
+
+    test('a secret for another user fails the deployment without touching the database', async () => {
+      const before = psql('postgres', `SELECT rolpassword FROM pg_authid WHERE rolname = '${APP}'`);
+      const err = await provision.handle(passwordEvent('Update'), withAppSecret({ username: 'someone_else', password: 'p4ss-of-someone-else' })).catch((e: Error) => e);
+      expect(err.message).toBe(`the secret arn:app-secret is for user "someone_else", not ${APP}`);
+      expect(psql('postgres', `SELECT rolpassword FROM pg_authid WHERE rolname = '${APP}'`)).toBe(before);
+    });
+
+    test('read-only sessions keep single-user rotation from changing the password; ReadOnlySessions "false" lets it, and nothing else', async () => {
+      // What the hosted single-user rotation does: log in as the user, ALTER its own password.
+      const selfRotate = async (password: string, next: string) => {
+        const session = await connect({ host: '127.0.0.1', port, user: APP, password, database: DB, ssl: { ca } });
+        try {
+          await session.query(`ALTER USER ${APP} WITH PASSWORD '${next}'`);
+        } finally {
+          await session.end();
+        }
+      };
+      await provision.handle(passwordEvent('Update'), withAppSecret());
+      await expect(selfRotate(APP_SECRET.password, 'next-Pa55word')).rejects.toThrow(/cannot execute ALTER ROLE in a read-only transaction/);
+
+      await provision.handle(event('Update', { PasswordSecretArn: 'arn:app-secret', ReadOnlySessions: 'false' }), withAppSecret());
+      await selfRotate(APP_SECRET.password, 'next-Pa55word');
+      // Its privileges stay read-only: writes and DDL still fail.
+      expect(psqlError(APP, 'INSERT INTO orders VALUES (4)')).toMatch(/permission denied for table orders/);
+      expect(psqlError(APP, 'CREATE TABLE mine (x int)')).toMatch(/permission denied for schema public/);
+      await expect(provision.handle(event('Update', { PasswordSecretArn: 'arn:app-secret', ReadOnlySessions: 'no' }), withAppSecret())).rejects.toThrow(
+        'property ReadOnlySessions must be "true" or "false", got "no"',
+      );
+    });
+
+    test('back to IAM mode: the password goes and rds_iam comes back', async () => {
+      await provision.handle(event('Update'), withAppSecret());
+      expect(psql('postgres', `SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = '${APP}'`)).toBe('t');
+      expect(memberships()).toBe('pg_read_all_data,rds_iam');
+      // And from IAM mode to a password again: rds_iam is taken away.
+      await provision.handle(passwordEvent('Update'), withAppSecret());
+      expect(memberships()).toBe('pg_read_all_data');
+    });
+  });
+
   test('bad identifiers never reach SQL', async () => {
     await expect(provision.handle(event('Create', { Username: 'x"; DROP TABLE orders; --' }), deps())).rejects.toThrow(/property Username must be a PostgreSQL identifier/);
   });

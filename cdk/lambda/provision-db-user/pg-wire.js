@@ -258,6 +258,19 @@ async function scram(socket, reader, password) {
   if (fin.body.subarray(4).toString('utf8') !== `v=${expected}`) throw new PgError('the server failed SCRAM verification (wrong server?)');
 }
 
+/**
+ * The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (the rolpassword format):
+ * `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`. Handing the server this
+ * instead of the password keeps the password itself out of the SQL text, and so out of any
+ * statement log (log_statement, pg_stat_statements, error reports).
+ */
+function scramVerifier(password, iterations = 4096, salt = crypto.randomBytes(16)) {
+  const salted = crypto.pbkdf2Sync(password.normalize('NFKC'), salt, iterations, 32, 'sha256');
+  const storedKey = sha256(hmac(salted, 'Client Key')).toString('base64');
+  const serverKey = hmac(salted, 'Server Key').toString('base64');
+  return `SCRAM-SHA-256$${iterations}:${salt.toString('base64')}$${storedKey}:${serverKey}`;
+}
+
 /** DEFAULT_TIMEOUTS with the positive numbers of `overrides` in their place. */
 function timeoutsWith(overrides) {
   const out = { ...DEFAULT_TIMEOUTS };
@@ -382,4 +395,4 @@ class Session {
   }
 }
 
-module.exports = { connect, DEFAULT_TIMEOUTS, PgError };
+module.exports = { connect, scramVerifier, DEFAULT_TIMEOUTS, PgError };
