@@ -54,3 +54,20 @@ local-down: ## Stop the local stack and remove .local
 # test-rust's package selection (mk/rust.mk): after `make test` it is already built.
 bench-pgbench: local-up ## pgbench TPS direct to PostgreSQL vs through the RDS Proxy stand-in (same run)
 	@EMULATOR="$(EMULATOR)" STATE_DIR="$(LOCAL_DIR)" CLI_SELECT="$(RUST_EXCLUDE) $(RUST_FEATURES)" "$(ROOT)/bench/pgbench-proxy"
+
+# boto3 in the project's .venv: the stand-ins' third-party client check
+# (rds-proxy-emulator/tests/boto3.rs), installed before the Rust tests, which fail (not
+# skip) without it. 1.31 is the first botocore to read AWS_ENDPOINT_URL_<SERVICE>; any
+# newer one already in .venv (checkov brings one) is kept.
+EMULATOR_PY_STAMP := $(VENV)/.emulator-clients.stamp
+
+$(EMULATOR_PY_STAMP):
+	@command -v python3 >/dev/null || { echo "python3 not found: install python3 and python3-venv (apt-get install python3 python3-venv) for the boto3 check of the stand-ins"; exit 1; }
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV) || \
+		{ echo "could not create $(VENV): install python3-venv (apt-get install python3-venv)"; exit 1; }
+	@$(VENV)/bin/python -c 'import boto3' 2>/dev/null || { echo "installing boto3 from PyPI into $(VENV)..."; \
+		$(VENV)/bin/pip install --quiet --disable-pip-version-check 'boto3>=1.31,<2'; } || \
+		{ echo "could not install boto3 from PyPI into $(VENV): check network access to PyPI (or run $(VENV)/bin/pip install boto3)"; exit 1; }
+	@touch $@
+
+test-rust: $(EMULATOR_PY_STAMP)

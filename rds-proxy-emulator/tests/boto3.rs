@@ -3,23 +3,38 @@
 //! `stack.env` and `secret.env` variables (the endpoints reach boto3 through the standard
 //! `AWS_ENDPOINT_URL_*` variables, as they reach the AWS SDK for Rust).
 //!
-//! Needs `python3` with boto3 (`pip install boto3`); set `RDS_PROXY_EMULATOR_SKIP_BOTO3=1`
-//! to skip it explicitly where boto3 cannot be installed.
+//! Runs the project's `.venv/bin/python` (where `make test` installs boto3), else `python3`
+//! from PATH; set `RDS_PROXY_EMULATOR_SKIP_BOTO3=1` to skip it explicitly where boto3
+//! cannot be installed.
 
 mod common;
 
 use common::{demo, TestResult};
 
+/// The project's virtualenv's python (the Makefile's VENV) if there is one, else `python3`.
+fn python3() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = manifest
+        .parent()
+        .unwrap_or(manifest)
+        .join(".venv/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
 /// Whether boto3 can run; without it the test fails unless skipping was asked for.
 fn boto3_available() -> bool {
-    let has_boto3 = std::process::Command::new("python3")
+    let has_boto3 = std::process::Command::new(python3())
         .args(["-c", "import boto3"])
         .status()
         .is_ok_and(|s| s.success());
     if !has_boto3 {
         assert!(
             std::env::var_os("RDS_PROXY_EMULATOR_SKIP_BOTO3").is_some(),
-            "python3 with boto3 is needed (pip install boto3), or set RDS_PROXY_EMULATOR_SKIP_BOTO3=1"
+            "boto3 is needed in the project's .venv or python3 (make test installs it), or set RDS_PROXY_EMULATOR_SKIP_BOTO3=1"
         );
         eprintln!("SKIPPED: boto3 is not installed (RDS_PROXY_EMULATOR_SKIP_BOTO3 is set)");
     }
@@ -31,7 +46,7 @@ async fn python(
     stack: &rds_proxy_emulator::LocalStack,
     args: &[&std::ffi::OsStr],
 ) -> std::io::Result<std::process::Output> {
-    tokio::process::Command::new("python3")
+    tokio::process::Command::new(python3())
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
