@@ -47,7 +47,7 @@ export function functionSettings(cfg: AppConfig, dbRoleArn: string): FunctionSet
     { env: 'DB_PORT', parameter: 'port', value: String(POSTGRES_PORT) },
     { env: 'EXTERNAL_ID', parameter: 'external_id', value: cfg.externalId },
     ...optional('DB_CA_BUNDLE', 'ca_bundle', cfg.dbCaBundle),
-    ...optional('DB_CONNECT_HOST', 'connect_host', cfg.dbConnectHost),
+    ...optional('DB_CONNECT_HOST', 'connect_address', cfg.dbConnectHost),
     ...(cfg.databaseUserAuth === 'secret' ? optional('DB_SECRET_ARN', 'secret_arn', cfg.applicationDbSecretArn) : []),
   ];
 }

@@ -3,6 +3,8 @@
  * lambda_settings_from "parameters" (the function's settings in Parameter Store): what each
  * adds and takes away in both stacks. The default context is pinned by iam-mode-snapshot.
  */
+import * as fs from 'fs';
+import * as path from 'path';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { logicalId, synth, Synthesized, TEST_EXTERNAL_ID } from './helpers';
 
@@ -230,13 +232,23 @@ describe('lambda_settings_from "parameters": ApplicationStack', () => {
       '/connectiontest/db/database': 'example_db',
       '/connectiontest/db/port': '5432',
       '/connectiontest/db/external_id': TEST_EXTERNAL_ID,
-      '/connectiontest/db/connect_host': '10.0.16.10',
+      '/connectiontest/db/connect_address': '10.0.16.10',
       '/connectiontest/db/secret_arn': SECRET_ARN,
     });
     const fn = Object.values(t.findResources('AWS::Lambda::Function', { Properties: { FunctionName: 'connectiontest-lambda' } }))[0];
     expect(fn.Properties.Environment.Variables).toEqual({ CONFIG_PARAMETER_PATH: '/connectiontest/db' });
     // Created after its settings, which it reads at init.
     expect(fn.DependsOn).toEqual(expect.arrayContaining(Object.keys(t.findResources('AWS::SSM::Parameter'))));
+  });
+
+  test('every parameter name is one the library reads (its environment mapping, rds-iam-auth/src/config/env.rs)', () => {
+    // A name the library does not know is skipped with a warning at init, so a typo here
+    // would silently drop a setting: check against the library's own table.
+    const envRs = fs.readFileSync(path.join(__dirname, '..', '..', 'rds-iam-auth', 'src', 'config', 'env.rs'), 'utf8');
+    const known = new Set([...envRs.matchAll(/setting: "([a-z_]+)"/g)].map((m) => m[1]));
+    expect(known).toContain('connect_address');
+    const names = Object.values(t.findResources('AWS::SSM::Parameter')).map((r) => String(r.Properties.Name).replace('/connectiontest/db/', ''));
+    expect(names.filter((n) => !known.has(n))).toEqual([]);
   });
 
   test("the function's role: ssm:GetParametersByPath on the path and below it, nothing wider", () => {
