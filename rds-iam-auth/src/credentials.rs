@@ -400,6 +400,13 @@ impl CredentialCache {
         self.get().await.map(|o| o.credentials).map_err(|f| f.error)
     }
 
+    /// This cache as an SDK credentials provider, for the clients that act as the role (the
+    /// Secrets Manager client reading a secret in the database account). Every call is a
+    /// [`CredentialCache::credentials`] call: the same cached, single-flight credentials.
+    pub(crate) fn provider(&self) -> SharedCredentialsProvider {
+        SharedCredentialsProvider::new(CacheProvider(self.shared.clone()))
+    }
+
     /// Fetches credentials into the cache now, unless usable ones are cached already, and
     /// waits for the outcome: for work done ahead of the first connect (a Lambda function's
     /// init; see [`Connector::warm_up`](crate::Connector::warm_up)).
@@ -656,6 +663,34 @@ impl Shared {
     }
 }
 
+/// A [`CredentialCache`] seen by the SDK as a credentials provider.
+struct CacheProvider(Arc<Shared>);
+
+impl fmt::Debug for CacheProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CacheProvider")
+    }
+}
+
+impl ProvideCredentials for CacheProvider {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let cache = CredentialCache {
+            shared: self.0.clone(),
+        };
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            cache
+                .credentials()
+                .await
+                .map_err(aws_credential_types::provider::error::CredentialsError::provider_error)
+        })
+    }
+}
+
 /// The one refresh task of a cache, from its start to its outcome.
 ///
 /// Whatever ends the task, its waiters must hear of it, or `refreshing` stays set and no
@@ -688,7 +723,7 @@ impl Drop for Refresh {
 }
 
 /// `fut`'s output, or `None` if polling it panicked.
-async fn catch_panic<F: std::future::Future>(fut: F) -> Option<F::Output> {
+pub(crate) async fn catch_panic<F: std::future::Future>(fut: F) -> Option<F::Output> {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::task::Poll;
     let mut fut = Box::pin(fut);

@@ -86,6 +86,7 @@ pub mod credentials;
 mod error;
 mod login;
 mod net;
+mod password;
 #[cfg(feature = "deadpool-postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "deadpool-postgres")))]
 pub mod pool;
@@ -104,7 +105,9 @@ pub use config::{env, Config};
 pub use connector::{AfterConnect, BoxFuture, Connector, DEFAULT_CONNECT_TIMEOUT};
 pub use credentials::{AssumeRole, CredentialCache};
 pub use error::{BoxError, ConfigError, Error, Reason};
+pub use login::LoginPassword;
 pub use net::Keepalive;
+pub use password::{PasswordSource, DEFAULT_PASSWORD_TTL};
 pub use runner::{Outcome, StageReport};
 pub use stage::Stage;
 pub use stream::{BackendKey, LoggedInStream};
