@@ -48,6 +48,105 @@ pub struct StackConfig {
     /// The PostgreSQL database behind the proxy.
     #[serde(default)]
     pub database: DatabaseConfig,
+    /// The Secrets Manager stand-in and its secrets.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    /// The Parameter Store stand-in and the connection parameters it holds.
+    #[serde(default)]
+    pub parameter_store: ParameterStoreConfig,
+}
+
+/// The Secrets Manager stand-in.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Listen address (loopback only; port 0 picks a free port).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Rotate every secret this often, as Secrets Manager's single-user rotation does
+    /// (0: never; [`crate::LocalStack::rotate_secret_now`] rotates on demand).
+    #[serde(default)]
+    pub rotate_every_seconds: u64,
+    /// The secrets (`[[secrets.secret]]`), each holding one db user's password.
+    #[serde(default, rename = "secret")]
+    pub secrets: Vec<SecretConfig>,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            listen: default_listen(),
+            rotate_every_seconds: 0,
+            secrets: Vec::new(),
+        }
+    }
+}
+
+impl Default for ParameterStoreConfig {
+    fn default() -> Self {
+        ParameterStoreConfig {
+            listen: default_listen(),
+            account: None,
+            path: None,
+            db_user: None,
+            readers: Vec::new(),
+        }
+    }
+}
+
+/// One secret: the password of the db user whose `secret` names it, in RDS's JSON shape.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    /// Secret name (the ARN adds `-` and six random characters).
+    pub name: String,
+    /// The account that owns it (the database account).
+    pub account: String,
+    /// The proxy endpoint (name, host name or target role) whose host name and port go
+    /// into the secret's `host` and `port`.
+    pub endpoint: String,
+    /// The resource policy: principals (role ARNs; sessions of these roles match) allowed
+    /// `secretsmanager:GetSecretValue`.
+    #[serde(default)]
+    pub readers: Vec<String>,
+    /// The KMS key the secret is encrypted with.
+    #[serde(default)]
+    pub kms_key: KmsKey,
+}
+
+/// Which KMS key encrypts a secret: it decides whether other accounts can decrypt it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub enum KmsKey {
+    /// A customer managed key whose key policy allows the secret's readers to decrypt.
+    #[default]
+    #[serde(rename = "customer-managed")]
+    CustomerManaged,
+    /// The AWS managed key `aws/secretsmanager`: usable by the owning account only, so
+    /// reads from other accounts fail even when the resource policy allows them.
+    #[serde(rename = "aws/secretsmanager")]
+    AwsManaged,
+}
+
+/// The Parameter Store stand-in. With `path` set, the stack stores the connection settings
+/// of `db_user` under it (in the application account), as `GetParametersByPath` reads them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ParameterStoreConfig {
+    /// Listen address (loopback only; port 0 picks a free port).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The account that owns the parameters (the application account).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// The path the connection parameters live under (`/connectiontest/db`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The db user (`auth = "secret"`) the parameters describe.
+    #[serde(default)]
+    pub db_user: Option<String>,
+    /// Principals allowed `ssm:GetParameter*` on them (sessions of these roles match).
+    #[serde(default)]
+    pub readers: Vec<String>,
 }
 
 /// The application's view of the stack (what goes into `stack.env`).
@@ -246,17 +345,41 @@ impl std::fmt::Display for TargetRole {
 pub struct DbUserConfig {
     /// PostgreSQL role name (also the `DBUser` of tokens).
     pub name: String,
-    /// Its PostgreSQL password (SCRAM-SHA-256).
+    /// How clients authenticate as this user.
+    #[serde(default)]
+    pub auth: DbAuth,
+    /// Its PostgreSQL password (SCRAM-SHA-256), for `auth = "iam"` users. Empty for
+    /// `auth = "secret"` users: their password is generated at start and lives in `secret`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backend_password: String,
+    /// For `auth = "secret"`: the name of the `[[secrets.secret]]` holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 impl std::fmt::Debug for DbUserConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbUserConfig")
             .field("name", &self.name)
+            .field("auth", &self.auth)
             .field("backend_password", &"<redacted>")
+            .field("secret", &self.secret)
             .finish()
     }
+}
+
+/// How a db user authenticates to the proxy (RDS Proxy's per-user `IAMAuth`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DbAuth {
+    /// An IAM token as the password (`IAMAuth: REQUIRED`); the proxy logs in to
+    /// PostgreSQL with `backend_password`.
+    #[default]
+    Iam,
+    /// The password in the user's Secrets Manager secret, checked with SCRAM-SHA-256
+    /// (`IAMAuth: DISABLED`, `ClientPasswordAuthType: POSTGRES_SCRAM_SHA_256`); the proxy
+    /// logs in to PostgreSQL with the same password.
+    Secret,
 }
 
 /// The seeded database.
@@ -450,7 +573,10 @@ impl StackConfig {
             if u.name.is_empty() || u.name.contains('\0') {
                 return err("a db user has an empty or invalid name".into());
             }
+            self.validate_db_user_auth(u)?;
         }
+        self.validate_secrets()?;
+        self.validate_parameter_store()?;
         if self.proxy.token_lifetime_seconds == 0 {
             return err("proxy.token_lifetime_seconds must be at least 1".into());
         }
@@ -487,6 +613,116 @@ impl StackConfig {
             return err("database.name is empty or invalid".into());
         }
         Ok(())
+    }
+
+    fn validate_db_user_auth(&self, u: &DbUserConfig) -> Result<(), Error> {
+        let err = |m: String| Err(Error::Config(format!("db user {}: {m}", u.name)));
+        match (u.auth, &u.secret) {
+            (DbAuth::Iam, None) if u.backend_password.is_empty() => {
+                err("auth = \"iam\" needs a backend_password".into())
+            }
+            (DbAuth::Iam, Some(_)) => {
+                err("secret is only for auth = \"secret\" users".into())
+            }
+            (DbAuth::Secret, None) => err("auth = \"secret\" needs secret = NAME".into()),
+            (DbAuth::Secret, Some(_)) if !u.backend_password.is_empty() => err(
+                "auth = \"secret\" users take no backend_password (it is generated at start and kept in the secret)".into(),
+            ),
+            (DbAuth::Secret, Some(name)) if self.secret_config(name).is_none() => {
+                err(format!("secret {name} is not one of [[secrets.secret]]"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn validate_secrets(&self) -> Result<(), Error> {
+        let err = |m: String| Err(Error::Config(m));
+        if !self.secrets.listen.ip().is_loopback() {
+            return err(format!(
+                "secrets.listen {} is not loopback",
+                self.secrets.listen
+            ));
+        }
+        for (i, s) in self.secrets.secrets.iter().enumerate() {
+            let valid_name = !s.name.is_empty()
+                && s.name.len() <= 512
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c));
+            if !valid_name {
+                return err(format!(
+                    "secret name {:?} is not 1 to 512 of A-Za-z0-9/_+=.@-",
+                    s.name
+                ));
+            }
+            if self.secrets.secrets[..i].iter().any(|o| o.name == s.name) {
+                return err(format!("secret {} is listed twice", s.name));
+            }
+            if !is_account_id(&s.account) {
+                return err(format!(
+                    "secret {}: account {:?} is not 12 digits",
+                    s.name, s.account
+                ));
+            }
+            if self.find_endpoint(&s.endpoint).is_none() {
+                return err(format!(
+                    "secret {}: endpoint {} is not one of [[proxy.endpoints]]",
+                    s.name, s.endpoint
+                ));
+            }
+            let users = self
+                .proxy
+                .db_users
+                .iter()
+                .filter(|u| u.secret.as_deref() == Some(&s.name))
+                .count();
+            if users != 1 {
+                return err(format!(
+                    "secret {} must be the secret of exactly one db user (it is of {users})",
+                    s.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_parameter_store(&self) -> Result<(), Error> {
+        let err = |m: String| Err(Error::Config(m));
+        let ps = &self.parameter_store;
+        if !ps.listen.ip().is_loopback() {
+            return err(format!(
+                "parameter_store.listen {} is not loopback",
+                ps.listen
+            ));
+        }
+        let Some(path) = &ps.path else {
+            return Ok(());
+        };
+        if !path.starts_with('/') || path.ends_with('/') || path.contains("//") {
+            return err(format!(
+                "parameter_store.path {path:?} must start with / and not end with /"
+            ));
+        }
+        if !ps.account.as_deref().is_some_and(is_account_id) {
+            return err(
+                "parameter_store.account (12 digits) is needed with parameter_store.path".into(),
+            );
+        }
+        let user = ps.db_user.as_deref().unwrap_or_default();
+        if !self
+            .proxy
+            .db_users
+            .iter()
+            .any(|u| u.name == user && u.auth == DbAuth::Secret)
+        {
+            return err(format!("parameter_store.db_user {user:?} is not an auth = \"secret\" user of [[proxy.db_users]]"));
+        }
+        Ok(())
+    }
+
+    /// A secret's configuration by name.
+    pub fn secret_config(&self, name: &str) -> Option<&SecretConfig> {
+        self.secrets.secrets.iter().find(|s| s.name == name)
     }
 
     /// Finds an endpoint by name, host name (case-insensitive) or target role
@@ -535,6 +771,10 @@ pub fn account_of_arn(arn: &str) -> Option<&str> {
     parts.next()?;
     (arn_lit == "arn" && account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
         .then_some(account)
+}
+
+fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The role name of `arn:aws:iam::ACCOUNT:role/[PATH/]NAME`.

@@ -82,25 +82,6 @@ impl Iam {
         &self.config
     }
 
-    fn random_bytes(&self, n: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; n];
-        if aws_lc_rs::rand::fill(&mut buf).is_err() {
-            // The system RNG does not fail on Linux; fall back to the clock rather than panic.
-            let seed = OffsetDateTime::now_utc().unix_timestamp_nanos();
-            for (i, b) in buf.iter_mut().enumerate() {
-                *b = (seed >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(31);
-            }
-        }
-        buf
-    }
-
-    fn random_from(&self, alphabet: &[u8], n: usize) -> String {
-        self.random_bytes(n)
-            .iter()
-            .map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()]))
-            .collect()
-    }
-
     /// Looks up an access key: its credential (for signature checks) and who holds it.
     pub fn lookup(&self, access_key_id: &str) -> Option<(KnownCredential, Caller)> {
         if let Some(p) = self
@@ -157,15 +138,15 @@ impl Iam {
         let role = self.role(role_arn)?;
         let name = role_name_of_arn(&role.arn)?;
         let account = account_of_arn(&role.arn)?;
-        let role_id = format!("AROA{}", self.random_from(UPPER_ALNUM, 17));
+        let role_id = format!("AROA{}", random_from(UPPER_ALNUM, 17));
         let creds = TemporaryCredentials {
-            access_key_id: format!("ASIA{}", self.random_from(UPPER_ALNUM, 16)),
-            secret_access_key: base64(&self.random_bytes(30)),
+            access_key_id: format!("ASIA{}", random_from(UPPER_ALNUM, 16)),
+            secret_access_key: base64(&random_bytes(30)),
             // Real session tokens are long base64 strings; make sure ours carry `/`, `+`
             // and `=` so that clients' encoding of X-Amz-Security-Token is exercised.
             session_token: format!(
                 "IQoJb3JpZ2luX2VjE/+{}==",
-                base64(&self.random_bytes(240)).trim_end_matches('=')
+                base64(&random_bytes(240)).trim_end_matches('=')
             ),
             expiration: expiration.replace_nanosecond(0).unwrap_or(expiration),
             role_arn: role.arn.clone(),
@@ -212,6 +193,28 @@ impl Iam {
                 .any(|pattern| wildcard_match(pattern.as_bytes(), resource.as_bytes()))
         })
     }
+}
+
+/// `n` bytes from the system's random generator.
+pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    if aws_lc_rs::rand::fill(&mut buf).is_err() {
+        // The system RNG does not fail on Linux; fall back to the clock rather than panic.
+        let seed = OffsetDateTime::now_utc().unix_timestamp_nanos();
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(31);
+        }
+    }
+    buf
+}
+
+/// `n` random characters of `alphabet` (at most 256 characters long; a power of two
+/// keeps them uniform).
+pub(crate) fn random_from(alphabet: &[u8], n: usize) -> String {
+    random_bytes(n)
+        .iter()
+        .map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()]))
+        .collect()
 }
 
 /// IAM-style resource matching: `*` any run of characters, `?` one character.

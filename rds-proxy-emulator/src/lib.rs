@@ -51,14 +51,19 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod aws_json;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod http_service;
 pub mod iam;
 pub mod pg;
 pub mod pinning;
 pub mod proxy;
+pub mod secrets;
+pub mod signed_request;
 pub mod sigv4;
+pub mod ssm;
 mod stack;
 pub mod sts;
 pub mod tls;
@@ -66,7 +71,7 @@ pub mod token;
 
 pub use cluster::{FailoverReport, ServerRole, ServerStatus};
 pub use config::{StackConfig, TargetRole};
-pub use control::{Counters, StsFault};
+pub use control::{Counters, ServiceFault, StsFault};
 pub use iam::TemporaryCredentials;
 pub use proxy::MetricsSnapshot;
 pub use stack::{shell_quote, Endpoint, LocalStack, StartOptions};

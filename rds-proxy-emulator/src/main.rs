@@ -129,14 +129,18 @@ async fn control_command(stack: &LocalStack, command: &str) -> Result<String, St
         "counters" => {
             let c = stack.counters();
             Ok(format!(
-                "assume_role_calls={}\nassume_role_succeeded={}\nlogins_accepted={}\nlogins_refused={}\nsessions_pinned={}\nsessions_closed_by_failover={}\nsts_fault={}\nproxy_stall={}\n",
+                "assume_role_calls={}\nassume_role_succeeded={}\nlogins_accepted={}\nlogins_refused={}\nsessions_pinned={}\nsessions_closed_by_failover={}\nget_secret_value_calls={}\nget_secret_value_succeeded={}\nsecret_rotations={}\nsts_fault={}\nsecrets_fault={}\nproxy_stall={}\n",
                 c.assume_role_calls,
                 c.assume_role_succeeded,
                 c.logins_accepted,
                 c.logins_refused,
                 c.sessions_pinned,
                 c.sessions_closed_by_failover,
+                c.get_secret_value_calls,
+                c.get_secret_value_succeeded,
+                c.secret_rotations,
                 stack.control().sts_fault().as_str(),
+                stack.control().secrets_fault().as_str(),
                 stack.control().proxy_stall(),
             ))
         }
@@ -383,6 +387,8 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
             .map_err(|e| Failure(format!("binding {}: {e}", socket_path.display())))?;
         // Written last: its presence means "ready" (the control socket answers, signals
         // shut down cleanly).
+        let secret_env = stack.secret_env_file();
+        write_atomically(&state_dir.join("secret.env"), &secret_env)?;
         write_atomically(&state_dir.join("stack.env"), &stack.env_file())?;
         tracing::info!("ready: source {}", state_dir.join("stack.env").display());
 
@@ -393,7 +399,7 @@ fn serve(config_path: &Path, state_dir: &Path) -> Result<(), Failure> {
             _ = serve_control(control_listener, &stack, &state_dir) => {}
         }
         tracing::info!("shutting down");
-        for f in ["stack.env", "backend.env", "postgres.pid", "postgres.dir", CONTROL_SOCKET] {
+        for f in ["stack.env", "secret.env", "backend.env", "postgres.pid", "postgres.dir", CONTROL_SOCKET] {
             let _ = std::fs::remove_file(state_dir.join(f));
         }
         stack.shutdown().await;
@@ -440,8 +446,10 @@ fn status(state_dir: &Path) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "local stack running (pid {pid})\n  STS                {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n  binary             {}\n\nUse it (the CLI reads these variables; psql gets the token in a password file it reads once):\n  source {}\n  cargo run -q -p rds-iam-auth-cli -- check\n  cargo run -q -p rds-iam-auth-cli -- psql -- -c 'SELECT * FROM customers'\nStop it: make local-down",
+        "local stack running (pid {pid})\n  STS                {}\n  Secrets Manager    {}\n  Parameter Store    {}\n  READ_ONLY endpoint {}:{} -> listening on {}\n  READ_WRITE         {} -> listening on {}\n  role               {} (external id {})\n  db user / database {} / {}\n  CA bundle          {}\n  binary             {}\n\nUse it (the CLI reads these variables; psql gets the token in a password file it reads once):\n  source {}\n  cargo run -q -p rds-iam-auth-cli -- check\n  cargo run -q -p rds-iam-auth-cli -- psql -- -c 'SELECT * FROM customers'\nPassword user (SCRAM through the proxy, password in Secrets Manager): source {} too\nStop it: make local-down",
         get("AWS_ENDPOINT_URL_STS"),
+        get("AWS_ENDPOINT_URL_SECRETS_MANAGER"),
+        get("AWS_ENDPOINT_URL_SSM"),
         get("RDS_PROXY_APPLICATION_ENDPOINT"),
         get("DB_PORT"),
         get("DB_CONNECT_HOST"),
@@ -456,6 +464,7 @@ fn status(state_dir: &Path) -> ExitCode {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "?".into()),
         env_path.display(),
+        state_dir.join("secret.env").display(),
     );
     if let Ok(answer) = control(state_dir, "servers") {
         let _ = writeln!(
@@ -486,14 +495,18 @@ fn status(state_dir: &Path) -> ExitCode {
             };
             let _ = writeln!(
                 out,
-                "\nSince start:\n  STS AssumeRole     {} received, {} succeeded\n  proxy logins       {} accepted, {} refused\n  sessions pinned    {} pinned so far\n  closed by failover {}\n  faults             STS {}, proxy stall {}",
+                "\nSince start:\n  STS AssumeRole     {} received, {} succeeded\n  proxy logins       {} accepted, {} refused\n  sessions pinned    {} pinned so far\n  closed by failover {}\n  GetSecretValue     {} received, {} succeeded; {} rotation(s)\n  faults             STS {}, Secrets Manager {}, proxy stall {}",
                 c("assume_role_calls"),
                 c("assume_role_succeeded"),
                 c("logins_accepted"),
                 c("logins_refused"),
                 c("sessions_pinned"),
                 c("sessions_closed_by_failover"),
+                c("get_secret_value_calls"),
+                c("get_secret_value_succeeded"),
+                c("secret_rotations"),
                 c("sts_fault"),
+                c("secrets_fault"),
                 if c("proxy_stall") == "true" { "on" } else { "off" },
             );
         }

@@ -6,12 +6,16 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+use crate::aws_json;
 use crate::cluster::{Cluster, FailoverReport, ServerStatus};
-use crate::config::{StackConfig, TargetRole};
-use crate::control::{Control, Counters, StsFault};
+use crate::config::{DbAuth, StackConfig, TargetRole};
+use crate::control::{Control, Counters, ServiceFault, StsFault};
+use crate::http_service::HttpServer;
 use crate::iam::{Iam, TemporaryCredentials};
 use crate::pg::{PgOptions, PgServer, PgTls};
 use crate::proxy::{serve_endpoint, EndpointSpec, MetricsSnapshot, ProxyShared, ProxyThread};
+use crate::secrets::{generate_password, rds_secret_string, SecretStore, SecretsManager};
+use crate::ssm::{ParameterStore, ParameterStoreService, ParameterType};
 use crate::sts::{Sts, StsServer};
 use crate::tls::ProxyTls;
 use crate::Error;
@@ -72,6 +76,10 @@ pub struct LocalStack {
     cluster: Arc<Cluster>,
     runtime: tokio::runtime::Handle,
     sts: StsServer,
+    secrets: Arc<SecretStore>,
+    secrets_server: HttpServer,
+    parameters: Arc<ParameterStore>,
+    parameters_server: HttpServer,
     proxy: Arc<ProxyShared>,
     proxy_thread: Option<ProxyThread>,
     control: Arc<Control>,
@@ -165,13 +173,19 @@ impl LocalStack {
         std::fs::write(&ca_path, &tls.ca_pem)
             .map_err(|e| Error::io(format!("writing {}", ca_path.display()), e))?;
 
+        // `auth = "secret"` users get a new random password at each start: it exists only
+        // in PostgreSQL, the secret and the SecureString parameter.
+        let users: Vec<(String, String)> = config
+            .proxy
+            .db_users
+            .iter()
+            .map(|u| match u.auth {
+                DbAuth::Iam => (u.name.clone(), u.backend_password.clone()),
+                DbAuth::Secret => (u.name.clone(), generate_password()),
+            })
+            .collect();
         let pg = PgServer::start(PgOptions {
-            users: config
-                .proxy
-                .db_users
-                .iter()
-                .map(|u| (u.name.clone(), u.backend_password.clone()))
-                .collect(),
+            users: users.clone(),
             database: config.database.name.clone(),
             seed_sql: config.database.seed_sql.clone(),
             base_dir: options.pg_base_dir.clone(),
@@ -197,6 +211,30 @@ impl LocalStack {
         let sts = StsServer::start(
             Sts::with_control(Arc::clone(&iam), Arc::clone(&control)),
             config.sts.listen,
+        )
+        .await?;
+        let secrets = Arc::new(seed_secrets(&config, &users));
+        let secrets_server = aws_json::serve(
+            Arc::new(SecretsManager::new(
+                Arc::clone(&iam),
+                Arc::clone(&secrets),
+                Arc::clone(&control),
+            )),
+            config.secrets.listen,
+        )
+        .await?;
+        let ps = &config.parameter_store;
+        let parameters = Arc::new(ParameterStore::new(
+            config.region.clone(),
+            ps.account.clone().unwrap_or_default(),
+            ps.readers.clone(),
+        ));
+        let parameters_server = aws_json::serve(
+            Arc::new(ParameterStoreService::new(
+                Arc::clone(&iam),
+                Arc::clone(&parameters),
+            )),
+            ps.listen,
         )
         .await?;
         let proxy = ProxyShared::new(
@@ -229,8 +267,11 @@ impl LocalStack {
                 target_role: e.target_role,
             });
         }
+        seed_parameters(&config, &iam, &secrets, &parameters, &endpoints, &users);
         tracing::info!(
             sts = %sts.addr(),
+            secrets_manager = %secrets_server.addr(),
+            parameter_store = %parameters_server.addr(),
             postgres = %pg.addr(),
             endpoints = ?endpoints.iter().map(|e| (e.name.as_str(), e.listen)).collect::<Vec<_>>(),
             "local stack ready"
@@ -242,6 +283,10 @@ impl LocalStack {
             cluster,
             runtime: tokio::runtime::Handle::current(),
             sts,
+            secrets,
+            secrets_server,
+            parameters,
+            parameters_server,
             proxy,
             proxy_thread: Some(proxy_thread),
             control,
@@ -258,6 +303,54 @@ impl LocalStack {
     /// `http://127.0.0.1:PORT`: the STS endpoint URL (`AWS_ENDPOINT_URL_STS`).
     pub fn sts_endpoint_url(&self) -> String {
         format!("http://{}", self.sts.addr())
+    }
+
+    /// `http://127.0.0.1:PORT`: the Secrets Manager endpoint URL
+    /// (`AWS_ENDPOINT_URL_SECRETS_MANAGER`).
+    pub fn secrets_endpoint_url(&self) -> String {
+        format!("http://{}", self.secrets_server.addr())
+    }
+
+    /// `http://127.0.0.1:PORT`: the Parameter Store endpoint URL (`AWS_ENDPOINT_URL_SSM`).
+    pub fn ssm_endpoint_url(&self) -> String {
+        format!("http://{}", self.parameters_server.addr())
+    }
+
+    /// The secrets (the Secrets Manager stand-in's store).
+    pub fn secret_store(&self) -> &SecretStore {
+        &self.secrets
+    }
+
+    /// The parameters (the Parameter Store stand-in's store).
+    pub fn parameter_store(&self) -> &ParameterStore {
+        &self.parameters
+    }
+
+    /// The password user the application connects as with a password:
+    /// `parameter_store.db_user`, else the first `auth = "secret"` user.
+    pub fn password_user(&self) -> Option<&str> {
+        password_user(&self.config)
+    }
+
+    /// The ARN of [`LocalStack::password_user`]'s secret.
+    pub fn secret_arn(&self) -> Option<String> {
+        let user = self.password_user()?;
+        let u = self.config.proxy.db_users.iter().find(|u| u.name == user)?;
+        self.secrets.arn_of(u.secret.as_deref()?)
+    }
+
+    /// The path of the connection parameters (`/connectiontest/db`), if any.
+    pub fn parameter_path(&self) -> Option<&str> {
+        self.config.parameter_store.path.as_deref()
+    }
+
+    /// The AWSCURRENT password of [`LocalStack::password_user`], read from its secret.
+    /// For tests (e.g. to connect as the password user without going through Secrets
+    /// Manager); an application reads the secret or the SecureString parameter instead.
+    pub fn current_password(&self) -> Option<String> {
+        let user = self.password_user()?;
+        let u = self.config.proxy.db_users.iter().find(|u| u.name == user)?;
+        self.secrets.current_password(u.secret.as_deref()?)
     }
 
     /// All endpoints, in configuration order.
@@ -425,6 +518,12 @@ impl LocalStack {
         self.cluster.current_topology().writer
     }
 
+    /// Sets a fault of the Secrets Manager stand-in ([`ServiceFault::None`] clears it).
+    pub fn set_secrets_fault(&self, fault: ServiceFault) {
+        tracing::info!(fault = fault.as_str(), "Secrets Manager fault set");
+        self.control.set_secrets_fault(fault);
+    }
+
     /// Sets a fault of the STS stand-in ([`StsFault::None`] clears it).
     pub fn set_sts_fault(&self, fault: StsFault) {
         tracing::info!(fault = fault.as_str(), "STS fault set");
@@ -478,8 +577,9 @@ impl LocalStack {
     }
 
     /// The `stack.env` pairs: the Lambda's environment variables for the application
-    /// endpoint, plus `AWS_REGION`, the application principal's keys and
-    /// `AWS_ENDPOINT_URL_STS`.
+    /// endpoint, plus `AWS_REGION`, the application principal's keys and the endpoint URLs
+    /// of the stand-ins (`AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL_SECRETS_MANAGER`,
+    /// `AWS_ENDPOINT_URL_SSM`, the AWS SDKs' standard variables).
     pub fn env(&self) -> Vec<(String, String)> {
         let ep = self.app_endpoint();
         let (akid, secret) = self.app_credentials();
@@ -496,6 +596,11 @@ impl LocalStack {
             ("AWS_ACCESS_KEY_ID", akid),
             ("AWS_SECRET_ACCESS_KEY", secret),
             ("AWS_ENDPOINT_URL_STS", self.sts_endpoint_url()),
+            (
+                "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+                self.secrets_endpoint_url(),
+            ),
+            ("AWS_ENDPOINT_URL_SSM", self.ssm_endpoint_url()),
         ];
         if let Some(rw) = self
             .endpoints
@@ -511,11 +616,31 @@ impl LocalStack {
     /// [`LocalStack::env`] as a shell file: `export KEY=value` lines, single-quoted where
     /// needed, for `source .local/stack.env`.
     pub fn env_file(&self) -> String {
-        let mut out = String::from("# Written by rds-proxy-emulator: `source` this file.\n");
-        for (k, v) in self.env() {
-            out.push_str(&format!("export {k}={}\n", shell_quote(&v)));
+        export_lines(&self.env())
+    }
+
+    /// The `secret.env` pairs, for connecting as the password user instead (empty without
+    /// one): `DB_SECRET_ARN`, `DB_USERNAME` (overriding stack.env's), and with a
+    /// parameter path `CONFIG_PARAMETER_PATH` and `DB_PASSWORD_PARAMETER`. No password:
+    /// the application reads it from the secret or the parameter.
+    pub fn secret_env(&self) -> Vec<(String, String)> {
+        let (Some(user), Some(arn)) = (self.password_user(), self.secret_arn()) else {
+            return Vec::new();
+        };
+        let mut env = vec![
+            ("DB_SECRET_ARN".to_string(), arn),
+            ("DB_USERNAME".to_string(), user.to_string()),
+        ];
+        if let Some(path) = self.parameter_path() {
+            env.push(("CONFIG_PARAMETER_PATH".into(), path.to_string()));
+            env.push(("DB_PASSWORD_PARAMETER".into(), format!("{path}/password")));
         }
-        out
+        env
+    }
+
+    /// [`LocalStack::secret_env`] as a shell file (`source stack.env; source secret.env`).
+    pub fn secret_env_file(&self) -> String {
+        export_lines(&self.secret_env())
     }
 
     /// Stops every PostgreSQL server (to test "database down"); the proxy keeps running.
@@ -539,6 +664,8 @@ impl Drop for LocalStack {
         }
         drop(self.proxy_thread.take());
         self.sts.stop();
+        self.secrets_server.stop();
+        self.parameters_server.stop();
         self.cluster
             .wait_for_builds(std::time::Duration::from_secs(60));
         self.cluster.stop_all();
@@ -553,6 +680,113 @@ impl Drop for LocalStack {
             let _ = thread.join();
         }
     }
+}
+
+fn export_lines(env: &[(String, String)]) -> String {
+    let mut out = String::from("# Written by rds-proxy-emulator: `source` this file.\n");
+    for (k, v) in env {
+        out.push_str(&format!("export {k}={}\n", shell_quote(v)));
+    }
+    out
+}
+
+fn password_user(config: &StackConfig) -> Option<&str> {
+    config.parameter_store.db_user.as_deref().or_else(|| {
+        config
+            .proxy
+            .db_users
+            .iter()
+            .find(|u| u.auth == DbAuth::Secret)
+            .map(|u| u.name.as_str())
+    })
+}
+
+/// One secret per `auth = "secret"` user, holding its generated password in RDS's JSON
+/// shape (`users`: every db user with the password PostgreSQL has for it).
+fn seed_secrets(config: &StackConfig, users: &[(String, String)]) -> SecretStore {
+    let store = SecretStore::new(config.region.clone());
+    let now = time::OffsetDateTime::now_utc();
+    for secret in &config.secrets.secrets {
+        // `validate` guarantees one user per secret and that the endpoint exists.
+        let user = config
+            .proxy
+            .db_users
+            .iter()
+            .find(|u| u.secret.as_deref() == Some(&secret.name));
+        let password = user.and_then(|u| users.iter().find(|(n, _)| *n == u.name));
+        let (Some((name, password)), Some(endpoint)) =
+            (password, config.find_endpoint(&secret.endpoint))
+        else {
+            continue;
+        };
+        let value = rds_secret_string(
+            &endpoint.hostname,
+            endpoint.port,
+            name,
+            password,
+            &config.database.name,
+        );
+        store.create(secret, value, now);
+    }
+    store
+}
+
+/// The connection parameters of `parameter_store.db_user` under `parameter_store.path`.
+fn seed_parameters(
+    config: &StackConfig,
+    iam: &Iam,
+    secrets: &SecretStore,
+    parameters: &ParameterStore,
+    endpoints: &[Endpoint],
+    users: &[(String, String)],
+) {
+    let ps = &config.parameter_store;
+    let (Some(path), Some(user)) = (&ps.path, &ps.db_user) else {
+        return;
+    };
+    let Some(secret) = config
+        .proxy
+        .db_users
+        .iter()
+        .find(|u| u.name == *user)
+        .and_then(|u| config.secret_config(u.secret.as_deref()?))
+    else {
+        return;
+    };
+    let endpoint = config
+        .find_endpoint(&secret.endpoint)
+        .and_then(|e| endpoints.iter().find(|r| r.name == e.name));
+    let (Some(endpoint), Some(arn), Some((_, password))) = (
+        endpoint,
+        secrets.arn_of(&secret.name),
+        users.iter().find(|(n, _)| n == user),
+    ) else {
+        return;
+    };
+    let external_id = iam
+        .role(&config.client.role)
+        .and_then(|r| r.external_id.clone())
+        .unwrap_or_default();
+    let now = time::OffsetDateTime::now_utc();
+    let plain = [
+        ("hostname", endpoint.hostname.clone()),
+        ("port", endpoint.port.to_string()),
+        ("database", config.database.name.clone()),
+        ("user", user.clone()),
+        ("assume_role", config.client.role.clone()),
+        ("external_id", external_id),
+        ("connect_address", endpoint.listen.to_string()),
+        ("secret_arn", arn),
+    ];
+    for (name, value) in plain {
+        parameters.put(&format!("{path}/{name}"), ParameterType::String, value, now);
+    }
+    parameters.put(
+        &format!("{path}/password"),
+        ParameterType::SecureString,
+        password.clone(),
+        now,
+    );
 }
 
 /// Quotes a value for a POSIX shell if it needs it.

@@ -18,24 +18,21 @@
 //! | bad parameter | 400 | `ValidationError` |
 //! | unknown action | 400 | `InvalidAction` |
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
 use time::{Duration, OffsetDateTime};
-use tokio::net::TcpListener;
 
-use crate::accept::{accept_with_backoff, Backoff};
-use crate::control::{Control, StsFault};
+use crate::control::Control;
+use crate::http_service::{fault_refuses, HttpAnswer, HttpServer};
 use crate::iam::{Caller, Iam};
-use crate::sigv4::{self, CredentialScope, ALGORITHM};
+use crate::signed_request::{authenticate, AuthFailure};
+use crate::sigv4;
+
+/// The request type of the STS stand-in (the same as the other AWS API stand-ins').
+pub use crate::signed_request::SignedRequest as StsRequest;
 
 const XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
-const MAX_BODY: usize = 64 * 1024;
 
 /// An STS refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,21 +85,6 @@ fn iso8601(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// One parsed HTTP request, reduced to what SigV4 and the Query protocol need.
-#[derive(Debug, Clone)]
-pub struct StsRequest {
-    /// HTTP method.
-    pub method: String,
-    /// Path (not decoded).
-    pub path: String,
-    /// Raw query string.
-    pub query: String,
-    /// Headers (lowercased names, in order; repeated names kept).
-    pub headers: Vec<(String, String)>,
-    /// Body.
-    pub body: Vec<u8>,
-}
-
 /// Parses a query string or `application/x-www-form-urlencoded` body (`+` is a space);
 /// `None` on a malformed escape or a value that is not UTF-8.
 ///
@@ -124,88 +106,16 @@ pub fn parse_form(s: &str) -> Option<Vec<(String, String)>> {
         .collect()
 }
 
-impl StsRequest {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+/// Query protocol parameters: query string, plus the body for a form POST.
+fn query_params(req: &StsRequest) -> Result<Vec<(String, String)>, StsError> {
+    let bad = || StsError::sender(400, "MalformedQueryString", "malformed query string");
+    let mut params = parse_form(&req.query).ok_or_else(bad)?;
+    if req.method == "POST" {
+        let body = std::str::from_utf8(&req.body).map_err(|_| bad())?;
+        params.extend(parse_form(body).ok_or_else(bad)?);
     }
-
-    /// Query protocol parameters: query string, plus the body for a form POST.
-    fn params(&self) -> Result<Vec<(String, String)>, StsError> {
-        let bad = || StsError::sender(400, "MalformedQueryString", "malformed query string");
-        let mut params = parse_form(&self.query).ok_or_else(bad)?;
-        if self.method == "POST" {
-            let body = std::str::from_utf8(&self.body).map_err(|_| bad())?;
-            params.extend(parse_form(body).ok_or_else(bad)?);
-        }
-        Ok(params)
-    }
-
-    fn canonical_request(&self, signed_headers: &str) -> Result<String, StsError> {
-        let mismatch = || StsError::sender(403, "SignatureDoesNotMatch", SIGNATURE_MISMATCH);
-        // SigV4 canonical query: decoded RFC 3986 (a `+` is a literal plus sign there).
-        let query: Vec<(String, String)> = self
-            .query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                Some((
-                    sigv4::percent_decode(k, false)?,
-                    sigv4::percent_decode(v, false)?,
-                ))
-            })
-            .collect::<Option<_>>()
-            .ok_or_else(mismatch)?;
-        let mut canonical_headers = String::new();
-        for name in signed_headers.split(';') {
-            let values: Vec<String> = self
-                .headers
-                .iter()
-                .filter(|(k, _)| k == name)
-                .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
-                .collect();
-            if values.is_empty() {
-                return Err(mismatch());
-            }
-            canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
-        }
-        // The payload line is the hash of the body received, never the client's claim: a
-        // body changed after signing must not pass. A claim that differs from it (an
-        // altered body, or `UNSIGNED-PAYLOAD`, which STS does not take) is refused.
-        let payload_hash = sigv4::sha256_hex(&self.body);
-        if let Some(claimed) = self.header("x-amz-content-sha256") {
-            if !claimed.eq_ignore_ascii_case(&payload_hash) {
-                return Err(StsError::sender(
-                    403,
-                    "SignatureDoesNotMatch",
-                    CONTENT_SHA256_MISMATCH,
-                ));
-            }
-        }
-        let path = if self.path.is_empty() {
-            "/"
-        } else {
-            &self.path
-        };
-        Ok(format!(
-            "{}\n{}\n{}\n{}\n{}\n{}",
-            self.method,
-            path,
-            sigv4::canonical_query(&query),
-            canonical_headers,
-            signed_headers,
-            payload_hash
-        ))
-    }
+    Ok(params)
 }
-
-const CONTENT_SHA256_MISMATCH: &str =
-    "The provided 'x-amz-content-sha256' header does not match what was computed.";
-
-const SIGNATURE_MISMATCH: &str = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
 
 /// The STS logic, independent of HTTP.
 #[derive(Debug, Clone)]
@@ -227,116 +137,17 @@ impl Sts {
 
     /// Verifies the request's SigV4 signature and returns the caller.
     pub fn authenticate(&self, req: &StsRequest, now: OffsetDateTime) -> Result<Caller, StsError> {
-        let auth = req.header("authorization").ok_or_else(|| {
-            StsError::sender(
-                403,
-                "MissingAuthenticationToken",
-                "Request is missing Authentication Token",
-            )
-        })?;
-        let incomplete = || {
-            StsError::sender(
-                400,
-                "IncompleteSignature",
-                format!("Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters. Authorization={ALGORITHM}"),
-            )
-        };
-        let rest = auth
-            .strip_prefix(ALGORITHM)
-            .and_then(|r| r.strip_prefix(' '))
-            .ok_or_else(incomplete)?;
-        let (mut credential, mut signed_headers, mut signature) = (None, None, None);
-        for part in rest.split(',') {
-            let part = part.trim();
-            if let Some(v) = part.strip_prefix("Credential=") {
-                credential = Some(v);
-            } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
-                signed_headers = Some(v);
-            } else if let Some(v) = part.strip_prefix("Signature=") {
-                signature = Some(v);
-            }
-        }
-        let (credential, signed_headers, signature) = match (credential, signed_headers, signature)
-        {
-            (Some(c), Some(h), Some(s)) => (c, h, s),
-            _ => return Err(incomplete()),
-        };
-        let scope = CredentialScope::parse(credential).ok_or_else(incomplete)?;
-        if !signed_headers.split(';').any(|h| h == "host") {
-            return Err(StsError::sender(
-                403,
-                "SignatureDoesNotMatch",
-                "'Host' must be a 'SignedHeader' in the AWS Authorization.",
-            ));
-        }
-        let (known, caller) = self.iam.lookup(&scope.access_key_id).ok_or_else(|| {
-            StsError::sender(
-                403,
-                "InvalidClientTokenId",
-                "The security token included in the request is invalid.",
-            )
-        })?;
-        let presented = req.header("x-amz-security-token");
-        let token_ok = match (&known.session_token, presented) {
-            (Some(t), Some(p)) => sigv4::signatures_equal(t, p),
-            (None, None) => true,
-            _ => false,
-        };
-        if !token_ok {
-            return Err(StsError::sender(
-                403,
-                "InvalidClientTokenId",
-                "The security token included in the request is invalid.",
-            ));
-        }
-        if let Some(exp) = known.expires_at {
-            if now >= exp {
-                return Err(StsError::sender(
-                    400,
-                    "ExpiredToken",
-                    "The security token included in the request is expired",
-                ));
-            }
-        }
-        let amz_date = req.header("x-amz-date").unwrap_or_default();
-        let signed_at = sigv4::parse_amz_date(amz_date)
-            .filter(|_| amz_date.get(..8) == Some(scope.date.as_str()))
-            .ok_or_else(|| StsError::sender(403, "SignatureDoesNotMatch", SIGNATURE_MISMATCH))?;
         let skew = Duration::seconds(i64::from(self.iam.config().sts.max_clock_skew_seconds));
-        if signed_at > now + skew || signed_at < now - skew {
-            return Err(StsError::sender(
-                403,
-                "SignatureDoesNotMatch",
-                format!(
-                    "Signature expired: {amz_date} is now earlier than {} ({} - {} min.)",
-                    sigv4::format_amz_date(now - skew),
-                    sigv4::format_amz_date(now),
-                    skew.whole_minutes()
-                ),
-            ));
-        }
-        if scope.service != "sts" {
-            return Err(StsError::sender(
-                403,
-                "SignatureDoesNotMatch",
-                "Credential should be scoped to correct service: 'sts'. ",
-            ));
-        }
-        let creq = req.canonical_request(signed_headers)?;
-        let key = sigv4::signing_key(&known.secret_access_key, &scope.date, &scope.region, "sts");
-        let expected = sigv4::signature(
-            &key,
-            &sigv4::string_to_sign(amz_date, &scope.scope(), &creq),
-        );
-        if !sigv4::signatures_equal(&expected, signature) {
-            tracing::warn!(caller = %caller.arn, "STS: signature does not match");
-            return Err(StsError::sender(
-                403,
-                "SignatureDoesNotMatch",
-                SIGNATURE_MISMATCH,
-            ));
-        }
-        Ok(caller)
+        authenticate(&self.iam, req, "sts", now, skew).map_err(|failure| {
+            let (status, code) = match &failure {
+                AuthFailure::Missing => (403, "MissingAuthenticationToken"),
+                AuthFailure::Incomplete(_) => (400, "IncompleteSignature"),
+                AuthFailure::UnknownKey => (403, "InvalidClientTokenId"),
+                AuthFailure::Expired => (400, "ExpiredToken"),
+                AuthFailure::Signature(_) => (403, "SignatureDoesNotMatch"),
+            };
+            StsError::sender(status, code, failure.message())
+        })
     }
 
     /// Handles one request at time `now`: `(HTTP status, XML body)`.
@@ -361,7 +172,7 @@ impl Sts {
         now: OffsetDateTime,
         request_id: &str,
     ) -> Result<String, StsError> {
-        let params = req.params()?;
+        let params = query_params(req)?;
         let get = |name: &str| {
             params
                 .iter()
@@ -502,128 +313,54 @@ impl Sts {
 /// A running STS stand-in.
 #[derive(Debug)]
 pub struct StsServer {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    http: HttpServer,
 }
 
 impl StsServer {
     /// Binds `listen` and serves until dropped or [`StsServer::stop`] is called.
     pub async fn start(sts: Sts, listen: SocketAddr) -> Result<StsServer, crate::Error> {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| crate::Error::io(format!("binding STS on {listen}"), e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| crate::Error::io("STS listener address", e))?;
         let sts = Arc::new(sts);
-        let task = tokio::spawn(async move {
-            let mut backoff = Backoff::new();
-            loop {
-                let (stream, _) =
-                    accept_with_backoff("STS", &mut backoff, || listener.accept()).await;
-                let sts = Arc::clone(&sts);
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let sts = Arc::clone(&sts);
-                        async move { Ok::<_, Infallible>(serve_one(&sts, req).await) }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await
-                    {
-                        tracing::debug!("STS connection: {e}");
-                    }
-                });
-            }
-        });
-        Ok(StsServer { addr, task })
+        let http = HttpServer::start("STS", listen, move |req, rid| {
+            let sts = Arc::clone(&sts);
+            async move { serve_one(&sts, req, &rid).await }
+        })
+        .await?;
+        Ok(StsServer { http })
     }
 
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.http.addr()
     }
 
     /// Stops accepting connections.
     pub fn stop(&self) {
-        self.task.abort();
+        self.http.stop();
     }
 }
 
-impl Drop for StsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn request_id() -> String {
-    let n = OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let h = sigv4::sha256_hex(n.to_string().as_bytes());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-async fn serve_one(sts: &Sts, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let rid = request_id();
-    let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(_) => {
-            let (status, xml) = (413, "request body too large".to_string());
-            return respond(status, xml, &rid);
-        }
-    };
-    let mut headers: Vec<(String, String)> = Vec::new();
-    for (name, value) in &parts.headers {
-        headers.push((
-            name.as_str().to_ascii_lowercase(),
-            String::from_utf8_lossy(value.as_bytes()).trim().to_string(),
-        ));
-    }
-    let sreq = StsRequest {
-        method: parts.method.as_str().to_string(),
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().unwrap_or("").to_string(),
-        headers,
-        body,
-    };
-    let is_assume_role = sreq
-        .params()
-        .is_ok_and(|p| p.iter().any(|(k, v)| k == "Action" && v == "AssumeRole"));
+async fn serve_one(sts: &Sts, req: StsRequest, rid: &str) -> HttpAnswer {
+    let is_assume_role =
+        query_params(&req).is_ok_and(|p| p.iter().any(|(k, v)| k == "Action" && v == "AssumeRole"));
     if is_assume_role {
         Control::bump(&sts.control.assume_role_calls);
     }
-    let mut fault = sts.control.sts_watch();
-    let current = *fault.borrow_and_update();
-    match current {
-        StsFault::None => {}
-        StsFault::Hang => {
-            tracing::warn!("STS fault: holding a request until the fault is cleared");
-            // Waits until the fault changes; if the stack goes away the task is dropped.
-            if fault.wait_for(|f| *f != StsFault::Hang).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        StsFault::Refuse => {
-            tracing::warn!("STS fault: answering 503 ServiceUnavailable");
-            return respond(503, service_unavailable(&rid), &rid);
-        }
+    if fault_refuses(sts.control.sts_watch(), "STS").await {
+        return xml_answer(503, service_unavailable(rid));
     }
-    if sts.control.sts_fault() == StsFault::Refuse {
-        return respond(503, service_unavailable(&rid), &rid);
-    }
-    let (status, xml) = sts.handle(&sreq, OffsetDateTime::now_utc(), &rid);
+    let (status, xml) = sts.handle(&req, OffsetDateTime::now_utc(), rid);
     if is_assume_role && status == 200 {
         Control::bump(&sts.control.assume_role_succeeded);
     }
-    respond(status, xml, &rid)
+    xml_answer(status, xml)
+}
+
+fn xml_answer(status: u16, body: String) -> HttpAnswer {
+    HttpAnswer {
+        status,
+        content_type: "text/xml",
+        body,
+    }
 }
 
 /// The Query protocol's answer of an overloaded service (HTTP 503).
@@ -631,16 +368,4 @@ fn service_unavailable(request_id: &str) -> String {
     format!(
         "<ErrorResponse xmlns=\"{XMLNS}\">\n  <Error>\n    <Type>Receiver</Type>\n    <Code>ServiceUnavailable</Code>\n    <Message>Service is unable to handle request.</Message>\n  </Error>\n  <RequestId>{request_id}</RequestId>\n</ErrorResponse>\n"
     )
-}
-
-fn respond(status: u16, body: String, rid: &str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if let Ok(v) = hyper::header::HeaderValue::from_str("text/xml") {
-        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    if let Ok(v) = hyper::header::HeaderValue::from_str(rid) {
-        resp.headers_mut().insert("x-amzn-requestid", v);
-    }
-    resp
 }
