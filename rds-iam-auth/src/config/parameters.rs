@@ -6,7 +6,8 @@
 //! `port`, `user`, `database`, `assume_role`, ...), plus `username` for `user` (the RDS
 //! secret's word) and `password`: a SecureString holding the password itself, which makes
 //! that parameter the password source (it is read again by the connector, through its
-//! cache; the value read here is not kept). Values are checked as the environment's are, so
+//! cache; the value read here is not kept) unless the path also names a `secret_arn` or a
+//! `password_parameter`, which win (a secret follows rotation; a copy does not). Values are checked as the environment's are, so
 //! a parameter and its variable accept the same text.
 
 use std::collections::HashMap;
@@ -99,6 +100,11 @@ pub(super) async fn read(sdk_config: &SdkConfig, path: &str) -> Result<Config, E
                 format!("{path}: {other}"),
             ),
         })?;
+    // A path may hold both a secret and a copy of its password (stores often do): the
+    // secret is the source that follows rotation, so it wins.
+    if config.get_secret_arn().is_some() || config.get_password_parameter().is_some() {
+        return Ok(config);
+    }
     Ok(config.set_password_parameter(password_parameter))
 }
 
@@ -116,7 +122,7 @@ impl Config {
     /// `database`, `assume_role`, `external_id`, `connect_address`, `connect_timeout` (in
     /// seconds), `application_name`, `ca_bundle`, `secret_arn`, `password_parameter`, and
     /// `password`, a SecureString holding the password itself (that parameter becomes the
-    /// password source). Read with the default AWS configuration (the caller's own
+    /// password source, unless the path names a `secret_arn`, which wins). Read with the default AWS configuration (the caller's own
     /// credentials: parameters live in the application account), recursively, decrypted.
     ///
     /// An unknown name under the path is logged at WARN and ignored; a malformed value is
