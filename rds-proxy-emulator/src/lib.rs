@@ -60,6 +60,8 @@ pub mod iam;
 pub mod pg;
 pub mod pinning;
 pub mod proxy;
+mod rotation;
+pub mod scram;
 pub mod secrets;
 pub mod signed_request;
 pub mod sigv4;

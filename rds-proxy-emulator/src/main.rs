@@ -5,6 +5,8 @@
 //! rds-proxy-emulator status --state-dir .local                             # summary, counters, metrics
 //! rds-proxy-emulator metrics --state-dir .local                            # RDS Proxy's metrics, `Name value` lines
 //! rds-proxy-emulator fault sts-hang|sts-refuse|proxy-stall|clear            # fault injection
+//! rds-proxy-emulator fault secrets hang|refuse|none                         # Secrets Manager faults
+//! rds-proxy-emulator rotate-secret                                          # rotate the secrets now
 //! rds-proxy-emulator failover                                              # promote a reader
 //! rds-proxy-emulator check-config --config local-stack.toml
 //! ```
@@ -56,11 +58,16 @@ enum Command {
     },
     /// Inject a fault into the running stack, or clear them: `sts-hang` (STS takes requests
     /// in and does not answer), `sts-refuse` (STS answers 503 ServiceUnavailable),
-    /// `proxy-stall` (the proxy accepts connections and never answers), `clear`.
+    /// `proxy-stall` (the proxy accepts connections and never answers), `clear`;
+    /// `secrets hang|refuse|none` (Secrets Manager holds requests, answers 500
+    /// InternalServiceError, or serves normally).
     Fault {
         /// The fault.
         #[arg(value_enum)]
         fault: FaultArg,
+        /// For `secrets`: `hang`, `refuse` or `none`.
+        #[arg(value_enum, required_if_eq("fault", "secrets"))]
+        mode: Option<ModeArg>,
         /// The state dir of `serve`.
         #[arg(long, default_value = ".local")]
         state_dir: PathBuf,
@@ -68,6 +75,12 @@ enum Command {
     /// Fail over: stop the writer, promote a reader (sessions on both are closed; a new
     /// reader is built from the new writer in the background).
     Failover {
+        /// The state dir of `serve`.
+        #[arg(long, default_value = ".local")]
+        state_dir: PathBuf,
+    },
+    /// Rotate every secret now, as Secrets Manager's single-user rotation does.
+    RotateSecret {
         /// The state dir of `serve`.
         #[arg(long, default_value = ".local")]
         state_dir: PathBuf,
@@ -86,16 +99,35 @@ enum FaultArg {
     StsRefuse,
     ProxyStall,
     Clear,
+    Secrets,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ModeArg {
+    Hang,
+    Refuse,
+    None,
 }
 
 impl FaultArg {
-    fn command(self) -> &'static str {
-        match self {
-            FaultArg::StsHang => "fault sts-hang",
-            FaultArg::StsRefuse => "fault sts-refuse",
-            FaultArg::ProxyStall => "fault proxy-stall",
-            FaultArg::Clear => "fault clear",
-        }
+    fn command(self, mode: Option<ModeArg>) -> Result<&'static str, Failure> {
+        Ok(match (self, mode) {
+            (FaultArg::StsHang, None) => "fault sts-hang",
+            (FaultArg::StsRefuse, None) => "fault sts-refuse",
+            (FaultArg::ProxyStall, None) => "fault proxy-stall",
+            (FaultArg::Clear, None) => "fault clear",
+            (FaultArg::Secrets, Some(ModeArg::Hang)) => "fault secrets hang",
+            (FaultArg::Secrets, Some(ModeArg::Refuse)) => "fault secrets refuse",
+            (FaultArg::Secrets, Some(ModeArg::None)) => "fault secrets none",
+            (FaultArg::Secrets, None) => {
+                return Err(Failure("fault secrets needs hang, refuse or none".into()))
+            }
+            (_, Some(_)) => {
+                return Err(Failure(
+                    "hang, refuse or none only follow `fault secrets`".into(),
+                ))
+            }
+        })
     }
 }
 
@@ -186,6 +218,23 @@ async fn control_command(stack: &LocalStack, command: &str) -> Result<String, St
             stack.set_proxy_stall(true);
             Ok("proxy: stalling new connections until `fault clear`\n".into())
         }
+        "rotate-secret" => {
+            let n = stack.rotate_secret_now().await.map_err(|e| e.to_string())?;
+            Ok(format!(
+                "rotated {n} secret(s): AWSCURRENT holds a new password, AWSPREVIOUS the old one\n"
+            ))
+        }
+        "fault secrets hang" | "fault secrets refuse" | "fault secrets none" => {
+            let mode = command.trim().rsplit(' ').next().unwrap_or_default();
+            let fault = rds_proxy_emulator::ServiceFault::parse(mode)
+                .ok_or_else(|| format!("unknown fault {mode}"))?;
+            stack.set_secrets_fault(fault);
+            Ok(match fault {
+                rds_proxy_emulator::ServiceFault::None => "Secrets Manager: serving normally\n".into(),
+                rds_proxy_emulator::ServiceFault::Hang => "Secrets Manager: hanging every request until `fault secrets none`\n".into(),
+                rds_proxy_emulator::ServiceFault::Refuse => "Secrets Manager: answering 500 InternalServiceError until `fault secrets none`\n".into(),
+            })
+        }
         "fault clear" => {
             stack.clear_faults();
             Ok("faults cleared\n".into())
@@ -255,8 +304,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, state_dir } => serve(&config, &state_dir),
         Command::Status { state_dir } => return status(&state_dir),
-        Command::Fault { fault, state_dir } => {
-            control(&state_dir, fault.command()).map(|answer| print!("{answer}"))
+        Command::Fault {
+            fault,
+            mode,
+            state_dir,
+        } => fault
+            .command(mode)
+            .and_then(|command| control(&state_dir, command))
+            .map(|answer| print!("{answer}")),
+        Command::RotateSecret { state_dir } => {
+            control(&state_dir, "rotate-secret").map(|answer| print!("{answer}"))
         }
         Command::Metrics { state_dir } => {
             control(&state_dir, "metrics").map(|answer| print!("{answer}"))

@@ -675,6 +675,40 @@ impl PgServer {
         &self.name
     }
 
+    /// Sets a role's password (`ALTER ROLE ... PASSWORD`, stored as SCRAM-SHA-256). Open
+    /// sessions of the role are not affected: PostgreSQL checks passwords at login only.
+    pub async fn set_password(&self, user: &str, password: &str) -> Result<(), Error> {
+        self.superuser("postgres")
+            .await?
+            .batch_execute(&format!(
+                "ALTER ROLE {} PASSWORD {}",
+                quote_ident(user),
+                quote_literal(password)
+            ))
+            .await
+            // The statement holds the password: report PostgreSQL's message only.
+            .map_err(|e| {
+                pg_err(format!(
+                    "changing the password of {user}: {}",
+                    e.as_db_error()
+                        .map(|d| d.message())
+                        .unwrap_or("connection failed")
+                ))
+            })
+    }
+
+    /// Whether `user` can log in to `database` over TCP with `password`.
+    pub async fn password_works(&self, user: &str, password: &str, database: &str) -> bool {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(database)
+            .connect_timeout(Duration::from_secs(5));
+        cfg.connect(tokio_postgres::NoTls).await.is_ok()
+    }
+
     /// A session as the superuser `postgres` over the Unix socket (retrying for up to 5 s
     /// while the server starts).
     pub async fn superuser(&self, db: &str) -> Result<tokio_postgres::Client, Error> {

@@ -14,6 +14,7 @@ use crate::http_service::HttpServer;
 use crate::iam::{Iam, TemporaryCredentials};
 use crate::pg::{PgOptions, PgServer, PgTls};
 use crate::proxy::{serve_endpoint, EndpointSpec, MetricsSnapshot, ProxyShared, ProxyThread};
+use crate::rotation::rotate_all;
 use crate::secrets::{generate_password, rds_secret_string, SecretStore, SecretsManager};
 use crate::ssm::{ParameterStore, ParameterStoreService, ParameterType};
 use crate::sts::{Sts, StsServer};
@@ -84,6 +85,7 @@ pub struct LocalStack {
     proxy_thread: Option<ProxyThread>,
     control: Arc<Control>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
+    rotation: Option<tokio::task::JoinHandle<()>>,
     endpoints: Vec<Endpoint>,
     ca_pem: String,
     ca_path: PathBuf,
@@ -239,6 +241,7 @@ impl LocalStack {
         .await?;
         let proxy = ProxyShared::new(
             Arc::clone(&iam),
+            Arc::clone(&secrets),
             cluster.topology(),
             Arc::clone(&tls.server_config),
             Arc::clone(&control),
@@ -268,6 +271,23 @@ impl LocalStack {
             });
         }
         seed_parameters(&config, &iam, &secrets, &parameters, &endpoints, &users);
+        let rotation = (config.secrets.rotate_every_seconds > 0).then(|| {
+            let every = std::time::Duration::from_secs(config.secrets.rotate_every_seconds);
+            let (config, cluster, secrets, control) = (
+                Arc::clone(&config),
+                Arc::clone(&cluster),
+                Arc::clone(&secrets),
+                Arc::clone(&control),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = rotate_all(&config, &cluster, &secrets, &control).await {
+                        tracing::error!("scheduled rotation failed: {e}");
+                    }
+                }
+            })
+        });
         tracing::info!(
             sts = %sts.addr(),
             secrets_manager = %secrets_server.addr(),
@@ -291,6 +311,7 @@ impl LocalStack {
             proxy_thread: Some(proxy_thread),
             control,
             listeners,
+            rotation,
             endpoints,
             ca_pem: tls.ca_pem,
             ca_path,
@@ -351,6 +372,24 @@ impl LocalStack {
         let user = self.password_user()?;
         let u = self.config.proxy.db_users.iter().find(|u| u.name == user)?;
         self.secrets.current_password(u.secret.as_deref()?)
+    }
+
+    /// Rotates every secret now with Secrets Manager's single-user rotation steps (see
+    /// [`crate::rotation`]): a new password as AWSPENDING, `ALTER ROLE` at PostgreSQL, a
+    /// test login, then AWSCURRENT moved to it (the old value stays as AWSPREVIOUS). New
+    /// logins through the proxy need the new password; open sessions carry on. Returns how
+    /// many secrets were rotated. `[secrets] rotate_every_seconds` does this on a schedule.
+    pub async fn rotate_secret_now(&self) -> Result<usize, Error> {
+        let (config, cluster, secrets, control) = (
+            Arc::clone(&self.config),
+            Arc::clone(&self.cluster),
+            Arc::clone(&self.secrets),
+            Arc::clone(&self.control),
+        );
+        self.runtime
+            .spawn(async move { rotate_all(&config, &cluster, &secrets, &control).await })
+            .await
+            .map_err(|e| Error::Postgres(format!("rotation task: {e}")))?
     }
 
     /// All endpoints, in configuration order.
@@ -665,6 +704,9 @@ impl Drop for LocalStack {
         drop(self.proxy_thread.take());
         self.sts.stop();
         self.secrets_server.stop();
+        if let Some(rotation) = self.rotation.take() {
+            rotation.abort();
+        }
         self.parameters_server.stop();
         self.cluster
             .wait_for_builds(std::time::Duration::from_secs(60));

@@ -72,7 +72,14 @@ async fn emfile_child() {
     let host = "db.proxy-x.us-east-1.rds.amazonaws.com".to_string();
     let tls = ProxyTls::generate(std::slice::from_ref(&host)).expect("certificates");
     let (_topology_tx, topology) = tokio::sync::watch::channel(Topology::default());
-    let shared = ProxyShared::new(iam, topology, Arc::clone(&tls.server_config), control);
+    let secrets = Arc::new(rds_proxy_emulator::secrets::SecretStore::new("us-east-1"));
+    let shared = ProxyShared::new(
+        iam,
+        secrets,
+        topology,
+        Arc::clone(&tls.server_config),
+        control,
+    );
     let spec = EndpointSpec {
         name: "rw".into(),
         hostname: host,

@@ -385,3 +385,34 @@ pub(super) async fn send_cancel(addr: SocketAddr, key: [u8; 8]) {
         tracing::debug!(%addr, "cancel request not delivered: {e}");
     }
 }
+
+/// Where the password of a db user's database connections comes from: the configuration
+/// (`auth = "iam"` users), or the user's secret, read each time a connection is opened so
+/// that connections opened after a rotation use the new password (those already open stay
+/// valid: PostgreSQL checks a password at login only).
+#[derive(Clone)]
+pub(super) enum BackendPassword {
+    /// A fixed password.
+    Fixed(String),
+    /// The AWSCURRENT password of the named secret.
+    Secret(std::sync::Arc<crate::secrets::SecretStore>, String),
+}
+
+impl BackendPassword {
+    /// The password to log in with now (`None`: the secret has none).
+    pub(super) fn current(&self) -> Option<String> {
+        match self {
+            BackendPassword::Fixed(p) => Some(p.clone()),
+            BackendPassword::Secret(store, name) => store.current_password(name),
+        }
+    }
+}
+
+impl std::fmt::Debug for BackendPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendPassword::Fixed(_) => f.write_str("Fixed(<redacted>)"),
+            BackendPassword::Secret(_, name) => f.debug_tuple("Secret").field(name).finish(),
+        }
+    }
+}

@@ -36,6 +36,13 @@ pub const MSG_BACKEND_DOWN: &str =
 pub const MSG_BACKEND_LOST: &str =
     "RDS Proxy lost the database connection of this session during a transaction or statement.";
 
+/// A failed password login of an `auth = "secret"` user (wrong password, or an IAM token
+/// sent as one). AWS does not document RDS Proxy's text for it; this is PostgreSQL's own,
+/// with its SQLSTATE (28P01, as [`SQLSTATE_IAM`]).
+pub fn msg_password_failed(user: &str) -> String {
+    format!("password authentication failed for user \"{user}\"")
+}
+
 /// `The IAM authentication failed for the role USER. ...`
 pub fn msg_iam_failed(user: &str) -> String {
     format!("The IAM authentication failed for the role {user}. Check the IAM token for this role and try again.")

@@ -20,6 +20,13 @@
 //!    role may `rds-db:connect` on `arn:aws:rds-db:REGION:ACCOUNT:dbuser:prx-ID/USER`.
 //!    Every refusal is logged (`tracing`, target `rds_proxy_emulator::proxy`) with its
 //!    precise reason; the client sees only the RDS Proxy text.
+//!    A db user with `auth = "secret"` (RDS Proxy's `IAMAuth: DISABLED`,
+//!    `ClientPasswordAuthType: POSTGRES_SCRAM_SHA_256`) is asked for SCRAM-SHA-256
+//!    instead (`AuthenticationSASL`, [`crate::scram`]), checked against the AWSCURRENT
+//!    password of its Secrets Manager secret as it is at this login; a wrong password, an
+//!    IAM token included, gets PostgreSQL's `password authentication failed for user "X"`
+//!    ([`msg_password_failed`]). Its database connections are opened with the secret's
+//!    password as it is when each one is opened, so they follow rotations.
 //! 4. The greeting: `AuthenticationOk`, the `ParameterStatus` set of the client's pool
 //!    (`pool`: one per target role, database user and database) with the client's own
 //!    values, a `BackendKeyData` of the proxy's own (`cancel`), `ReadyForQuery`. A login
@@ -67,25 +74,27 @@ use tracing::Instrument;
 pub use crate::cluster::Topology;
 pub use endpoint::EndpointSpec;
 pub use messages::{
-    msg_iam_failed, msg_no_credentials, msg_option, msg_too_many, ACCEPTED_PARAMETERS,
-    MSG_BACKEND_DOWN, MSG_BACKEND_LOST, MSG_BORROW_TIMEOUT, MSG_NO_USER, MSG_PROTOCOL,
-    MSG_REPLICATION, MSG_TLS_REQUIRED, SQLSTATE_AUTH_SPEC, SQLSTATE_BACKEND_DOWN, SQLSTATE_FEATURE,
-    SQLSTATE_IAM, SQLSTATE_TOO_MANY,
+    msg_iam_failed, msg_no_credentials, msg_option, msg_password_failed, msg_too_many,
+    ACCEPTED_PARAMETERS, MSG_BACKEND_DOWN, MSG_BACKEND_LOST, MSG_BORROW_TIMEOUT, MSG_NO_USER,
+    MSG_PROTOCOL, MSG_REPLICATION, MSG_TLS_REQUIRED, SQLSTATE_AUTH_SPEC, SQLSTATE_BACKEND_DOWN,
+    SQLSTATE_FEATURE, SQLSTATE_IAM, SQLSTATE_TOO_MANY,
 };
 pub use metrics::{MetricsSnapshot, ProxyMetrics};
 pub use relay::{pinning_log_line, DRAIN_AFTER_CLIENT_END};
 pub use wire::{fatal_message, parse_startup_packet, Startup};
 
 use crate::accept::{accept_with_backoff, Backoff};
-use crate::config::StackConfig;
+use crate::config::{DbAuth, StackConfig};
 use crate::control::Control;
 use crate::iam::Iam;
+use crate::scram::ScramKeys;
+use crate::secrets::SecretStore;
 use authorize::authorize;
-use backend::send_cancel;
+use backend::{send_cancel, BackendPassword};
 use cancel::Registry;
 use params::SessionParams;
 use pool::{BorrowError, PoolKey, Pools, Settings};
-use wire::{ask_password, read_startup, ConnError};
+use wire::{ask_password, read_startup, sasl_exchange, ConnError};
 
 /// How long a client may take from its first byte to its password.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -93,6 +102,7 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// State shared by all endpoints of one proxy.
 pub struct ProxyShared {
     iam: Arc<Iam>,
+    secrets: Arc<SecretStore>,
     config: Arc<StackConfig>,
     pools: Pools,
     cancel_keys: Registry,
@@ -115,9 +125,10 @@ impl std::fmt::Debug for ProxyShared {
 
 impl ProxyShared {
     /// Shared state for a proxy relaying to the servers of `topology`, obeying `control`'s
-    /// faults and counting there.
+    /// faults and counting there; `secrets` holds the passwords of `auth = "secret"` users.
     pub fn new(
         iam: Arc<Iam>,
+        secrets: Arc<SecretStore>,
         topology: watch::Receiver<Topology>,
         tls: Arc<rustls::ServerConfig>,
         control: Arc<Control>,
@@ -133,6 +144,7 @@ impl ProxyShared {
         let metrics = Arc::new(ProxyMetrics::default());
         Arc::new(ProxyShared {
             iam,
+            secrets,
             pools: Pools::new(settings, topology, Arc::clone(&metrics)),
             config,
             cancel_keys: Registry::default(),
@@ -308,7 +320,7 @@ struct Admitted {
     user: String,
     database: String,
     params: SessionParams,
-    password: String,
+    password: BackendPassword,
 }
 
 async fn handle_client(
@@ -510,6 +522,32 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
         .unwrap_or(&user)
         .to_string();
 
+    let password_user = shared
+        .config
+        .proxy
+        .db_users
+        .iter()
+        .find(|u| u.name == user && u.auth == DbAuth::Secret);
+    if let Some(secret) = password_user.and_then(|u| u.secret.clone()) {
+        let Some(password) = shared.secrets.current_password(&secret) else {
+            tracing::warn!(endpoint = %spec.name, %user, "refused: secret {secret} holds no password");
+            refuse(shared, tls, SQLSTATE_IAM, &msg_no_credentials(&user)).await;
+            return Ok(None);
+        };
+        if let Err(e) = sasl_exchange(tls, ScramKeys::new(&password)).await? {
+            tracing::warn!(endpoint = %spec.name, %user, "refused: password authentication failed: {e}");
+            ProxyMetrics::bump(&shared.metrics.client_connections_setup_failed_auth);
+            refuse(shared, tls, SQLSTATE_IAM, &msg_password_failed(&user)).await;
+            return Ok(None);
+        }
+        tracing::info!(endpoint = %spec.name, %user, "password authentication succeeded");
+        return Ok(Some(Admitted {
+            password: BackendPassword::Secret(Arc::clone(&shared.secrets), secret),
+            params: SessionParams::from_startup(&params),
+            user,
+            database,
+        }));
+    }
     let token = ask_password(tls).await?;
     let now = time::OffsetDateTime::now_utc();
     let accepted = match authorize(&shared.config, &shared.iam, spec, &user, &token, now) {
@@ -523,7 +561,7 @@ async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     };
     tracing::info!(endpoint = %spec.name, %user, principal = %accepted.caller.arn, "IAM authentication succeeded");
     Ok(Some(Admitted {
-        password: accepted.db_user.backend_password.clone(),
+        password: BackendPassword::Fixed(accepted.db_user.backend_password.clone()),
         params: SessionParams::from_startup(&params),
         user,
         database,

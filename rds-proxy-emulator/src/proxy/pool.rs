@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use super::backend::{BackendConn, OpenError};
+use super::backend::{BackendConn, BackendPassword, OpenError};
 use super::frames::header;
 use super::metrics::ProxyMetrics;
 use super::params::SessionParams;
@@ -389,7 +389,12 @@ impl Shared {
 
 impl Reservation {
     /// Opens the connection this reservation has room for.
-    async fn open(mut self, password: &str) -> Result<Backend, BorrowError> {
+    async fn open(mut self, password: &BackendPassword) -> Result<Backend, BorrowError> {
+        // Read now, not at the client's login: a rotated secret's new password is the one
+        // PostgreSQL takes.
+        let password = password.current().ok_or_else(|| {
+            BorrowError::Unreachable("the db user's secret has no password".into())
+        })?;
         let shared = Arc::clone(&self.shared);
         ProxyMetrics::bump(&shared.metrics.database_connection_requests);
         let key = shared
@@ -401,7 +406,7 @@ impl Reservation {
             .clone();
         let opened = tokio::time::timeout(
             shared.settings.connect_timeout,
-            BackendConn::open(self.addr, &key.user, &key.database, password),
+            BackendConn::open(self.addr, &key.user, &key.database, &password),
         )
         .await;
         let mut conn = match opened {
@@ -526,12 +531,12 @@ impl Pools {
     }
 
     /// Lends a connection of `pool`, its tracked parameters not yet restored to `params`
-    /// (see [`Pools::restore`]); `password` is the proxy's secret for opening one.
+    /// (see [`Pools::restore`]); `password` gives the proxy's secret for opening one.
     pub(super) async fn borrow(
         &self,
         pool: PoolId,
         params: &SessionParams,
-        password: &str,
+        password: &BackendPassword,
     ) -> Result<Backend, BorrowError> {
         let shared = &self.shared;
         let deadline = Instant::now() + shared.settings.borrow_timeout;
@@ -703,7 +708,7 @@ impl Pools {
         &self,
         pool: PoolId,
         params: &SessionParams,
-        password: &str,
+        password: &BackendPassword,
     ) -> Result<Arc<[u8]>, BorrowError> {
         let shared = &self.shared;
         let mut dead = Vec::new();

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::backend::send_cancel;
+use super::backend::{send_cancel, BackendPassword};
 use super::cancel::Slot;
 use super::messages::{
     MSG_BACKEND_DOWN, MSG_BACKEND_LOST, MSG_BORROW_TIMEOUT, SQLSTATE_BACKEND_DOWN,
@@ -50,7 +50,7 @@ pub(super) struct Context<'a> {
     pub(super) pool: PoolId,
     pub(super) params: SessionParams,
     /// The proxy's secret for the database user (to open connections).
-    pub(super) password: &'a str,
+    pub(super) password: &'a BackendPassword,
     pub(super) slot: &'a Slot,
     pub(super) control: &'a Control,
     pub(super) metrics: &'a ProxyMetrics,

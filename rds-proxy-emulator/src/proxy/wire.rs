@@ -3,6 +3,8 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::scram::{ScramError, ScramKeys, ScramServer, MECHANISM};
+
 const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
@@ -147,6 +149,70 @@ pub(super) async fn ask_password<S: AsyncRead + AsyncWrite + Unpin>(
         password.pop();
     }
     Ok(String::from_utf8_lossy(&password).into_owned())
+}
+
+/// Reads one `p` message (PasswordMessage, SASLInitialResponse, SASLResponse: the tag is
+/// shared) of at most `MAX_PASSWORD` bytes and returns its body.
+async fn read_password_message<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, ConnError> {
+    let tag = s.read_u8().await?;
+    let len = s.read_u32().await? as usize;
+    if tag != b'p' || !(4..=MAX_PASSWORD).contains(&len) {
+        return Err(ConnError::Protocol(format!(
+            "expected a SASL response, got {:?} ({len} bytes)",
+            char::from(tag)
+        )));
+    }
+    let mut body = vec![0u8; len - 4];
+    s.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// An `AuthenticationSASL*` message: its code and data.
+fn authentication(code: u32, data: &[u8]) -> Vec<u8> {
+    let mut body = code.to_be_bytes().to_vec();
+    body.extend_from_slice(data);
+    message(b'R', &body)
+}
+
+/// Runs the SASL exchange of a SCRAM-SHA-256 login with `keys` (AuthenticationSASL,
+/// SASLInitialResponse, AuthenticationSASLContinue, SASLResponse,
+/// AuthenticationSASLFinal); the caller sends AuthenticationOk or the refusal. The outer
+/// error is the connection's; the inner one is a failed authentication.
+pub(super) async fn sasl_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    keys: ScramKeys,
+) -> Result<Result<(), ScramError>, ConnError> {
+    let mut offer = MECHANISM.as_bytes().to_vec();
+    offer.extend_from_slice(&[0, 0]);
+    s.write_all(&authentication(10, &offer)).await?;
+    s.flush().await?;
+    let initial = read_password_message(s).await?;
+    // SASLInitialResponse: mechanism (C string), length of the data (-1: none), data.
+    let Some(nul) = initial.iter().position(|b| *b == 0) else {
+        return Ok(Err(ScramError::Protocol("no mechanism")));
+    };
+    if &initial[..nul] != MECHANISM.as_bytes() {
+        return Ok(Err(ScramError::Protocol("mechanism not offered")));
+    }
+    let Some(data) = initial.get(nul + 5..) else {
+        return Ok(Err(ScramError::Protocol("no client-first message")));
+    };
+    let (server, server_first) = match ScramServer::start(keys, data) {
+        Ok(started) => started,
+        Err(e) => return Ok(Err(e)),
+    };
+    s.write_all(&authentication(11, server_first.as_bytes()))
+        .await?;
+    s.flush().await?;
+    let client_final = read_password_message(s).await?;
+    match server.finish(&client_final) {
+        Ok(server_final) => {
+            s.write_all(&authentication(12, server_final.as_bytes()))
+                .await?;
+            Ok(Ok(()))
+        }
+        Err(e) => Ok(Err(e)),
+    }
 }
 
 /// A tagged message: the tag, the length, the body.
