@@ -228,6 +228,96 @@ async fn a_refusing_secrets_manager_past_the_ttl_keeps_the_stored_password() {
         .expect("secret stage");
     assert!(secret.detail.contains("refresh failing"), "{report}");
     assert_eq!(connector.failed_connects(), 0);
+
+    // Rotated meanwhile: the stored password is refused, read again once (refused by
+    // Secrets Manager), and the check says so at the secret stage.
+    stack.rotate_secret_now().await.expect("rotated");
+    let report = connector.check().await;
+    let err = report.error.as_ref().expect("fails");
+    assert_eq!(err.stage(), Stage::Secret, "{report}");
+    assert_eq!(err.reason(), Reason::SecretServiceUnavailable, "{report}");
+    let login = report.stages.iter().find(|s| s.stage == Stage::Login);
+    assert_eq!(login.map(|s| s.outcome), Some(Outcome::Retried), "{report}");
+    stack.set_secrets_fault(ServiceFault::None);
+}
+
+/// A deadpool pool and a sqlx pool on one connector keep working across a rotation: the
+/// refused login reads the secret again, the sqlx pool's options follow the new value.
+#[tokio::test]
+async fn pools_keep_working_across_a_rotation() {
+    use rds_iam_auth::pool;
+    use rds_iam_auth::sqlx::{PgPoolOptions, PoolBuilder};
+
+    let stack = stack().await;
+    let connector = secret_config(&stack)
+        .await
+        .connector()
+        .await
+        .expect("connector");
+    let deadpool = pool::builder(&connector, deadpool_postgres::ManagerConfig::default())
+        .max_size(2)
+        .build()
+        .expect("pool");
+    let (sqlx_pool, refresh) = PoolBuilder::new(connector.clone())
+        .pool_options(PgPoolOptions::new().max_connections(2))
+        .connect()
+        .await
+        .expect("sqlx pool");
+    let client = deadpool.get().await.expect("deadpool connection");
+    client.simple_query("SELECT 1").await.expect("query");
+    drop(client);
+    let n: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&sqlx_pool)
+        .await
+        .expect("sqlx");
+    assert_eq!(n, 1);
+    let installed = refresh.refresh_count();
+
+    let before = stack.current_password().expect("password");
+    stack.rotate_secret_now().await.expect("rotated");
+    assert_ne!(stack.current_password().expect("password"), before);
+
+    // Open connections are not touched by a rotation.
+    let n: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&sqlx_pool)
+        .await
+        .expect("sqlx");
+    assert_eq!(n, 1);
+    // A new deadpool connection: refused with the old password, read again, logged in.
+    deadpool.retain(|_, _| false);
+    let client = deadpool
+        .get()
+        .await
+        .expect("a new connection after the rotation");
+    client.simple_query("SELECT 1").await.expect("query");
+    assert_eq!(connector.failed_connects(), 0);
+    assert_eq!(
+        connector.password_reads(),
+        2,
+        "read once more, after the refusal"
+    );
+
+    // sqlx got the new password too: a new sqlx connection logs in with it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while refresh.refresh_count() == installed && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refresh.refresh_count() > installed,
+        "options installed again"
+    );
+    let mut conn = sqlx_pool.acquire().await.expect("sqlx connection");
+    sqlx::Connection::close(conn.detach())
+        .await
+        .expect("closed");
+    for _ in 0..4 {
+        let n: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&sqlx_pool)
+            .await
+            .expect("sqlx after rotation");
+        assert_eq!(n, 1);
+    }
+    sqlx_pool.close().await;
 }
 
 /// Every event at TRACE level (the SDK's, hyper's, rustls's, tokio-postgres's, ours) of a
@@ -275,5 +365,27 @@ async fn trace_logs_of_a_password_connect_never_hold_the_password() {
     assert!(
         !text.contains(&password),
         "the password is in the trace output"
+    );
+}
+
+/// The raw startup of `connect_stream` (the local auth proxy's) answers the proxy's
+/// SCRAM-SHA-256 with the stored password.
+#[tokio::test]
+async fn connect_stream_logs_in_by_scram_with_the_stored_password() {
+    let stack = stack().await;
+    let connector = secret_config(&stack)
+        .await
+        .connector()
+        .await
+        .expect("connector");
+    let session = connector
+        .connect_stream(&[("application_name", "relay")])
+        .await
+        .expect("logged in");
+    assert!(session.backend_key().is_some());
+    assert_eq!(
+        session.greeting().last(),
+        Some(&b'I'),
+        "ends with ReadyForQuery (idle)"
     );
 }
