@@ -428,8 +428,10 @@ impl PasswordCache {
                 .as_ref()
                 .filter(|f| f.generation == state.generation)
             {
-                return match state.current.as_ref().filter(|c| !c.suspect) {
-                    Some(_) => Ok(state.cached().expect("a current value")),
+                // The stored value keeps serving unless a login refused it.
+                let usable = state.current.as_ref().is_some_and(|c| !c.suspect);
+                return match state.cached().filter(|_| usable) {
+                    Some(obtained) => Ok(obtained),
                     None => Err(failure.error.clone()),
                 };
             }
