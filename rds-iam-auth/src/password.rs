@@ -30,7 +30,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::credentials::{backoff, catch_panic, MAX_BACKOFF, REFRESH_TIMEOUT};
+use crate::credentials::{backoff, spawn_refresh, Ended, MAX_BACKOFF, REFRESH_TIMEOUT};
 use crate::error::classify::{parameter_error, secret_error, secret_invalid, secret_lost};
 use crate::error::{ConfigError, Error};
 use crate::stage::Stage;
@@ -529,30 +529,35 @@ impl Shared {
             return;
         }
         state.refreshing = true;
-        let refresh = Refresh {
-            shared: Some(self.clone()),
+        let shared = self.clone();
+        let work = {
+            let shared = self.clone();
+            async move {
+                let started = Instant::now();
+                let value = shared.fetcher.fetch().await?;
+                Ok((value, started.elapsed()))
+            }
         };
-        tokio::spawn(async move {
-            let Some(shared) = refresh.shared.clone() else {
-                return;
-            };
-            let started = Instant::now();
-            let read = tokio::time::timeout(REFRESH_TIMEOUT, shared.fetcher.fetch());
-            let outcome = match catch_panic(read).await {
-                Some(Ok(Ok(value))) => Ok((value, started.elapsed())),
-                Some(Ok(Err(error))) => Err(error),
-                Some(Err(_)) => Err(Error::timeout(Stage::Secret, REFRESH_TIMEOUT)),
-                None => Err(secret_lost(
-                    &shared.source.describe(),
-                    "reading the password panicked",
+        spawn_refresh(REFRESH_TIMEOUT, work, move |ended| {
+            let what = shared.source.describe();
+            // A refresh dropped unfinished says nothing about the service: the next caller
+            // may try again at once.
+            let retry_at_once = matches!(ended, Ended::Dropped);
+            let outcome = match ended {
+                Ended::Finished(outcome) => outcome,
+                Ended::TimedOut => Err(Error::timeout(Stage::Secret, REFRESH_TIMEOUT)),
+                Ended::Panicked => Err(secret_lost(&what, "reading the password panicked")),
+                Ended::Dropped => Err(secret_lost(
+                    &what,
+                    "the password refresh was cancelled before it finished (the Tokio runtime it ran on shut down)",
                 )),
             };
-            refresh.finish(outcome);
+            shared.finish_refresh(outcome, retry_at_once);
         });
     }
 
     /// Records a refresh's outcome and wakes every caller waiting for it.
-    fn finish_refresh(&self, outcome: Result<(SecretValue, Duration), Error>) {
+    fn finish_refresh(&self, outcome: Result<(SecretValue, Duration), Error>, retry_at_once: bool) {
         {
             let mut state = self.lock();
             state.refreshing = false;
@@ -591,42 +596,16 @@ impl Shared {
                         generation,
                         in_a_row,
                         since,
-                        retry_at: Instant::now() + backoff(in_a_row, MAX_BACKOFF),
+                        retry_at: if retry_at_once {
+                            Instant::now()
+                        } else {
+                            Instant::now() + backoff(in_a_row, MAX_BACKOFF)
+                        },
                     });
                 }
             }
         }
         self.refreshed.notify_waiters();
-    }
-}
-
-/// The one refresh task of a cache. Whatever ends it, its waiters hear of it: a task
-/// dropped unfinished (its runtime shut down) is recorded as a failed refresh.
-struct Refresh {
-    shared: Option<Arc<Shared>>,
-}
-
-impl Refresh {
-    fn finish(mut self, outcome: Result<(SecretValue, Duration), Error>) {
-        if let Some(shared) = self.shared.take() {
-            shared.finish_refresh(outcome);
-        }
-    }
-}
-
-impl Drop for Refresh {
-    fn drop(&mut self) {
-        if let Some(shared) = self.shared.take() {
-            let error = secret_lost(
-                &shared.source.describe(),
-                "the password refresh was cancelled before it finished (the Tokio runtime it ran on shut down)",
-            );
-            shared.finish_refresh(Err(error));
-            // Not the service's fault: the next caller may try again at once.
-            if let Some(failure) = shared.lock().failure.as_mut() {
-                failure.retry_at = Instant::now();
-            }
-        }
     }
 }
 

@@ -16,13 +16,68 @@ use rds_iam_auth::pool::{self, ManagerConfig, Pool, RecyclingMethod, Runtime};
 mod common;
 use common::{config, ro, stack_with};
 
+/// How long a soak runs: `SOAK_SECONDS`, default 120.
+fn soak_seconds() -> u64 {
+    std::env::var("SOAK_SECONDS")
+        .ok()
+        .map(|v| v.parse().expect("SOAK_SECONDS is a whole number"))
+        .unwrap_or(120)
+}
+
+/// `n` tasks that take a pooled connection and query until `until`, counting queries;
+/// each returns its failures.
+fn pool_workers(
+    pool: &Pool,
+    n: usize,
+    until: Instant,
+    queries: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..n)
+        .map(|_| {
+            let (pool, queries) = (pool.clone(), queries.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while Instant::now() < until {
+                    match pool.get().await {
+                        Ok(client) => match client.simple_query("SELECT 1").await {
+                            Ok(_) => {
+                                queries.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => failures.push(format!("query: {e}")),
+                        },
+                        Err(e) => failures.push(format!("pool: {e}")),
+                    }
+                }
+                failures
+            })
+        })
+        .collect()
+}
+
+/// A fresh connect and a query every 250 ms until `until`: how many worked, and the failures.
+async fn connect_every_250_ms(
+    connector: &rds_iam_auth::Connector,
+    until: Instant,
+) -> (u64, Vec<String>) {
+    let (mut connects, mut failures) = (0u64, Vec::new());
+    while Instant::now() < until {
+        let started = Instant::now();
+        match connector.connect().await {
+            Ok(client) => match client.simple_query("SELECT 1").await {
+                Ok(_) => connects += 1,
+                Err(e) => failures.push(format!("query: {e}")),
+            },
+            Err(e) => failures.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(250).saturating_sub(started.elapsed())).await;
+    }
+    (connects, failures)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "minutes long: make soak"]
 async fn soak_pool_and_connects_through_rotating_credentials_and_short_tokens() {
-    let seconds: u64 = std::env::var("SOAK_SECONDS")
-        .ok()
-        .map(|v| v.parse().expect("SOAK_SECONDS is a whole number"))
-        .unwrap_or(120);
+    let seconds = soak_seconds();
     let stack = stack_with(|c| {
         c.sts.credentials_lifetime_seconds = Some(30);
         c.proxy.token_lifetime_seconds = 20;
@@ -48,38 +103,8 @@ async fn soak_pool_and_connects_through_rotating_credentials_and_short_tokens() 
 
     let until = Instant::now() + Duration::from_secs(seconds);
     let queries = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..32)
-        .map(|_| {
-            let (pool, queries) = (pool.clone(), queries.clone());
-            tokio::spawn(async move {
-                let mut failures = Vec::new();
-                while Instant::now() < until {
-                    match pool.get().await {
-                        Ok(client) => match client.simple_query("SELECT 1").await {
-                            Ok(_) => {
-                                queries.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => failures.push(format!("query: {e}")),
-                        },
-                        Err(e) => failures.push(format!("pool: {e}")),
-                    }
-                }
-                failures
-            })
-        })
-        .collect();
-    let (mut connects, mut connect_failures) = (0u64, Vec::new());
-    while Instant::now() < until {
-        let started = Instant::now();
-        match connector.connect().await {
-            Ok(client) => match client.simple_query("SELECT 1").await {
-                Ok(_) => connects += 1,
-                Err(e) => connect_failures.push(format!("query: {e}")),
-            },
-            Err(e) => connect_failures.push(e.to_string()),
-        }
-        tokio::time::sleep(Duration::from_millis(250).saturating_sub(started.elapsed())).await;
-    }
+    let workers = pool_workers(&pool, 32, until, &queries);
+    let (connects, connect_failures) = connect_every_250_ms(&connector, until).await;
     let mut query_failures = Vec::new();
     for worker in workers {
         query_failures.extend(worker.await.expect("join"));
@@ -119,10 +144,7 @@ async fn soak_pool_and_connects_through_rotating_credentials_and_short_tokens() 
 async fn soak_pools_and_connects_through_secret_rotations() {
     use rds_iam_auth::sqlx::{PgPoolOptions, PoolBuilder};
 
-    let seconds: u64 = std::env::var("SOAK_SECONDS")
-        .ok()
-        .map(|v| v.parse().expect("SOAK_SECONDS is a whole number"))
-        .unwrap_or(120);
+    let seconds = soak_seconds();
     let stack = stack_with(|c| c.secrets.rotate_every_seconds = 15).await;
     let connector = common::secret_config(&stack)
         .await
@@ -148,26 +170,7 @@ async fn soak_pools_and_connects_through_secret_rotations() {
 
     let until = Instant::now() + Duration::from_secs(seconds);
     let queries = Arc::new(AtomicU64::new(0));
-    let mut workers: Vec<tokio::task::JoinHandle<Vec<String>>> = (0..8)
-        .map(|_| {
-            let (pool, queries) = (pool.clone(), queries.clone());
-            tokio::spawn(async move {
-                let mut failures = Vec::new();
-                while Instant::now() < until {
-                    match pool.get().await {
-                        Ok(client) => match client.simple_query("SELECT 1").await {
-                            Ok(_) => {
-                                queries.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => failures.push(format!("deadpool query: {e}")),
-                        },
-                        Err(e) => failures.push(format!("deadpool: {e}")),
-                    }
-                }
-                failures
-            })
-        })
-        .collect();
+    let mut workers = pool_workers(&pool, 8, until, &queries);
     workers.extend((0..8).map(|_| {
         let (pool, queries) = (sqlx_pool.clone(), queries.clone());
         tokio::spawn(async move {
@@ -186,18 +189,7 @@ async fn soak_pools_and_connects_through_secret_rotations() {
             failures
         })
     }));
-    let (mut connects, mut connect_failures) = (0u64, Vec::new());
-    while Instant::now() < until {
-        let started = Instant::now();
-        match connector.connect().await {
-            Ok(client) => match client.simple_query("SELECT 1").await {
-                Ok(_) => connects += 1,
-                Err(e) => connect_failures.push(format!("query: {e}")),
-            },
-            Err(e) => connect_failures.push(e.to_string()),
-        }
-        tokio::time::sleep(Duration::from_millis(250).saturating_sub(started.elapsed())).await;
-    }
+    let (connects, connect_failures) = connect_every_250_ms(&connector, until).await;
     let mut query_failures = Vec::new();
     for worker in workers {
         query_failures.extend(worker.await.expect("join"));

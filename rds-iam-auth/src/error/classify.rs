@@ -153,46 +153,28 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
 {
-    let (message, code, reason) = match &err {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            let code = e.code().map(str::to_owned);
-            let reason = match code.as_deref() {
-                Some("AccessDenied") => Reason::AccessDenied,
-                Some(
-                    "InvalidClientTokenId"
-                    | "SignatureDoesNotMatch"
-                    | "ExpiredToken"
-                    | "ExpiredTokenException",
-                ) => Reason::CallerRejected,
-                // STS's own word for "not now": retryable errors the SDK gave up on.
-                Some(
-                    "ServiceUnavailable"
-                    | "Throttling"
-                    | "ThrottlingException"
-                    | "RequestLimitExceeded"
-                    | "InternalFailure"
-                    | "InternalError",
-                ) => Reason::StsUnavailable,
-                _ => Reason::CredentialsFailed,
-            };
-            let message = format!(
-                "{}: {}",
-                code.as_deref().unwrap_or("error"),
-                e.message().unwrap_or("(no message)")
-            );
-            (message, code, reason)
-        }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => (
-            format!("STS unreachable: {}", error_chain(&err)),
-            None,
-            Reason::StsUnreachable,
-        ),
-        _ => (error_chain(&err), None, Reason::CredentialsFailed),
+    let reason_of = |code: &str| match code {
+        "AccessDenied" => Reason::AccessDenied,
+        "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "ExpiredToken"
+        | "ExpiredTokenException" => Reason::CallerRejected,
+        // STS's own word for "not now": retryable errors the SDK gave up on.
+        "ServiceUnavailable"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "InternalFailure"
+        | "InternalError" => Reason::StsUnavailable,
+        _ => Reason::CredentialsFailed,
     };
-    Error::new(Stage::AssumeRole, reason, format!("{role_arn}: {message}"))
-        .with_aws_code(code)
-        .with_source(err)
+    let service = Service {
+        name: "STS",
+        stage: Stage::AssumeRole,
+        unreachable: Reason::StsUnreachable,
+        failed: Reason::CredentialsFailed,
+    };
+    service.error(role_arn, err, reason_of)
 }
 
 /// Secrets Manager refused `GetSecretValue` on `secret_arn`, or could not be reached.
@@ -201,11 +183,12 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
 {
-    service_error(Stage::Secret, secret_arn, err, |code| match code {
+    let service = Service::password_store("Secrets Manager", Stage::Secret);
+    service.error(secret_arn, err, |code| match code {
         "AccessDeniedException" => Reason::SecretAccessDenied,
         "ResourceNotFoundException" => Reason::SecretNotFound,
         "DecryptionFailure" => Reason::SecretDecryptionFailed,
-        _ => Reason::SecretFailed,
+        other => unavailable_or_failed(other),
     })
 }
 
@@ -216,60 +199,85 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
 {
-    service_error(stage, name, err, |code| match code {
+    let service = Service::password_store("Parameter Store", stage);
+    service.error(name, err, |code| match code {
         "AccessDeniedException" => Reason::ParameterAccessDenied,
         "ParameterNotFound" | "ParameterVersionNotFound" => Reason::ParameterNotFound,
         "InvalidKeyId" => Reason::SecretDecryptionFailed,
-        _ => Reason::SecretFailed,
+        other => unavailable_or_failed(other),
     })
 }
 
-/// An SDK error of Secrets Manager or Parameter Store about `what`: the service's own codes
-/// by `by_code`, the codes both share for "not now", and unreachable endpoints.
-fn service_error<E, R>(
+/// The codes Secrets Manager and Parameter Store share for "not now": retryable errors
+/// the SDK gave up on.
+fn unavailable_or_failed(code: &str) -> Reason {
+    match code {
+        "ThrottlingException"
+        | "Throttling"
+        | "TooManyUpdates"
+        | "ServiceUnavailable"
+        | "InternalServiceError"
+        | "InternalServerError"
+        | "InternalFailure" => Reason::SecretServiceUnavailable,
+        _ => Reason::SecretFailed,
+    }
+}
+
+/// An AWS service whose SDK errors become errors of one stage.
+struct Service {
+    name: &'static str,
     stage: Stage,
-    what: &str,
-    err: SdkError<E, R>,
-    by_code: impl Fn(&str) -> Reason,
-) -> Error
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: fmt::Debug + Send + Sync + 'static,
-{
-    let (message, code, reason) = match &err {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            let code = e.code().map(str::to_owned);
-            let reason = match code.as_deref() {
-                Some(
-                    "ThrottlingException"
-                    | "Throttling"
-                    | "TooManyUpdates"
-                    | "ServiceUnavailable"
-                    | "InternalServiceError"
-                    | "InternalServerError"
-                    | "InternalFailure",
-                ) => Reason::SecretServiceUnavailable,
-                Some(code) => by_code(code),
-                None => Reason::SecretFailed,
-            };
-            let message = format!(
-                "{}: {}",
-                code.as_deref().unwrap_or("error"),
-                e.message().unwrap_or("(no message)")
-            );
-            (message, code, reason)
+    /// The reason of a request that never got an answer (DNS, connect, timeout).
+    unreachable: Reason,
+    /// The reason of any other failure without an error code.
+    failed: Reason,
+}
+
+impl Service {
+    fn password_store(name: &'static str, stage: Stage) -> Self {
+        Service {
+            name,
+            stage,
+            unreachable: Reason::SecretServiceUnreachable,
+            failed: Reason::SecretFailed,
         }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => (
-            format!("unreachable: {}", error_chain(&err)),
-            None,
-            Reason::SecretServiceUnreachable,
-        ),
-        _ => (error_chain(&err), None, Reason::SecretFailed),
-    };
-    Error::new(stage, reason, format!("{what}: {message}"))
-        .with_aws_code(code)
-        .with_source(err)
+    }
+
+    /// `err` about `what` (a role, a secret, a parameter): the service's error code read by
+    /// `reason_of`, or where the request got no answer.
+    fn error<E, R>(
+        &self,
+        what: &str,
+        err: SdkError<E, R>,
+        reason_of: impl Fn(&str) -> Reason,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug + Send + Sync + 'static,
+    {
+        let (message, code, reason) = match &err {
+            SdkError::ServiceError(service) => {
+                let e = service.err();
+                let code = e.code().map(str::to_owned);
+                let reason = code.as_deref().map_or(self.failed, &reason_of);
+                let message = format!(
+                    "{}: {}",
+                    code.as_deref().unwrap_or("error"),
+                    e.message().unwrap_or("(no message)")
+                );
+                (message, code, reason)
+            }
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => (
+                format!("{} unreachable: {}", self.name, error_chain(&err)),
+                None,
+                self.unreachable,
+            ),
+            _ => (error_chain(&err), None, self.failed),
+        };
+        Error::new(self.stage, reason, format!("{what}: {message}"))
+            .with_aws_code(code)
+            .with_source(err)
+    }
 }
 
 /// The secret or parameter `what` was read but its value cannot be used (`message` says

@@ -21,16 +21,21 @@ pub async fn stack_with(edit: impl FnOnce(&mut StackConfig)) -> LocalStack {
 
 /// The SDK configuration of the application (or of `principal`), pointed at the STS stand-in.
 pub async fn sdk_config(stack: &LocalStack, principal: Option<&str>) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(stack.region().to_owned()))
+        .endpoint_url(stack.sts_endpoint_url())
+        .credentials_provider(keys(stack, principal))
+        .load()
+        .await
+}
+
+/// The long-term keys of the application's principal (or of `principal`).
+fn keys(stack: &LocalStack, principal: Option<&str>) -> Credentials {
     let (akid, secret) = match principal {
         Some(arn) => stack.principal_credentials(arn).expect("known principal"),
         None => stack.app_credentials(),
     };
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(stack.region().to_owned()))
-        .endpoint_url(stack.sts_endpoint_url())
-        .credentials_provider(Credentials::from_keys(akid, secret, None))
-        .load()
-        .await
+    Credentials::from_keys(akid, secret, None)
 }
 
 pub fn ro(stack: &LocalStack) -> &Endpoint {
@@ -93,13 +98,9 @@ impl aws_types::service_config::LoadServiceConfig for StandIns {
 /// The SDK configuration of the application (or of `principal`), with STS, Secrets
 /// Manager and Parameter Store each at its stand-in.
 pub async fn sdk_config_all(stack: &LocalStack, principal: Option<&str>) -> SdkConfig {
-    let (akid, secret) = match principal {
-        Some(arn) => stack.principal_credentials(arn).expect("known principal"),
-        None => stack.app_credentials(),
-    };
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(stack.region().to_owned()))
-        .credentials_provider(Credentials::from_keys(akid, secret, None))
+        .credentials_provider(keys(stack, principal))
         .load()
         .await
         .into_builder()
