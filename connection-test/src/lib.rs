@@ -57,6 +57,12 @@ pub const APPLICATION_NAME: &str = "connectiontest-lambda";
 /// `CONFIG_PARAMETER_PATH`, [`REQUIRED_VARIABLES`] are not required here: the secret or the
 /// parameters may hold them, and the connector names whatever is still missing.
 pub fn config_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    settings_from_lookup(lookup).map(with_function_defaults)
+}
+
+/// The environment's settings, the required variables checked, without the function's
+/// defaults (applied last, so that Parameter Store's settings can fill what is unset).
+fn settings_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let set = |name: &str| lookup(name).is_some_and(|v| !v.trim().is_empty());
     let iam_only = ![
         "DB_SECRET_ARN",
@@ -74,7 +80,7 @@ pub fn config_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
             }
         }
     }
-    Ok(with_function_defaults(Config::from_lookup(lookup)?))
+    Config::from_lookup(lookup)
 }
 
 /// The function's own names, where the settings give none.
@@ -198,7 +204,7 @@ impl Function {
     /// leaves unset (read once, here); a failure to read them is what every invocation
     /// reports (`ParameterFailed`).
     pub async fn from_env() -> Self {
-        let config = match config_from_lookup(|name| std::env::var(name).ok()) {
+        let config = match settings_from_lookup(|name| std::env::var(name).ok()) {
             Ok(config) => config,
             Err(e) => return Self::new(Err(e)).await,
         };
@@ -218,7 +224,7 @@ impl Function {
                 }
             },
         };
-        Self::new(Ok(config.sdk_config(sdk))).await
+        Self::new(Ok(with_function_defaults(config).sdk_config(sdk))).await
     }
 
     /// Initialises from a configuration; an error is kept and reported by every invocation.
