@@ -347,6 +347,18 @@ impl Connector {
             .map(|(password, _)| password)
     }
 
+    /// Logs in once and closes the session, counting no failure: with a stored password,
+    /// a refusal after a rotation reads the password again (the path's one retry), for
+    /// integrations whose own logins the connector does not see (sqlx).
+    #[cfg(feature = "sqlx")]
+    pub(crate) async fn probe_login(&self) {
+        let mut rec = Recorder::quiet();
+        let deadline = Deadline::after(self.inner.connect_timeout);
+        if let Err(e) = Box::pin(self.establish(&mut rec, deadline)).await {
+            tracing::debug!(error = %e, "probe login failed");
+        }
+    }
+
     /// The stored password's cache, when this connector logs in with one.
     pub(crate) fn password_cache(&self) -> Option<&PasswordCache> {
         self.inner.password.as_ref()

@@ -396,3 +396,51 @@ async fn connect_stream_logs_in_by_scram_with_the_stored_password() {
         "ends with ReadyForQuery (idle)"
     );
 }
+
+/// A sqlx pool alone on its connector: its refresh task's login through the connector sees
+/// the rotation (sqlx's own refused logins are invisible to the library) and installs the
+/// new password.
+#[tokio::test]
+async fn a_sqlx_pool_alone_follows_a_rotation() {
+    use rds_iam_auth::sqlx::{PgPoolOptions, PoolBuilder};
+
+    let stack = stack().await;
+    let connector = secret_config(&stack)
+        .await
+        .connector()
+        .await
+        .expect("connector");
+    let (pool, refresh) = PoolBuilder::new(connector.clone())
+        .pool_options(PgPoolOptions::new().max_connections(1))
+        .refresh_every(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("sqlx pool");
+    stack.rotate_secret_now().await.expect("rotated");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while connector.password_reads() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        connector.password_reads(),
+        2,
+        "read again after the probe was refused"
+    );
+    let installed = refresh.refresh_count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while refresh.refresh_count() == installed && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A new connection (the only one closed first) logs in with the new password.
+    let conn = pool.acquire().await.expect("connection");
+    sqlx::Connection::close(conn.detach())
+        .await
+        .expect("closed");
+    let n: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&pool)
+        .await
+        .expect("a new connection after the rotation");
+    assert_eq!(n, 1);
+    assert_eq!(refresh.failed_refresh_count(), 0);
+    pool.close().await;
+}

@@ -55,6 +55,10 @@
 //!   renews them ahead of expiry (see [`crate::credentials`]), and the refresh after that
 //!   signs with the new ones, long before the old ones expire.
 //! - Connections already open are not touched: a token is only checked at login.
+//! - With a stored password (a secret or a parameter) instead of tokens, the options carry
+//!   the cached password, installed again as soon as the connector reads a new one; at each
+//!   tick the task also logs in once through the connector, so that a rotation (which
+//!   sqlx's own refused logins cannot report) is noticed and the password read again.
 //!
 //! # When a refresh fails
 //!
@@ -718,16 +722,24 @@ impl Refresher {
             .password_cache()
             .map(|cache| cache.subscribe());
         loop {
-            tokio::select! {
+            let on_schedule = tokio::select! {
                 _ = &mut closed => break,
                 _ = self.status.stop.notified() => break,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait) => true,
                 Some(Ok(())) = async {
                     match new_password.as_mut() {
                         Some(versions) => Some(versions.changed().await),
                         None => None,
                     }
-                } => {}
+                } => false,
+            };
+            if on_schedule && new_password.is_some() {
+                // sqlx cannot tell this task that its logins are refused after a rotation;
+                // a login through the connector can, and reads the password again.
+                tokio::select! {
+                    _ = &mut closed => break,
+                    () = self.settings.connector.probe_login() => {}
+                }
             }
             let outcome = tokio::select! {
                 _ = &mut closed => break,
