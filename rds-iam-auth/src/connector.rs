@@ -360,6 +360,7 @@ impl Connector {
     }
 
     /// The stored password's cache, when this connector logs in with one.
+    #[cfg(feature = "sqlx")]
     pub(crate) fn password_cache(&self) -> Option<&PasswordCache> {
         self.inner.password.as_ref()
     }

@@ -380,6 +380,7 @@ impl PasswordCache {
     }
 
     /// Tells when a new value is read (its version changes).
+    #[cfg(feature = "sqlx")]
     pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.versions.subscribe()
     }
