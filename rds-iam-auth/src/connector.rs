@@ -98,7 +98,10 @@ impl Connector {
     /// When the proxy refuses the token with its IAM message, the credentials that signed it
     /// may have been revoked or rotated since they were cached: they are dropped, and the
     /// login is tried once more with refreshed credentials (at most once a minute per
-    /// cache, so a missing permission costs no STS call per connect).
+    /// cache, so a missing permission costs no STS call per connect). With a stored password
+    /// ([`Config::secret_arn`](crate::Config::secret_arn),
+    /// [`Config::password_parameter`](crate::Config::password_parameter)), a login refused
+    /// with SQLSTATE 28P01 reads the password again and is tried once more the same way.
     ///
     /// The after-connect hook ([`Config::after_connect`](crate::Config::after_connect)) has
     /// run on the session when this returns.
