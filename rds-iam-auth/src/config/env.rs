@@ -216,6 +216,13 @@ mod tests {
         let err =
             config_from(lookup(&[("RDS_PROXY_APPLICATION_ENDPOINT", "https://x")])).unwrap_err();
         assert!(err.to_string().contains("bare endpoint name"), "{err}");
+        let err = config_from(lookup(&[("DB_SECRET_ARN", "orders-secret")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "environment variable DB_SECRET_ARN is \"orders-secret\": expected a secret ARN"
+            ),
+            "{err}"
+        );
         let err = config_from(lookup(&[("DB_CA_BUNDLE", "/nonexistent/ca.pem")])).unwrap_err();
         assert!(
             err.to_string().starts_with(

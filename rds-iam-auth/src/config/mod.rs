@@ -768,6 +768,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn one_password_source_at_most_and_a_secret_arn_that_names_its_region() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:222222222222:secret:app-AbCdEf";
+        let both = Config::new()
+            .hostname("db.x.us-east-1.rds.amazonaws.com")
+            .user("u")
+            .secret_arn(arn)
+            .password_parameter("/app/db/password");
+        let err = both.password_source().unwrap_err();
+        assert!(
+            err.to_string().contains("choose one password source"),
+            "{err}"
+        );
+        let err = both.connector().await.unwrap_err();
+        assert_eq!(err.stage(), Stage::Config);
+        let err = Config::new()
+            .secret_arn("app-secret")
+            .password_source()
+            .unwrap_err();
+        assert!(err.to_string().contains("not a secret ARN"), "{err}");
+        assert_eq!(
+            Config::new().secret_arn(arn).password_source().unwrap(),
+            Some(PasswordSource::SecretsManager {
+                secret_arn: arn.to_owned()
+            })
+        );
+        assert_eq!(Config::new().password_source().unwrap(), None);
+        let err = Config::new()
+            .hostname("db.x.us-east-1.rds.amazonaws.com")
+            .user("u")
+            .password_parameter("/p")
+            .password_ttl(Duration::ZERO)
+            .connector()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("password_ttl"), "{err}");
+    }
+
+    #[tokio::test]
     async fn missing_settings_are_config_errors() {
         let err = Config::new().user("u").connector().await.unwrap_err();
         assert_eq!(err.stage(), Stage::Config);
