@@ -14,6 +14,23 @@ use common::{sdk_config_all, secret_config, stack};
 
 const PARAMETER_READER: Option<&str> = None; // the application principal reads parameters
 
+/// A connector for the password user's secret ([`secret_config`]).
+async fn secret_connector(stack: &rds_proxy_emulator::LocalStack) -> rds_iam_auth::Connector {
+    secret_config(stack)
+        .await
+        .connector()
+        .await
+        .expect("connector")
+}
+
+/// Waits until `done` holds, at most `limit` (the assertions after it say what failed).
+async fn wait_for(limit: Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn check_on_the_secret_path_reads_the_secret_with_the_role_and_logs_in() {
     let stack = stack().await;
@@ -256,11 +273,7 @@ async fn pools_keep_working_across_a_rotation() {
     use rds_iam_auth::sqlx::{PgPoolOptions, PoolBuilder};
 
     let stack = stack().await;
-    let connector = secret_config(&stack)
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = secret_connector(&stack).await;
     let deadpool = pool::builder(&connector, deadpool_postgres::ManagerConfig::default())
         .max_size(2)
         .build()
@@ -305,10 +318,10 @@ async fn pools_keep_working_across_a_rotation() {
     );
 
     // sqlx got the new password too: a new sqlx connection logs in with it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while refresh.refresh_count() == installed && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(Duration::from_secs(5), || {
+        refresh.refresh_count() > installed
+    })
+    .await;
     assert!(
         refresh.refresh_count() > installed,
         "options installed again"
@@ -380,11 +393,7 @@ async fn trace_logs_of_a_password_connect_never_hold_the_password() {
 #[tokio::test]
 async fn connect_stream_logs_in_by_scram_with_the_stored_password() {
     let stack = stack().await;
-    let connector = secret_config(&stack)
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = secret_connector(&stack).await;
     let session = connector
         .connect_stream(&[("application_name", "relay")])
         .await
@@ -405,11 +414,7 @@ async fn a_sqlx_pool_alone_follows_a_rotation() {
     use rds_iam_auth::sqlx::{PgPoolOptions, PoolBuilder};
 
     let stack = stack().await;
-    let connector = secret_config(&stack)
-        .await
-        .connector()
-        .await
-        .expect("connector");
+    let connector = secret_connector(&stack).await;
     let (pool, refresh) = PoolBuilder::new(connector.clone())
         .pool_options(PgPoolOptions::new().max_connections(1))
         .refresh_every(Duration::from_secs(1))
@@ -417,20 +422,17 @@ async fn a_sqlx_pool_alone_follows_a_rotation() {
         .await
         .expect("sqlx pool");
     stack.rotate_secret_now().await.expect("rotated");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while connector.password_reads() < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(Duration::from_secs(10), || connector.password_reads() >= 2).await;
     assert_eq!(
         connector.password_reads(),
         2,
         "read again after the probe was refused"
     );
     let installed = refresh.refresh_count();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while refresh.refresh_count() == installed && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(Duration::from_secs(5), || {
+        refresh.refresh_count() > installed
+    })
+    .await;
     // A new connection (the only one closed first) logs in with the new password.
     let conn = pool.acquire().await.expect("connection");
     sqlx::Connection::close(conn.detach())
