@@ -27,8 +27,8 @@ test-rust: ## Rust tests (unit, property, end-to-end against a real PostgreSQL, 
 SOAK_SECONDS ?= 120
 # The two soaks run side by side (one stack each): the library's pool, and pgbench through
 # the local auth proxy. Together they take SOAK_SECONDS, not twice that.
-soak: ## Soaks (SOAK_SECONDS=120), side by side: the library's pool of 8 under 32 tasks + a connect every 250 ms (30 s credentials, 20 s tokens); pgbench through the local auth proxy, new connection per transaction plus held sessions (20 s credentials, 10 s tokens)
-	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) nextest run -p rds-iam-auth -p rds-iam-auth-proxy --features rds-iam-auth/deadpool-postgres --test soak --run-ignored only --test-threads 2 --success-output final --failure-output final
+soak: ## Soaks (SOAK_SECONDS=120), side by side: the library's pool of 8 under 32 tasks + a connect every 250 ms (30 s credentials, 20 s tokens); a password database whose secret rotates every 15 s (deadpool + sqlx + connects); pgbench through the local auth proxy, new connection per transaction plus held sessions (20 s credentials, 10 s tokens)
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) nextest run -p rds-iam-auth -p rds-iam-auth-proxy --features rds-iam-auth/deadpool-postgres,rds-iam-auth/sqlx --test soak --run-ignored only --test-threads 3 --success-output final --failure-output final
 
 bench: ## Token benchmark: this crate against aws-sdk-rds (criterion)
 	$(CARGO) bench --bench token

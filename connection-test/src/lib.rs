@@ -3,6 +3,12 @@
 //!
 //! - [`config_from_lookup`] reads and validates the environment once, at init, with the
 //!   library's mapping ([`Config::from_env`]); a missing or malformed variable names itself.
+//!   With `CONFIG_PARAMETER_PATH`, the settings the environment leaves unset are read from
+//!   Parameter Store at init ([`Config::from_parameters_with`]).
+//! - `DB_SECRET_ARN` (a Secrets Manager secret, read with the assumed role) or
+//!   `DB_PASSWORD_PARAMETER` (a SecureString, read with the function's role) make it log in
+//!   with that password instead of an IAM token; the stage is then `secret` instead of
+//!   `token`, and its failures are `SecretFailed` or `ParameterFailed`.
 //! - [`Function::invoke`] runs the library's staged check on a fresh connection. Credentials
 //!   from `AssumeRole` are kept in the [`rds_iam_auth::Connector`] across warm invocations.
 //! - Success is the exact response of the reference sample ([`SUCCESS_RESPONSE`]); failure is
@@ -16,7 +22,8 @@ pub mod logs;
 use std::time::{Duration, SystemTime};
 
 use lambda_runtime::Diagnostic;
-use rds_iam_auth::{Config, ConfigError, Connector, Error, Stage};
+use rds_iam_auth::env::CONFIG_PARAMETER_PATH;
+use rds_iam_auth::{Config, ConfigError, Connector, Error, PasswordSource, Stage};
 use serde_json::value::RawValue;
 
 /// How long before the invocation's deadline the check must have ended, so that a hang
@@ -27,7 +34,8 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
 /// The success answer, byte for byte as the reference (Python) sample printed it.
 pub const SUCCESS_RESPONSE: &str = r#"{"statusCode": 200, "headers": {"Content-Type": "application/json"}, "body": "Database connection was successful!"}"#;
 
-/// The variables this function cannot run without. The library's mapping
+/// The variables this function cannot run without when it signs IAM tokens and reads no
+/// settings from Parameter Store. The library's mapping
 /// ([`rds_iam_auth::env::VARIABLES`]) reads them and the optional ones (`DB_PORT`,
 /// `EXTERNAL_ID`, `DB_CA_BUNDLE`, `DB_CONNECT_HOST`, `DB_CONNECT_TIMEOUT_SECONDS`, ...).
 pub const REQUIRED_VARIABLES: &[&str] = &[
@@ -44,19 +52,47 @@ pub const APPLICATION_NAME: &str = "connectiontest-lambda";
 /// The function's configuration from its environment, read with `lookup` (`std::env::var`
 /// in the function, a map in tests): the library's mapping ([`Config::from_lookup`]), with
 /// the function's required variables and its names.
+///
+/// With a password source (`DB_SECRET_ARN`, `DB_PASSWORD_PARAMETER`) or
+/// `CONFIG_PARAMETER_PATH`, [`REQUIRED_VARIABLES`] are not required here: the secret or the
+/// parameters may hold them, and the connector names whatever is still missing.
 pub fn config_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    for &name in REQUIRED_VARIABLES {
-        match lookup(name) {
-            None => return Err(ConfigError::env(name, "is not set")),
-            Some(v) if v.trim().is_empty() => return Err(ConfigError::env(name, "is empty")),
-            Some(_) => {}
+    settings_from_lookup(lookup).map(with_function_defaults)
+}
+
+/// The environment's settings, the required variables checked, without the function's
+/// defaults (applied last, so that Parameter Store's settings can fill what is unset).
+fn settings_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let set = |name: &str| lookup(name).is_some_and(|v| !v.trim().is_empty());
+    let iam_only = ![
+        "DB_SECRET_ARN",
+        "DB_PASSWORD_PARAMETER",
+        CONFIG_PARAMETER_PATH,
+    ]
+    .into_iter()
+    .any(set);
+    if iam_only {
+        for &name in REQUIRED_VARIABLES {
+            match lookup(name) {
+                None => return Err(ConfigError::env(name, "is not set")),
+                Some(v) if v.trim().is_empty() => return Err(ConfigError::env(name, "is empty")),
+                Some(_) => {}
+            }
         }
     }
-    let config = Config::from_lookup(lookup)?.role_session_name(APPLICATION_NAME);
-    Ok(match config.get_application_name() {
+    Config::from_lookup(lookup)
+}
+
+/// The function's own names, where the settings give none.
+fn with_function_defaults(config: Config) -> Config {
+    let config = match config.get_role_session_name() {
+        Some(_) => config,
+        None => config.role_session_name(APPLICATION_NAME),
+    };
+    match config.get_application_name() {
         Some(_) => config,
         None => config.application_name(APPLICATION_NAME),
-    })
+    }
 }
 
 /// The AWS SDK's configuration, loaded as the library loads it, but with an HTTPS client
@@ -117,14 +153,22 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn from_error(err: &Error) -> Self {
+    /// The failure of `err`; `source` is the connector's password source, which names the
+    /// secret stage's failures (`SecretFailed`, or `ParameterFailed` for a parameter).
+    fn from_error(err: &Error, source: Option<&PasswordSource>) -> Self {
         let mut message = err.cause();
         if let Some(hint) = err.hint() {
             message.push_str(". Hint: ");
             message.push_str(hint);
         }
+        let error_type = match (err.stage(), source) {
+            (Stage::Secret, Some(PasswordSource::Parameter { .. })) => {
+                Stage::Parameters.failure_type()
+            }
+            (stage, _) => stage.failure_type(),
+        };
         Failure {
-            error_type: err.stage().failure_type().to_owned(),
+            error_type: error_type.to_owned(),
             error_message: message,
         }
     }
@@ -155,12 +199,32 @@ pub struct Function {
 impl Function {
     /// Initialises from the process environment (once per cold start), with the AWS SDK's
     /// configuration loaded as the library loads it but over [`sdk_config`]'s HTTPS client.
+    ///
+    /// With `CONFIG_PARAMETER_PATH`, the settings under that path fill what the environment
+    /// leaves unset (read once, here); a failure to read them is what every invocation
+    /// reports (`ParameterFailed`).
     pub async fn from_env() -> Self {
-        let config = match config_from_lookup(|name| std::env::var(name).ok()) {
-            Ok(config) => Ok(config.sdk_config(sdk_config().await)),
-            Err(e) => Err(e),
+        let config = match settings_from_lookup(|name| std::env::var(name).ok()) {
+            Ok(config) => config,
+            Err(e) => return Self::new(Err(e)).await,
         };
-        Self::new(config).await
+        let sdk = sdk_config().await;
+        let path = std::env::var(CONFIG_PARAMETER_PATH)
+            .ok()
+            .filter(|p| !p.trim().is_empty());
+        let config = match path {
+            None => config,
+            Some(path) => match Config::from_parameters_with(&sdk, &path).await {
+                Ok(stored) => config.fill_unset_from(stored),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the settings from Parameter Store");
+                    return Function {
+                        connector: Err(Failure::from_error(&e, None)),
+                    };
+                }
+            },
+        };
+        Self::new(Ok(with_function_defaults(config).sdk_config(sdk))).await
     }
 
     /// Initialises from a configuration; an error is kept and reported by every invocation.
@@ -170,21 +234,25 @@ impl Function {
                 tracing::error!(error = %e, "invalid configuration");
                 Err(Failure::configuration(&e))
             }
-            Ok(config) => config.connector().await.map_err(|e| {
-                tracing::error!(error = %e, "invalid configuration");
-                Failure::from_error(&e)
-            }),
+            Ok(config) => {
+                let source = config.password_source().ok().flatten();
+                config.connector().await.map_err(|e| {
+                    tracing::error!(error = %e, "invalid configuration");
+                    Failure::from_error(&e, source.as_ref())
+                })
+            }
         };
         Function { connector }
     }
 
     /// Initialises with a ready library configuration (tests, other entry points).
     pub async fn with_config(config: Config) -> Self {
+        let source = config.password_source().ok().flatten();
         Function {
             connector: config
                 .connector()
                 .await
-                .map_err(|e| Failure::from_error(&e)),
+                .map_err(|e| Failure::from_error(&e, source.as_ref())),
         }
     }
 
@@ -270,7 +338,7 @@ impl Function {
                 })
             }
             Some(err) => {
-                let failure = Failure::from_error(err);
+                let failure = Failure::from_error(err, connector.password_source());
                 tracing::error!(error_type = %failure.error_type, error = %failure.error_message, total_ms = report.total.as_secs_f64() * 1000.0, "connection test failed");
                 Err(failure)
             }

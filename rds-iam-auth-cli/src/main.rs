@@ -186,15 +186,31 @@ struct TargetArgs {
     /// Limit for the whole check (every stage shares it), in seconds (default 10).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=300))]
     connect_timeout: Option<u64>,
+    /// Log in with the password of this Secrets Manager secret (ARN; read with the assumed
+    /// role, in the ARN's region) instead of an IAM token. Its username, host, port and
+    /// dbname fill what is not given otherwise.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new(), conflicts_with = "password_parameter")]
+    secret_arn: Option<String>,
+    /// Log in with the password held by this Parameter Store SecureString (read with your
+    /// own credentials) instead of an IAM token.
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+    password_parameter: Option<String>,
+    /// Read the settings that flags and environment leave unset from the Parameter Store
+    /// parameters under this path (hostname, port, user, database, assume_role, ...,
+    /// password), with your own credentials.
+    #[arg(long, value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
+    parameters: Option<String>,
     #[command(flatten)]
     aws: CheckAwsArgs,
 }
 
 impl TargetArgs {
-    /// The environment's settings, then the flags over them.
-    fn config(self, application_name: &str) -> Result<Config, Error> {
+    /// The environment's settings, then the flags over them, then (with `--parameters`)
+    /// the Parameter Store settings for what is still unset.
+    async fn config(self, application_name: &str) -> Result<Config, Error> {
         // A variable whose flag is given is not read at all: the flag wins, even over a
         // malformed value.
+        let password_flag = self.secret_arn.is_some() || self.password_parameter.is_some();
         let given = [
             ("RDS_PROXY_APPLICATION_ENDPOINT", self.hostname.is_some()),
             ("DB_PORT", self.port.is_some()),
@@ -208,6 +224,9 @@ impl TargetArgs {
                 "EXTERNAL_ID",
                 self.aws.external_id.is_some() || self.aws.external_id_file.is_some(),
             ),
+            // The password source is one setting: a flag for either replaces both variables.
+            ("DB_SECRET_ARN", password_flag),
+            ("DB_PASSWORD_PARAMETER", password_flag),
         ];
         let lookup = |name: &str| match given.iter().find(|(n, _)| *n == name) {
             Some((_, true)) => None,
@@ -237,6 +256,19 @@ impl TargetArgs {
         }
         if let Some(seconds) = self.connect_timeout {
             config = config.connect_timeout(Duration::from_secs(seconds));
+        }
+        if password_flag {
+            config = config
+                .set_secret_arn(self.secret_arn)
+                .set_password_parameter(self.password_parameter);
+        }
+        if let Some(path) = self.parameters {
+            config = config.fill_unset_from(Config::from_parameters(&path).await?);
+        }
+        if config.get_secret_arn().is_some() {
+            // The secret may hold the endpoint and the user: the connector says what is
+            // still missing once it has read it.
+            return Ok(config);
         }
         let required = [
             (
@@ -284,7 +316,7 @@ struct CheckArgs {
         conflicts_with_all = [
             "hostname", "port", "username", "database", "connect_address", "ca_bundle",
             "connect_timeout", "region", "role_arn", "external_id", "external_id_file",
-            "role_session_name",
+            "role_session_name", "secret_arn", "password_parameter", "parameters",
         ],
     )]
     config: Option<PathBuf>,
@@ -364,7 +396,7 @@ async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
         let profile = args.target.aws.profile;
         return Ok(check_all::check_all(path, profile, args.json).await);
     }
-    let config = args.target.config("rds-iam-auth check")?;
+    let config = args.target.config("rds-iam-auth check").await?;
     let report = config.connector().await?.check().await;
     if args.json {
         println!("{}", report_json(&report));
@@ -378,14 +410,20 @@ async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
     })
 }
 
-/// Runs `psql` with a fresh token: assume role, sign, then `sslmode=verify-full` against the
-/// endpoint name while dialing the override address. The token reaches psql's login through
-/// a password file that is removed once read ([`passfile`]), never its command line (where
-/// `ps` shows it) nor its environment (which every program psql starts inherits).
+/// Runs `psql` with a fresh token (assume role, sign) or the stored password (secret,
+/// parameter), then `sslmode=verify-full` against the endpoint name while dialing the
+/// override address. The password reaches psql's login through a password file that is
+/// removed once read ([`passfile`]), never its command line (where `ps` shows it) nor its
+/// environment (which every program psql starts inherits).
 async fn psql(args: PsqlArgs) -> Result<ExitCode, Error> {
-    let connector = args.target.config("rds-iam-auth psql")?.connector().await?;
+    let connector = args
+        .target
+        .config("rds-iam-auth psql")
+        .await?
+        .connector()
+        .await?;
     let ca_bundle = connector.ca_bundle().map(|b| PathBuf::from(b.origin()));
-    let token = connector.token().await?;
+    let password = connector.login_password().await?;
     let params = connector.token_params();
     let (dial_host, dial_port) = connector.dial_target();
     // psql is given the address (hostaddr) so that it dials the override while verifying
@@ -418,7 +456,7 @@ async fn psql(args: PsqlArgs) -> Result<ExitCode, Error> {
         eprintln!("rds-iam-auth: error: {what}: {e}");
         Ok(ExitCode::from(1))
     };
-    let passfile = match passfile::Passfile::create(token.as_str()) {
+    let passfile = match passfile::Passfile::create(password.as_str()) {
         Ok(passfile) => passfile,
         Err(e) => return io_error("cannot write psql's password file", e),
     };

@@ -705,3 +705,113 @@ async fn the_proxy_subcommand_serves_clients_with_no_password() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), stack.db_user());
 }
+
+/// The first word of each line of `check`'s report: the stages, then `verdict:`.
+fn stage_names(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect()
+}
+
+#[tokio::test]
+async fn check_and_psql_on_a_password_database() {
+    let stack = stack().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let arn = stack.secret_arn().expect("secret");
+    let mut secret_env: Vec<(String, String)> = stack.secret_env();
+    secret_env.retain(|(k, _)| k == "DB_USERNAME");
+    let changes: Vec<(&str, &str)> = secret_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+
+    // The secret, read with the role of stack.env.
+    let mut cmd = cli_for(&stack, home.path(), &changes);
+    cmd.args(["check", "--secret-arn", &arn]);
+    let out = run(cmd).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stage_names(&stdout),
+        [
+            "credentials",
+            "assume-role",
+            "secret",
+            "dns",
+            "tcp",
+            "tls",
+            "login",
+            "query",
+            "verdict:"
+        ]
+    );
+
+    // The SecureString parameter, through psql: the password reaches it by its password
+    // file, never its arguments.
+    let parameter = format!("{}/password", stack.parameter_path().expect("path"));
+    let mut cmd = cli_for(&stack, home.path(), &changes);
+    cmd.args([
+        "psql",
+        "--password-parameter",
+        &parameter,
+        "--",
+        "-X",
+        "-A",
+        "-t",
+        "-c",
+        "select current_user",
+    ]);
+    let out = run(cmd).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "app_password_user"
+    );
+
+    // Every setting from Parameter Store: only the AWS variables and the stack's CA given.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rds-iam-auth"));
+    cmd.env_clear()
+        .env("HOME", home.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for (key, value) in stack.env() {
+        if key.starts_with("AWS_") || key == "DB_CA_BUNDLE" {
+            cmd.env(key, value);
+        }
+    }
+    cmd.args([
+        "check",
+        "--json",
+        "--parameters",
+        stack.parameter_path().expect("path"),
+    ]);
+    let out = run(cmd).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let names: Vec<&str> = report["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"secret") && !names.contains(&"token"),
+        "{stdout}"
+    );
+}

@@ -490,9 +490,11 @@ rds_iam_auth_proxy_connections_open{target="app"} 1
 rds_iam_auth_proxy_connections_opened_total{target="app"} 2
 # HELP rds_iam_auth_proxy_connections_failed_total Client connections whose upstream session could not be opened, by the stage that failed.
 # TYPE rds_iam_auth_proxy_connections_failed_total counter
+rds_iam_auth_proxy_connections_failed_total{target="app",stage="parameters"} 0
 rds_iam_auth_proxy_connections_failed_total{target="app",stage="config"} 0
 rds_iam_auth_proxy_connections_failed_total{target="app",stage="credentials"} 0
 rds_iam_auth_proxy_connections_failed_total{target="app",stage="assume-role"} 1
+rds_iam_auth_proxy_connections_failed_total{target="app",stage="secret"} 0
 rds_iam_auth_proxy_connections_failed_total{target="app",stage="token"} 0
 rds_iam_auth_proxy_connections_failed_total{target="app",stage="dns"} 0
 rds_iam_auth_proxy_connections_failed_total{target="app",stage="tcp"} 0

@@ -13,7 +13,7 @@ use crate::stage::{format_duration, Stage};
 
 impl Connector {
     /// Runs the whole path stage by stage (credentials, assume role, token, DNS, TCP,
-    /// TLS, login, query) within the connect timeout and reports each stage's outcome and
+    /// TLS, login, query; `secret` instead of `token` with a stored password) within the connect timeout and reports each stage's outcome and
     /// time. Never fails: the report holds the error. The connection is closed before it
     /// returns.
     pub async fn check(&self) -> CheckReport {
@@ -28,8 +28,9 @@ impl Connector {
         let mut rec = Recorder::keeping();
         let deadline = Deadline::after(limit.min(self.inner.connect_timeout));
         // The same path as `connect`, including its one retry with refreshed credentials
-        // when the proxy refuses the token with its IAM message (a revoked role session):
-        // a warm Lambda must not keep reporting a refusal that fresh credentials cure.
+        // when the proxy refuses the token with its IAM message (a revoked role session), or
+        // with the password read again when a stored one is refused (a rotation): a warm
+        // Lambda must not keep reporting a refusal that a fresh read cures.
         let error = match Box::pin(self.establish(&mut rec, deadline)).await {
             Err(error) => Some(error),
             Ok((client, connection)) => {

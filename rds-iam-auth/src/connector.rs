@@ -21,12 +21,13 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::credentials::{describe, CredentialCache, FetchFailure, Obtained};
 use crate::error::classify::{
-    after_connect_error, fetch_stage, login_error, session_attrs_error, tls_error,
+    after_connect_error, fetch_stage, login_error, password_login_error, session_attrs_error,
+    tls_error,
 };
 use crate::error::{Error, FailureLog, Reason};
-use crate::login;
-use crate::login::Session;
+use crate::login::{self, LoginPassword, Session};
 use crate::net::{DialTarget, Keepalive};
+use crate::password::{self, PasswordCache, PasswordSource};
 use crate::runner::{self, Deadline, Outcome, Recorder};
 use crate::stage::Stage;
 use crate::stream::{self, BackendKey, LoggedInStream};
@@ -57,6 +58,8 @@ pub(crate) struct Inner {
     /// The extra trust anchors `tls` was built with, for integrations with their own TLS.
     pub(crate) ca_bundle: Option<CaBundle>,
     pub(crate) credentials: CredentialCache,
+    /// The stored password, for databases not on IAM authentication; `None`: IAM tokens.
+    pub(crate) password: Option<PasswordCache>,
     pub(crate) connect_timeout: Duration,
     pub(crate) after_connect: Option<AfterConnect>,
     pub(crate) target_session_attrs: TargetSessionAttrs,
@@ -83,6 +86,7 @@ impl fmt::Debug for Connector {
             .field("database", &i.startup.get_dbname())
             .field("dial", &format_args!("{}:{}", i.dial.host, i.dial.port))
             .field("credentials", &i.credentials)
+            .field("password", &i.password)
             .field("connect_timeout", &i.connect_timeout)
             .finish_non_exhaustive()
     }
@@ -94,7 +98,10 @@ impl Connector {
     /// When the proxy refuses the token with its IAM message, the credentials that signed it
     /// may have been revoked or rotated since they were cached: they are dropped, and the
     /// login is tried once more with refreshed credentials (at most once a minute per
-    /// cache, so a missing permission costs no STS call per connect).
+    /// cache, so a missing permission costs no STS call per connect). With a stored password
+    /// ([`Config::secret_arn`](crate::Config::secret_arn),
+    /// [`Config::password_parameter`](crate::Config::password_parameter)), a login refused
+    /// with SQLSTATE 28P01 reads the password again and is tried once more the same way.
     ///
     /// The after-connect hook ([`Config::after_connect`](crate::Config::after_connect)) has
     /// run on the session when this returns.
@@ -243,13 +250,30 @@ impl Connector {
         match self.open(rec, deadline, step).await {
             Err(Refused {
                 error,
-                credentials: Some(credentials),
+                used: Some(Used::Credentials(credentials)),
             }) if error.reason() == Reason::IamRefused
                 && self.inner.credentials.invalidate(&credentials) =>
             {
                 tracing::warn!(
                     error = %error,
                     "login refused with IAM credentials that may be revoked: retrying once with refreshed credentials"
+                );
+                rec.retrying(Stage::Login);
+                self.open(rec, deadline, step).await.map_err(|r| r.error)
+            }
+            Err(Refused {
+                error,
+                used: Some(Used::Password(version)),
+            }) if error.reason() == Reason::PasswordRefused
+                && self
+                    .inner
+                    .password
+                    .as_ref()
+                    .is_some_and(|p| p.invalidate(version)) =>
+            {
+                tracing::warn!(
+                    error = %error,
+                    "login refused with the stored password, which may have been rotated: reading it again and retrying once"
                 );
                 rec.retrying(Stage::Login);
                 self.open(rec, deadline, step).await.map_err(|r| r.error)
@@ -294,6 +318,56 @@ impl Connector {
         Ok((token, credentials))
     }
 
+    /// The password of a login made by another client library (sqlx), within the connect
+    /// timeout: a token signed now (with the expiry of the credentials that signed it), or
+    /// the stored password from its cache.
+    pub(crate) async fn password_for_login(
+        &self,
+    ) -> Result<(LoginPassword, Option<SystemTime>), Error> {
+        let Some(cache) = &self.inner.password else {
+            let (token, credentials) = self.sign_within_timeout().await?;
+            return Ok((LoginPassword::token(token), credentials.expiry()));
+        };
+        let deadline = Deadline::after(self.inner.connect_timeout);
+        if let PasswordSource::SecretsManager { .. } = cache.source() {
+            // First, so that a credentials failure is reported as such, not as the secret's.
+            let credentials = &self.inner.credentials;
+            let role = credentials.assumed_role().map(|r| r.role_arn());
+            deadline
+                .limit(fetch_stage(role), credentials.credentials())
+                .await?;
+        }
+        let obtained = deadline.limit(Stage::Secret, cache.get()).await?;
+        Ok((LoginPassword::stored(obtained.value.password), None))
+    }
+
+    /// The password for one login by a client that logs in by itself (psql, another
+    /// driver): a token signed now, or the stored password from its cache, within the
+    /// connect timeout. Keep it out of logs, command lines and environments.
+    pub async fn login_password(&self) -> Result<LoginPassword, Error> {
+        self.password_for_login()
+            .await
+            .map(|(password, _)| password)
+    }
+
+    /// Logs in once and closes the session, counting no failure: with a stored password,
+    /// a refusal after a rotation reads the password again (the path's one retry), for
+    /// integrations whose own logins the connector does not see (sqlx).
+    #[cfg(feature = "sqlx")]
+    pub(crate) async fn probe_login(&self) {
+        let mut rec = Recorder::quiet();
+        let deadline = Deadline::after(self.inner.connect_timeout);
+        if let Err(e) = Box::pin(self.establish(&mut rec, deadline)).await {
+            tracing::debug!(error = %e, "probe login failed");
+        }
+    }
+
+    /// The stored password's cache, when this connector logs in with one.
+    #[cfg(feature = "sqlx")]
+    pub(crate) fn password_cache(&self) -> Option<&PasswordCache> {
+        self.inner.password.as_ref()
+    }
+
     /// A token signed now with `credentials`, counted.
     fn sign(&self, credentials: &Credentials) -> AuthToken {
         use std::sync::atomic::Ordering;
@@ -307,6 +381,21 @@ impl Connector {
         self.inner
             .tokens_signed
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Where the password comes from when this connector logs in with a stored password
+    /// (Secrets Manager, Parameter Store); `None` when it signs IAM tokens.
+    pub fn password_source(&self) -> Option<&PasswordSource> {
+        self.inner.password.as_ref().map(PasswordCache::source)
+    }
+
+    /// How many times the stored password was read from its source (0 with IAM tokens):
+    /// for metrics, and to see the cache at work.
+    pub fn password_reads(&self) -> u64 {
+        self.inner
+            .password
+            .as_ref()
+            .map_or(0, PasswordCache::fetch_count)
     }
 
     /// The credential cache (shared by every connection of this connector).
@@ -375,11 +464,19 @@ impl Connector {
     ) -> Result<L::Session, Refused> {
         let (mut signing, mut network) = (rec.branch(), rec.branch());
         let both = {
-            // Only to have credentials in the cache by the time the network is ready.
+            // IAM: only to have credentials in the cache by the time the network is ready
+            // (the token is signed after it). A stored password is the password itself.
             let credentials = async {
-                self.obtain_credentials(&mut signing, deadline)
-                    .await
-                    .map(drop)
+                match &self.inner.password {
+                    None => self
+                        .obtain_credentials(&mut signing, deadline)
+                        .await
+                        .map(|_| None),
+                    Some(cache) => self
+                        .obtain_password(cache, &mut signing, deadline)
+                        .await
+                        .map(Some),
+                }
             };
             let net = self.network(&mut network, deadline);
             first_failure(credentials, net).await
@@ -389,22 +486,80 @@ impl Connector {
             Err(First::B(e)) => note_unfinished(&mut signing, e.stage(), self.signing_stages()),
             Ok(_) => {}
         }
-        let signed = match both {
-            Ok(((), stream)) => self
-                .sign_for_login(&mut signing, deadline)
-                .await
-                .map(|(credentials, token)| (credentials, token, stream)),
+        let ready = match both {
+            Ok((Some(stored), stream)) => Ok((
+                LoginPassword::stored(stored.value.password),
+                Used::Password(stored.version),
+                stream,
+            )),
+            Ok((None, stream)) => {
+                self.sign_for_login(&mut signing, deadline)
+                    .await
+                    .map(|(credentials, token)| {
+                        (
+                            LoginPassword::token(token),
+                            Used::Credentials(credentials),
+                            stream,
+                        )
+                    })
+            }
             Err(first) => Err(first.into_error()),
         };
         rec.append(signing);
         rec.append(network);
-        let (credentials, token, stream) = signed.map_err(Refused::early)?;
-        step.login(self, rec, deadline, stream, &token)
+        let (password, used, stream) = ready.map_err(Refused::early)?;
+        step.login(self, rec, deadline, stream, &password)
             .await
             .map_err(|error| Refused {
-                error,
-                credentials: Some(credentials),
+                // What a refusal means depends on what was refused: on the password path,
+                // 28P01 is about the stored password, not IAM.
+                error: match used {
+                    Used::Password(_) => password_login_error(error),
+                    Used::Credentials(_) => error,
+                },
+                used: Some(used),
             })
+    }
+
+    /// The password from its cache: with a secret, the credentials that read it first
+    /// (recorded as the credentials and assume-role stages); then the secret stage
+    /// (cached, read, or where the read failed).
+    async fn obtain_password(
+        &self,
+        cache: &PasswordCache,
+        rec: &mut Recorder,
+        deadline: Deadline,
+    ) -> Result<password::Obtained, Error> {
+        if let PasswordSource::SecretsManager { .. } = cache.source() {
+            self.obtain_credentials(rec, deadline).await?;
+        }
+        let started = Instant::now();
+        match deadline.within(cache.get()).await {
+            Some(Ok(obtained)) => {
+                let source = cache.source().describe();
+                let (outcome, mut detail) = match obtained.fetched_in {
+                    None => (Outcome::Cached, format!("{source} (cached)")),
+                    Some(_) => (Outcome::Ok, source),
+                };
+                if let Some(failing) = &obtained.refresh_failing {
+                    // Still served, so this connect works: but on-call should know.
+                    detail.push_str("; ");
+                    detail.push_str(failing);
+                }
+                let took = obtained.fetched_in.unwrap_or_else(|| started.elapsed());
+                rec.record(Stage::Secret, outcome, took, &detail);
+                Ok(obtained)
+            }
+            Some(Err(error)) => {
+                rec.fail(error.stage(), started.elapsed(), &error);
+                Err(error)
+            }
+            None => {
+                let error = deadline.expired(Stage::Secret);
+                rec.fail(Stage::Secret, started.elapsed(), &error);
+                Err(error)
+            }
+        }
     }
 
     /// The stages of the signing branch that can be left unfinished, in order. With a role,
@@ -412,9 +567,16 @@ impl Connector {
     /// an unfinished fetch is reported as assume-role.
     fn signing_stages(&self) -> &'static [Stage] {
         let role = self.inner.credentials.assumed_role().map(|r| r.role_arn());
-        match fetch_stage(role) {
-            Stage::AssumeRole => &[Stage::AssumeRole, Stage::Token],
-            _ => &[Stage::Credentials, Stage::Token],
+        let last = match self.inner.password.as_ref().map(PasswordCache::source) {
+            Some(PasswordSource::Parameter { .. }) => return &[Stage::Secret],
+            Some(_) => Stage::Secret,
+            None => Stage::Token,
+        };
+        match (fetch_stage(role), last) {
+            (Stage::AssumeRole, Stage::Token) => &[Stage::AssumeRole, Stage::Token],
+            (Stage::AssumeRole, _) => &[Stage::AssumeRole, Stage::Secret],
+            (_, Stage::Token) => &[Stage::Credentials, Stage::Token],
+            _ => &[Stage::Credentials, Stage::Secret],
         }
     }
 
@@ -551,12 +713,12 @@ impl Connector {
         rec: &mut Recorder,
         deadline: Deadline,
         stream: TlsStream,
-        token: &AuthToken,
+        password: &LoginPassword,
     ) -> Result<Session, Error> {
         let i = &*self.inner;
         let (host, user) = (i.token_params.hostname(), i.token_params.username());
         let login = async {
-            let mut session = login::login(&i.startup, token, stream)
+            let mut session = login::login(&i.startup, password, stream)
                 .await
                 .map_err(|e| login_error(user, host, e))?;
             let wanted = match i.target_session_attrs {
@@ -591,7 +753,7 @@ pub(crate) trait LoginStep: Sync {
         rec: &'a mut Recorder,
         deadline: Deadline,
         stream: TlsStream,
-        token: &'a AuthToken,
+        password: &'a LoginPassword,
     ) -> impl Future<Output = Result<Self::Session, Error>> + Send + 'a;
 }
 
@@ -606,9 +768,9 @@ impl LoginStep for ClientLogin {
         rec: &'a mut Recorder,
         deadline: Deadline,
         stream: TlsStream,
-        token: &'a AuthToken,
+        password: &'a LoginPassword,
     ) -> impl Future<Output = Result<Session, Error>> + Send + 'a {
-        connector.login(rec, deadline, stream, token)
+        connector.login(rec, deadline, stream, password)
     }
 }
 
@@ -625,11 +787,11 @@ impl LoginStep for StreamLogin<'_> {
         rec: &'a mut Recorder,
         deadline: Deadline,
         stream: TlsStream,
-        token: &'a AuthToken,
+        password: &'a LoginPassword,
     ) -> impl Future<Output = Result<LoggedInStream, Error>> + Send + 'a {
         let i = &*connector.inner;
         let (host, user) = (i.token_params.hostname(), i.token_params.username());
-        let login = stream::login(stream, host, user, &i.startup, self.parameters, token);
+        let login = stream::login(stream, host, user, &i.startup, self.parameters, password);
         let database = self
             .parameters
             .iter()
@@ -709,18 +871,23 @@ async fn first_failure<A, B>(
     .await
 }
 
-/// A failed open, with the credentials the refused login was signed with (to drop them).
+/// A failed open, with what the refused login used (to mark it suspect).
 pub(crate) struct Refused {
     pub(crate) error: Error,
-    credentials: Option<Credentials>,
+    used: Option<Used>,
+}
+
+/// What a login's password came from.
+enum Used {
+    /// The credentials that signed its token.
+    Credentials(Credentials),
+    /// The read of the stored password ([`PasswordCache::invalidate`]).
+    Password(u64),
 }
 
 impl Refused {
     /// A failure before any login: nothing to drop.
     fn early(error: Error) -> Self {
-        Self {
-            error,
-            credentials: None,
-        }
+        Self { error, used: None }
     }
 }

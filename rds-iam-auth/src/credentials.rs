@@ -400,6 +400,13 @@ impl CredentialCache {
         self.get().await.map(|o| o.credentials).map_err(|f| f.error)
     }
 
+    /// This cache as an SDK credentials provider, for the clients that act as the role (the
+    /// Secrets Manager client reading a secret in the database account). Every call is a
+    /// [`CredentialCache::credentials`] call: the same cached, single-flight credentials.
+    pub(crate) fn provider(&self) -> SharedCredentialsProvider {
+        SharedCredentialsProvider::new(CacheProvider(self.shared.clone()))
+    }
+
     /// Fetches credentials into the cache now, unless usable ones are cached already, and
     /// waits for the outcome: for work done ahead of the first connect (a Lambda function's
     /// init; see [`Connector::warm_up`](crate::Connector::warm_up)).
@@ -517,28 +524,33 @@ impl Shared {
             return;
         }
         state.refreshing = true;
-        let refresh = Refresh {
-            shared: Some(self.clone()),
+        let shared = self.clone();
+        let work = {
+            let shared = self.clone();
+            async move { shared.fetch().await }
         };
-        tokio::spawn(async move {
-            let Some(shared) = refresh.shared.clone() else {
-                return;
+        spawn_refresh(REFRESH_TIMEOUT, work, move |ended| {
+            let lost = |message: &str| FetchFailure {
+                error: shared.refresh_lost(message),
+                base: None,
             };
-            let fetch = tokio::time::timeout(REFRESH_TIMEOUT, shared.fetch());
-            let outcome = match catch_panic(fetch).await {
-                Some(Ok(outcome)) => outcome,
-                Some(Err(_)) => Err(FetchFailure {
-                    error: Error::timeout(shared.fetch_stage(), REFRESH_TIMEOUT),
-                    base: None,
-                }),
-                None => Err(FetchFailure {
-                    error: shared.refresh_lost(
-                        "the credentials provider panicked while refreshing credentials",
-                    ),
-                    base: None,
-                }),
+            let (outcome, retry_at_once) = match ended {
+                Ended::Finished(outcome) => (outcome, false),
+                Ended::TimedOut => {
+                    let error = Error::timeout(shared.fetch_stage(), REFRESH_TIMEOUT);
+                    (Err(FetchFailure { error, base: None }), false)
+                }
+                Ended::Panicked => (
+                    Err(lost("the credentials provider panicked while refreshing credentials")),
+                    false,
+                ),
+                // Says nothing about STS: the next caller may start another at once.
+                Ended::Dropped => (
+                    Err(lost("the credential refresh was cancelled before it finished (the Tokio runtime it ran on shut down)")),
+                    true,
+                ),
             };
-            refresh.finish(outcome, false);
+            shared.finish_refresh(outcome, retry_at_once);
         });
     }
 
@@ -656,35 +668,77 @@ impl Shared {
     }
 }
 
-/// The one refresh task of a cache, from its start to its outcome.
-///
-/// Whatever ends the task, its waiters must hear of it, or `refreshing` stays set and no
-/// refresh ever starts again. A provider that panics is caught and fails the refresh like
-/// any error (with backoff). A task that does not reach its end at all (the runtime it was
-/// spawned on shut down, as when a `Connector` kept in a static outlives a
-/// `#[tokio::test]` runtime) is recorded as a failed refresh when it is dropped; that says
-/// nothing about STS, so the next caller may start another at once.
-struct Refresh {
-    shared: Option<Arc<Shared>>,
-}
+/// A [`CredentialCache`] seen by the SDK as a credentials provider.
+struct CacheProvider(Arc<Shared>);
 
-impl Refresh {
-    fn finish(mut self, outcome: Result<(Credentials, Fetch), FetchFailure>, retry_at_once: bool) {
-        if let Some(shared) = self.shared.take() {
-            shared.finish_refresh(outcome, retry_at_once);
-        }
+impl fmt::Debug for CacheProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CacheProvider")
     }
 }
 
-impl Drop for Refresh {
-    fn drop(&mut self) {
-        if let Some(shared) = self.shared.take() {
-            let error = shared.refresh_lost(
-                "the credential refresh was cancelled before it finished (the Tokio runtime it ran on shut down)",
-            );
-            shared.finish_refresh(Err(FetchFailure { error, base: None }), true);
+impl ProvideCredentials for CacheProvider {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        let cache = CredentialCache {
+            shared: self.0.clone(),
+        };
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            cache
+                .credentials()
+                .await
+                .map_err(aws_credential_types::provider::error::CredentialsError::provider_error)
+        })
+    }
+}
+
+/// How a refresh task ended.
+pub(crate) enum Ended<T> {
+    /// `work` finished with this output.
+    Finished(T),
+    /// `work` did not finish within its limit.
+    TimedOut,
+    /// Polling `work` panicked.
+    Panicked,
+    /// The task was dropped unfinished: the runtime it was spawned on shut down (as when a
+    /// `Connector` kept in a static outlives a `#[tokio::test]` runtime).
+    Dropped,
+}
+
+/// Runs `work` (within `limit`) in a task of its own, the one refresh of a cache, and hands
+/// how it ended to `finish`: exactly once, whatever ends it. A cache's waiters must hear of
+/// every refresh, or its `refreshing` flag stays set and no refresh ever starts again; so a
+/// panicking `work` is caught, and a task dropped unfinished reports that when dropped.
+pub(crate) fn spawn_refresh<T, W, F>(limit: Duration, work: W, finish: F)
+where
+    T: Send + 'static,
+    W: std::future::Future<Output = T> + Send + 'static,
+    F: FnOnce(Ended<T>) + Send + 'static,
+{
+    /// Calls `finish` with `Dropped` unless it was called already.
+    struct Guard<T, F: FnOnce(Ended<T>)>(Option<F>, std::marker::PhantomData<fn(T)>);
+    impl<T, F: FnOnce(Ended<T>)> Drop for Guard<T, F> {
+        fn drop(&mut self) {
+            if let Some(finish) = self.0.take() {
+                finish(Ended::Dropped);
+            }
         }
     }
+    let mut guard = Guard(Some(finish), std::marker::PhantomData);
+    tokio::spawn(async move {
+        let ended = match catch_panic(tokio::time::timeout(limit, work)).await {
+            Some(Ok(output)) => Ended::Finished(output),
+            Some(Err(_)) => Ended::TimedOut,
+            None => Ended::Panicked,
+        };
+        if let Some(finish) = guard.0.take() {
+            finish(ended);
+        }
+    });
 }
 
 /// `fut`'s output, or `None` if polling it panicked.

@@ -15,6 +15,7 @@
 //! | config | [`Config`] (`config/`: the builder; [`mod@env`] and `pg.rs`, its other two sources) | everything is validated before any I/O |
 //! | credentials, assume-role | [`credentials`] | base credentials, cross-account `AssumeRole`, cached and single-flight |
 //! | token | [`token`] | SigV4 query presigning (on `aws-sigv4`), byte-identical to `aws rds generate-db-auth-token` |
+//! | secret (instead of token) | `password.rs` ([`PasswordSource`]) | a database password from a Secrets Manager secret (read as the role) or a Parameter Store SecureString, cached, re-read after a rotation |
 //! | dns, tcp | `net.rs` | resolve the endpoint (or the dial override) and open the socket |
 //! | tls | `tls.rs` | rustls on aws-lc-rs through `tokio-postgres-rustls`, verified against the endpoint name |
 //! | login | `login.rs` | PostgreSQL startup with the token as the password |
@@ -63,8 +64,12 @@
 //! Errors carry a [`Reason`] to decide on (`err.reason() == Reason::IamRefused`), and are
 //! `Clone`.
 //!
-//! Tokens, secret keys, session tokens and external IDs never appear in `Debug`, `Display`
-//! or logs.
+//! Databases not on IAM authentication yet log in with a stored password instead:
+//! [`Config::secret_arn`] or [`Config::password_parameter`] (and
+//! [`Config::from_parameters`] for settings kept in Parameter Store).
+//!
+//! Tokens, passwords, secret keys, session tokens and external IDs never appear in
+//! `Debug`, `Display` or logs.
 //!
 //! # Features
 //!
@@ -86,6 +91,7 @@ pub mod credentials;
 mod error;
 mod login;
 mod net;
+mod password;
 #[cfg(feature = "deadpool-postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "deadpool-postgres")))]
 pub mod pool;
@@ -104,7 +110,9 @@ pub use config::{env, Config};
 pub use connector::{AfterConnect, BoxFuture, Connector, DEFAULT_CONNECT_TIMEOUT};
 pub use credentials::{AssumeRole, CredentialCache};
 pub use error::{BoxError, ConfigError, Error, Reason};
+pub use login::LoginPassword;
 pub use net::Keepalive;
+pub use password::{PasswordSource, DEFAULT_PASSWORD_TTL};
 pub use runner::{Outcome, StageReport};
 pub use stage::Stage;
 pub use stream::{BackendKey, LoggedInStream};

@@ -1,5 +1,7 @@
 //! The login stage: PostgreSQL's startup over the TLS stream `tls::handshake` opened, with
-//! the token as the cleartext password RDS Proxy asks for.
+//! the token as the cleartext password RDS Proxy asks for, or a stored password (sent as
+//! the server asks: SCRAM-SHA-256 where it offers it, MD5 or cleartext otherwise, always
+//! inside TLS).
 //!
 //! tokio-postgres is handed a stream that is already encrypted and told not to negotiate
 //! TLS itself (`sslmode=disable`, `NoTls`): the negotiation happened before, verified
@@ -9,8 +11,53 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::{NoTls, NoTlsStream};
 use tokio_postgres::{Client, Connection};
 
+use crate::password::Password;
 use crate::tls::TlsStream;
 use crate::token::AuthToken;
+
+/// What a login sends as its password: an IAM token signed for it, or the stored password
+/// (Secrets Manager, Parameter Store). From [`Connector::login_password`], for clients that
+/// log in by themselves (psql). It has no `Display`, and its `Debug` shows only its kind.
+///
+/// [`Connector::login_password`]: crate::Connector::login_password
+pub struct LoginPassword(Kind);
+
+enum Kind {
+    Token(AuthToken),
+    Stored(Password),
+}
+
+impl LoginPassword {
+    pub(crate) fn token(token: AuthToken) -> Self {
+        Self(Kind::Token(token))
+    }
+
+    pub(crate) fn stored(password: Password) -> Self {
+        Self(Kind::Stored(password))
+    }
+
+    /// The password itself, to hand to the login (never to a log).
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Kind::Token(token) => token.as_str(),
+            Kind::Stored(password) => password.as_str(),
+        }
+    }
+
+    /// Whether this is an IAM token (else a stored password).
+    pub fn is_token(&self) -> bool {
+        matches!(self.0, Kind::Token(_))
+    }
+}
+
+impl std::fmt::Debug for LoginPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Kind::Token(_) => f.write_str("LoginPassword(token, ** redacted **)"),
+            Kind::Stored(_) => f.write_str("LoginPassword(stored, ** redacted **)"),
+        }
+    }
+}
 
 /// The startup settings every connection of a connector shares (user, database,
 /// application name): everything but the password.
@@ -38,14 +85,15 @@ pub(crate) fn startup(
 /// A session whose TLS stream tokio-postgres drives.
 pub(crate) type Session = (Client, Connection<TlsStream, NoTlsStream>);
 
-/// Logs in on the TLS `stream` with `token`.
+/// Logs in on the TLS `stream` with `password` (tokio-postgres answers whichever method
+/// the server asks for).
 pub(crate) async fn login(
     startup: &tokio_postgres::Config,
-    token: &AuthToken,
+    password: &LoginPassword,
     stream: TlsStream,
 ) -> Result<Session, tokio_postgres::Error> {
     let mut pg = startup.clone();
-    pg.password(token.as_str());
+    pg.password(password.as_str());
     pg.connect_raw(stream, NoTls).await
 }
 

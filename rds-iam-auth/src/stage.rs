@@ -9,12 +9,17 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Stage {
+    /// Settings read from Parameter Store (`Config::from_parameters`).
+    Parameters,
     /// Settings given by the caller (before any I/O).
     Config,
     /// Base credentials from the default provider chain (or the ones supplied).
     Credentials,
     /// `sts:AssumeRole` into the database account.
     AssumeRole,
+    /// Reading the database password from its Secrets Manager secret or Parameter Store
+    /// parameter (instead of `Token`, for databases not on IAM authentication).
+    Secret,
     /// Signing the IAM auth token.
     Token,
     /// Resolving the endpoint (or the override address).
@@ -23,7 +28,7 @@ pub enum Stage {
     Tcp,
     /// TLS handshake and certificate verification.
     Tls,
-    /// PostgreSQL startup and the token as password.
+    /// PostgreSQL startup with the token (or the stored password) as the password.
     Login,
     /// The trivial read that proves the session works.
     Query,
@@ -31,10 +36,12 @@ pub enum Stage {
 
 impl Stage {
     /// All stages in path order.
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 11] = [
+        Stage::Parameters,
         Stage::Config,
         Stage::Credentials,
         Stage::AssumeRole,
+        Stage::Secret,
         Stage::Token,
         Stage::Dns,
         Stage::Tcp,
@@ -46,9 +53,11 @@ impl Stage {
     /// Short lowercase name, as printed in reports and logs (`assume-role`).
     pub fn name(self) -> &'static str {
         match self {
+            Stage::Parameters => "parameters",
             Stage::Config => "config",
             Stage::Credentials => "credentials",
             Stage::AssumeRole => "assume-role",
+            Stage::Secret => "secret",
             Stage::Token => "token",
             Stage::Dns => "dns",
             Stage::Tcp => "tcp",
@@ -62,9 +71,11 @@ impl Stage {
     /// (`AssumeRoleFailed`, `TlsFailed`, `AuthenticationFailed`).
     pub fn failure_type(self) -> &'static str {
         match self {
+            Stage::Parameters => "ParameterFailed",
             Stage::Config => "ConfigurationError",
             Stage::Credentials => "CredentialsFailed",
             Stage::AssumeRole => "AssumeRoleFailed",
+            Stage::Secret => "SecretFailed",
             Stage::Token => "TokenFailed",
             Stage::Dns => "DnsFailed",
             Stage::Tcp => "TcpConnectFailed",

@@ -1,8 +1,9 @@
 //! A logged-in session handed over as its TLS stream, for programs that speak PostgreSQL's
 //! protocol themselves: a local auth proxy relays it to a client that brought no password.
 //!
-//! The login is the connector's (fresh token, verified TLS, one deadline, a retry with
-//! refreshed credentials when the proxy refuses the token); only the startup exchange is
+//! The login is the connector's (fresh token or stored password, verified TLS, one
+//! deadline, a retry with refreshed credentials or a re-read password when the login is
+//! refused); only the startup exchange is
 //! done here rather than by tokio-postgres, which keeps the stream to itself. It stops at
 //! the server's first `ReadyForQuery`: what the server said after `AuthenticationOk`
 //! (`ParameterStatus`, `BackendKeyData`, notices, `ReadyForQuery`) is kept, byte for byte,
@@ -11,13 +12,14 @@
 use std::fmt;
 
 use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::classify::{login_failure, login_reason};
 use crate::error::{ConfigError, Error, Reason};
+use crate::login::LoginPassword;
 use crate::tls::TlsStream;
-use crate::token::AuthToken;
 
 /// The key a server gives a session for cancelling its queries (`BackendKeyData`): a
 /// `CancelRequest` sent on a new connection with this key interrupts the running query.
@@ -138,15 +140,16 @@ fn startup_parameters<'a>(
     startup
 }
 
-/// The startup message ([`startup_parameters`]), the token as the cleartext password the
-/// server asks for, and the greeting up to `ReadyForQuery`.
+/// The startup message ([`startup_parameters`]), the password as the server asks for it
+/// (cleartext for an IAM token; a stored password also by SCRAM-SHA-256), and the greeting
+/// up to `ReadyForQuery`.
 pub(crate) async fn login(
     mut stream: TlsStream,
     host: &str,
     user: &str,
     defaults: &tokio_postgres::Config,
     parameters: &[(&str, &str)],
-    token: &AuthToken,
+    password: &LoginPassword,
 ) -> Result<LoggedInStream, Error> {
     // A login that failed for no reason the classification knows.
     let failed = |message: &str| login_failure(user, host, Reason::LoginFailed, message, None);
@@ -160,6 +163,7 @@ pub(crate) async fn login(
     let mut greeting = Vec::new();
     let mut backend_key = None;
     let mut authenticated = false;
+    let mut scram = None;
     loop {
         let raw = read_message(&mut stream, &mut input).await.map_err(io)?;
         let (tag, body) = (raw[0], &raw[5..]);
@@ -168,21 +172,64 @@ pub(crate) async fn login(
                 let code = body
                     .get(0..4)
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                out.clear();
                 match code {
                     Some(0) => authenticated = true,
                     Some(3) if !authenticated => {
-                        out.clear();
-                        frontend::password_message(token.as_str().as_bytes(), &mut out)
+                        frontend::password_message(password.as_str().as_bytes(), &mut out)
                             .map_err(io)?;
-                        stream.write_all(&out).await.map_err(io)?;
+                    }
+                    Some(10) if !authenticated && !password.is_token() => {
+                        let offered = body[4..]
+                            .split(|b| *b == 0)
+                            .any(|m| m == SCRAM_SHA_256.as_bytes());
+                        if !offered {
+                            let message = "the server offered no SASL mechanism this client speaks (SCRAM-SHA-256)";
+                            return Err(failed(message));
+                        }
+                        let exchange = ScramSha256::new(
+                            password.as_str().as_bytes(),
+                            ChannelBinding::unsupported(),
+                        );
+                        frontend::sasl_initial_response(
+                            SCRAM_SHA_256,
+                            exchange.message(),
+                            &mut out,
+                        )
+                        .map_err(io)?;
+                        scram = Some(exchange);
+                    }
+                    Some(11) if !authenticated => {
+                        let Some(exchange) = scram.as_mut() else {
+                            return Err(failed("SASLContinue without a SASL exchange"));
+                        };
+                        exchange.update(&body[4..]).map_err(io)?;
+                        frontend::sasl_response(exchange.message(), &mut out).map_err(io)?;
+                    }
+                    Some(12) if !authenticated => {
+                        let Some(mut exchange) = scram.take() else {
+                            return Err(failed("SASLFinal without a SASL exchange"));
+                        };
+                        // Verifies the server's signature: it knew the password too.
+                        exchange.finish(&body[4..]).map_err(io)?;
                     }
                     _ => {
-                        let message = format!(
-                            "the server asked for {}; an IAM token is sent as the cleartext password, over TLS",
-                            auth_method(code)
-                        );
+                        let message = if password.is_token() {
+                            format!(
+                                "the server asked for {}; an IAM token is sent as the cleartext password, over TLS",
+                                auth_method(code)
+                            )
+                        } else {
+                            format!(
+                                "the server asked for {}; a stored password is sent by SCRAM-SHA-256 or as the cleartext password, over TLS",
+                                auth_method(code)
+                            )
+                        };
                         return Err(failed(&message));
                     }
+                }
+                if !out.is_empty() {
+                    stream.write_all(&out).await.map_err(io)?;
                 }
             }
             b'E' => {

@@ -12,6 +12,7 @@ impl Connector {
     ///
     /// - fetches credentials into the cache ([`CredentialCache::prefetch`]): the base
     ///   chain and, with a role, `AssumeRole`, which also opens the STS client's connection;
+    ///   with a stored password, reads it into its cache too;
     /// - seeds the TLS crypto provider's random number generator (aws-lc's): a one-time cost
     ///   per process that the first TLS handshake would pay otherwise. With aws-lc's CPU
     ///   jitter entropy source that is tens of milliseconds of CPU; it runs on a blocking
@@ -50,7 +51,22 @@ impl Connector {
         // A task of its own, so that the outcome is dealt with (see `prefetch`) even when
         // it comes after `limit`.
         let connector = self.clone();
-        let credentials = tokio::spawn(async move { connector.inner.credentials.prefetch().await });
+        let credentials = tokio::spawn(async move {
+            let inner = &connector.inner;
+            // A parameter is read with the base credentials (the SDK client asks the chain);
+            // a secret with the cache's, fetched first.
+            let parameter = matches!(
+                connector.password_source(),
+                Some(crate::PasswordSource::Parameter { .. })
+            );
+            if !parameter {
+                inner.credentials.prefetch().await?;
+            }
+            match &inner.password {
+                Some(password) => password.prefetch().await,
+                None => Ok(()),
+            }
+        });
 
         let role = self.inner.credentials.assumed_role().map(|r| r.role_arn());
         let outcome = match tokio::time::timeout_at(until, credentials).await {

@@ -11,8 +11,11 @@ use std::time::Duration;
 use super::Config;
 use crate::credentials::is_role_arn;
 use crate::error::ConfigError;
+use crate::password::secret_arn_region;
 use crate::tls::CaBundle;
 use crate::token::validate_hostname;
+
+pub use super::parameters::CONFIG_PARAMETER_PATH;
 
 /// One variable [`Config::from_env`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +80,16 @@ pub const VARIABLES: &[Variable] = &[
         setting: "application_name",
         meaning: "application_name shown in pg_stat_activity",
     },
+    Variable {
+        name: "DB_SECRET_ARN",
+        setting: "secret_arn",
+        meaning: "Secrets Manager secret ARN whose password logs in instead of an IAM token (read with the assumed role)",
+    },
+    Variable {
+        name: "DB_PASSWORD_PARAMETER",
+        setting: "password_parameter",
+        meaning: "Parameter Store SecureString holding the password, instead of an IAM token (read with the caller's credentials)",
+    },
 ];
 
 /// The variable that fills `setting`, if one does.
@@ -133,6 +146,15 @@ pub(crate) fn config_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
             ));
         }
     }
+    let secret_arn = get("DB_SECRET_ARN");
+    if let Some(arn) = &secret_arn {
+        if secret_arn_region(arn).is_err() {
+            return Err(ConfigError::env(
+                "DB_SECRET_ARN",
+                format!("is {arn:?}: expected a secret ARN, arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME"),
+            ));
+        }
+    }
     let ca_bundle = get("DB_CA_BUNDLE")
         .map(|path| {
             CaBundle::from_pem_file(&path)
@@ -152,7 +174,9 @@ pub(crate) fn config_from(lookup: impl Fn(&str) -> Option<String>) -> Result<Con
         .set_connect_timeout(
             number("DB_CONNECT_TIMEOUT_SECONDS", 1..=300)?.map(Duration::from_secs),
         )
-        .set_application_name(get("DB_APPLICATION_NAME"));
+        .set_application_name(get("DB_APPLICATION_NAME"))
+        .set_secret_arn(secret_arn)
+        .set_password_parameter(get("DB_PASSWORD_PARAMETER"));
     Ok(config)
 }
 
@@ -192,6 +216,13 @@ mod tests {
         let err =
             config_from(lookup(&[("RDS_PROXY_APPLICATION_ENDPOINT", "https://x")])).unwrap_err();
         assert!(err.to_string().contains("bare endpoint name"), "{err}");
+        let err = config_from(lookup(&[("DB_SECRET_ARN", "orders-secret")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "environment variable DB_SECRET_ARN is \"orders-secret\": expected a secret ARN"
+            ),
+            "{err}"
+        );
         let err = config_from(lookup(&[("DB_CA_BUNDLE", "/nonexistent/ca.pem")])).unwrap_err();
         assert!(
             err.to_string().starts_with(

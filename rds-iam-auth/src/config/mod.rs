@@ -2,6 +2,7 @@
 //! [`Connector`] before any network I/O.
 
 pub mod env;
+mod parameters;
 mod pg;
 
 use std::fmt;
@@ -15,10 +16,16 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::connector::{AfterConnect, BoxFuture, Connector, Inner, DEFAULT_CONNECT_TIMEOUT};
 use crate::credentials::{AssumeRole, CredentialCache};
+use crate::error::classify::fetch_stage;
 use crate::error::classify::no_credentials_provider;
 use crate::error::{ConfigError, Error};
 use crate::login;
 use crate::net::{parse_address, DialTarget, Keepalive};
+use crate::password::{
+    secret_arn_region, Fetcher, PasswordCache, PasswordSource, DEFAULT_PASSWORD_TTL,
+};
+use crate::runner::Deadline;
+use crate::stage::Stage;
 use crate::tls::{client_config, CaBundle};
 use crate::token::{self, region_from_hostname, TokenParams};
 
@@ -65,6 +72,9 @@ pub struct Config {
     profile: Option<String>,
     sdk_config: Option<SdkConfig>,
     credentials_provider: Option<SharedCredentialsProvider>,
+    secret_arn: Option<String>,
+    password_parameter: Option<String>,
+    password_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -89,6 +99,9 @@ impl fmt::Debug for Config {
             .field("options", &self.options)
             .field("target_session_attrs", &self.target_session_attrs)
             .field("profile", &self.profile)
+            .field("secret_arn", &self.secret_arn)
+            .field("password_parameter", &self.password_parameter)
+            .field("password_ttl", &self.password_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -297,6 +310,42 @@ impl Config {
         self.credentials_provider = Some(provider);
         self
     }
+    /// Log in with the password of this Secrets Manager secret (its full ARN) instead of
+    /// an IAM token, for databases not on IAM authentication. The secret is read in the
+    /// ARN's region with the assumed role's credentials when a role is set (the secret's
+    /// resource policy allows that role), else with the base credentials. An RDS secret's
+    /// `username`, `host`, `port` and `dbname` fill the settings left unset (the secret is
+    /// then read when the connector is built).
+    pub fn secret_arn(self, arn: impl Into<String>) -> Self {
+        self.set_secret_arn(Some(arn.into()))
+    }
+    /// [`Config::secret_arn`], or no secret with `None`.
+    pub fn set_secret_arn(mut self, arn: Option<String>) -> Self {
+        self.secret_arn = arn;
+        self
+    }
+    /// Log in with the password held by this Parameter Store parameter (a SecureString,
+    /// read with decryption and the base credentials: parameters live in the application
+    /// account) instead of an IAM token. Not together with [`Config::secret_arn`].
+    pub fn password_parameter(self, name: impl Into<String>) -> Self {
+        self.set_password_parameter(Some(name.into()))
+    }
+    /// [`Config::password_parameter`], or none with `None`.
+    pub fn set_password_parameter(mut self, name: Option<String>) -> Self {
+        self.password_parameter = name;
+        self
+    }
+    /// How long a password read from its secret or parameter is used before it is read
+    /// again (default one hour, as the AWS caching clients; the read starts in the
+    /// background shortly before). A login refused after a rotation reads it at once.
+    pub fn password_ttl(self, ttl: Duration) -> Self {
+        self.set_password_ttl(Some(ttl))
+    }
+    /// [`Config::password_ttl`], or the default with `None`.
+    pub fn set_password_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.password_ttl = ttl;
+        self
+    }
 
     /// The endpoint host name, if set.
     pub fn get_hostname(&self) -> Option<&str> {
@@ -372,6 +421,40 @@ impl Config {
     pub fn get_profile(&self) -> Option<&str> {
         self.profile.as_deref()
     }
+    /// The Secrets Manager secret holding the password, if set.
+    pub fn get_secret_arn(&self) -> Option<&str> {
+        self.secret_arn.as_deref()
+    }
+    /// The Parameter Store parameter holding the password, if set.
+    pub fn get_password_parameter(&self) -> Option<&str> {
+        self.password_parameter.as_deref()
+    }
+    /// How long a stored password is cached, if set (else [`DEFAULT_PASSWORD_TTL`]).
+    pub fn get_password_ttl(&self) -> Option<Duration> {
+        self.password_ttl
+    }
+    /// Where the password comes from: `None` for IAM authentication (the default). Both a
+    /// secret and a parameter set is an error.
+    pub fn password_source(&self) -> Result<Option<PasswordSource>, ConfigError> {
+        match (&self.secret_arn, &self.password_parameter) {
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                "secret_arn",
+                "and password_parameter are both set: choose one password source",
+            )),
+            (Some(arn), None) => {
+                secret_arn_region(non_empty(Some(arn), "secret_arn")?)?;
+                Ok(Some(PasswordSource::SecretsManager {
+                    secret_arn: arn.trim().to_owned(),
+                }))
+            }
+            (None, Some(name)) => Ok(Some(PasswordSource::Parameter {
+                name: non_empty(Some(name), "password_parameter")?
+                    .trim()
+                    .to_owned(),
+            })),
+            (None, None) => Ok(None),
+        }
+    }
 
     /// The settings from the process environment: see [`env::VARIABLES`] for the
     /// names (those of the connection-test Lambda). Variables that are unset or blank leave
@@ -432,42 +515,37 @@ impl Config {
 
     /// Validates the configuration, loads the AWS configuration when none was given, and
     /// returns a [`Connector`] to open any number of connections with.
-    pub async fn connector(self) -> Result<Connector, Error> {
-        let hostname = required(self.hostname.as_deref(), "hostname")?.to_owned();
-        let user = required(self.user.as_deref(), "user")?.to_owned();
-        let port = self.port.unwrap_or(5432);
+    pub async fn connector(mut self) -> Result<Connector, Error> {
+        let source = self.password_source()?;
         let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         if connect_timeout.is_zero() {
             return Err(invalid("connect_timeout", "must be more than zero"));
         }
-        let explicit_region = match self.region.as_deref() {
-            Some(r) => Some(
-                token::validate_region(r)
-                    .map_err(ConfigError::from)?
-                    .to_owned(),
-            ),
-            None => region_from_hostname(&hostname),
-        };
-        // Validate what can be validated before the (slower) SDK config load.
-        token::validate_target(&hostname, port, &user).map_err(ConfigError::from)?;
-        rustls::pki_types::ServerName::try_from(hostname.as_str()).map_err(|e| {
-            ConfigError::Invalid {
-                name: "hostname",
-                reason: format!("not usable as a TLS server name: {e}"),
+        let password_ttl = self.password_ttl.unwrap_or(DEFAULT_PASSWORD_TTL);
+        if password_ttl < Duration::from_secs(1) {
+            return Err(invalid("password_ttl", "must be at least one second"));
+        }
+        // An RDS secret fills what is unset: then it is read now, before the checks below.
+        let secret_region = match &source {
+            Some(PasswordSource::SecretsManager { secret_arn }) => {
+                Some(secret_arn_region(secret_arn)?.to_owned())
             }
-        })?;
-        let dial = match self.connect_address.as_deref() {
-            Some(address) => parse_address(address, port)?,
-            None => DialTarget {
-                host: hostname.clone(),
-                port,
-            },
+            _ => None,
         };
-        let assume = match self.assume_role {
+        let fill_from_secret = secret_region.is_some()
+            && (self.hostname.is_none()
+                || self.user.is_none()
+                || self.port.is_none()
+                || self.database.is_none());
+        if !fill_from_secret {
+            // Validate what can be validated before the (slower) SDK config load.
+            self.validate_target()?;
+        }
+        let assume = match self.assume_role.take() {
             Some(role_arn) => Some(assume_settings(
                 role_arn,
-                self.external_id,
-                self.role_session_name,
+                self.external_id.take(),
+                self.role_session_name.take(),
                 self.role_duration,
             )?),
             None if self.external_id.is_some() => {
@@ -480,7 +558,7 @@ impl Config {
         };
         let tls = MakeRustlsConnect::new(client_config(self.ca_bundle.as_ref())?);
 
-        let sdk_config = match self.sdk_config {
+        let sdk_config = match self.sdk_config.take() {
             Some(c) => c,
             None => {
                 let mut loader = aws_config::defaults(BehaviorVersion::latest());
@@ -490,35 +568,66 @@ impl Config {
                 loader.load().await
             }
         };
-        let region = explicit_region
-            .or_else(|| sdk_config.region().map(|r| r.to_string()))
-            .ok_or_else(|| {
-                ConfigError::from(token::TokenError::MissingRegion {
-                    hostname: hostname.clone(),
-                })
-            })?;
-        let token_params =
-            TokenParams::new(&hostname, port, &user, Some(&region)).map_err(ConfigError::from)?;
-        // STS is regional: without a configured region, use the database's.
-        let sdk_config = if sdk_config.region().is_none() {
-            sdk_config
+        // STS and Parameter Store are regional: without a configured region, use the
+        // database's (or, for a secret, the secret's).
+        let sdk_config = match self.explicit_region()?.or(secret_region) {
+            Some(region) if sdk_config.region().is_none() => sdk_config
                 .into_builder()
-                .region(Region::new(region.clone()))
-                .build()
-        } else {
-            sdk_config
+                .region(Region::new(region))
+                .build(),
+            _ => sdk_config,
         };
         let base = self
             .credentials_provider
+            .take()
             .or_else(|| sdk_config.credentials_provider())
             .ok_or_else(no_credentials_provider)?;
+        let credentials = CredentialCache::new(base.clone(), assume, &sdk_config);
+        let password = match source {
+            Some(source) => {
+                let fetcher = Fetcher::new(&source, &sdk_config, credentials.provider(), base)?;
+                Some(PasswordCache::new(source, fetcher, password_ttl))
+            }
+            None => None,
+        };
+        if let (true, Some(password)) = (fill_from_secret, &password) {
+            let role = credentials.assumed_role().map(|r| r.role_arn());
+            let deadline = Deadline::after(connect_timeout);
+            deadline
+                .limit(fetch_stage(role), credentials.credentials())
+                .await?;
+            let secret = deadline.limit(Stage::Secret, password.get()).await?.value;
+            self.hostname = self.hostname.or(secret.host);
+            self.user = self.user.or(secret.username);
+            self.port = self.port.or(secret.port);
+            self.database = self.database.or(secret.dbname);
+            self.validate_target()?;
+        }
+
+        let (hostname, user, port) = self.target()?;
+        let region = self
+            .explicit_region()?
+            .or_else(|| sdk_config.region().map(|r| r.to_string()))
+            .ok_or_else(|| {
+                ConfigError::from(token::TokenError::MissingRegion {
+                    hostname: hostname.to_owned(),
+                })
+            })?;
+        let token_params =
+            TokenParams::new(hostname, port, user, Some(&region)).map_err(ConfigError::from)?;
+        let dial = match self.connect_address.as_deref() {
+            Some(address) => parse_address(address, port)?,
+            None => DialTarget {
+                host: hostname.to_owned(),
+                port,
+            },
+        };
         let startup = login::startup(
             token_params.username(),
             self.database.as_deref(),
             self.application_name.as_deref(),
             self.options.as_deref(),
         );
-        let credentials = CredentialCache::new(base, assume, &sdk_config);
 
         Ok(Connector {
             inner: Arc::new(Inner {
@@ -529,6 +638,7 @@ impl Config {
                 tls,
                 ca_bundle: self.ca_bundle,
                 credentials,
+                password,
                 connect_timeout,
                 after_connect: self.after_connect,
                 target_session_attrs: self.target_session_attrs.unwrap_or(TargetSessionAttrs::Any),
@@ -536,6 +646,36 @@ impl Config {
                 tokens_signed: Default::default(),
             }),
         })
+    }
+
+    /// The endpoint, user and port, required and validated.
+    fn target(&self) -> Result<(&str, &str, u16), ConfigError> {
+        let hostname = required(self.hostname.as_deref(), "hostname")?;
+        let user = required(self.user.as_deref(), "user")?;
+        Ok((hostname, user, self.port.unwrap_or(5432)))
+    }
+
+    /// Checks the endpoint, user, port and dial override before any I/O that needs them.
+    fn validate_target(&self) -> Result<(), ConfigError> {
+        let (hostname, user, port) = self.target()?;
+        self.explicit_region()?;
+        token::validate_target(hostname, port, user)?;
+        rustls::pki_types::ServerName::try_from(hostname).map_err(|e| ConfigError::Invalid {
+            name: "hostname",
+            reason: format!("not usable as a TLS server name: {e}"),
+        })?;
+        if let Some(address) = self.connect_address.as_deref() {
+            parse_address(address, port)?;
+        }
+        Ok(())
+    }
+
+    /// The region set, or the one the endpoint name carries.
+    fn explicit_region(&self) -> Result<Option<String>, ConfigError> {
+        match self.region.as_deref() {
+            Some(r) => Ok(Some(token::validate_region(r)?.to_owned())),
+            None => Ok(self.hostname.as_deref().and_then(region_from_hostname)),
+        }
     }
 
     /// One connection: [`Config::connector`] then [`Connector::connect`]. Keep a
@@ -625,6 +765,44 @@ mod tests {
             Some(Duration::from_secs(60))
         )
         .is_err());
+    }
+
+    #[tokio::test]
+    async fn one_password_source_at_most_and_a_secret_arn_that_names_its_region() {
+        let arn = "arn:aws:secretsmanager:eu-west-1:222222222222:secret:app-AbCdEf";
+        let both = Config::new()
+            .hostname("db.x.us-east-1.rds.amazonaws.com")
+            .user("u")
+            .secret_arn(arn)
+            .password_parameter("/app/db/password");
+        let err = both.password_source().unwrap_err();
+        assert!(
+            err.to_string().contains("choose one password source"),
+            "{err}"
+        );
+        let err = both.connector().await.unwrap_err();
+        assert_eq!(err.stage(), Stage::Config);
+        let err = Config::new()
+            .secret_arn("app-secret")
+            .password_source()
+            .unwrap_err();
+        assert!(err.to_string().contains("not a secret ARN"), "{err}");
+        assert_eq!(
+            Config::new().secret_arn(arn).password_source().unwrap(),
+            Some(PasswordSource::SecretsManager {
+                secret_arn: arn.to_owned()
+            })
+        );
+        assert_eq!(Config::new().password_source().unwrap(), None);
+        let err = Config::new()
+            .hostname("db.x.us-east-1.rds.amazonaws.com")
+            .user("u")
+            .password_parameter("/p")
+            .password_ttl(Duration::ZERO)
+            .connector()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("password_ttl"), "{err}");
     }
 
     #[tokio::test]

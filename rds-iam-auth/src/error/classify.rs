@@ -35,6 +35,15 @@ pub(crate) const HINT_PROXY_OPTION: &str = "RDS Proxy accepts only user, databas
 pub(crate) const HINT_READ_ONLY: &str = "target_session_attrs=read-write reached a read-only session: is this the READ_ONLY endpoint, or a writer demoted by a failover?";
 pub(crate) const HINT_READ_WRITE: &str = "target_session_attrs=read-only reached a session that allows writes: is this the READ_WRITE endpoint?";
 pub(crate) const HINT_NO_DATABASE: &str = "check the database name (DBNAME / --database)";
+pub(crate) const HINT_SECRET_DENIED: &str = "the secret's resource policy and the policy of its customer managed KMS key must both allow this role, and the role's identity policy must allow secretsmanager:GetSecretValue on the secret and kms:Decrypt on the key; the AWS managed key aws/secretsmanager cannot be used across accounts";
+pub(crate) const HINT_SECRET_NOT_FOUND: &str = "no secret with this ARN: check the ARN (DB_SECRET_ARN / --secret-arn), including its region and random suffix, and that the secret is not deleted";
+pub(crate) const HINT_DECRYPTION: &str = "the value could not be decrypted: the KMS key's policy must allow kms:Decrypt for the reader, and the key must be enabled";
+pub(crate) const HINT_SECRET_INVALID: &str = "an RDS secret is a JSON SecretString with a non-empty `password` (and optionally username, host, port, dbname): check the secret's current value (AWSCURRENT)";
+pub(crate) const HINT_PARAMETER_DENIED: &str = "the caller's identity policy must allow ssm:GetParameter (ssm:GetParametersByPath for a settings path) on the parameter, and kms:Decrypt on the key of a SecureString";
+pub(crate) const HINT_PARAMETER_NOT_FOUND: &str = "no such parameter: check its name (DB_PASSWORD_PARAMETER / CONFIG_PARAMETER_PATH) and the region";
+pub(crate) const HINT_SECRET_UNAVAILABLE: &str = "the service is unavailable or throttling this caller (the SDK retried): a cached password keeps serving; check the AWS Health Dashboard and how often passwords are read (cache TTL)";
+pub(crate) const HINT_SECRET_UNREACHABLE: &str = "Secrets Manager / Parameter Store is unreachable: check the secretsmanager / ssm VPC endpoints (private DNS on) and their security groups (443 from this client), or AWS_ENDPOINT_URL_SECRETS_MANAGER / AWS_ENDPOINT_URL_SSM";
+pub(crate) const HINT_PASSWORD_REFUSED: &str = "the database refused the stored password: if the secret was just rotated, the next read gets the new value (it was read again once); otherwise the secret's AWSCURRENT value and the database user's password disagree: check the rotation function's last run and the user name";
 
 /// What to check for `reason` at `stage`: the one table of hints.
 pub(crate) fn hint(reason: Reason, stage: Stage) -> Option<&'static str> {
@@ -60,7 +69,18 @@ pub(crate) fn hint(reason: Reason, stage: Stage) -> Option<&'static str> {
         Reason::DatabaseNotFound => Some(HINT_NO_DATABASE),
         Reason::ReadOnlySession => Some(HINT_READ_ONLY),
         Reason::WritableSession => Some(HINT_READ_WRITE),
+        Reason::SecretAccessDenied => Some(HINT_SECRET_DENIED),
+        Reason::SecretNotFound => Some(HINT_SECRET_NOT_FOUND),
+        Reason::SecretDecryptionFailed => Some(HINT_DECRYPTION),
+        Reason::SecretInvalid if stage == Stage::Secret => Some(HINT_SECRET_INVALID),
+        Reason::ParameterAccessDenied => Some(HINT_PARAMETER_DENIED),
+        Reason::ParameterNotFound => Some(HINT_PARAMETER_NOT_FOUND),
+        Reason::SecretServiceUnavailable => Some(HINT_SECRET_UNAVAILABLE),
+        Reason::SecretServiceUnreachable => Some(HINT_SECRET_UNREACHABLE),
+        Reason::PasswordRefused => Some(HINT_PASSWORD_REFUSED),
         Reason::InvalidConfig
+        | Reason::SecretInvalid
+        | Reason::SecretFailed
         | Reason::CredentialsFailed
         | Reason::TlsFailed
         | Reason::LoginFailed
@@ -74,6 +94,7 @@ fn timeout_hint(stage: Stage) -> Option<&'static str> {
         Stage::Tcp | Stage::Tls | Stage::Login => Some(HINT_TCP),
         Stage::AssumeRole => Some(HINT_STS_UNREACHABLE),
         Stage::Credentials => Some(HINT_NO_CREDENTIALS),
+        Stage::Secret | Stage::Parameters => Some(HINT_SECRET_UNREACHABLE),
         _ => None,
     }
 }
@@ -132,46 +153,160 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
 {
-    let (message, code, reason) = match &err {
-        SdkError::ServiceError(service) => {
-            let e = service.err();
-            let code = e.code().map(str::to_owned);
-            let reason = match code.as_deref() {
-                Some("AccessDenied") => Reason::AccessDenied,
-                Some(
-                    "InvalidClientTokenId"
-                    | "SignatureDoesNotMatch"
-                    | "ExpiredToken"
-                    | "ExpiredTokenException",
-                ) => Reason::CallerRejected,
-                // STS's own word for "not now": retryable errors the SDK gave up on.
-                Some(
-                    "ServiceUnavailable"
-                    | "Throttling"
-                    | "ThrottlingException"
-                    | "RequestLimitExceeded"
-                    | "InternalFailure"
-                    | "InternalError",
-                ) => Reason::StsUnavailable,
-                _ => Reason::CredentialsFailed,
-            };
-            let message = format!(
-                "{}: {}",
-                code.as_deref().unwrap_or("error"),
-                e.message().unwrap_or("(no message)")
-            );
-            (message, code, reason)
-        }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => (
-            format!("STS unreachable: {}", error_chain(&err)),
-            None,
-            Reason::StsUnreachable,
-        ),
-        _ => (error_chain(&err), None, Reason::CredentialsFailed),
+    let reason_of = |code: &str| match code {
+        "AccessDenied" => Reason::AccessDenied,
+        "InvalidClientTokenId"
+        | "SignatureDoesNotMatch"
+        | "ExpiredToken"
+        | "ExpiredTokenException" => Reason::CallerRejected,
+        // STS's own word for "not now": retryable errors the SDK gave up on.
+        "ServiceUnavailable"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "InternalFailure"
+        | "InternalError" => Reason::StsUnavailable,
+        _ => Reason::CredentialsFailed,
     };
-    Error::new(Stage::AssumeRole, reason, format!("{role_arn}: {message}"))
-        .with_aws_code(code)
-        .with_source(err)
+    let service = Service {
+        name: "STS",
+        stage: Stage::AssumeRole,
+        unreachable: Reason::StsUnreachable,
+        failed: Reason::CredentialsFailed,
+    };
+    service.error(role_arn, err, reason_of)
+}
+
+/// Secrets Manager refused `GetSecretValue` on `secret_arn`, or could not be reached.
+pub(crate) fn secret_error<E, R>(secret_arn: &str, err: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: fmt::Debug + Send + Sync + 'static,
+{
+    let service = Service::password_store("Secrets Manager", Stage::Secret);
+    service.error(secret_arn, err, |code| match code {
+        "AccessDeniedException" => Reason::SecretAccessDenied,
+        "ResourceNotFoundException" => Reason::SecretNotFound,
+        "DecryptionFailure" => Reason::SecretDecryptionFailed,
+        other => unavailable_or_failed(other),
+    })
+}
+
+/// Parameter Store refused a read of `name` (at `stage`: the password, or the settings),
+/// or could not be reached.
+pub(crate) fn parameter_error<E, R>(stage: Stage, name: &str, err: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: fmt::Debug + Send + Sync + 'static,
+{
+    let service = Service::password_store("Parameter Store", stage);
+    service.error(name, err, |code| match code {
+        "AccessDeniedException" => Reason::ParameterAccessDenied,
+        "ParameterNotFound" | "ParameterVersionNotFound" => Reason::ParameterNotFound,
+        "InvalidKeyId" => Reason::SecretDecryptionFailed,
+        other => unavailable_or_failed(other),
+    })
+}
+
+/// The codes Secrets Manager and Parameter Store share for "not now": retryable errors
+/// the SDK gave up on.
+fn unavailable_or_failed(code: &str) -> Reason {
+    match code {
+        "ThrottlingException"
+        | "Throttling"
+        | "TooManyUpdates"
+        | "ServiceUnavailable"
+        | "InternalServiceError"
+        | "InternalServerError"
+        | "InternalFailure" => Reason::SecretServiceUnavailable,
+        _ => Reason::SecretFailed,
+    }
+}
+
+/// An AWS service whose SDK errors become errors of one stage.
+struct Service {
+    name: &'static str,
+    stage: Stage,
+    /// The reason of a request that never got an answer (DNS, connect, timeout).
+    unreachable: Reason,
+    /// The reason of any other failure without an error code.
+    failed: Reason,
+}
+
+impl Service {
+    fn password_store(name: &'static str, stage: Stage) -> Self {
+        Service {
+            name,
+            stage,
+            unreachable: Reason::SecretServiceUnreachable,
+            failed: Reason::SecretFailed,
+        }
+    }
+
+    /// `err` about `what` (a role, a secret, a parameter): the service's error code read by
+    /// `reason_of`, or where the request got no answer.
+    fn error<E, R>(
+        &self,
+        what: &str,
+        err: SdkError<E, R>,
+        reason_of: impl Fn(&str) -> Reason,
+    ) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug + Send + Sync + 'static,
+    {
+        let (message, code, reason) = match &err {
+            SdkError::ServiceError(service) => {
+                let e = service.err();
+                let code = e.code().map(str::to_owned);
+                let reason = code.as_deref().map_or(self.failed, &reason_of);
+                let message = format!(
+                    "{}: {}",
+                    code.as_deref().unwrap_or("error"),
+                    e.message().unwrap_or("(no message)")
+                );
+                (message, code, reason)
+            }
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => (
+                format!("{} unreachable: {}", self.name, error_chain(&err)),
+                None,
+                self.unreachable,
+            ),
+            _ => (error_chain(&err), None, self.failed),
+        };
+        Error::new(self.stage, reason, format!("{what}: {message}"))
+            .with_aws_code(code)
+            .with_source(err)
+    }
+}
+
+/// The secret or parameter `what` was read but its value cannot be used (`message` says
+/// why and never quotes the value).
+pub(crate) fn secret_invalid(what: &str, message: &str) -> Error {
+    Error::new(
+        Stage::Secret,
+        Reason::SecretInvalid,
+        format!("{what}: {message}"),
+    )
+}
+
+/// A password read that ended without an outcome (a panic, a runtime shut down under it).
+pub(crate) fn secret_lost(what: &str, message: &str) -> Error {
+    Error::new(
+        Stage::Secret,
+        Reason::SecretFailed,
+        format!("{what}: {message}"),
+    )
+}
+
+/// A login refusal on the password path: 28P01 is the stored password refused, whatever
+/// the message (RDS Proxy's IAM wording included), so the hint is about the secret.
+pub(crate) fn password_login_error(e: Error) -> Error {
+    if e.sqlstate() == Some("28P01") {
+        e.with_reason(Reason::PasswordRefused)
+    } else {
+        e
+    }
 }
 
 /// `host` did not resolve.

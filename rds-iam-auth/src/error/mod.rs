@@ -151,6 +151,29 @@ pub enum Reason {
     LoginFailed,
     /// A query (the check's, or the after-connect hook's) failed.
     QueryFailed,
+    /// Secrets Manager refused to give the secret (`AccessDeniedException`): the secret's
+    /// resource policy, its KMS key's policy or the reader's own policy.
+    SecretAccessDenied,
+    /// No such secret (`ResourceNotFoundException`): the ARN, or its region.
+    SecretNotFound,
+    /// The secret or parameter could not be decrypted (`DecryptionFailure`, a KMS error).
+    SecretDecryptionFailed,
+    /// The secret's value cannot be used: not JSON, binary, or without a password.
+    SecretInvalid,
+    /// Parameter Store refused to give the parameter (`AccessDeniedException`).
+    ParameterAccessDenied,
+    /// No such parameter (`ParameterNotFound`), or nothing under the settings' path.
+    ParameterNotFound,
+    /// Secrets Manager or Parameter Store answered that it cannot serve the request now
+    /// (throttling, an internal error), after the SDK's retries.
+    SecretServiceUnavailable,
+    /// Secrets Manager or Parameter Store could not be reached.
+    SecretServiceUnreachable,
+    /// Reading the secret or parameter failed otherwise.
+    SecretFailed,
+    /// The database refused the password read from the secret or parameter (SQLSTATE
+    /// 28P01): rotated since it was read, or the source and the database disagree.
+    PasswordRefused,
 }
 
 /// An error on the path to a working connection.
@@ -206,6 +229,13 @@ impl Error {
 
     pub(crate) fn with_sqlstate(mut self, code: Option<String>) -> Self {
         self.0.sqlstate = code;
+        self
+    }
+
+    /// The same failure, meaning `reason` (the hint follows it): what a login refusal
+    /// means depends on whether the password was a token or a stored password.
+    pub(crate) fn with_reason(mut self, reason: Reason) -> Self {
+        self.0.reason = reason;
         self
     }
 

@@ -55,6 +55,10 @@
 //!   renews them ahead of expiry (see [`crate::credentials`]), and the refresh after that
 //!   signs with the new ones, long before the old ones expire.
 //! - Connections already open are not touched: a token is only checked at login.
+//! - With a stored password (a secret or a parameter) instead of tokens, the options carry
+//!   the cached password, installed again as soon as the connector reads a new one; at each
+//!   tick the task also logs in once through the connector, so that a rotation (which
+//!   sqlx's own refused logins cannot report) is noticed and the password read again.
 //!
 //! # When a refresh fails
 //!
@@ -147,7 +151,8 @@ pub use ::sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 use crate::credentials::backoff;
 use crate::error::classify::{
-    error_chain, find_cause, login_failure, login_reason, tcp_error, tls_error,
+    error_chain, find_cause, login_failure, login_reason, password_login_error, tcp_error,
+    tls_error,
 };
 use crate::error::{ConfigError, Error, FailureLog, Reason};
 use crate::stage::Stage;
@@ -508,9 +513,10 @@ impl Settings {
         })
     }
 
-    /// Credentials from the connector's cache, a token signed with them, the options.
+    /// The options with the password of the next logins: a token signed with the
+    /// connector's cached credentials, or the stored password from its cache.
     async fn sign(&self) -> Result<Signed, Error> {
-        let (token, credentials) = self.connector.sign_within_timeout().await?;
+        let (password, credentials_expiry) = self.connector.password_for_login().await?;
         let signed_at = SystemTime::now();
         let params = self.connector.token_params();
         #[cfg(unix)]
@@ -519,9 +525,9 @@ impl Settings {
             forwarder.keep_for(params.expires_in());
         }
         Ok(Signed {
-            options: self.options(token.as_str()),
+            options: self.options(password.as_str()),
             signed_at,
-            credentials_expiry: credentials.expiry(),
+            credentials_expiry,
         })
     }
 
@@ -608,7 +614,12 @@ impl Settings {
                 let code = db.code().map(|c| c.into_owned());
                 let message = format!("{}: {}", code.as_deref().unwrap_or("error"), db.message());
                 let reason = login_reason(db.message(), code.as_deref());
-                login_failure(p.username(), p.hostname(), reason, &message, code).with_source(e)
+                let error = login_failure(p.username(), p.hostname(), reason, &message, code)
+                    .with_source(e);
+                match self.connector.password_source() {
+                    Some(_) => password_login_error(error),
+                    None => error,
+                }
             }
             ::sqlx::Error::Io(source) => {
                 tcp_error(&format!("{host}:{port}"), &source.to_string(), Some(source))
@@ -703,11 +714,32 @@ impl Refresher {
     async fn run(self, mut wait: Duration) {
         let mut closed = std::pin::pin!(self.pool.close_event());
         let mut failures_in_a_row = 0u32;
+        // A stored password read again (its time to live passed, or a login through the
+        // connector was refused after a rotation) is installed at once, not at the next tick.
+        let mut new_password = self
+            .settings
+            .connector
+            .password_cache()
+            .map(|cache| cache.subscribe());
         loop {
-            tokio::select! {
+            let on_schedule = tokio::select! {
                 _ = &mut closed => break,
                 _ = self.status.stop.notified() => break,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(wait) => true,
+                Some(Ok(())) = async {
+                    match new_password.as_mut() {
+                        Some(versions) => Some(versions.changed().await),
+                        None => None,
+                    }
+                } => false,
+            };
+            if on_schedule && new_password.is_some() {
+                // sqlx cannot tell this task that its logins are refused after a rotation;
+                // a login through the connector can, and reads the password again.
+                tokio::select! {
+                    _ = &mut closed => break,
+                    () = self.settings.connector.probe_login() => {}
+                }
             }
             let outcome = tokio::select! {
                 _ = &mut closed => break,

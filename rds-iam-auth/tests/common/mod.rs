@@ -21,16 +21,21 @@ pub async fn stack_with(edit: impl FnOnce(&mut StackConfig)) -> LocalStack {
 
 /// The SDK configuration of the application (or of `principal`), pointed at the STS stand-in.
 pub async fn sdk_config(stack: &LocalStack, principal: Option<&str>) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(stack.region().to_owned()))
+        .endpoint_url(stack.sts_endpoint_url())
+        .credentials_provider(keys(stack, principal))
+        .load()
+        .await
+}
+
+/// The long-term keys of the application's principal (or of `principal`).
+fn keys(stack: &LocalStack, principal: Option<&str>) -> Credentials {
     let (akid, secret) = match principal {
         Some(arn) => stack.principal_credentials(arn).expect("known principal"),
         None => stack.app_credentials(),
     };
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(stack.region().to_owned()))
-        .endpoint_url(stack.sts_endpoint_url())
-        .credentials_provider(Credentials::from_keys(akid, secret, None))
-        .load()
-        .await
+    Credentials::from_keys(akid, secret, None)
 }
 
 pub fn ro(stack: &LocalStack) -> &Endpoint {
@@ -65,4 +70,57 @@ pub async fn connector_for(stack: &LocalStack, endpoint: &Endpoint) -> rds_iam_a
         .connector()
         .await
         .expect("connector")
+}
+
+/// Each stand-in's endpoint URL, as the SDK's per-service `AWS_ENDPOINT_URL_*` variables
+/// give them, but without touching the process environment (tests run side by side).
+#[derive(Debug)]
+struct StandIns {
+    sts: String,
+    secrets_manager: String,
+    ssm: String,
+}
+
+impl aws_types::service_config::LoadServiceConfig for StandIns {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        if key.profile() != "endpoint_url" {
+            return None;
+        }
+        match key.service_id() {
+            "STS" => Some(self.sts.clone()),
+            "Secrets Manager" => Some(self.secrets_manager.clone()),
+            "SSM" => Some(self.ssm.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The SDK configuration of the application (or of `principal`), with STS, Secrets
+/// Manager and Parameter Store each at its stand-in.
+pub async fn sdk_config_all(stack: &LocalStack, principal: Option<&str>) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(stack.region().to_owned()))
+        .credentials_provider(keys(stack, principal))
+        .load()
+        .await
+        .into_builder()
+        .service_config(StandIns {
+            sts: stack.sts_endpoint_url(),
+            secrets_manager: stack.secrets_endpoint_url(),
+            ssm: stack.ssm_endpoint_url(),
+        })
+        .build()
+}
+
+/// The password user's configuration: the secret (read with the database account's role)
+/// fills endpoint, port, user and database; the dial address and the stack's CA are given.
+pub async fn secret_config(stack: &LocalStack) -> Config {
+    Config::new()
+        .secret_arn(stack.secret_arn().expect("the stack seeds a secret"))
+        .assume_role(stack.role_arn())
+        .external_id(stack.external_id())
+        .connect_address(stack.app_endpoint().listen.to_string())
+        .ca_bundle(CaBundle::from_pem(stack.ca_pem().as_bytes()).expect("stack CA"))
+        .connect_timeout(Duration::from_secs(20))
+        .sdk_config(sdk_config_all(stack, None).await)
 }
