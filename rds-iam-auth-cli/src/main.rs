@@ -197,7 +197,7 @@ struct TargetArgs {
     password_parameter: Option<String>,
     /// Read the settings that flags and environment leave unset from the Parameter Store
     /// parameters under this path (hostname, port, user, database, assume_role, ...,
-    /// password), with your own credentials.
+    /// password), with your own credentials [default: CONFIG_PARAMETER_PATH, as the Lambda].
     #[arg(long, value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
     parameters: Option<String>,
     #[command(flatten)]
@@ -262,7 +262,13 @@ impl TargetArgs {
                 .set_secret_arn(self.secret_arn)
                 .set_password_parameter(self.password_parameter);
         }
-        if let Some(path) = self.parameters {
+        // As the Lambda: CONFIG_PARAMETER_PATH names the path when the flag does not.
+        let parameters = self.parameters.or_else(|| {
+            std::env::var(rds_iam_auth::env::CONFIG_PARAMETER_PATH)
+                .ok()
+                .filter(|p| !p.trim().is_empty())
+        });
+        if let Some(path) = parameters {
             config = config.fill_unset_from(Config::from_parameters(&path).await?);
         }
         if config.get_secret_arn().is_some() {

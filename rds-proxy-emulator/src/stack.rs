@@ -660,8 +660,10 @@ impl LocalStack {
 
     /// The `secret.env` pairs, for connecting as the password user instead (empty without
     /// one): `DB_SECRET_ARN`, `DB_USERNAME` (overriding stack.env's), and with a
-    /// parameter path `CONFIG_PARAMETER_PATH` and `DB_PASSWORD_PARAMETER`. No password:
-    /// the application reads it from the secret or the parameter.
+    /// parameter path `CONFIG_PARAMETER_PATH`. One password source only (two is a
+    /// configuration error for the library): the SecureString copy under the path,
+    /// `PATH/password`, is for `DB_PASSWORD_PARAMETER` set instead of `DB_SECRET_ARN`. No
+    /// password: the application reads it from the secret.
     pub fn secret_env(&self) -> Vec<(String, String)> {
         let (Some(user), Some(arn)) = (self.password_user(), self.secret_arn()) else {
             return Vec::new();
@@ -672,7 +674,6 @@ impl LocalStack {
         ];
         if let Some(path) = self.parameter_path() {
             env.push(("CONFIG_PARAMETER_PATH".into(), path.to_string()));
-            env.push(("DB_PASSWORD_PARAMETER".into(), format!("{path}/password")));
         }
         env
     }
