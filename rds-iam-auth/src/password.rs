@@ -463,14 +463,25 @@ impl PasswordCache {
         result
     }
 
-    /// Marks the value of read `version` as suspect if it is still the cached one (a login
-    /// with it was refused with 28P01: the secret was probably rotated), so the next caller
-    /// waits for a fresh read, which starts at once whatever the backoff. At most once a
-    /// minute: a password that a fresh read does not cure (the secret and the database
-    /// disagree) must not cost a read per connect. Returns whether it was marked.
+    /// A login with the value of read `version` was refused with 28P01 (the secret was
+    /// probably rotated): returns whether one retry is worth it. It is when a newer value
+    /// is already cached, or when another refused login has already marked this one
+    /// suspect (the retry then waits for that one re-read: logins refused together cost
+    /// one read). Otherwise the value is marked suspect, so the next caller waits for a
+    /// fresh read, which starts at once whatever the backoff; at most once a minute while
+    /// re-reads find the same password (the secret and the database disagree: that must
+    /// not cost a read per connect), without limit while each finds a new one (rotations in
+    /// quick succession).
     pub(crate) fn invalidate(&self, version: u64) -> bool {
         const AT_MOST_EVERY: Duration = Duration::from_secs(60);
         let mut state = self.shared.lock();
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.version > version || (c.version == version && c.suspect))
+        {
+            return true;
+        }
         if state
             .last_invalidation
             .is_some_and(|at| at.elapsed() < AT_MOST_EVERY)
@@ -567,6 +578,14 @@ impl Shared {
             match outcome {
                 Ok((value, took)) => {
                     self.fetches.fetch_add(1, Ordering::Relaxed);
+                    // A re-read after a refused login that found a new password cured it:
+                    // the next rotation may be answered at once, however soon it comes.
+                    // One that found the same password keeps the once-a-minute limit.
+                    if state.current.as_ref().is_some_and(|old| {
+                        old.suspect && old.value.password.as_str() != value.password.as_str()
+                    }) {
+                        state.last_invalidation = None;
+                    }
                     if let Some(failure) = state.failure.take() {
                         tracing::info!(
                             failed_attempts = failure.in_a_row,

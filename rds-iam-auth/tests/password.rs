@@ -446,3 +446,39 @@ async fn a_sqlx_pool_alone_follows_a_rotation() {
     assert_eq!(refresh.failed_refresh_count(), 0);
     pool.close().await;
 }
+
+/// Rotations seconds apart (a schedule far shorter than a minute, or a rotation retried
+/// by hand): each refused login reads the secret again when the last re-read found a new
+/// password, so the once-a-minute limit on re-reads never turns a rotation into failures.
+/// And when eight connects are refused at once after a rotation, one reads the secret and
+/// the other seven retry with what it read: all eight log in, with one read between them.
+#[tokio::test]
+async fn rotations_seconds_apart_and_many_refused_logins_at_once_all_recover() {
+    let stack = stack().await;
+    let connector = secret_connector(&stack).await;
+    connector.connect().await.expect("first connect");
+    assert_eq!(connector.password_reads(), 1);
+
+    for rotation in 1..=3u64 {
+        stack.rotate_secret_now().await.expect("rotated");
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let connector = connector.clone();
+            connects.spawn(async move { connector.connect().await.map(drop) });
+        }
+        let failed: Vec<_> = connects
+            .join_all()
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(failed.is_empty(), "rotation {rotation}: {failed:?}");
+        assert_eq!(
+            connector.password_reads(),
+            1 + rotation,
+            "rotation {rotation}: one read of the secret per rotation"
+        );
+    }
+    assert_eq!(connector.failed_connects(), 0);
+}
