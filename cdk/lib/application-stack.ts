@@ -75,6 +75,13 @@ export class ApplicationStack extends OfflineStack {
     const dbRoleArn = databaseConnectRoleArn(cfg, this.partition);
     const functionName = cfg.functionName;
     const settingsFromParameters = cfg.lambdaSettingsFrom === 'parameters';
+    const endpointNames = [
+      'STS',
+      ...(cfg.databaseUserAuth === 'secret' ? ['Secrets Manager'] : []),
+      ...(settingsFromParameters ? ['SSM'] : []),
+    ];
+    const awsEndpoints =
+      endpointNames.length === 1 ? endpointNames[0] : `${endpointNames.slice(0, -1).join(', ')} and ${endpointNames[endpointNames.length - 1]}`;
     const settingsPath = cfg.lambdaSettingsParameterPath;
     this.key = logsKey(this, 'ApplicationKey', 'connectiontest ApplicationStack: log groups and the alarm topic');
 
@@ -111,7 +118,8 @@ export class ApplicationStack extends OfflineStack {
     this.lambdaSecurityGroup = new ec2.SecurityGroup(this, 'LambdaSecurityGroup', {
       vpc: this.vpc,
       securityGroupName: 'connectiontest-lambda-sg',
-      description: 'connectiontest-lambda: egress to the RDS Proxy endpoint (5432) and the STS endpoint (443) only',
+      // The AWS endpoints it may reach depend on the modes (Secrets Manager, SSM).
+      description: `connectiontest-lambda: egress to the RDS Proxy endpoint (5432) and the ${awsEndpoints} endpoint${endpointNames.length > 1 ? 's' : ''} (443) only`,
       allowAllOutbound: false,
     });
     // The proxy endpoints' network interfaces live in the shared subnets (created by the
@@ -229,7 +237,10 @@ export class ApplicationStack extends OfflineStack {
 
     this.function = new lambda.Function(this, 'ConnectionTestFunction', {
       functionName,
-      description: 'Proves the cross-account path: AssumeRole, IAM token, TLS to the RDS Proxy endpoint, a read',
+      description:
+        cfg.databaseUserAuth === 'secret'
+          ? 'Proves the cross-account path: AssumeRole, the Secrets Manager password, TLS to the RDS Proxy endpoint, a read'
+          : 'Proves the cross-account path: AssumeRole, IAM token, TLS to the RDS Proxy endpoint, a read',
       runtime: lambda.Runtime.PROVIDED_AL2023,
       architecture: lambda.Architecture.ARM_64,
       handler: 'bootstrap',

@@ -210,6 +210,33 @@ describe('database_user_auth "secret": ApplicationStack', () => {
   });
 });
 
+describe("the function's and its security group's descriptions follow the modes", () => {
+  const describe_ = (context: Record<string, string>) => {
+    const t = synth(context).appTemplate;
+    const fn = Object.values(t.findResources('AWS::Lambda::Function', { Properties: { FunctionName: 'connectiontest-lambda' } }))[0];
+    const sg = Object.values(t.findResources('AWS::EC2::SecurityGroup', { Properties: { GroupName: 'connectiontest-lambda-sg' } }))[0];
+    return [fn.Properties.Description, sg.Properties.GroupDescription];
+  };
+  test('iam mode: the IAM token, STS only', () => {
+    expect(describe_({})).toEqual([
+      'Proves the cross-account path: AssumeRole, IAM token, TLS to the RDS Proxy endpoint, a read',
+      'connectiontest-lambda: egress to the RDS Proxy endpoint (5432) and the STS endpoint (443) only',
+    ]);
+  });
+  test('secret mode with settings in Parameter Store: the password, three endpoints', () => {
+    expect(
+      describe_({
+        database_user_auth: 'secret',
+        application_db_secret_arn: SECRET_ARN,
+        lambda_settings_from: 'parameters',
+      }),
+    ).toEqual([
+      'Proves the cross-account path: AssumeRole, the Secrets Manager password, TLS to the RDS Proxy endpoint, a read',
+      'connectiontest-lambda: egress to the RDS Proxy endpoint (5432) and the STS, Secrets Manager and SSM endpoints (443) only',
+    ]);
+  });
+});
+
 describe('lambda_settings_from "parameters": ApplicationStack', () => {
   let t: Template;
   beforeAll(() => {
