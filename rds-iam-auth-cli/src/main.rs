@@ -197,7 +197,8 @@ struct TargetArgs {
     password_parameter: Option<String>,
     /// Read the settings that flags and environment leave unset from the Parameter Store
     /// parameters under this path (hostname, port, user, database, assume_role, ...,
-    /// password), with your own credentials [default: CONFIG_PARAMETER_PATH, as the Lambda].
+    /// password), with your own credentials (--profile, --region) [default:
+    /// CONFIG_PARAMETER_PATH, as the Lambda].
     #[arg(long, value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
     parameters: Option<String>,
     #[command(flatten)]
@@ -232,6 +233,8 @@ impl TargetArgs {
             Some((_, true)) => None,
             _ => std::env::var(name).ok(),
         };
+        // Parameter Store is read with the same profile and region as the rest.
+        let (profile, region) = (self.aws.profile.clone(), self.aws.region.clone());
         let mut config = with_aws(Config::from_lookup(lookup)?, self.aws.into())?;
         if config.get_application_name().is_none() {
             config = config.application_name(application_name);
@@ -269,7 +272,16 @@ impl TargetArgs {
                 .filter(|p| !p.trim().is_empty())
         });
         if let Some(path) = parameters {
-            config = config.fill_unset_from(Config::from_parameters(&path).await?);
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            if let Some(profile) = profile {
+                loader = loader.profile_name(profile);
+            }
+            if let Some(region) = region {
+                loader = loader.region(aws_config::Region::new(region));
+            }
+            let sdk_config = loader.load().await;
+            config =
+                config.fill_unset_from(Config::from_parameters_with(&sdk_config, &path).await?);
         }
         if config.get_secret_arn().is_some() {
             // The secret may hold the endpoint and the user: the connector says what is
