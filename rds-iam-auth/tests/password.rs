@@ -23,6 +23,19 @@ async fn secret_connector(stack: &rds_proxy_emulator::LocalStack) -> rds_iam_aut
         .expect("connector")
 }
 
+/// A connector for the secret whose cached password is due for a refresh after 1 s, so
+/// a test reaches "past the time to live" quickly.
+async fn one_second_ttl_connector(
+    stack: &rds_proxy_emulator::LocalStack,
+) -> rds_iam_auth::Connector {
+    secret_config(stack)
+        .await
+        .password_ttl(Duration::from_secs(1))
+        .connector()
+        .await
+        .expect("connector")
+}
+
 /// Waits until `done` holds, at most `limit` (the assertions after it say what failed).
 async fn wait_for(limit: Duration, done: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
@@ -202,12 +215,7 @@ async fn a_wrong_secret_arn_is_not_found_with_its_hint() {
 #[tokio::test]
 async fn a_hung_secrets_manager_fails_no_connect_while_the_password_is_cached() {
     let stack = stack().await;
-    let connector = secret_config(&stack)
-        .await
-        .password_ttl(Duration::from_secs(1))
-        .connector()
-        .await
-        .expect("connector");
+    let connector = one_second_ttl_connector(&stack).await;
     connector.connect().await.expect("first connect");
     stack.set_secrets_fault(ServiceFault::Hang);
     // Past the time to live: every connect starts (or joins) a background read that hangs.
@@ -223,12 +231,7 @@ async fn a_hung_secrets_manager_fails_no_connect_while_the_password_is_cached() 
 #[tokio::test]
 async fn a_refusing_secrets_manager_past_the_ttl_keeps_the_stored_password() {
     let stack = stack().await;
-    let connector = secret_config(&stack)
-        .await
-        .password_ttl(Duration::from_secs(1))
-        .connector()
-        .await
-        .expect("connector");
+    let connector = one_second_ttl_connector(&stack).await;
     stack.set_secrets_fault(ServiceFault::Refuse);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // Past the time to live, reads fail (after the SDK's retries, within the refresh's
