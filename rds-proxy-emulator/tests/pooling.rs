@@ -32,6 +32,19 @@ async fn client_named(
     token: &str,
     application_name: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    Ok(client_and_socket_task(stack, ep, token, application_name)
+        .await?
+        .0)
+}
+
+/// [`client_named`], with the task that owns the client's socket: aborting it closes the
+/// socket at once, as a killed client process would (no `Terminate`, no TLS close_notify).
+async fn client_and_socket_task(
+    stack: &LocalStack,
+    ep: &Endpoint,
+    token: &str,
+    application_name: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&ep.hostname)
         .hostaddr(ep.listen.ip())
@@ -43,10 +56,10 @@ async fn client_named(
         .ssl_mode(tokio_postgres::config::SslMode::Require);
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(stack));
     let (client, conn) = cfg.connect(tls).await?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = conn.await;
     });
-    Ok(client)
+    Ok((client, task))
 }
 
 /// A session straight to the writer, bypassing the stand-in.
@@ -391,6 +404,56 @@ async fn with_every_connection_pinned_a_request_times_out_after_the_borrow_timeo
         Some("7")
     );
     drop(b);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_waiting_for_a_connection_leaves_the_line_at_once() -> TestResult
+{
+    let mut config = StackConfig::demo();
+    // 2 database connections, both pinned below; a long borrow timeout.
+    config.proxy.max_connections_percent = 1;
+    config.proxy.connection_borrow_timeout_seconds = 30;
+    let stack = start(config).await;
+    let ep = rw(&stack);
+    let token = token(&stack, &ep);
+    let a = client_named(&stack, &ep, &token, "p").await?;
+    a.simple_query("SELECT pg_advisory_lock(1)").await?;
+    let b = client_named(&stack, &ep, &token, "p").await?;
+    b.simple_query("CREATE TEMP TABLE scratch (x int)").await?;
+
+    let (c, socket) = client_and_socket_task(&stack, &ep, &token, "leaving").await?;
+    let request = tokio::spawn(async move { c.simple_query("SELECT 1").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!request.is_finished(), "the request waits for a connection");
+    assert_eq!(stack.metrics().client_connections, 3);
+
+    let opened_before = stack.metrics().database_connection_requests;
+    socket.abort();
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || stack.metrics().client_connections == 2).await,
+        "the stand-in noticed the client leave while its request waited (not at the 30 s borrow timeout): {:?}",
+        stack.metrics()
+    );
+    println!(
+        "the waiting client's end was noticed in {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(request.await?.is_err(), "the client's own request failed");
+
+    // The room a disconnecting pinned client frees goes to a client still there.
+    let d = client_named(&stack, &ep, &token, "staying").await?;
+    let waiting = tokio::spawn(async move { d.simple_query("SELECT 2").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(b);
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting).await???;
+    assert_eq!(first_value(&answer).as_deref(), Some("2"));
+    let m = stack.metrics();
+    assert_eq!(m.borrow_timeouts, 0, "{m:?}");
+    // One connection opened since, in b's place.
+    assert_eq!(m.database_connection_requests, opened_before + 1, "{m:?}");
+    drop(a);
     Ok(())
 }
 

@@ -211,6 +211,42 @@ impl Relay {
         poll_fn(|cx| self.poll(cx, client, backend.as_deref_mut(), metrics)).await
     }
 
+    /// Reads what the client sends while its request waits for a database connection
+    /// (kept, for the connection it gets), and returns when the client has ended its side
+    /// (`Ok`) or its connection failed (`Err`), so that the session can take it out of the
+    /// line for a connection.
+    pub(super) async fn wait_for_client_end<C: AsyncRead + Unpin>(
+        &mut self,
+        client: &mut C,
+    ) -> io::Result<()> {
+        poll_fn(|cx| loop {
+            let space = self.up.space();
+            if space.is_empty() {
+                // A full buffer is read again once the request is relayed.
+                return Poll::Pending;
+            }
+            let mut rb = ReadBuf::new(space);
+            match Pin::new(&mut *client).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        self.client_eof = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    self.up.end += n;
+                }
+                // No TLS close_notify (libpq sends none): ended all the same.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.client_eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await
+    }
+
     /// Writes what is committed for the client and flushes it (the session's last words).
     pub(super) async fn flush_client<C: AsyncWrite + Unpin>(
         &mut self,

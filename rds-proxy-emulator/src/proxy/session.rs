@@ -5,7 +5,10 @@
 //!   its pool (waiting up to the borrow timeout), restores the client's tracked
 //!   parameters on it if they differ, and the relay runs until every answer owed is in
 //!   and delivered; then, if the database reported idle (`I`, outside a transaction), the
-//!   connection goes back to the pool.
+//!   connection goes back to the pool. A client whose connection fails while its request
+//!   waits for one leaves the line at once; one that ends its side waits on only as long as
+//!   answers are relayed after a client's end ([`DRAIN_AFTER_CLIENT_END`]), for a client
+//!   that shut its sending side may still read them.
 //! - A pinning condition keeps the connection for the rest of the session (logged and
 //!   counted as before). So do prepared statements the client holds (named ones, or an
 //!   unnamed one it parsed without using): the next transaction will use them. Such a
@@ -240,14 +243,35 @@ pub(super) async fn run<C: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Borrows a connection for the client's request, with the client's parameters and
-/// statements. On failure the client is told (FATAL) and `Err(End::Told)` returned.
-async fn attach<C: AsyncWrite + Unpin>(
+/// statements. On failure the client is told (FATAL) and `Err(End::Told)` returned; a client
+/// that leaves while waiting gives `Err(End::Client)`.
+async fn attach<C: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Context<'_>,
     relay: &mut Relay,
     client: &mut C,
 ) -> Result<Backend, End> {
     let refuse = |sqlstate: &str, message: &str| fatal_message(sqlstate, message);
-    let mut b = match ctx.pools.borrow(ctx.pool, &ctx.params, ctx.password).await {
+    let borrow = ctx.pools.borrow(ctx.pool, &ctx.params, ctx.password);
+    tokio::pin!(borrow);
+    let borrowed = tokio::select! {
+        b = &mut borrow => b,
+        end = relay.wait_for_client_end(client) => {
+            // A client that only shut its sending side may still read the answer to what it
+            // sent: it keeps its place as long as answers are relayed after a client's end.
+            let kept = match end {
+                Ok(()) => tokio::time::timeout(DRAIN_AFTER_CLIENT_END, &mut borrow).await.ok(),
+                Err(_) => None,
+            };
+            match kept {
+                Some(b) => b,
+                None => {
+                    tracing::debug!(endpoint = %ctx.endpoint, session = ctx.session, "the client left while its request waited for a database connection");
+                    return Err(End::Client);
+                }
+            }
+        }
+    };
+    let mut b = match borrowed {
         Ok(b) => b,
         Err(e) => {
             let m = match e {
