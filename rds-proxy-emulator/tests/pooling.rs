@@ -367,11 +367,24 @@ async fn a_pinned_client_keeps_its_connection_until_it_disconnects() -> TestResu
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_every_connection_pinned_a_request_times_out_after_the_borrow_timeout() -> TestResult {
+/// A stack whose READ_WRITE pool has room for 2 database connections (1% of PostgreSQL's
+/// `max_connections` of 200), both held by pinned clients (returned: dropping one frees its
+/// connection), with the given borrow timeout; and the endpoint and a token to reach it.
+async fn both_connections_pinned(
+    borrow_timeout_seconds: u64,
+) -> Result<
+    (
+        LocalStack,
+        Endpoint,
+        String,
+        tokio_postgres::Client,
+        tokio_postgres::Client,
+    ),
+    tokio_postgres::Error,
+> {
     let mut config = StackConfig::demo();
     config.proxy.max_connections_percent = 1;
-    config.proxy.connection_borrow_timeout_seconds = 2;
+    config.proxy.connection_borrow_timeout_seconds = borrow_timeout_seconds;
     let stack = start(config).await;
     let ep = rw(&stack);
     let token = token(&stack, &ep);
@@ -379,6 +392,12 @@ async fn with_every_connection_pinned_a_request_times_out_after_the_borrow_timeo
     a.simple_query("SELECT pg_advisory_lock(1)").await?;
     let b = client_named(&stack, &ep, &token, "p").await?;
     b.simple_query("CREATE TEMP TABLE scratch (x int)").await?;
+    Ok((stack, ep, token, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_connection_pinned_a_request_times_out_after_the_borrow_timeout() -> TestResult {
+    let (stack, ep, token, a, b) = both_connections_pinned(2).await?;
 
     // Logging in needs no connection (the pool's greeting is known); the request does.
     let c = client_named(&stack, &ep, &token, "p").await?;
@@ -408,19 +427,8 @@ async fn with_every_connection_pinned_a_request_times_out_after_the_borrow_timeo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_leaves_while_waiting_for_a_connection_leaves_the_line_at_once() -> TestResult
-{
-    let mut config = StackConfig::demo();
-    // 2 database connections, both pinned below; a long borrow timeout.
-    config.proxy.max_connections_percent = 1;
-    config.proxy.connection_borrow_timeout_seconds = 30;
-    let stack = start(config).await;
-    let ep = rw(&stack);
-    let token = token(&stack, &ep);
-    let a = client_named(&stack, &ep, &token, "p").await?;
-    a.simple_query("SELECT pg_advisory_lock(1)").await?;
-    let b = client_named(&stack, &ep, &token, "p").await?;
-    b.simple_query("CREATE TEMP TABLE scratch (x int)").await?;
+async fn a_client_that_leaves_while_waiting_for_a_connection_leaves_the_line() -> TestResult {
+    let (stack, ep, token, a, b) = both_connections_pinned(30).await?;
 
     let (c, socket) = client_and_socket_task(&stack, &ep, &token, "leaving").await?;
     let request = tokio::spawn(async move { c.simple_query("SELECT 1").await.map(|_| ()) });

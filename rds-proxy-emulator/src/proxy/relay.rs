@@ -220,31 +220,42 @@ impl Relay {
         client: &mut C,
     ) -> io::Result<()> {
         poll_fn(|cx| loop {
-            let space = self.up.space();
-            if space.is_empty() {
-                // A full buffer is read again once the request is relayed.
-                return Poll::Pending;
+            // A full buffer is read again once the request is relayed.
+            std::task::ready!(self.poll_client_read(cx, client));
+            if let Some(e) = self.client_error.take() {
+                return Poll::Ready(Err(e));
             }
-            let mut rb = ReadBuf::new(space);
-            match Pin::new(&mut *client).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
-                    if n == 0 {
-                        self.client_eof = true;
-                        return Poll::Ready(Ok(()));
-                    }
-                    self.up.end += n;
-                }
-                // No TLS close_notify (libpq sends none): ended all the same.
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    self.client_eof = true;
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+            if self.client_eof {
+                return Poll::Ready(Ok(()));
             }
         })
         .await
+    }
+
+    /// One read of the client's bytes into the client-to-database buffer. `Ready` once
+    /// something happened (bytes read, the end of the client's side, or an error in
+    /// `client_error`); `Pending` when nothing is there or the buffer is full.
+    fn poll_client_read<C: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+    ) -> Poll<()> {
+        let space = self.up.space();
+        if space.is_empty() {
+            return Poll::Pending;
+        }
+        let mut rb = ReadBuf::new(space);
+        match std::task::ready!(Pin::new(&mut *client).poll_read(cx, &mut rb)) {
+            Ok(()) => match rb.filled().len() {
+                0 => self.client_eof = true,
+                n => self.up.end += n,
+            },
+            // A client that closes TCP without a TLS close_notify (libpq does) has ended
+            // its side all the same.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => self.client_eof = true,
+            Err(e) => self.client_error = Some(e),
+        }
+        Poll::Ready(())
     }
 
     /// Writes what is committed for the client and flushes it (the session's last words).
@@ -277,33 +288,11 @@ impl Relay {
             let mut progress = false;
 
             // The client's bytes in.
-            if !self.client_eof && self.client_error.is_none() {
-                let space = self.up.space();
-                if !space.is_empty() {
-                    let mut rb = ReadBuf::new(space);
-                    match Pin::new(&mut *client).poll_read(cx, &mut rb) {
-                        Poll::Ready(Ok(())) => {
-                            let n = rb.filled().len();
-                            if n == 0 {
-                                self.client_eof = true;
-                            } else {
-                                self.up.end += n;
-                            }
-                            progress = true;
-                        }
-                        // A client that closes TCP without a TLS close_notify (libpq does)
-                        // has ended its side all the same.
-                        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                            self.client_eof = true;
-                            progress = true;
-                        }
-                        Poll::Ready(Err(e)) => {
-                            self.client_error = Some(e);
-                            progress = true;
-                        }
-                        Poll::Pending => {}
-                    }
-                }
+            if !self.client_eof
+                && self.client_error.is_none()
+                && self.poll_client_read(cx, client).is_ready()
+            {
+                progress = true;
             }
             if let Some(e) = self.client_error.take() {
                 return Poll::Ready(Step::ClientGone(Some(e)));
