@@ -871,8 +871,8 @@ user = "app_reader"
         )
         .expect("valid");
         let names: Vec<_> = targets.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["orders", "billing", "inventory"]);
-        let [orders, billing, inventory] = &targets[..] else {
+        assert_eq!(names, ["orders", "billing", "inventory", "legacy"]);
+        let [orders, billing, inventory, legacy] = &targets[..] else {
             unreachable!()
         };
         assert_eq!(orders.account(), Some("222222222222"));
@@ -911,6 +911,15 @@ user = "app_reader"
             Some("127.0.0.1:6432")
         );
         assert_eq!(inventory.socket_path(), None);
+        assert_eq!(inventory.config.password_source().expect("no source"), None);
+        assert!(matches!(
+            legacy.config.password_source().expect("one source"),
+            Some(PasswordSource::SecretsManager { .. })
+        ));
+        assert_eq!(
+            legacy.config.get_password_ttl(),
+            Some(Duration::from_secs(15 * 60))
+        );
     }
 
     /// A directory with a CA bundle and an external ID file, and a file that uses every key
