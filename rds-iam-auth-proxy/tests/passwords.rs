@@ -147,6 +147,18 @@ async fn a_targets_file_serves_a_secret_through_a_rotation_and_a_parameter() {
     let db_error = refused.as_db_error().expect("a PostgreSQL error");
     assert_eq!(db_error.code().code(), "28P01", "{refused}");
 
+    // Every refusal here (the stale cache, then the stale copy) is explained as the stored
+    // password's, at every level it is logged, never with IAM's hint.
+    let log = proxy.log_text();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("28P01")).collect();
+    assert!(refusals.len() >= 2, "{refusals:#?}");
+    for line in &refusals {
+        assert!(
+            line.contains("the stored password") && !line.contains("rds-db:connect"),
+            "{line}"
+        );
+    }
+
     assert_no_password(
         &proxy,
         &[&before, &after],
