@@ -119,10 +119,12 @@ async fn start(args: &Args) -> Result<Running, Refusal> {
             .connector()
             .await
             .map_err(|e| config_error(format!("target {}: {e}", target.name)))?;
+        // The connector's user, not the config's: a secret may have filled it.
+        let db_user = connector.token_params().username().to_owned();
         Ok(Served {
             name: target.name.clone(),
             connector,
-            db_user: target.config.get_user().unwrap_or_default().to_owned(),
+            db_user,
         })
     }))
     .await;

@@ -171,17 +171,29 @@ async fn the_environment_serves_a_secret_with_db_secret_arn() {
     let stack = common::stack().await;
     let user = password_user(&stack);
     let arn = stack.secret_arn().expect("the stack seeds a secret");
-    // The stack's environment (endpoint, role, external ID, CA) with the password user and
-    // its secret: what `source stack.env; source secret.env` gives a shell.
+    // The stack's environment (endpoint, role, external ID, CA) with the password user's
+    // secret, and no user or database: the secret's `username` and `dbname` fill them
+    // (blank is unset), and the listener serves that user.
     let proxy = Proxy::start(
         &stack,
         &["--port", "0"],
-        &[("DB_SECRET_ARN", &arn), ("DB_USERNAME", user), ALL_LOGS],
+        &[
+            ("DB_SECRET_ARN", &arn),
+            ("DB_USERNAME", ""),
+            ("DBNAME", ""),
+            ALL_LOGS,
+        ],
     );
     let client = connect(&stack, proxy.port(), user)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log_text()));
     assert_eq!(current_user(&client).await, user);
+    let database: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .expect("query")
+        .get(0);
+    assert_eq!(database, stack.db_name());
     let password = stack.current_password().expect("password");
     assert_no_password(&proxy, &[&password], &[]);
 }
