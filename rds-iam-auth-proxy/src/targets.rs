@@ -583,8 +583,8 @@ impl<E: Fn(&str) -> Option<String>> Builder<'_, E> {
             if value.is_some_and(|v| v.trim().is_empty()) {
                 return Err(err(key, "is empty".to_owned()));
             }
-            // The library's checks of the source (an empty value, the shape of a secret
-            // ARN, whose region is where the secret is read).
+            // The library's own check of the source: a secret ARN's shape (its region is
+            // where the secret is read). A parameter name is Parameter Store's to judge.
             Config::new()
                 .set_secret_arn(t.secret_arn.clone())
                 .set_password_parameter(t.password_parameter.clone())
