@@ -433,7 +433,16 @@ fn check_config_refuses_a_bad_targets_file_in_one_line_before_checking_anything(
             format!("{good}external_id_env = \"NOT_SET_ANYWHERE\"\nrole_arn = \"arn:aws:iam::222222222222:role/r\"\n"),
             "target `orders`: `external_id_env` names environment variable NOT_SET_ANYWHERE, which is not set".to_owned(),
         ),
+        // Two password sources for one target.
+        (
+            format!("{good}secret_arn = \"arn:aws:secretsmanager:us-east-1:222222222222:secret:s-AbCdEf\"\npassword_parameter = \"/orders/db/password\"\n"),
+            "target `orders`: `password_parameter` cannot be used with `secret_arn`".to_owned(),
+        ),
         // What only the library checks, when the connector is built: still bad input.
+        (
+            format!("{good}password_parameter = \"/orders/db/password\"\npassword_ttl = \"100ms\"\n"),
+            "targets.toml: target `orders`: config: invalid `password_ttl`".to_owned(),
+        ),
         (
             good.replace("127.0.0.1:9", "127.0.0.1:x"),
             "targets.toml: target `orders`: config: invalid `connect_address`".to_owned(),

@@ -531,6 +531,85 @@ fn cli_for_targets(stack: &LocalStack, home: &std::path::Path) -> Command {
     cmd
 }
 
+/// The targets file's password keys reach the check: the password user's secret (read
+/// with the role) and its SecureString copy (read with the application's own keys).
+#[tokio::test]
+async fn check_config_checks_password_targets() {
+    let stack = stack().await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let ep = ro(&stack);
+    let user = stack
+        .password_user()
+        .expect("the stack seeds a password user");
+    let common = format!(
+        "endpoint = \"{}\"\nport = {}\ndatabase = \"{}\"\nuser = \"{user}\"\nconnect_address = \"{}\"\nca_bundle = \"{}\"\n",
+        ep.hostname,
+        ep.port,
+        stack.db_name(),
+        ep.listen,
+        stack.ca_path().display(),
+    );
+    let text = format!(
+        "[[target]]\nname = \"secret\"\n{common}role_arn = \"{}\"\nexternal_id_env = \"GOOD_EXTERNAL_ID\"\nsecret_arn = \"{}\"\n\n\
+         [[target]]\nname = \"parameter\"\n{common}password_parameter = \"{}/password\"\npassword_ttl = \"5m\"\n",
+        stack.role_arn(),
+        stack.secret_arn().expect("the stack seeds a secret"),
+        stack.parameter_path().expect("the stack seeds parameters"),
+    );
+    let file = home.path().join("targets.toml");
+    std::fs::write(&file, text).expect("targets file");
+
+    let mut cmd = cli_for_targets(&stack, home.path());
+    cmd.env(
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+        stack.secrets_endpoint_url(),
+    )
+    .env("AWS_ENDPOINT_URL_SSM", stack.ssm_endpoint_url())
+    .args(["check", "--json", "--config"])
+    .arg(&file);
+    let out = run(cmd).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let stages = |i: usize| -> Vec<String> {
+        all[i]["report"]["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .map(|s| s["name"].as_str().expect("a name").to_owned())
+            .collect()
+    };
+    assert_eq!(all[0]["name"], "secret");
+    assert_eq!(all[0]["ok"], true, "{stdout}");
+    assert_eq!(
+        stages(0),
+        [
+            "credentials",
+            "assume-role",
+            "secret",
+            "dns",
+            "tcp",
+            "tls",
+            "login",
+            "query"
+        ],
+        "{stdout}"
+    );
+    assert_eq!(all[1]["name"], "parameter");
+    assert_eq!(all[1]["ok"], true, "{stdout}");
+    assert_eq!(
+        stages(1),
+        ["secret", "dns", "tcp", "tls", "login", "query"],
+        "no role, no token: {stdout}"
+    );
+    let password = stack.current_password().expect("password");
+    assert!(
+        !stdout.contains(&password) && !stderr.contains(&password),
+        "the password stays out of the report"
+    );
+}
+
 #[tokio::test]
 async fn check_config_reports_every_target_and_fails_when_one_does() {
     let stack = stack().await;

@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// A local IAM auth proxy for Amazon RDS Proxy (PostgreSQL).
+/// A local auth proxy for Amazon RDS Proxy (PostgreSQL).
 ///
 /// Clients connect to a local listener with no password, as the target's database user;
-/// every connection gets cached cross-account credentials, a fresh IAM token and TLS
-/// verified against the endpoint name.
+/// every connection gets cached cross-account credentials, a fresh IAM token (or the
+/// target's stored password, from Secrets Manager or Parameter Store) and TLS verified
+/// against the endpoint name.
 ///
 /// One target comes from the environment (RDS_PROXY_APPLICATION_ENDPOINT, DB_USERNAME,
 /// DBNAME, DATABASE_ACCOUNT_IAM_ROLE, EXTERNAL_ID, DB_PORT, DB_CA_BUNDLE, DB_CONNECT_HOST,
-/// ...), many from a targets file (--config).
+/// DB_SECRET_ARN or DB_PASSWORD_PARAMETER, ...), many from a targets file (--config).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "rds-iam-auth-proxy", version)]
 pub struct Args {
@@ -42,8 +43,8 @@ pub struct Args {
     pub unix_socket: Option<PathBuf>,
 
     /// Allow TCP listeners on an address other than loopback. Anyone who can reach such a
-    /// listener gets a database session as the IAM user, with no password (unless
-    /// --client-password-file is set): only for a network you control.
+    /// listener gets a database session as the target's database user, with no password
+    /// (unless --client-password-file is set): only for a network you control.
     #[arg(long)]
     pub allow_non_loopback: bool,
 

@@ -1,10 +1,10 @@
-//! A local IAM auth proxy for Amazon RDS Proxy (PostgreSQL): the counterpart, for RDS with
+//! A local auth proxy for Amazon RDS Proxy (PostgreSQL): the counterpart, for RDS with
 //! cross-account IAM authentication, of Google's Cloud SQL Auth Proxy.
 //!
 //! Programs in any language connect to a local listener with no password; every client
 //! connection is opened through an [`rds_iam_auth::Connector`] (cached cross-account
-//! credentials, a fresh IAM token, TLS verified against the endpoint name) and then relayed
-//! byte for byte.
+//! credentials, a fresh IAM token or, for a database on passwords, the target's stored
+//! password, TLS verified against the endpoint name) and then relayed byte for byte.
 //!
 //! | module | job |
 //! |---|---|
@@ -119,10 +119,12 @@ async fn start(args: &Args) -> Result<Running, Refusal> {
             .connector()
             .await
             .map_err(|e| config_error(format!("target {}: {e}", target.name)))?;
+        // The connector's user, not the config's: a secret may have filled it.
+        let db_user = connector.token_params().username().to_owned();
         Ok(Served {
             name: target.name.clone(),
             connector,
-            db_user: target.config.get_user().unwrap_or_default().to_owned(),
+            db_user,
         })
     }))
     .await;

@@ -2,8 +2,9 @@
 //! listens) and the sockets themselves.
 //!
 //! TCP listeners bind to loopback unless the operator says otherwise: whoever reaches a
-//! listener gets a session as the IAM user. Unix sockets are named as PostgreSQL names
-//! them (`DIR/.s.PGSQL.PORT`), in a directory created 0700, the socket itself 0600.
+//! listener gets a session as the target's database user. Unix sockets are named as
+//! PostgreSQL names them (`DIR/.s.PGSQL.PORT`), in a directory created 0700, the socket
+//! itself 0600.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -61,7 +62,7 @@ pub(crate) fn plan(
 ) -> Result<Vec<(usize, Place)>, String> {
     if !args.address.is_loopback() && !args.allow_non_loopback {
         return Err(format!(
-            "--address {} is not a loopback address: anyone who can reach it would get a database session as the IAM user with no password. Pass --allow-non-loopback if this network is yours alone (and consider --client-password-file)",
+            "--address {} is not a loopback address: anyone who can reach it would get a database session as the target's database user with no password. Pass --allow-non-loopback if this network is yours alone (and consider --client-password-file)",
             args.address
         ));
     }

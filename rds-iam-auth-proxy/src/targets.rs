@@ -26,10 +26,31 @@
 //! target names an environment variable (`external_id_env`) or a file
 //! (`external_id_file`) that holds it, and an `external_id` key is refused.
 //!
+//! A database not on IAM authentication logs in with a stored password instead of a
+//! token, and the file says where that password is, never what it is: `secret_arn` (a
+//! Secrets Manager secret, read in its ARN's region with the target's role, else with this
+//! host's credentials) or `password_parameter` (a Parameter Store SecureString, read with
+//! this host's credentials), not both; `password_ttl` (default one hour, only with one of
+//! them) is how long the value is cached. A login refused after a rotation reads it again
+//! at once (see [`rds_iam_auth::Config::secret_arn`]).
+//!
+//! ```toml
+//! [[target]]
+//! name = "legacy"
+//! endpoint = "legacy.endpoint.proxy-abc.us-east-1.rds.amazonaws.com"
+//! database = "legacy"
+//! user = "app_password_user"
+//! role_arn = "arn:aws:iam::222222222222:role/proxy-cross-account-rds-connect-role"
+//! external_id_env = "LEGACY_EXTERNAL_ID"
+//! secret_arn = "arn:aws:secretsmanager:us-east-1:222222222222:secret:legacy/app-AbCdEf"
+//! password_ttl = "15m"
+//! ```
+//!
 //! Everything is checked when the file is loaded, before any network I/O: each problem is
 //! a [`TargetsError`] whose message is one line naming the file, the target and the key.
 //! What the library only checks when a connector is built (the syntax of
-//! `connect_address`, the endpoint as a TLS server name) is reported by
+//! `connect_address`, the endpoint as a TLS server name, a `password_ttl` under one
+//! second) is reported by
 //! [`rds_iam_auth::Config::connector`] as a `config` error.
 
 use std::cell::RefCell;
@@ -287,6 +308,9 @@ struct RawTarget {
     connect_address: Option<String>,
     connect_timeout: Option<String>,
     application_name: Option<String>,
+    secret_arn: Option<String>,
+    password_parameter: Option<String>,
+    password_ttl: Option<String>,
     local_port: Option<u16>,
     unix_socket: Option<PathBuf>,
 }
@@ -421,10 +445,13 @@ impl<E: Fn(&str) -> Option<String>> Builder<'_, E> {
             Some(path) => Some(self.bundle(path).map_err(|e| err("ca_bundle", e))?),
             None => defaults.ca_bundle.clone(),
         };
+        let password_ttl = self.password_keys(t, &section, span.clone())?;
 
+        // Always given, as the file's port: the library fills an unset port from a secret,
+        // whose `port` is the database instance's, not the proxy endpoint's.
         let config = Config::new()
             .hostname(&t.endpoint)
-            .set_port(t.port)
+            .port(port)
             .user(&t.user)
             .database(&t.database)
             .set_region(region)
@@ -433,7 +460,10 @@ impl<E: Fn(&str) -> Option<String>> Builder<'_, E> {
             .set_ca_bundle(ca_bundle)
             .set_connect_address(t.connect_address.clone())
             .set_connect_timeout(connect_timeout)
-            .set_application_name(t.application_name.clone());
+            .set_application_name(t.application_name.clone())
+            .set_secret_arn(t.secret_arn.clone())
+            .set_password_parameter(t.password_parameter.clone())
+            .set_password_ttl(password_ttl);
         Ok(Target {
             name: t.name.clone(),
             config,
@@ -525,6 +555,54 @@ impl<E: Fn(&str) -> Option<String>> Builder<'_, E> {
             ));
         }
         Ok(Some(id))
+    }
+
+    /// Checks the password keys (one source at most; a time to live only with one) and
+    /// returns the time to live. Messages name the key; neither key holds a secret (an
+    /// ARN, a parameter name), so their values may be shown.
+    fn password_keys(
+        &self,
+        t: &RawTarget,
+        section: &Section,
+        span: std::ops::Range<usize>,
+    ) -> Result<Option<Duration>, TargetsError> {
+        let err = |key: &str, problem: String| self.error(span.clone(), section, key, problem);
+        let key = match (&t.secret_arn, &t.password_parameter) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "password_parameter",
+                    "cannot be used with `secret_arn`: give one password source".to_owned(),
+                ))
+            }
+            (Some(_), None) => Some("secret_arn"),
+            (None, Some(_)) => Some("password_parameter"),
+            (None, None) => None,
+        };
+        if let Some(key) = key {
+            let value = t.secret_arn.as_ref().or(t.password_parameter.as_ref());
+            if value.is_some_and(|v| v.trim().is_empty()) {
+                return Err(err(key, "is empty".to_owned()));
+            }
+            // The library's own check of the source: a secret ARN's shape (its region is
+            // where the secret is read). A parameter name is Parameter Store's to judge.
+            Config::new()
+                .set_secret_arn(t.secret_arn.clone())
+                .set_password_parameter(t.password_parameter.clone())
+                .password_source()
+                .map_err(|e| err(key, reason(e)))?;
+        }
+        let Some(text) = &t.password_ttl else {
+            return Ok(None);
+        };
+        if key.is_none() {
+            return Err(err(
+                "password_ttl",
+                "is only used with `secret_arn` or `password_parameter`: it is how long a stored password is cached (IAM tokens are signed for each connection)".to_owned(),
+            ));
+        }
+        parse_duration(text)
+            .map(Some)
+            .map_err(|e| err("password_ttl", e))
     }
 
     fn bundle(&self, path: &Path) -> Result<CaBundle, String> {
@@ -745,6 +823,7 @@ fn toml_error(text: &str, origin: &Path, e: &toml::de::Error) -> TargetsError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rds_iam_auth::PasswordSource;
 
     const ORIGIN: &str = "/etc/rds/targets.toml";
     const SECRET: &str = "s3cr3t-external-id-7d1e";
@@ -792,8 +871,8 @@ user = "app_reader"
         )
         .expect("valid");
         let names: Vec<_> = targets.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["orders", "billing", "inventory"]);
-        let [orders, billing, inventory] = &targets[..] else {
+        assert_eq!(names, ["orders", "billing", "inventory", "legacy"]);
+        let [orders, billing, inventory, legacy] = &targets[..] else {
             unreachable!()
         };
         assert_eq!(orders.account(), Some("222222222222"));
@@ -832,6 +911,15 @@ user = "app_reader"
             Some("127.0.0.1:6432")
         );
         assert_eq!(inventory.socket_path(), None);
+        assert_eq!(inventory.config.password_source().expect("no source"), None);
+        assert!(matches!(
+            legacy.config.password_source().expect("one source"),
+            Some(PasswordSource::SecretsManager { .. })
+        ));
+        assert_eq!(
+            legacy.config.get_password_ttl(),
+            Some(Duration::from_secs(15 * 60))
+        );
     }
 
     /// A directory with a CA bundle and an external ID file, and a file that uses every key
@@ -878,7 +966,16 @@ database = "billing"
 user = "billing"
 role_arn = "arn:aws:iam::333333333333:role/team/reader"
 external_id_file = "secrets/billing-id"
+secret_arn = "arn:aws:secretsmanager:eu-west-1:333333333333:secret:billing/app-AbCdEf"
+password_ttl = "15m"
 unix_socket = "sockets"
+
+[[target]]
+name = "ledger"
+endpoint = "ledger.endpoint.proxy-abc.us-west-2.rds.amazonaws.com"
+database = "ledger"
+user = "ledger_app"
+password_parameter = "/ledger/db/password"
 "#;
         let path = dir.path().join("targets.toml");
         std::fs::write(&path, text).expect("write");
@@ -890,8 +987,8 @@ unix_socket = "sockets"
         let (dir, path) = full_example();
         let text = std::fs::read_to_string(&path).expect("read");
         let targets = parse(&text, &path, env(&[("ORDERS_EXTERNAL_ID", SECRET)])).expect("valid");
-        let [orders, billing] = &targets[..] else {
-            panic!("two targets: {targets:?}")
+        let [orders, billing, ledger] = &targets[..] else {
+            panic!("three targets: {targets:?}")
         };
         let c = &orders.config;
         assert_eq!(orders.name, "orders");
@@ -913,6 +1010,7 @@ unix_socket = "sockets"
         assert_eq!(c.get_connect_address(), Some("127.0.0.1:6432"));
         assert_eq!(c.get_connect_timeout(), Some(Duration::from_secs(120)));
         assert_eq!(c.get_application_name(), Some("orders-reader"));
+        assert_eq!(c.password_source().expect("no source"), None, "IAM");
         assert_eq!(orders.local_port, Some(5433));
         assert_eq!(orders.unix_socket, Some(dir.path().join("sockets")));
         assert_eq!(
@@ -921,7 +1019,7 @@ unix_socket = "sockets"
         );
 
         let c = &billing.config;
-        assert_eq!(c.get_port(), None, "the library's default");
+        assert_eq!(c.get_port(), Some(DEFAULT_PORT), "the file's default");
         assert_eq!(c.get_region(), Some("us-west-2"), "from [defaults]");
         assert_eq!(
             c.get_ca_bundle().expect("bundle").origin(),
@@ -929,6 +1027,24 @@ unix_socket = "sockets"
         );
         assert_eq!(c.get_connect_timeout(), Some(Duration::from_millis(1500)));
         assert!(c.has_external_id(), "from the file, trimmed");
+        assert_eq!(
+            c.password_source().expect("one source"),
+            Some(PasswordSource::SecretsManager {
+                secret_arn:
+                    "arn:aws:secretsmanager:eu-west-1:333333333333:secret:billing/app-AbCdEf"
+                        .to_owned()
+            })
+        );
+        assert_eq!(c.get_password_ttl(), Some(Duration::from_secs(15 * 60)));
+        let c = &ledger.config;
+        assert_eq!(
+            c.password_source().expect("one source"),
+            Some(PasswordSource::Parameter {
+                name: "/ledger/db/password".to_owned()
+            })
+        );
+        assert_eq!(c.get_password_ttl(), None, "the library's default");
+        assert_eq!(ledger.role_arn(), None);
         assert_eq!(billing.account(), Some("333333333333"));
         assert_eq!(billing.role_name(), Some("team/reader"));
         assert_eq!(
@@ -962,14 +1078,16 @@ unix_socket = "sockets"
                 None,
             )))
             .build();
+        // With every setting given, a password target does not read its secret here.
         for target in targets {
+            let assumes_role = target.role_arn().is_some();
             let connector = target
                 .config
                 .sdk_config(sdk.clone())
                 .connector()
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}", target.name));
-            assert!(connector.credentials().assumes_role());
+            assert_eq!(connector.credentials().assumes_role(), assumes_role);
         }
     }
 
@@ -1342,6 +1460,108 @@ unix_socket = "sockets"
         )
         .unwrap_err();
         assert!(err.to_string().contains("no certificate found"), "{err}");
+    }
+
+    const SECRET_ARN: &str =
+        "arn:aws:secretsmanager:us-east-1:222222222222:secret:orders/app-AbCdEf";
+
+    #[test]
+    fn one_password_source_at_most_checked_as_the_library_checks_it() {
+        let err = error(
+            &with(&format!(
+                "secret_arn = \"{SECRET_ARN}\"\npassword_parameter = \"/orders/db/password\""
+            )),
+            &[],
+        );
+        assert_eq!(err.key(), Some("password_parameter"));
+        assert_eq!(
+            err.to_string(),
+            format!("{ORIGIN}:2:1: target `orders`: `password_parameter` cannot be used with `secret_arn`: give one password source")
+        );
+
+        // Not a Secrets Manager secret ARN: the library's reason, with the file's key.
+        for arn in [
+            "orders/app",
+            "arn:aws:ssm:us-east-1:222222222222:parameter/orders/db/password",
+            "arn:aws:secretsmanager::222222222222:secret:orders/app",
+        ] {
+            let err = error(&with(&format!("secret_arn = \"{arn}\"")), &[]);
+            assert_eq!(err.key(), Some("secret_arn"), "{err}");
+            assert!(
+                err.to_string().contains(&format!(
+                    "target `orders`: `secret_arn` is refused: \"{arn}\" is not a secret ARN"
+                )),
+                "{err}"
+            );
+        }
+        for key in ["secret_arn", "password_parameter"] {
+            let err = error(&with(&format!("{key} = \" \"")), &[]);
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(
+                err.to_string()
+                    .ends_with(&format!("target `orders`: `{key}` is empty")),
+                "{err}"
+            );
+        }
+        // A parameter is named as Parameter Store names it (a path, a plain name or an
+        // ARN): Parameter Store, not the file, says whether it exists.
+        for name in ["/orders/db/password", "orders-db-password"] {
+            let text = with(&format!("password_parameter = \"{name}\""));
+            assert_eq!(
+                parse_with(&text, &[]).expect("valid")[0]
+                    .config
+                    .get_password_parameter(),
+                Some(name)
+            );
+        }
+    }
+
+    #[test]
+    fn a_password_ttl_needs_a_password_source_and_a_unit() {
+        let err = error(&with("password_ttl = \"15m\""), &[]);
+        assert_eq!(err.key(), Some("password_ttl"));
+        assert!(
+            err.to_string().contains(
+                "target `orders`: `password_ttl` is only used with `secret_arn` or `password_parameter`"
+            ),
+            "{err}"
+        );
+        let source = format!("secret_arn = \"{SECRET_ARN}\"");
+        let err = error(&with(&format!("{source}\npassword_ttl = \"900\"")), &[]);
+        assert_eq!(err.key(), Some("password_ttl"));
+        assert!(
+            err.to_string().ends_with(
+                "`password_ttl` is \"900\": expected a whole number and a unit (ms, s, m or h), e.g. \"10s\""
+            ),
+            "{err}"
+        );
+        let err = error(&with(&format!("{source}\npassword_ttl = \"0s\"")), &[]);
+        assert!(err.to_string().ends_with("must be more than zero"), "{err}");
+        let targets =
+            parse_with(&with(&format!("{source}\npassword_ttl = \"1h30m\"")), &[]).expect("valid");
+        assert_eq!(
+            targets[0].config.get_password_ttl(),
+            Some(Duration::from_secs(90 * 60))
+        );
+    }
+
+    /// The library's own floor for the time to live is reported when the connector is
+    /// built, before any AWS configuration is loaded.
+    #[tokio::test]
+    async fn a_password_ttl_under_a_second_is_refused_by_the_library() {
+        let text = with(&format!(
+            "secret_arn = \"{SECRET_ARN}\"\npassword_ttl = \"500ms\""
+        ));
+        let target = parse_with(&text, &[])
+            .expect("the file accepts it")
+            .remove(0);
+        let err = target
+            .config
+            .connector()
+            .await
+            .expect_err("the library refuses it");
+        assert!(err.to_string().contains("password_ttl"), "{err}");
+        assert!(err.to_string().contains("at least one second"), "{err}");
     }
 
     #[test]

@@ -511,12 +511,7 @@ impl Connector {
         step.login(self, rec, deadline, stream, &password)
             .await
             .map_err(|error| Refused {
-                // What a refusal means depends on what was refused: on the password path,
-                // 28P01 is about the stored password, not IAM.
-                error: match used {
-                    Used::Password(_) => password_login_error(error),
-                    Used::Credentials(_) => error,
-                },
+                error,
                 used: Some(used),
             })
     }
@@ -720,7 +715,7 @@ impl Connector {
         let login = async {
             let mut session = login::login(&i.startup, password, stream)
                 .await
-                .map_err(|e| login_error(user, host, e))?;
+                .map_err(|e| refusal(password, login_error(user, host, e)))?;
             let wanted = match i.target_session_attrs {
                 TargetSessionAttrs::ReadWrite => Some(false),
                 TargetSessionAttrs::ReadOnly => Some(true),
@@ -740,6 +735,17 @@ impl Connector {
             format!("{user} to {}", i.startup.get_dbname().unwrap_or(user))
         })
         .await
+    }
+}
+
+/// A failed login as what was refused: on the password path, 28P01 is about the stored
+/// password, not IAM. Classified inside the login stage, so that the stage's own record
+/// (its WARN line, the report) gives the password's hint rather than IAM's.
+fn refusal(password: &LoginPassword, error: Error) -> Error {
+    if password.is_token() {
+        error
+    } else {
+        password_login_error(error)
     }
 }
 
@@ -791,7 +797,11 @@ impl LoginStep for StreamLogin<'_> {
     ) -> impl Future<Output = Result<LoggedInStream, Error>> + Send + 'a {
         let i = &*connector.inner;
         let (host, user) = (i.token_params.hostname(), i.token_params.username());
-        let login = stream::login(stream, host, user, &i.startup, self.parameters, password);
+        let login = async move {
+            stream::login(stream, host, user, &i.startup, self.parameters, password)
+                .await
+                .map_err(|e| refusal(password, e))
+        };
         let database = self
             .parameters
             .iter()
