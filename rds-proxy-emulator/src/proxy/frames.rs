@@ -5,7 +5,8 @@
 //! the names in `Parse`, `Close` and `Bind` (which prepared statements the client holds on
 //! its connection), and the messages that ask for a `ReadyForQuery` (`Query`, `Sync`,
 //! `FunctionCall`), counted so that a connection is given back only when every answer is
-//! in. Database to client: only `ReadyForQuery`'s status byte ([`header`] frames the rest).
+//! in. Database to client ([`ServerScan`]): `ReadyForQuery` (its status byte, and one
+//! answer owed fewer) and where an `ErrorResponse` starts; [`header`] frames the rest.
 //! Other bodies are passed through unread, however they are split across reads.
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ const MAX_TRACKED_STATEMENTS: usize = 4 << 20;
 
 /// `(tag, total length including the tag)` of the message at the start of `data`, when its
 /// 5-byte header is there. `Err` for a length below 4.
-pub(super) fn header(data: &[u8]) -> Option<Result<(u8, usize), String>> {
+pub fn header(data: &[u8]) -> Option<Result<(u8, usize), String>> {
     if data.len() < 5 {
         return None;
     }
@@ -38,7 +39,7 @@ pub(super) fn header(data: &[u8]) -> Option<Result<(u8, usize), String>> {
 
 /// What stopped a [`ClientScan::scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum ClientEvent {
+pub enum ClientEvent {
     /// Everything available was scanned (or the next message is not complete yet).
     More,
     /// The message just committed meets a pinning condition (its statement text, for the log).
@@ -51,14 +52,14 @@ pub(super) enum ClientEvent {
 
 /// The client-to-database stream of one session, after login.
 #[derive(Debug, Default)]
-pub(super) struct ClientScan {
+pub struct ClientScan {
     /// Body bytes of a passed-through message still to come.
     skip: usize,
     /// `ReadyForQuery` messages the database still owes (one per `Query`, `Sync`,
     /// `FunctionCall` committed).
-    pub(super) expected_rfq: u32,
+    pub expected_rfq: u32,
     /// Extended-protocol messages were committed since the last `Sync`.
-    pub(super) extended_open: bool,
+    pub extended_open: bool,
     /// A pinning condition was met: bodies are no longer read.
     pinned: bool,
     /// Named prepared statements the client holds: name -> its `Parse` message.
@@ -74,46 +75,46 @@ pub(super) struct ClientScan {
 
 impl ClientScan {
     /// A scanner at a message boundary, nothing owed.
-    pub(super) fn new() -> ClientScan {
+    pub fn new() -> ClientScan {
         ClientScan::default()
     }
 
     /// Whether the next byte starts a message.
-    pub(super) fn at_boundary(&self) -> bool {
+    pub fn at_boundary(&self) -> bool {
         self.skip == 0
     }
 
     /// Nothing is owed by the database and no extended-protocol batch is open.
-    pub(super) fn settled(&self) -> bool {
+    pub fn settled(&self) -> bool {
         self.expected_rfq == 0 && !self.extended_open
     }
 
     /// The client holds state on its connection that a later transaction may use:
     /// named prepared statements, or an unnamed one it parsed without using.
-    pub(super) fn holds_statements(&self) -> bool {
+    pub fn holds_statements(&self) -> bool {
         !self.statements.is_empty() || self.unnamed_kept || self.statements_overflow
     }
 
     /// Whether the statements the client holds can be prepared again on another connection
     /// ([`ClientScan::replay`] has them all).
-    pub(super) fn replayable(&self) -> bool {
+    pub fn replayable(&self) -> bool {
         !self.unnamed_kept && !self.statements_overflow
     }
 
     /// The `Parse` messages that recreate the client's named statements.
-    pub(super) fn replay(&self) -> impl Iterator<Item = &[u8]> {
+    pub fn replay(&self) -> impl Iterator<Item = &[u8]> {
         self.statements.values().map(|m| &m[..])
     }
 
     /// Marks the session pinned: bodies are no longer read.
-    pub(super) fn pin(&mut self) {
+    pub fn pin(&mut self) {
         self.pinned = true;
         self.statements.clear();
         self.statement_bytes = 0;
     }
 
     /// A `ReadyForQuery` arrived.
-    pub(super) fn ready(&mut self) {
+    pub fn ready(&mut self) {
         self.expected_rfq = self.expected_rfq.saturating_sub(1);
     }
 
@@ -121,13 +122,11 @@ impl ClientScan {
     /// committed (whole messages, or the part of a passed-through body that is there) and
     /// what stopped the scan. `room` is the buffer's size: a message that must be read
     /// whole and is larger is refused.
-    pub(super) fn scan(&mut self, data: &[u8], room: usize) -> (usize, ClientEvent) {
+    pub fn scan(&mut self, data: &[u8], room: usize) -> (usize, ClientEvent) {
         let mut at = 0;
         loop {
             if self.skip > 0 {
-                let take = self.skip.min(data.len() - at);
-                self.skip -= take;
-                at += take;
+                at += pass_body(&mut self.skip, data.len() - at);
                 if self.skip > 0 {
                     return (at, ClientEvent::More);
                 }
@@ -151,9 +150,7 @@ impl ClientScan {
                     self.pin();
                     at += 5;
                     self.skip = body_len;
-                    let take = self.skip.min(data.len() - at);
-                    self.skip -= take;
-                    at += take;
+                    at += pass_body(&mut self.skip, data.len() - at);
                     return (at, ClientEvent::Pin(PinReason::LargeStatement, Vec::new()));
                 }
                 at += 5;
@@ -227,9 +224,7 @@ impl ClientScan {
             at += needed;
             self.skip = len - needed;
             if let Some(e) = event {
-                let take = self.skip.min(data.len() - at);
-                self.skip -= take;
-                at += take;
+                at += pass_body(&mut self.skip, data.len() - at);
                 self.pin();
                 return (at, e);
             }
@@ -267,6 +262,93 @@ impl ClientScan {
             self.statement_bytes -= old.len();
         }
     }
+}
+
+/// The database-to-client stream of one session: framed so that the relay knows when
+/// every answer owed has arrived (`ReadyForQuery`) and whether the database reported an
+/// error. Allocation-free: it runs on every read of every transaction.
+#[derive(Debug)]
+pub struct ServerScan {
+    /// Body bytes of a passed-through message still to come.
+    skip: usize,
+    /// Status of the last `ReadyForQuery` (`I`, `T` or `E`).
+    pub status: u8,
+    /// An `ErrorResponse` was relayed since the last `ReadyForQuery`.
+    pub error_relayed: bool,
+}
+
+impl ServerScan {
+    /// A scanner at a message boundary, outside a transaction.
+    pub fn new() -> ServerScan {
+        ServerScan {
+            skip: 0,
+            status: b'I',
+            error_relayed: false,
+        }
+    }
+
+    /// A new database connection: its stream starts at a message boundary. The last
+    /// status and the error flag are kept (they describe what the client was told).
+    pub fn new_connection(&mut self) {
+        self.skip = 0;
+    }
+
+    /// Scans `data` (the bytes after those already committed): returns how many bytes are
+    /// committed, and `true` when the scan stopped at an `ErrorResponse` that arrived
+    /// while `requests` owes nothing and `stop_at_rest_errors` is set (the database is going
+    /// away; the error is not committed). Each `ReadyForQuery` is committed only whole, and
+    /// counted in `requests`.
+    pub fn scan(
+        &mut self,
+        data: &[u8],
+        requests: &mut ClientScan,
+        stop_at_rest_errors: bool,
+    ) -> (usize, bool) {
+        let mut at = 0;
+        loop {
+            if self.skip > 0 {
+                at += pass_body(&mut self.skip, data.len() - at);
+                if self.skip > 0 {
+                    return (at, false);
+                }
+            }
+            let (tag, len) = match header(&data[at..]) {
+                None => return (at, false),
+                // Not PostgreSQL messages: pass everything on (the client will fail it).
+                Some(Err(_)) => return (data.len(), false),
+                Some(Ok(h)) => h,
+            };
+            match tag {
+                b'Z' => {
+                    if data.len() - at < len {
+                        return (at, false);
+                    }
+                    if len >= 6 {
+                        self.status = data[at + 5];
+                    }
+                    requests.ready();
+                    self.error_relayed = false;
+                    at += len;
+                }
+                b'E' if stop_at_rest_errors && requests.settled() => return (at, true),
+                _ => {
+                    if tag == b'E' {
+                        self.error_relayed = true;
+                    }
+                    at += 5;
+                    self.skip = len - 5;
+                }
+            }
+        }
+    }
+}
+
+/// Passes what is `available` of a body still to come (`skip` bytes): returns how many
+/// bytes that is.
+fn pass_body(skip: &mut usize, available: usize) -> usize {
+    let take = (*skip).min(available);
+    *skip -= take;
+    take
 }
 
 /// The NUL-terminated string at the start of `b` (all of `b` without a NUL).
@@ -385,6 +467,82 @@ mod tests {
             [ClientEvent::Pin(PinReason::LargeStatement, vec![])]
         );
         assert!(s.at_boundary());
+    }
+
+    /// Scans the database's `stream` cut into `chunk`-byte reads, as the relay feeds it:
+    /// returns the bytes committed and where an error at rest stopped the scan.
+    fn scan_down_all(
+        s: &mut ServerScan,
+        requests: &mut ClientScan,
+        stream: &[u8],
+        chunk: usize,
+        stop_at_rest_errors: bool,
+    ) -> (usize, Option<usize>) {
+        let mut committed = 0;
+        let mut buf: Vec<u8> = Vec::new();
+        for part in stream.chunks(chunk) {
+            buf.extend_from_slice(part);
+            let (n, stopped) = s.scan(&buf, requests, stop_at_rest_errors);
+            buf.drain(..n);
+            committed += n;
+            if stopped {
+                return (committed, Some(committed));
+            }
+        }
+        (committed, None)
+    }
+
+    #[test]
+    fn ready_for_query_settles_the_requests_across_any_split() {
+        let mut stream = msg(b'C', b"BEGIN\0");
+        stream.extend(msg(b'Z', b"T"));
+        stream.extend(msg(b'E', b"SERROR\0Mboom\0\0"));
+        stream.extend(msg(b'Z', b"E"));
+        stream.extend(msg(b'd', &[b'Z'; 40]));
+        stream.extend(msg(b'E', b"SERROR\0Mlate\0\0"));
+        let partial_rfq = &msg(b'Z', b"I")[..5];
+        stream.extend(partial_rfq);
+        for chunk in 1..=stream.len() {
+            let mut requests = ClientScan::new();
+            requests.expected_rfq = 3;
+            let mut s = ServerScan::new();
+            let (committed, stopped) = scan_down_all(&mut s, &mut requests, &stream, chunk, true);
+            assert_eq!(stopped, None, "chunk {chunk}: requests were owed");
+            assert_eq!(
+                committed,
+                stream.len() - 5,
+                "chunk {chunk}: a partial ReadyForQuery waits"
+            );
+            assert_eq!(requests.expected_rfq, 1, "chunk {chunk}");
+            assert_eq!(s.status, b'E', "chunk {chunk}");
+            assert!(
+                s.error_relayed,
+                "chunk {chunk}: an error since the last ReadyForQuery"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_at_rest_stops_the_scan_before_it() {
+        let mut stream = msg(b'C', b"SELECT 1\0");
+        stream.extend(msg(b'Z', b"I"));
+        let rest_at = stream.len();
+        stream.extend(msg(b'E', b"SFATAL\0C57P01\0\0"));
+        for chunk in 1..=stream.len() {
+            let mut requests = ClientScan::new();
+            requests.expected_rfq = 1;
+            let mut s = ServerScan::new();
+            let (_, stopped) = scan_down_all(&mut s, &mut requests, &stream, chunk, true);
+            assert_eq!(stopped, Some(rest_at), "chunk {chunk}");
+            assert!(!s.error_relayed, "chunk {chunk}: the error is not relayed");
+            // Unwatched, the same error is relayed like any other message.
+            let mut requests = ClientScan::new();
+            requests.expected_rfq = 1;
+            let mut s = ServerScan::new();
+            let (committed, stopped) = scan_down_all(&mut s, &mut requests, &stream, chunk, false);
+            assert_eq!((committed, stopped), (stream.len(), None), "chunk {chunk}");
+            assert!(s.error_relayed, "chunk {chunk}");
+        }
     }
 
     #[test]
