@@ -21,6 +21,7 @@ struct Seen {
     error_at_rest: Option<usize>,
     status: u8,
     error_relayed: bool,
+    at_boundary: bool,
     expected_rfq: u32,
     settled: bool,
 }
@@ -60,6 +61,7 @@ fn scan_in_reads(
         error_at_rest,
         status: scan.status,
         error_relayed: scan.error_relayed,
+        at_boundary: scan.at_boundary(),
         expected_rfq: requests.expected_rfq,
         settled: requests.settled(),
     }

@@ -17,6 +17,8 @@ use crate::pinning::{pinning_reason_bytes, statement_text, PinReason, MAX_UNPINN
 const MAX_CLOSE: usize = 4096;
 /// How much of a `Bind` body is read for its statement name.
 const BIND_PEEK: usize = 256;
+/// A `ReadyForQuery`: tag, length 5, status byte.
+const READY_FOR_QUERY_LEN: usize = 6;
 /// Bytes of `Parse` messages kept to prepare a client's statements again on another
 /// connection (after a failover); beyond it the client is treated as pinned.
 const MAX_TRACKED_STATEMENTS: usize = 4 << 20;
@@ -265,12 +267,17 @@ impl ClientScan {
 }
 
 /// The database-to-client stream of one session: framed so that the relay knows when
-/// every answer owed has arrived (`ReadyForQuery`) and whether the database reported an
-/// error. Allocation-free: it runs on every read of every transaction.
+/// every answer owed has arrived (`ReadyForQuery`), whether the database reported an
+/// error, and whether the stream is between messages. Allocation-free: it runs on every
+/// read of every transaction.
 #[derive(Debug)]
 pub struct ServerScan {
     /// Body bytes of a passed-through message still to come.
     skip: usize,
+    /// The stream stopped being PostgreSQL messages: everything after is passed on unread
+    /// (the client will fail it), and no message boundary is ever found again, so the
+    /// connection never goes back to its pool.
+    unframed: bool,
     /// Status of the last `ReadyForQuery` (`I`, `T` or `E`).
     pub status: u8,
     /// An `ErrorResponse` was relayed since the last `ReadyForQuery`.
@@ -282,28 +289,41 @@ impl ServerScan {
     pub fn new() -> ServerScan {
         ServerScan {
             skip: 0,
+            unframed: false,
             status: b'I',
             error_relayed: false,
         }
+    }
+
+    /// Whether the next byte starts a message: a connection is clean to give back only
+    /// there (what is left of a message would reach the next client that borrows it).
+    pub fn at_boundary(&self) -> bool {
+        self.skip == 0 && !self.unframed
     }
 
     /// A new database connection: its stream starts at a message boundary. The last
     /// status and the error flag are kept (they describe what the client was told).
     pub fn new_connection(&mut self) {
         self.skip = 0;
+        self.unframed = false;
     }
 
     /// Scans `data` (the bytes after those already committed): returns how many bytes are
     /// committed, and `true` when the scan stopped at an `ErrorResponse` that arrived
     /// while `requests` owes nothing and `stop_at_rest_errors` is set (the database is going
     /// away; the error is not committed). Each `ReadyForQuery` is committed only whole, and
-    /// counted in `requests`.
+    /// counted in `requests`. A length no PostgreSQL message has (below 4, or a
+    /// `ReadyForQuery` whose length is not 5) ends the framing for good: that message and
+    /// all after it are committed unread, whatever reads they arrive in.
     pub fn scan(
         &mut self,
         data: &[u8],
         requests: &mut ClientScan,
         stop_at_rest_errors: bool,
     ) -> (usize, bool) {
+        if self.unframed {
+            return (data.len(), false);
+        }
         let mut at = 0;
         loop {
             if self.skip > 0 {
@@ -314,18 +334,16 @@ impl ServerScan {
             }
             let (tag, len) = match header(&data[at..]) {
                 None => return (at, false),
-                // Not PostgreSQL messages: pass everything on (the client will fail it).
-                Some(Err(_)) => return (data.len(), false),
+                Some(Err(_)) => return self.unframe(data),
                 Some(Ok(h)) => h,
             };
             match tag {
+                b'Z' if len != READY_FOR_QUERY_LEN => return self.unframe(data),
                 b'Z' => {
                     if data.len() - at < len {
                         return (at, false);
                     }
-                    if len >= 6 {
-                        self.status = data[at + 5];
-                    }
+                    self.status = data[at + 5];
                     requests.ready();
                     self.error_relayed = false;
                     at += len;
@@ -340,6 +358,12 @@ impl ServerScan {
                 }
             }
         }
+    }
+
+    /// The stream is not PostgreSQL messages from here on: commits all of `data`.
+    fn unframe(&mut self, data: &[u8]) -> (usize, bool) {
+        self.unframed = true;
+        (data.len(), false)
     }
 }
 
@@ -519,7 +543,54 @@ mod tests {
                 s.error_relayed,
                 "chunk {chunk}: an error since the last ReadyForQuery"
             );
+            assert!(s.at_boundary(), "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn a_connection_is_not_at_rest_in_the_middle_of_a_message() {
+        let mut stream = msg(b'Z', b"I");
+        stream.extend(&msg(b'N', b"SNOTICE\0Mlate\0\0")[..9]);
+        let mut requests = ClientScan::new();
+        requests.expected_rfq = 1;
+        let mut s = ServerScan::new();
+        let (n, _) = s.scan(&stream, &mut requests, false);
+        assert_eq!(n, stream.len(), "the notice's header and start are relayed");
+        assert!(requests.settled());
+        assert!(!s.at_boundary(), "the rest of the notice is still to come");
+        s.new_connection();
+        assert!(s.at_boundary());
+    }
+
+    #[test]
+    fn after_a_length_no_message_has_nothing_is_framed_whatever_the_reads() {
+        // Found by fuzzing: what followed a length below 4 was passed unread only when it
+        // arrived in the same read; in a later one it was framed again, and could be
+        // counted as the ReadyForQuery that gives the connection back to its pool. A
+        // ReadyForQuery of another length than PostgreSQL's is no message either (one
+        // longer than the relay's buffer would never be whole: the relay would stall).
+        for bad in [vec![b'C', 0, 0, 0, 3], msg(b'Z', b"")] {
+            let mut stream = msg(b'C', b"SELECT 1\0");
+            stream.extend(&bad);
+            stream.extend(msg(b'Z', b"I"));
+            for chunk in 1..=stream.len() {
+                let mut requests = ClientScan::new();
+                requests.expected_rfq = 1;
+                let mut s = ServerScan::new();
+                let (committed, _) = scan_down_all(&mut s, &mut requests, &stream, chunk, false);
+                assert_eq!(committed, stream.len(), "chunk {chunk}: {bad:?}");
+                assert_eq!(requests.expected_rfq, 1, "chunk {chunk}: {bad:?}");
+                assert!(!s.at_boundary(), "chunk {chunk}: {bad:?}");
+            }
+        }
+        // The next connection's stream is framed again.
+        let mut s = ServerScan::new();
+        let mut requests = ClientScan::new();
+        s.scan(&[b'C', 0, 0, 0, 0], &mut requests, false);
+        s.new_connection();
+        requests.expected_rfq = 1;
+        assert_eq!(s.scan(&msg(b'Z', b"T"), &mut requests, false), (6, false));
+        assert_eq!((requests.expected_rfq, s.status), (0, b'T'));
     }
 
     #[test]

@@ -108,7 +108,8 @@ pub(super) enum Step {
     /// A request arrived on the connection the client keeps (asked for with
     /// [`Relay::stop_at_next_request`]).
     RequestStart,
-    /// Every answer owed was delivered and nothing new came from the client.
+    /// Every answer owed was delivered, the database's stream is between two messages, and
+    /// nothing new came from the client.
     AtRest,
     /// The message just committed meets a pinning condition.
     Pinned(PinReason, Vec<u8>),
@@ -394,6 +395,7 @@ impl Relay {
                 && self.down.is_empty()
                 && self.scan.settled()
                 && self.scan.at_boundary()
+                && self.server.at_boundary()
             {
                 self.resting = true;
                 self.rest_since = Instant::now();
@@ -419,5 +421,59 @@ impl Relay {
         );
         self.down.scanned += n;
         error_at_rest.then_some(Step::BackendGone(None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::wire::message as msg;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A database connection that goes back to its pool with part of a message unread
+    /// would hand the rest to the next client that borrows it: the relay comes to rest
+    /// only between the database's messages.
+    #[tokio::test]
+    async fn comes_to_rest_only_between_the_databases_messages() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut backend = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut database, _) = listener.accept().await.unwrap();
+        let (mut client, mut client_end) = tokio::io::duplex(BUFFER);
+        let metrics = ProxyMetrics::default();
+        let mut relay = Relay::new();
+
+        let query = msg(b'Q', b"SELECT 1\0");
+        client_end.write_all(&query).await.unwrap();
+        let notice = msg(b'N', b"SNOTICE\0Mafter the answer\0\0");
+        let (head, tail) = notice.split_at(9);
+        let answer = [&msg(b'Z', b"I")[..], head].concat();
+        let serve = async {
+            let mut got = vec![0u8; query.len()];
+            database.read_exact(&mut got).await.unwrap();
+            database.write_all(&answer).await.unwrap();
+        };
+        let relayed = tokio::time::timeout(
+            Duration::from_millis(500),
+            relay.run(&mut client, Some(&mut backend), &metrics),
+        );
+        let (step, ()) = tokio::join!(relayed, serve);
+        assert!(
+            step.is_err(),
+            "at rest in the middle of a message: {step:?}"
+        );
+        let mut seen = vec![0u8; answer.len()];
+        client_end.read_exact(&mut seen).await.unwrap();
+        assert_eq!(seen, answer, "what came is relayed all the same");
+
+        database.write_all(tail).await.unwrap();
+        let step = tokio::time::timeout(
+            Duration::from_secs(10),
+            relay.run(&mut client, Some(&mut backend), &metrics),
+        )
+        .await;
+        assert!(matches!(step, Ok(Step::AtRest)), "{step:?}");
     }
 }
