@@ -25,7 +25,7 @@ const MAX_TRACKED_STATEMENTS: usize = 4 << 20;
 
 /// `(tag, total length including the tag)` of the message at the start of `data`, when its
 /// 5-byte header is there. `Err` for a length below 4.
-pub fn header(data: &[u8]) -> Option<Result<(u8, usize), String>> {
+pub(super) fn header(data: &[u8]) -> Option<Result<(u8, usize), String>> {
     if data.len() < 5 {
         return None;
     }
@@ -109,14 +109,14 @@ impl ClientScan {
     }
 
     /// Marks the session pinned: bodies are no longer read.
-    pub fn pin(&mut self) {
+    pub(super) fn pin(&mut self) {
         self.pinned = true;
         self.statements.clear();
         self.statement_bytes = 0;
     }
 
     /// A `ReadyForQuery` arrived.
-    pub fn ready(&mut self) {
+    fn ready(&mut self) {
         self.expected_rfq = self.expected_rfq.saturating_sub(1);
     }
 
@@ -303,7 +303,7 @@ impl ServerScan {
 
     /// A new database connection: its stream starts at a message boundary. The last
     /// status and the error flag are kept (they describe what the client was told).
-    pub fn new_connection(&mut self) {
+    pub(super) fn new_connection(&mut self) {
         self.skip = 0;
         self.unframed = false;
     }
@@ -494,14 +494,14 @@ mod tests {
     }
 
     /// Scans the database's `stream` cut into `chunk`-byte reads, as the relay feeds it:
-    /// returns the bytes committed and where an error at rest stopped the scan.
+    /// returns the bytes committed and whether an error at rest stopped the scan.
     fn scan_down_all(
         s: &mut ServerScan,
         requests: &mut ClientScan,
         stream: &[u8],
         chunk: usize,
         stop_at_rest_errors: bool,
-    ) -> (usize, Option<usize>) {
+    ) -> (usize, bool) {
         let mut committed = 0;
         let mut buf: Vec<u8> = Vec::new();
         for part in stream.chunks(chunk) {
@@ -510,10 +510,10 @@ mod tests {
             buf.drain(..n);
             committed += n;
             if stopped {
-                return (committed, Some(committed));
+                return (committed, true);
             }
         }
-        (committed, None)
+        (committed, false)
     }
 
     #[test]
@@ -531,7 +531,7 @@ mod tests {
             requests.expected_rfq = 3;
             let mut s = ServerScan::new();
             let (committed, stopped) = scan_down_all(&mut s, &mut requests, &stream, chunk, true);
-            assert_eq!(stopped, None, "chunk {chunk}: requests were owed");
+            assert!(!stopped, "chunk {chunk}: requests were owed");
             assert_eq!(
                 committed,
                 stream.len() - 5,
@@ -577,8 +577,8 @@ mod tests {
                 let mut requests = ClientScan::new();
                 requests.expected_rfq = 1;
                 let mut s = ServerScan::new();
-                let (committed, _) = scan_down_all(&mut s, &mut requests, &stream, chunk, false);
-                assert_eq!(committed, stream.len(), "chunk {chunk}: {bad:?}");
+                let scanned = scan_down_all(&mut s, &mut requests, &stream, chunk, false);
+                assert_eq!(scanned, (stream.len(), false), "chunk {chunk}: {bad:?}");
                 assert_eq!(requests.expected_rfq, 1, "chunk {chunk}: {bad:?}");
                 assert!(!s.at_boundary(), "chunk {chunk}: {bad:?}");
             }
@@ -603,15 +603,15 @@ mod tests {
             let mut requests = ClientScan::new();
             requests.expected_rfq = 1;
             let mut s = ServerScan::new();
-            let (_, stopped) = scan_down_all(&mut s, &mut requests, &stream, chunk, true);
-            assert_eq!(stopped, Some(rest_at), "chunk {chunk}");
+            let stopped = scan_down_all(&mut s, &mut requests, &stream, chunk, true);
+            assert_eq!(stopped, (rest_at, true), "chunk {chunk}");
             assert!(!s.error_relayed, "chunk {chunk}: the error is not relayed");
             // Unwatched, the same error is relayed like any other message.
             let mut requests = ClientScan::new();
             requests.expected_rfq = 1;
             let mut s = ServerScan::new();
-            let (committed, stopped) = scan_down_all(&mut s, &mut requests, &stream, chunk, false);
-            assert_eq!((committed, stopped), (stream.len(), None), "chunk {chunk}");
+            let stopped = scan_down_all(&mut s, &mut requests, &stream, chunk, false);
+            assert_eq!(stopped, (stream.len(), false), "chunk {chunk}");
             assert!(s.error_relayed, "chunk {chunk}");
         }
     }

@@ -88,7 +88,7 @@ pub use wire::{fatal_message, parse_startup_packet, Startup};
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use super::frames::{header, ClientEvent, ClientScan, ServerScan};
+    pub use super::frames::{ClientEvent, ClientScan, ServerScan};
     pub use super::relay::BUFFER;
 }
 
