@@ -1,14 +1,15 @@
 # Fuzzing the stand-ins' parsers of untrusted input (startup packet, client messages and
-# the pinning watch, the IAM token verifier, STS requests) with libFuzzer on the stable
-# toolchain: the coverage instrumentation is rustc's sanitizer-coverage pass (stable -C
-# flags), libFuzzer comes from the libfuzzer-sys crate (crates.io; needs a C++ compiler).
+# the pinning watch, the proxy relay's framing of both streams of a session, the IAM token
+# verifier, STS requests) with libFuzzer on the stable toolchain: the coverage
+# instrumentation is rustc's sanitizer-coverage pass (stable -C flags), libFuzzer comes
+# from the libfuzzer-sys crate (crates.io; needs a C++ compiler).
 # Seeds: rds-proxy-emulator/fuzz/corpus/<target>/ (in git); what a run learns goes to
 # rds-proxy-emulator/fuzz/work/<target>/, crashes to rds-proxy-emulator/fuzz/artifacts/.
 FUZZ_DIR     := $(ROOT)/rds-proxy-emulator/fuzz
 FUZZ_SECONDS ?= 60
 # release (what a real fuzzing run wants) or dev (compiles faster; the smoke test's choice).
 FUZZ_PROFILE ?= release
-FUZZ_TARGETS ?= startup_packet client_messages token_verifier sts_request
+FUZZ_TARGETS ?= startup_packet client_messages token_verifier sts_request relay_frames server_frames
 # Built for the host triple named explicitly, so the flags apply to the fuzzed code only
 # (not to build scripts and proc macros, which run uninstrumented).
 FUZZ_TRIPLE  := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')

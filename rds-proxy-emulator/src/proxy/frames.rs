@@ -5,7 +5,8 @@
 //! the names in `Parse`, `Close` and `Bind` (which prepared statements the client holds on
 //! its connection), and the messages that ask for a `ReadyForQuery` (`Query`, `Sync`,
 //! `FunctionCall`), counted so that a connection is given back only when every answer is
-//! in. Database to client: only `ReadyForQuery`'s status byte ([`header`] frames the rest).
+//! in. Database to client ([`ServerScan`]): `ReadyForQuery` (its status byte, and one
+//! answer owed fewer) and where an `ErrorResponse` starts; [`header`] frames the rest.
 //! Other bodies are passed through unread, however they are split across reads.
 
 use std::collections::HashMap;
@@ -16,6 +17,8 @@ use crate::pinning::{pinning_reason_bytes, statement_text, PinReason, MAX_UNPINN
 const MAX_CLOSE: usize = 4096;
 /// How much of a `Bind` body is read for its statement name.
 const BIND_PEEK: usize = 256;
+/// A `ReadyForQuery`: tag, length 5, status byte.
+const READY_FOR_QUERY_LEN: usize = 6;
 /// Bytes of `Parse` messages kept to prepare a client's statements again on another
 /// connection (after a failover); beyond it the client is treated as pinned.
 const MAX_TRACKED_STATEMENTS: usize = 4 << 20;
@@ -38,7 +41,7 @@ pub(super) fn header(data: &[u8]) -> Option<Result<(u8, usize), String>> {
 
 /// What stopped a [`ClientScan::scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum ClientEvent {
+pub enum ClientEvent {
     /// Everything available was scanned (or the next message is not complete yet).
     More,
     /// The message just committed meets a pinning condition (its statement text, for the log).
@@ -51,14 +54,14 @@ pub(super) enum ClientEvent {
 
 /// The client-to-database stream of one session, after login.
 #[derive(Debug, Default)]
-pub(super) struct ClientScan {
+pub struct ClientScan {
     /// Body bytes of a passed-through message still to come.
     skip: usize,
     /// `ReadyForQuery` messages the database still owes (one per `Query`, `Sync`,
     /// `FunctionCall` committed).
-    pub(super) expected_rfq: u32,
+    pub expected_rfq: u32,
     /// Extended-protocol messages were committed since the last `Sync`.
-    pub(super) extended_open: bool,
+    pub extended_open: bool,
     /// A pinning condition was met: bodies are no longer read.
     pinned: bool,
     /// Named prepared statements the client holds: name -> its `Parse` message.
@@ -74,34 +77,34 @@ pub(super) struct ClientScan {
 
 impl ClientScan {
     /// A scanner at a message boundary, nothing owed.
-    pub(super) fn new() -> ClientScan {
+    pub fn new() -> ClientScan {
         ClientScan::default()
     }
 
     /// Whether the next byte starts a message.
-    pub(super) fn at_boundary(&self) -> bool {
+    pub fn at_boundary(&self) -> bool {
         self.skip == 0
     }
 
     /// Nothing is owed by the database and no extended-protocol batch is open.
-    pub(super) fn settled(&self) -> bool {
+    pub fn settled(&self) -> bool {
         self.expected_rfq == 0 && !self.extended_open
     }
 
     /// The client holds state on its connection that a later transaction may use:
     /// named prepared statements, or an unnamed one it parsed without using.
-    pub(super) fn holds_statements(&self) -> bool {
+    pub fn holds_statements(&self) -> bool {
         !self.statements.is_empty() || self.unnamed_kept || self.statements_overflow
     }
 
     /// Whether the statements the client holds can be prepared again on another connection
     /// ([`ClientScan::replay`] has them all).
-    pub(super) fn replayable(&self) -> bool {
+    pub fn replayable(&self) -> bool {
         !self.unnamed_kept && !self.statements_overflow
     }
 
     /// The `Parse` messages that recreate the client's named statements.
-    pub(super) fn replay(&self) -> impl Iterator<Item = &[u8]> {
+    pub fn replay(&self) -> impl Iterator<Item = &[u8]> {
         self.statements.values().map(|m| &m[..])
     }
 
@@ -113,7 +116,7 @@ impl ClientScan {
     }
 
     /// A `ReadyForQuery` arrived.
-    pub(super) fn ready(&mut self) {
+    fn ready(&mut self) {
         self.expected_rfq = self.expected_rfq.saturating_sub(1);
     }
 
@@ -121,13 +124,11 @@ impl ClientScan {
     /// committed (whole messages, or the part of a passed-through body that is there) and
     /// what stopped the scan. `room` is the buffer's size: a message that must be read
     /// whole and is larger is refused.
-    pub(super) fn scan(&mut self, data: &[u8], room: usize) -> (usize, ClientEvent) {
+    pub fn scan(&mut self, data: &[u8], room: usize) -> (usize, ClientEvent) {
         let mut at = 0;
         loop {
             if self.skip > 0 {
-                let take = self.skip.min(data.len() - at);
-                self.skip -= take;
-                at += take;
+                at += pass_body(&mut self.skip, data.len() - at);
                 if self.skip > 0 {
                     return (at, ClientEvent::More);
                 }
@@ -151,9 +152,7 @@ impl ClientScan {
                     self.pin();
                     at += 5;
                     self.skip = body_len;
-                    let take = self.skip.min(data.len() - at);
-                    self.skip -= take;
-                    at += take;
+                    at += pass_body(&mut self.skip, data.len() - at);
                     return (at, ClientEvent::Pin(PinReason::LargeStatement, Vec::new()));
                 }
                 at += 5;
@@ -227,9 +226,7 @@ impl ClientScan {
             at += needed;
             self.skip = len - needed;
             if let Some(e) = event {
-                let take = self.skip.min(data.len() - at);
-                self.skip -= take;
-                at += take;
+                at += pass_body(&mut self.skip, data.len() - at);
                 self.pin();
                 return (at, e);
             }
@@ -267,6 +264,115 @@ impl ClientScan {
             self.statement_bytes -= old.len();
         }
     }
+}
+
+/// The database-to-client stream of one session: framed so that the relay knows when
+/// every answer owed has arrived (`ReadyForQuery`), whether the database reported an
+/// error, and whether the stream is between messages. Allocation-free: it runs on every
+/// read of every transaction.
+#[derive(Debug)]
+pub struct ServerScan {
+    /// Body bytes of a passed-through message still to come.
+    skip: usize,
+    /// The stream stopped being PostgreSQL messages: everything after is passed on unread
+    /// (the client will fail it), and no message boundary is ever found again, so the
+    /// connection never goes back to its pool.
+    unframed: bool,
+    /// Status of the last `ReadyForQuery` (`I`, `T` or `E`).
+    pub status: u8,
+    /// An `ErrorResponse` was relayed since the last `ReadyForQuery`.
+    pub error_relayed: bool,
+}
+
+impl ServerScan {
+    /// A scanner at a message boundary, outside a transaction.
+    pub fn new() -> ServerScan {
+        ServerScan {
+            skip: 0,
+            unframed: false,
+            status: b'I',
+            error_relayed: false,
+        }
+    }
+
+    /// Whether the next byte starts a message: a connection is clean to give back only
+    /// there (what is left of a message would reach the next client that borrows it).
+    pub fn at_boundary(&self) -> bool {
+        self.skip == 0 && !self.unframed
+    }
+
+    /// A new database connection: its stream starts at a message boundary. The last
+    /// status and the error flag are kept (they describe what the client was told).
+    pub(super) fn new_connection(&mut self) {
+        self.skip = 0;
+        self.unframed = false;
+    }
+
+    /// Scans `data` (the bytes after those already committed): returns how many bytes are
+    /// committed, and `true` when the scan stopped at an `ErrorResponse` that arrived
+    /// while `requests` owes nothing and `stop_at_rest_errors` is set (the database is going
+    /// away; the error is not committed). Each `ReadyForQuery` is committed only whole, and
+    /// counted in `requests`. A length no PostgreSQL message has (below 4, or a
+    /// `ReadyForQuery` whose length is not 5) ends the framing for good: that message and
+    /// all after it are committed unread, whatever reads they arrive in.
+    pub fn scan(
+        &mut self,
+        data: &[u8],
+        requests: &mut ClientScan,
+        stop_at_rest_errors: bool,
+    ) -> (usize, bool) {
+        if self.unframed {
+            return (data.len(), false);
+        }
+        let mut at = 0;
+        loop {
+            if self.skip > 0 {
+                at += pass_body(&mut self.skip, data.len() - at);
+                if self.skip > 0 {
+                    return (at, false);
+                }
+            }
+            let (tag, len) = match header(&data[at..]) {
+                None => return (at, false),
+                Some(Err(_)) => return self.unframe(data),
+                Some(Ok(h)) => h,
+            };
+            match tag {
+                b'Z' if len != READY_FOR_QUERY_LEN => return self.unframe(data),
+                b'Z' => {
+                    if data.len() - at < len {
+                        return (at, false);
+                    }
+                    self.status = data[at + 5];
+                    requests.ready();
+                    self.error_relayed = false;
+                    at += len;
+                }
+                b'E' if stop_at_rest_errors && requests.settled() => return (at, true),
+                _ => {
+                    if tag == b'E' {
+                        self.error_relayed = true;
+                    }
+                    at += 5;
+                    self.skip = len - 5;
+                }
+            }
+        }
+    }
+
+    /// The stream is not PostgreSQL messages from here on: commits all of `data`.
+    fn unframe(&mut self, data: &[u8]) -> (usize, bool) {
+        self.unframed = true;
+        (data.len(), false)
+    }
+}
+
+/// Passes what is `available` of a body still to come (`skip` bytes): returns how many
+/// bytes that is.
+fn pass_body(skip: &mut usize, available: usize) -> usize {
+    let take = (*skip).min(available);
+    *skip -= take;
+    take
 }
 
 /// The NUL-terminated string at the start of `b` (all of `b` without a NUL).
@@ -385,6 +491,129 @@ mod tests {
             [ClientEvent::Pin(PinReason::LargeStatement, vec![])]
         );
         assert!(s.at_boundary());
+    }
+
+    /// Scans the database's `stream` cut into `chunk`-byte reads, as the relay feeds it:
+    /// returns the bytes committed and whether an error at rest stopped the scan.
+    fn scan_down_all(
+        s: &mut ServerScan,
+        requests: &mut ClientScan,
+        stream: &[u8],
+        chunk: usize,
+        stop_at_rest_errors: bool,
+    ) -> (usize, bool) {
+        let mut committed = 0;
+        let mut buf: Vec<u8> = Vec::new();
+        for part in stream.chunks(chunk) {
+            buf.extend_from_slice(part);
+            let (n, stopped) = s.scan(&buf, requests, stop_at_rest_errors);
+            buf.drain(..n);
+            committed += n;
+            if stopped {
+                return (committed, true);
+            }
+        }
+        (committed, false)
+    }
+
+    #[test]
+    fn ready_for_query_settles_the_requests_across_any_split() {
+        let mut stream = msg(b'C', b"BEGIN\0");
+        stream.extend(msg(b'Z', b"T"));
+        stream.extend(msg(b'E', b"SERROR\0Mboom\0\0"));
+        stream.extend(msg(b'Z', b"E"));
+        stream.extend(msg(b'd', &[b'Z'; 40]));
+        stream.extend(msg(b'E', b"SERROR\0Mlate\0\0"));
+        let partial_rfq = &msg(b'Z', b"I")[..5];
+        stream.extend(partial_rfq);
+        for chunk in 1..=stream.len() {
+            let mut requests = ClientScan::new();
+            requests.expected_rfq = 3;
+            let mut s = ServerScan::new();
+            let (committed, stopped) = scan_down_all(&mut s, &mut requests, &stream, chunk, true);
+            assert!(!stopped, "chunk {chunk}: requests were owed");
+            assert_eq!(
+                committed,
+                stream.len() - 5,
+                "chunk {chunk}: a partial ReadyForQuery waits"
+            );
+            assert_eq!(requests.expected_rfq, 1, "chunk {chunk}");
+            assert_eq!(s.status, b'E', "chunk {chunk}");
+            assert!(
+                s.error_relayed,
+                "chunk {chunk}: an error since the last ReadyForQuery"
+            );
+            assert!(s.at_boundary(), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_connection_is_not_at_rest_in_the_middle_of_a_message() {
+        let mut stream = msg(b'Z', b"I");
+        stream.extend(&msg(b'N', b"SNOTICE\0Mlate\0\0")[..9]);
+        let mut requests = ClientScan::new();
+        requests.expected_rfq = 1;
+        let mut s = ServerScan::new();
+        let (n, _) = s.scan(&stream, &mut requests, false);
+        assert_eq!(n, stream.len(), "the notice's header and start are relayed");
+        assert!(requests.settled());
+        assert!(!s.at_boundary(), "the rest of the notice is still to come");
+        s.new_connection();
+        assert!(s.at_boundary());
+    }
+
+    #[test]
+    fn after_a_length_no_message_has_nothing_is_framed_whatever_the_reads() {
+        // Found by fuzzing: what followed a length below 4 was passed unread only when it
+        // arrived in the same read; in a later one it was framed again, and could be
+        // counted as the ReadyForQuery that gives the connection back to its pool. A
+        // ReadyForQuery of another length than PostgreSQL's is no message either (one
+        // longer than the relay's buffer would never be whole: the relay would stall).
+        for bad in [vec![b'C', 0, 0, 0, 3], msg(b'Z', b"")] {
+            let mut stream = msg(b'C', b"SELECT 1\0");
+            stream.extend(&bad);
+            stream.extend(msg(b'Z', b"I"));
+            for chunk in 1..=stream.len() {
+                let mut requests = ClientScan::new();
+                requests.expected_rfq = 1;
+                let mut s = ServerScan::new();
+                let scanned = scan_down_all(&mut s, &mut requests, &stream, chunk, false);
+                assert_eq!(scanned, (stream.len(), false), "chunk {chunk}: {bad:?}");
+                assert_eq!(requests.expected_rfq, 1, "chunk {chunk}: {bad:?}");
+                assert!(!s.at_boundary(), "chunk {chunk}: {bad:?}");
+            }
+        }
+        // The next connection's stream is framed again.
+        let mut s = ServerScan::new();
+        let mut requests = ClientScan::new();
+        s.scan(&[b'C', 0, 0, 0, 0], &mut requests, false);
+        s.new_connection();
+        requests.expected_rfq = 1;
+        assert_eq!(s.scan(&msg(b'Z', b"T"), &mut requests, false), (6, false));
+        assert_eq!((requests.expected_rfq, s.status), (0, b'T'));
+    }
+
+    #[test]
+    fn an_error_at_rest_stops_the_scan_before_it() {
+        let mut stream = msg(b'C', b"SELECT 1\0");
+        stream.extend(msg(b'Z', b"I"));
+        let rest_at = stream.len();
+        stream.extend(msg(b'E', b"SFATAL\0C57P01\0\0"));
+        for chunk in 1..=stream.len() {
+            let mut requests = ClientScan::new();
+            requests.expected_rfq = 1;
+            let mut s = ServerScan::new();
+            let stopped = scan_down_all(&mut s, &mut requests, &stream, chunk, true);
+            assert_eq!(stopped, (rest_at, true), "chunk {chunk}");
+            assert!(!s.error_relayed, "chunk {chunk}: the error is not relayed");
+            // Unwatched, the same error is relayed like any other message.
+            let mut requests = ClientScan::new();
+            requests.expected_rfq = 1;
+            let mut s = ServerScan::new();
+            let stopped = scan_down_all(&mut s, &mut requests, &stream, chunk, false);
+            assert_eq!(stopped, (stream.len(), false), "chunk {chunk}");
+            assert!(s.error_relayed, "chunk {chunk}");
+        }
     }
 
     #[test]

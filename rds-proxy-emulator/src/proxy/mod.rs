@@ -83,6 +83,15 @@ pub use metrics::{MetricsSnapshot, ProxyMetrics};
 pub use relay::{pinning_log_line, DRAIN_AFTER_CLIENT_END};
 pub use wire::{fatal_message, parse_startup_packet, Startup};
 
+/// The relay's framing of both message streams, for the fuzz targets only (`make fuzz`
+/// builds with `--cfg fuzzing`); not part of the crate's API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::frames::{ClientEvent, ClientScan, ServerScan};
+    pub use super::relay::BUFFER;
+}
+
 use crate::accept::{accept_with_backoff, Backoff};
 use crate::config::{DbAuth, StackConfig};
 use crate::control::Control;

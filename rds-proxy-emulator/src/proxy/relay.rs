@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::frames::{header, ClientEvent, ClientScan};
+use super::frames::{header, ClientEvent, ClientScan, ServerScan};
 use super::metrics::ProxyMetrics;
 use crate::pinning::PinReason;
 
@@ -51,7 +51,7 @@ pub const DRAIN_AFTER_CLIENT_END: Duration = Duration::from_secs(2);
 
 /// Each direction's buffer: a whole statement up to the 16 KB pinning limit fits, and a
 /// burst of results moves in few reads and one write.
-pub(super) const BUFFER: usize = 64 * 1024;
+pub const BUFFER: usize = 64 * 1024;
 
 /// A one-way buffer: `[sent, scanned)` is committed and not yet written, `[scanned, end)`
 /// read and not yet framed.
@@ -108,7 +108,8 @@ pub(super) enum Step {
     /// A request arrived on the connection the client keeps (asked for with
     /// [`Relay::stop_at_next_request`]).
     RequestStart,
-    /// Every answer owed was delivered and nothing new came from the client.
+    /// Every answer owed was delivered, the database's stream is between two messages, and
+    /// nothing new came from the client.
     AtRest,
     /// The message just committed meets a pinning condition.
     Pinned(PinReason, Vec<u8>),
@@ -127,12 +128,9 @@ pub(super) struct Relay {
     down: Buf,
     /// The client-to-database framing.
     pub(super) scan: ClientScan,
-    /// Body bytes of a database message still to pass.
-    down_skip: usize,
-    /// Status of the last `ReadyForQuery` (`I`, `T` or `E`).
-    pub(super) status: u8,
-    /// An `ErrorResponse` was relayed since the last `ReadyForQuery`.
-    pub(super) error_relayed: bool,
+    /// The database-to-client framing: the last `ReadyForQuery` status, whether an error
+    /// was relayed since.
+    pub(super) server: ServerScan,
     client_eof: bool,
     client_eof_reported: bool,
     client_error: Option<io::Error>,
@@ -155,9 +153,7 @@ impl Relay {
             up: Buf::new(),
             down: Buf::new(),
             scan: ClientScan::new(),
-            down_skip: 0,
-            status: b'I',
-            error_relayed: false,
+            server: ServerScan::new(),
             client_eof: false,
             client_eof_reported: false,
             client_error: None,
@@ -194,7 +190,7 @@ impl Relay {
 
     /// A new database connection: nothing of the old one's stream is kept.
     pub(super) fn new_backend(&mut self) {
-        self.down_skip = 0;
+        self.server.new_connection();
         self.backend_eof = None;
         // Bytes of the old connection not yet framed are dropped (a partial message
         // cannot be completed by another connection).
@@ -424,6 +420,7 @@ impl Relay {
                 && self.down.is_empty()
                 && self.scan.settled()
                 && self.scan.at_boundary()
+                && self.server.at_boundary()
             {
                 self.resting = true;
                 self.rest_since = Instant::now();
@@ -442,49 +439,66 @@ impl Relay {
     /// Frames what the database sent; returns a step when an error message arrives at
     /// rest and the session watches for those.
     fn scan_down(&mut self) -> Option<Step> {
-        loop {
-            let avail = self.down.end - self.down.scanned;
-            if self.down_skip > 0 {
-                let take = self.down_skip.min(avail);
-                self.down_skip -= take;
-                self.down.scanned += take;
-                if self.down_skip > 0 {
-                    return None;
-                }
-                continue;
-            }
-            let (tag, len) = match header(self.down.unscanned()) {
-                None => return None,
-                Some(Err(_)) => {
-                    // Not PostgreSQL messages: pass everything on (the client will fail it).
-                    self.down.scanned = self.down.end;
-                    return None;
-                }
-                Some(Ok(h)) => h,
-            };
-            match tag {
-                b'Z' => {
-                    if avail < len {
-                        return None;
-                    }
-                    if len >= 6 {
-                        self.status = self.down.data[self.down.scanned + 5];
-                    }
-                    self.scan.ready();
-                    self.error_relayed = false;
-                    self.down.scanned += len;
-                }
-                b'E' if self.watch_backend_errors && self.scan.settled() => {
-                    return Some(Step::BackendGone(None));
-                }
-                _ => {
-                    if tag == b'E' {
-                        self.error_relayed = true;
-                    }
-                    self.down.scanned += 5;
-                    self.down_skip = len - 5;
-                }
-            }
-        }
+        let (n, error_at_rest) = self.server.scan(
+            self.down.unscanned(),
+            &mut self.scan,
+            self.watch_backend_errors,
+        );
+        self.down.scanned += n;
+        error_at_rest.then_some(Step::BackendGone(None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::wire::message as msg;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A database connection that goes back to its pool with part of a message unread
+    /// would hand the rest to the next client that borrows it: the relay comes to rest
+    /// only between the database's messages.
+    #[tokio::test]
+    async fn comes_to_rest_only_between_the_databases_messages() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut backend = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut database, _) = listener.accept().await.unwrap();
+        let (mut client, mut client_end) = tokio::io::duplex(BUFFER);
+        let metrics = ProxyMetrics::default();
+        let mut relay = Relay::new();
+
+        let query = msg(b'Q', b"SELECT 1\0");
+        client_end.write_all(&query).await.unwrap();
+        let notice = msg(b'N', b"SNOTICE\0Mafter the answer\0\0");
+        let (head, tail) = notice.split_at(9);
+        let answer = [&msg(b'Z', b"I")[..], head].concat();
+        let serve = async {
+            let mut got = vec![0u8; query.len()];
+            database.read_exact(&mut got).await.unwrap();
+            database.write_all(&answer).await.unwrap();
+        };
+        let relayed = tokio::time::timeout(
+            Duration::from_millis(500),
+            relay.run(&mut client, Some(&mut backend), &metrics),
+        );
+        let (step, ()) = tokio::join!(relayed, serve);
+        assert!(
+            step.is_err(),
+            "at rest in the middle of a message: {step:?}"
+        );
+        let mut seen = vec![0u8; answer.len()];
+        client_end.read_exact(&mut seen).await.unwrap();
+        assert_eq!(seen, answer, "what came is relayed all the same");
+
+        database.write_all(tail).await.unwrap();
+        let step = tokio::time::timeout(
+            Duration::from_secs(10),
+            relay.run(&mut client, Some(&mut backend), &metrics),
+        )
+        .await;
+        assert!(matches!(step, Ok(Step::AtRest)), "{step:?}");
     }
 }

@@ -139,7 +139,7 @@ pub(super) async fn run<C: AsyncRead + AsyncWrite + Unpin>(
             }
             Step::AtRest => {
                 let Some(mut b) = held.take() else { continue };
-                let idle = relay.status == b'I';
+                let idle = relay.server.status == b'I';
                 b.set_in_transaction(!idle);
                 if idle && !pinned && !relay.scan.holds_statements() {
                     give_back(&ctx, b);
@@ -173,7 +173,7 @@ pub(super) async fn run<C: AsyncRead + AsyncWrite + Unpin>(
                 // (it reads the FATAL before the proxy sees the connection end) was closed
                 // by the failover all the same.
                 if let Some(b) = &held {
-                    if relay.error_relayed && !ctx.pools.serves(b.addr, b.role()) {
+                    if relay.server.error_relayed && !ctx.pools.serves(b.addr, b.role()) {
                         Control::bump(&ctx.control.sessions_closed_by_failover);
                     }
                 }
@@ -188,7 +188,7 @@ pub(super) async fn run<C: AsyncRead + AsyncWrite + Unpin>(
                 let Some(b) = held.take() else { continue };
                 ctx.slot.detach();
                 let failover = !ctx.pools.serves(b.addr, b.role());
-                let at_rest = relay.resting() && relay.status == b'I';
+                let at_rest = relay.resting() && relay.server.status == b'I';
                 if let Some(e) = &e {
                     tracing::debug!(endpoint = %ctx.endpoint, session = ctx.session, backend = %b.addr, "database connection failed: {e}");
                 }
@@ -206,7 +206,7 @@ pub(super) async fn run<C: AsyncRead + AsyncWrite + Unpin>(
                     Control::bump(&ctx.control.sessions_closed_by_failover);
                 }
                 tracing::info!(endpoint = %ctx.endpoint, session = ctx.session, failover, "the database connection ended during a request, a transaction or a pinned session: closing the client connection");
-                if !relay.error_relayed {
+                if !relay.server.error_relayed {
                     let _ = relay.flush_client(&mut client).await;
                     let _ = client
                         .write_all(&fatal_message(SQLSTATE_BACKEND_DOWN, MSG_BACKEND_LOST))
@@ -235,7 +235,7 @@ pub(super) async fn run<C: AsyncRead + AsyncWrite + Unpin>(
         finish(
             &ctx,
             b,
-            relay.resting() && relay.status == b'I' && !pinned,
+            relay.resting() && relay.server.status == b'I' && !pinned,
             relay.scan.holds_statements(),
         )
         .await;
