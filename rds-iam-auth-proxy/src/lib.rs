@@ -327,9 +327,14 @@ impl Running {
     }
 }
 
-/// Fetches every target's credentials at once, then marks the proxy started. A target
-/// whose fetch fails is retried (with the cache's backoff) until it succeeds.
+/// Fetches every target's credentials at once, and a password target's stored password
+/// (so that an unreadable secret shows at start-up, not at the first client), then marks
+/// the proxy started. A target whose fetch fails is retried every second until it
+/// succeeds.
 async fn fetch_credentials(sessions: Arc<Sessions>, status: Arc<Status>) {
+    // One attempt's limit; a fetch still running then goes on, and the next attempt waits
+    // for it rather than starting another.
+    const ATTEMPT: Duration = Duration::from_secs(30);
     let total = sessions.targets.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     status.starting(format!("fetching credentials (0 of {total} targets done)"));
@@ -338,7 +343,7 @@ async fn fetch_credentials(sessions: Arc<Sessions>, status: Arc<Status>) {
         async move {
             let mut logged = false;
             loop {
-                match target.connector.credentials().prefetch().await {
+                match target.connector.warm_up(ATTEMPT).await {
                     Ok(()) => break,
                     Err(e) => {
                         if !logged {

@@ -197,3 +197,45 @@ async fn the_environment_serves_a_secret_with_db_secret_arn() {
     let password = stack.current_password().expect("password");
     assert_no_password(&proxy, &[&password], &[]);
 }
+
+/// At start-up the proxy reads a password target's secret as well as its credentials, so
+/// that `/startup` vouches for it: a secret it cannot read holds the start-up back and the
+/// log says why before any client comes, as bad credentials do.
+#[tokio::test]
+async fn start_up_reads_each_password_targets_secret() {
+    let stack = common::stack().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_targets(&stack, dir.path());
+    let env = [(EXTERNAL_ID_VARIABLE, stack.external_id())];
+    let reads = stack.counters().get_secret_value_succeeded;
+    let mut proxy = Proxy::spawn(&stack, &["--config", &file, "--port", "0"], &env);
+    proxy.wait_for(
+        "credentials fetched for every target",
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(
+        stack.counters().get_secret_value_succeeded,
+        reads + 1,
+        "the secret was read once, with no client yet"
+    );
+    drop(proxy);
+
+    // The same file naming a secret that does not exist.
+    let arn = stack.secret_arn().expect("the stack seeds a secret");
+    let missing = arn.replace("connectiontest/", "connectiontest/missing-");
+    let text = std::fs::read_to_string(&file).expect("targets file");
+    std::fs::write(&file, text.replace(&arn, &missing)).expect("targets file");
+    let mut proxy = Proxy::spawn(&stack, &["--config", &file, "--port", "0"], &env);
+    let line = proxy.wait_for("not fetched yet", std::time::Duration::from_secs(30));
+    assert!(
+        line.contains("target=secret") && line.contains("secret"),
+        "{line}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let log = proxy.log_text();
+    assert!(
+        !log.contains("credentials fetched for every target"),
+        "started without the secret:\n{log}"
+    );
+    println!("{line}");
+}
