@@ -216,14 +216,14 @@ impl Relay {
         client: &mut C,
     ) -> io::Result<()> {
         poll_fn(|cx| loop {
-            // A full buffer is read again once the request is relayed.
-            std::task::ready!(self.poll_client_read(cx, client));
             if let Some(e) = self.client_error.take() {
                 return Poll::Ready(Err(e));
             }
             if self.client_eof {
                 return Poll::Ready(Ok(()));
             }
+            // A full buffer is read again once the request is relayed.
+            std::task::ready!(self.poll_client_read(cx, client));
         })
         .await
     }
