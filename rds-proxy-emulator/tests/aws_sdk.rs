@@ -173,13 +173,12 @@ async fn the_sdk_retries_a_refusing_secrets_manager_and_times_out_on_a_hung_one(
     ));
     stack.clear_faults();
     sm.get_secret_value().secret_id(&arn).send().await?;
-    // The held request is answered too once the fault clears (its client has gone), at
-    // about the same time as the new one.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while stack.counters().get_secret_value_succeeded < 2 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(stack.counters().get_secret_value_succeeded, 2);
+    // Three refused, one held until its client gave up, one answered. Whether the held one
+    // is answered once the fault clears depends on whether the HTTP server noticed its
+    // client leave first (then it drops the request), so only the new answer is counted.
+    let c = stack.counters();
+    assert_eq!(c.get_secret_value_calls, 5, "{c:?}");
+    assert!((1..=2).contains(&c.get_secret_value_succeeded), "{c:?}");
     Ok(())
 }
 
