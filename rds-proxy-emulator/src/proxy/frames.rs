@@ -387,12 +387,7 @@ fn cstr(b: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    }
+    use super::super::wire::message as msg;
 
     /// Scans `stream` cut into `chunk`-byte reads, as the relay feeds it.
     fn scan_all(s: &mut ClientScan, stream: &[u8], chunk: usize) -> Vec<ClientEvent> {
